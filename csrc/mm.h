@@ -1,0 +1,151 @@
+/*
+ * mm.h -- the mapping layer's contract.
+ *
+ * Plain C99, no Python.h. Two files implement every function declared here with the same
+ * behaviour: mm_posix.c (mmap/munmap/msync/madvise/mincore) and mm_win32.c
+ * (CreateFileMapping/MapViewOfFile/FlushViewOfFile/UnmapViewOfFile). The build picks one
+ * file; no function body contains a platform #ifdef.
+ *
+ * Rules every implementation follows:
+ *  - Callers never see alignment. A request for [offset, offset + length) is mapped from
+ *    offset aligned down to mm_alignment(); the view remembers the delta and `data` points at
+ *    the requested byte. Unmap uses the aligned base.
+ *  - All offsets and lengths are 64-bit.
+ *  - A live view holds no file descriptor, file handle or mapping handle: they are closed
+ *    as soon as the view exists.
+ *  - Errors are a status code (mm_status) plus the OS error code saved at the failing call
+ *    (errno on POSIX, GetLastError() on Windows) in an mm_error the caller owns. Nothing is
+ *    printed, nothing global is written.
+ *  - Byte ranges passed to flush/advise/resident are relative to `data` and must lie inside
+ *    [0, length); the layer aligns them to pages itself.
+ */
+#ifndef MM_H
+#define MM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Access, as numpy.memmap's modes: 'r' -> MM_READ, 'r+'/'w+' -> MM_WRITE, 'c' -> MM_COPY. */
+typedef enum mm_access {
+    MM_READ = 0,  /* read-only shared view */
+    MM_WRITE = 1, /* read-write shared view: writes reach the file */
+    MM_COPY = 2   /* copy-on-write private view: writes never reach the file */
+} mm_access;
+
+/* Flags for mm_map_path / mm_map_handle. */
+enum {
+    MM_CREATE = 1,   /* path only: create the file, truncating an existing one (mode 'w+').
+                        A file this call created is removed again if the call fails. */
+    MM_GROW = 2,     /* extend a shorter file to offset + length, allocating real blocks */
+    MM_POPULATE = 4  /* prefault the view (MAP_POPULATE / PrefetchVirtualMemory) */
+};
+
+/* Pass as `length` to map from `offset` to the end of the file. */
+#define MM_TO_END UINT64_MAX
+
+typedef enum mm_status {
+    MM_OK = 0,
+    MM_E_ARG = 1,    /* a bad argument (no OS call made); code = 0 */
+    MM_E_OPEN = 2,   /* open / CreateFileW failed */
+    MM_E_STAT = 3,   /* fstat / GetFileSizeEx failed, or the path is not a regular file
+                        (code = EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory) */
+    MM_E_RANGE = 4,  /* offset + length lies past the end of the file and MM_GROW was not
+                        given; mm_error.file_size holds the size found; code = 0 */
+    MM_E_GROW = 5,   /* growing or allocating the file failed (ENOSPC, EFBIG, ...) */
+    MM_E_MAP = 6,    /* mmap / CreateFileMapping / MapViewOfFile failed */
+    MM_E_FLUSH = 7,  /* msync / FlushViewOfFile / FlushFileBuffers failed */
+    MM_E_UNMAP = 8,  /* munmap / UnmapViewOfFile failed */
+    MM_E_ADVISE = 9, /* madvise / PrefetchVirtualMemory failed */
+    MM_E_QUERY = 10, /* mincore / QueryWorkingSetEx failed */
+    MM_E_EMPTY = 11  /* length 0 requested or the file is empty past offset: nothing to map */
+} mm_status;
+
+typedef struct mm_error {
+    int status;         /* an mm_status */
+    int64_t code;       /* errno (POSIX) or GetLastError() (Windows) of the failing call, or 0 */
+    uint64_t file_size; /* size of the file as found by the call, when it got that far */
+} mm_error;
+
+/* One mapped view. Fields above the line are public; below it they belong to the
+ * implementation. A zeroed struct is "no view". */
+typedef struct mm_view {
+    char *data;          /* first requested byte: base + delta */
+    uint64_t length;     /* requested length in bytes */
+    int access;          /* an mm_access */
+    /* ---- private ---- */
+    void *base;          /* what the OS returned, aligned to mm_alignment() */
+    uint64_t base_length;/* delta + length: what was mapped from base */
+    void *reopen;        /* Windows: owned wide path, reopened by flush for FlushFileBuffers.
+                            POSIX: always NULL. */
+} mm_view;
+
+/* Advice for mm_advise. */
+typedef enum mm_advice {
+    MM_ADV_NORMAL = 0,
+    MM_ADV_SEQUENTIAL = 1,
+    MM_ADV_RANDOM = 2,
+    MM_ADV_WILLNEED = 3,
+    MM_ADV_DONTNEED = 4,
+    MM_ADV_HUGEPAGE = 5,
+    MM_ADV_NOHUGEPAGE = 6,
+    MM_ADV_POPULATE_READ = 7,  /* fault the range in now, for reading */
+    MM_ADV_POPULATE_WRITE = 8  /* fault the range in now, writable */
+} mm_advice;
+
+/* Handle type: a file descriptor on POSIX, a HANDLE on Windows (as intptr_t). */
+typedef intptr_t mm_handle;
+
+/* The granularity a mapping's file offset must be aligned to: the page size on POSIX,
+ * the allocation granularity (64 KiB) on Windows. */
+uint64_t mm_alignment(void);
+
+/* The size of a page (what flush/advise/resident round ranges to). */
+uint64_t mm_page_size(void);
+
+/* The pure alignment arithmetic, shared by both implementations and tested directly. */
+static inline uint64_t mm_align_down(uint64_t value, uint64_t alignment) {
+    return value - value % alignment;
+}
+
+/* Open the file at `path` (UTF-8; on POSIX the bytes are passed to open() as they are),
+ * size it, optionally create/grow it, map [offset, offset + length) and close the file.
+ * `length == MM_TO_END` maps to the end of the file (MM_E_EMPTY if that is nothing).
+ * On success fills *view and err->file_size (the size after any growth) and returns MM_OK.
+ * On failure *view is zeroed and the returned status is also in err->status. */
+int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
+                mm_view *view, mm_error *err);
+
+/* As mm_map_path for an open file the caller owns. The handle is not closed; MM_CREATE is
+ * not allowed (MM_E_ARG). The handle must be open for writing when access is MM_WRITE or
+ * MM_GROW is given. */
+int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
+                  mm_view *view, mm_error *err);
+
+/* Write dirty pages of [start, start + length) of the view back to the file.
+ * sync != 0: durable, returns after the data reached storage (msync(MS_SYNC);
+ * FlushViewOfFile + FlushFileBuffers). sync == 0: schedule the write-back and return.
+ * A no-op returning MM_OK for MM_READ and MM_COPY views. */
+int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err);
+
+/* Give the kernel advice about [start, start + length). Advice with no equivalent on a
+ * platform is a documented no-op that returns MM_OK. */
+int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, mm_error *err);
+
+/* Count the pages of [start, start + length) that are resident in memory.
+ * Fills *resident and *total (pages). */
+int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
+                uint64_t *total, mm_error *err);
+
+/* Unmap the view and release what it owns. The view is zeroed whatever the outcome, so a
+ * second call is a no-op returning MM_OK; an OS error is reported, never ignored. */
+int mm_unmap(mm_view *view, mm_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MM_H */

@@ -1,0 +1,26 @@
+"""Build the Cython engine against the C mapping layer; the platform picks the C file."""
+import os
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+# One contract (csrc/mm.h), one implementation per platform: no #ifdef in function bodies.
+MM_SOURCE = "csrc/mm_win32.c" if sys.platform == "win32" else "csrc/mm_posix.c"
+define_macros = [] if sys.platform == "win32" else [("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", None)]
+
+engine = Extension(
+    "mmarray._engine",
+    sources=["src/mmarray/_engine.pyx", MM_SOURCE],
+    include_dirs=["csrc"],
+    define_macros=define_macros,
+    depends=["csrc/mm.h", "src/mmarray/_engine.pxd"],
+)
+
+setup(
+    ext_modules=cythonize(
+        [engine],
+        compiler_directives={"language_level": "3"},
+        include_path=["src"],
+    ),
+)

@@ -1,0 +1,14 @@
+"""mmarray: memory-mapped NumPy arrays with a C core, explicit close and no held descriptors.
+
+>>> import mmarray, numpy as np, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "demo.i32")
+>>> with mmarray.open(path, dtype=np.int32, mode="w+", shape=5) as m:
+...     m.array[:] = np.arange(5)
+>>> with mmarray.open(path, dtype=np.int32, mode="r") as m:
+...     m.array.tolist()
+[0, 1, 2, 3, 4]
+"""
+from mmarray._api import MODES, Mapping, close, mapping_of, open
+
+__all__ = ["open", "close", "mapping_of", "Mapping", "MODES", "__version__"]
+__version__ = "0.1.0"

@@ -1,0 +1,292 @@
+"""The public entry points of the core engine: `open` and `close`.
+
+Policy lives here: argument checking with messages, numpy.memmap's semantics for each
+argument, and the choice of C flags. The engine (``_engine``) only maps, counts and unmaps.
+"""
+from __future__ import annotations
+
+import operator
+import os
+
+import numpy as np
+
+from mmarray import _engine
+from mmarray._engine import Mapping, _ArrayExport
+
+__all__ = ["open", "close", "Mapping", "MODES"]
+
+#: The modes, as numpy.memmap spells them, and their long names (numpy's mode_equivalents).
+MODES = ("r", "r+", "w+", "c")
+_MODE_ALIASES = {"readonly": "r", "copyonwrite": "c", "readwrite": "r+", "write": "w+"}
+# mode -> (access, flags) for the C layer.
+_MODE_ACCESS = {
+    "r": (_engine.READ, 0),
+    "c": (_engine.COPY, 0),
+    "r+": (_engine.WRITE, _engine.GROW),
+    "w+": (_engine.WRITE, _engine.GROW | _engine.CREATE),
+}
+_INT64_MAX = 2**63 - 1
+_dtype_cache: dict = {}
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _encode_path(path):
+        return os.fsdecode(path).encode("utf-8")
+
+    def _os_handle(fd):
+        return msvcrt.get_osfhandle(fd)
+else:
+    _encode_path = os.fsencode
+
+    def _os_handle(fd):
+        return fd
+
+
+def _check_mode(mode):
+    m = _MODE_ALIASES.get(mode, mode)
+    if m not in _MODE_ACCESS:
+        raise ValueError(f"mode must be one of {sorted(list(MODES) + list(_MODE_ALIASES))!r}, "
+                         f"got {mode!r}")
+    return m
+
+
+def _check_dtype(dtype):
+    try:
+        return _dtype_cache[dtype]
+    except (KeyError, TypeError):
+        pass
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError(f"dtype {dt!r} contains Python objects, which cannot be memory-mapped; "
+                        f"expected a dtype of plain data (numbers, bytes, structs of them)")
+    if dt.itemsize == 0:
+        raise TypeError(f"dtype {dt!r} has itemsize 0; expected a sized dtype such as 'S8'")
+    try:
+        if len(_dtype_cache) < 256:
+            _dtype_cache[dtype] = dt
+    except TypeError:  # unhashable spec, e.g. a list of fields
+        pass
+    return dt
+
+
+def _check_shape(shape, itemsize):
+    """Return (shape tuple, nbytes) or raise."""
+    if isinstance(shape, int):
+        shape = (shape,)
+    else:
+        try:
+            shape = tuple(operator.index(d) for d in shape)
+        except TypeError:
+            raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    n = itemsize
+    for d in shape:
+        if d < 0:
+            raise ValueError(f"shape {shape!r} has a negative dimension; expected sizes >= 0")
+        n *= d
+    if n > _INT64_MAX:
+        raise ValueError(f"shape {shape!r} of itemsize {itemsize} is {n} bytes, which overflows "
+                         f"64 bits; expected at most {_INT64_MAX} bytes")
+    return shape, n
+
+
+def _check_order(order):
+    if order in ("C", "F"):
+        return order
+    if order in ("c", "f"):
+        return order.upper()
+    raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+
+
+def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, populate=False):
+    """Map a file, or part of it, as an array.
+
+    The arguments mean what they mean for :class:`numpy.memmap`; the result is a
+    :class:`Mapping`, whose :attr:`~Mapping.array` is a plain :class:`numpy.ndarray`.
+
+    Parameters
+    ----------
+    file : str, bytes, os.PathLike or file object
+        The file to map. A file object must have ``fileno()``; it is not closed, and the
+        mapping does not keep it (or any descriptor) open.
+    dtype : data-type, optional
+        Element type (default ``uint8``). Structured dtypes work; dtypes holding Python
+        objects do not.
+    mode : {'r+', 'r', 'w+', 'c'}, optional
+        ``'r'`` read-only; ``'r+'`` read-write (a short file is grown); ``'w+'`` create or
+        overwrite; ``'c'`` copy-on-write (writes stay in memory, never reach the file).
+        numpy's long names (``'readonly'``, ...) are accepted.
+    offset : int, optional
+        Byte offset of the first element in the file. Any value works: alignment to pages is
+        handled inside.
+    shape : int or tuple of int, optional
+        Array shape. ``None`` infers a 1-D length from the file size after ``offset`` (which
+        must then be a multiple of the itemsize). A zero-size shape gives an empty array
+        without mapping anything.
+    order : {'C', 'F'}, optional
+        Memory layout of a multi-dimensional array.
+    populate : bool, optional
+        Fault the whole range in at open (``MAP_POPULATE``).
+
+    Returns
+    -------
+    Mapping
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError, OSError
+        From the operating system.
+    ValueError
+        A bad mode, order, offset or shape, a shape that does not fit the file in mode
+        ``'r'``/``'c'``, or a file size that is not a multiple of the itemsize.
+    TypeError
+        A dtype holding objects, or a shape that is not made of integers.
+
+    Examples
+    --------
+    >>> import mmarray, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.f64")
+    >>> m = mmarray.open(path, dtype=np.float64, mode="w+", shape=(3, 4))
+    >>> a = m.array
+    >>> type(a) is np.ndarray
+    True
+    >>> a[:] = np.arange(12).reshape(3, 4)
+    >>> m.flush(); m.close()
+    >>> with mmarray.open(path, dtype=np.float64, mode="r", offset=8 * 4, shape=4) as m:
+    ...     m.array.tolist()
+    [4.0, 5.0, 6.0, 7.0]
+    """
+    mode = _check_mode(mode)
+    dt = _check_dtype(dtype)
+    offset = operator.index(offset)
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    if offset > _INT64_MAX:
+        raise ValueError(f"offset {offset} overflows 64 bits; expected at most {_INT64_MAX}")
+    if order != "C":
+        order = _check_order(order)
+    access, flags = _MODE_ACCESS[mode]
+    if populate:
+        flags |= _engine.POPULATE
+
+    if shape is None:
+        if mode == "w+":
+            raise ValueError("shape must be given if mode == 'w+' (there is no data to infer it "
+                             "from)")
+        length = _engine.TO_END
+    else:
+        shape, length = _check_shape(shape, dt.itemsize)
+        if offset + length > _INT64_MAX:
+            raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits")
+
+    if isinstance(file, (str, bytes, os.PathLike)):
+        path = os.fspath(file)
+        filename = os.path.abspath(path)
+        target = _encode_path(path)
+        if not target:
+            raise FileNotFoundError(2, "No such file or directory", path)
+    elif hasattr(file, "fileno"):
+        if mode == "w+" and not getattr(file, "writable", lambda: True)():
+            raise ValueError(f"mode 'w+' needs a file object open for writing, got {file!r}")
+        if hasattr(file, "flush"):
+            file.flush()  # numpy.memmap's seek() does the same: buffered writes reach the file
+        fd = file.fileno()
+        target = _os_handle(fd)
+        filename = None
+        flags &= ~_engine.CREATE
+    else:
+        raise TypeError(f"file must be a path (str, bytes, os.PathLike) or an object with "
+                        f"fileno(), got {type(file).__name__}")
+
+    if length == 0:
+        _prepare_empty(target, mode, offset, filename or file)
+        return _engine.map_file(None, access, offset, 0, 0, dt, shape, order, mode, filename)
+
+    m = _engine.map_file(target, access, offset, length, flags, dt, shape, order, mode, filename)
+    if shape is None:
+        nbytes = m._mapped_length()
+        if nbytes % dt.itemsize:
+            m.close()
+            raise ValueError(
+                f"{nbytes} bytes after offset {offset} in {filename!r} are not a multiple of "
+                f"the itemsize {dt.itemsize} of dtype {dt}; give a shape")
+        m._set_shape((nbytes // dt.itemsize,))
+    return m
+
+
+def _prepare_empty(target, mode, offset, name):
+    """A zero-size array maps nothing, but the file is checked, created or grown as for data."""
+    if isinstance(target, bytes):
+        if mode == "w+":
+            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        elif mode == "r+":
+            fd = os.open(target, os.O_RDWR)
+        else:
+            fd = os.open(target, os.O_RDONLY)
+        try:
+            _prepare_empty_fd(fd, mode, offset, name)
+        finally:
+            os.close(fd)
+    else:
+        _prepare_empty_fd(target if os.name != "nt" else None, mode, offset, name)
+
+
+def _prepare_empty_fd(fd, mode, offset, name):
+    if fd is None:  # pragma: no cover - Windows handle: nothing to check cheaply
+        return
+    import stat
+
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "Is a directory", name)
+    if st.st_size < offset:
+        if mode in ("r+", "w+"):
+            os.ftruncate(fd, offset)
+        else:
+            raise ValueError(f"offset {offset} lies past the end of {name!r} "
+                             f"({st.st_size} bytes); mode {mode!r} cannot grow a file")
+
+
+def close(array, strict=False):
+    """Close the :class:`Mapping` behind an array that mmarray handed out.
+
+    Walks ``array.base`` to the mapping (so views and reshapes work too) and calls its
+    :meth:`Mapping.close`.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        An array from :attr:`Mapping.array`, or a view of one.
+    strict : bool, optional
+        Passed to :meth:`Mapping.close`.
+
+    Raises
+    ------
+    TypeError
+        ``array`` is not backed by an mmarray mapping.
+
+    Examples
+    --------
+    >>> import mmarray, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.bin")
+    >>> a = mmarray.open(path, mode="w+", shape=8).array
+    >>> mmarray.close(a[2:4])
+    >>> a[0] = 1                   # still valid: unmapped only when `a` goes away
+    """
+    mapping = mapping_of(array)
+    if mapping is None:
+        raise TypeError(f"expected an array handed out by mmarray, got {type(array).__name__} "
+                        f"not backed by an mmarray mapping")
+    mapping.close(strict=strict)
+
+
+def mapping_of(array):
+    """Return the :class:`Mapping` behind ``array`` (walking ``.base``), or None."""
+    obj = array
+    while obj is not None:
+        if isinstance(obj, _ArrayExport):
+            return obj.mapping
+        if isinstance(obj, Mapping):
+            return obj
+        obj = getattr(obj, "base", None)
+    return None

@@ -1,0 +1,50 @@
+"""Turn the C layer's status codes into Python exceptions: the one place that does it."""
+from __future__ import annotations
+
+import errno
+import os
+
+# Mirrors enum mm_status in csrc/mm.h.
+OK, E_ARG, E_OPEN, E_STAT, E_RANGE, E_GROW, E_MAP, E_FLUSH, E_UNMAP, E_ADVISE, E_QUERY, \
+    E_EMPTY = range(12)
+
+_WHAT = {
+    E_ARG: "invalid argument",
+    E_OPEN: "cannot open file",
+    E_STAT: "cannot map file",
+    E_GROW: "cannot grow file",
+    E_MAP: "cannot map file",
+    E_FLUSH: "cannot flush mapping",
+    E_UNMAP: "cannot unmap mapping",
+    E_ADVISE: "cannot advise the kernel about mapping",
+    E_QUERY: "cannot query residency of mapping",
+}
+
+# Windows error codes the Win32 layer reports for a directory (mm_win32.c documents which).
+_WINDOWS_DIRECTORY_CODES = (267, 336)
+
+
+def from_status(status: int, code: int, file_size: int, filename, offset: int,
+                length: int) -> Exception:
+    """Return the exception for a failed C call.
+
+    ``code`` is errno on POSIX and GetLastError() on Windows; OSError then picks the subclass
+    (FileNotFoundError, PermissionError, ...) as it does for the os module's own calls.
+    """
+    if status == E_RANGE:
+        return ValueError(
+            f"offset {offset} + {length} bytes = {offset + length} lies past the end of "
+            f"{filename!r} ({file_size} bytes); mode 'r' and 'c' cannot grow a file "
+            f"(use 'r+' or 'w+', or a shape that fits)")
+    if status == E_EMPTY:
+        return ValueError(
+            f"nothing to map: {filename!r} has {file_size} bytes and offset is {offset}; "
+            f"cannot map an empty range (give a shape, or an offset below the file size)")
+    what = _WHAT.get(status, f"mapping layer error {status}")
+    if os.name == "nt" and code:
+        if code in _WINDOWS_DIRECTORY_CODES:
+            return IsADirectoryError(errno.EISDIR, "Is a directory", filename)
+        return OSError(None, f"{what}: Windows error {code}", filename, code)
+    if code:
+        return OSError(code, f"{what}: {os.strerror(code)}", filename)
+    return OSError(f"{what} {filename!r}")
