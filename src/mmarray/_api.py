@@ -12,6 +12,7 @@ import numpy as np
 
 from mmarray import _engine
 from mmarray._engine import Mapping, _ArrayExport
+from mmarray._ranges import advice_code
 
 __all__ = ["open", "close", "Mapping", "MODES"]
 
@@ -98,7 +99,8 @@ def _check_order(order):
     raise ValueError(f"order must be 'C' or 'F', got {order!r}")
 
 
-def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, populate=False):
+def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, populate=False,
+         advise=None):
     """Map a file, or part of it, as an array.
 
     The arguments mean what they mean for :class:`numpy.memmap`; the result is a
@@ -127,6 +129,9 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
         Memory layout of a multi-dimensional array.
     populate : bool, optional
         Fault the whole range in at open (``MAP_POPULATE``).
+    advise : str, optional
+        Advice applied to the whole range at open, as for :meth:`Mapping.advise`, e.g.
+        ``"random"`` for scattered reads (turns readahead off) or ``"sequential"``.
 
     Returns
     -------
@@ -166,6 +171,8 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
     if order != "C":
         order = _check_order(order)
     access, flags = _MODE_ACCESS[mode]
+    if advise is not None:
+        advice_code(advise)  # reject a bad name before mapping anything
     if populate:
         flags |= _engine.POPULATE
 
@@ -181,7 +188,7 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
 
     if isinstance(file, (str, bytes, os.PathLike)):
         path = os.fspath(file)
-        filename = os.path.abspath(path)
+        filename = os.path.abspath(os.fsdecode(path))
         target = _encode_path(path)
         if not target:
             raise FileNotFoundError(2, "No such file or directory", path)
@@ -211,6 +218,12 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
                 f"{nbytes} bytes after offset {offset} in {filename!r} are not a multiple of "
                 f"the itemsize {dt.itemsize} of dtype {dt}; give a shape")
         m._set_shape((nbytes // dt.itemsize,))
+    if advise is not None:
+        try:
+            m.advise(advise)
+        except BaseException:
+            m.close()
+            raise
     return m
 
 

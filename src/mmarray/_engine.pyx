@@ -24,7 +24,7 @@ from libc.string cimport memset
 
 import numpy as _np
 
-from mmarray import _errors, _ranges
+from mmarray import _access, _errors, _ranges
 
 cdef object _ndarray = _np.ndarray
 cdef object _ndarray_new = _np.ndarray.__new__
@@ -233,6 +233,16 @@ cdef class Mapping:
         export.mapping = self
         return _ndarray_new(_ndarray, self._shape, self._dtype, export, 0, None, self._order)
 
+    def _export(self):
+        """A new export object to build an array on (``ndarray.__new__(..., buffer=it)``).
+
+        It counts as one export from now until it is garbage: keep it only as an array's buffer.
+        """
+        cdef _ArrayExport export = _ArrayExport.__new__(_ArrayExport)
+        self._acquire()
+        export.mapping = self
+        return export
+
     def __getbuffer__(self, Py_buffer *buffer, int flags):
         if (flags & PyBUF_WRITABLE) and self._readonly and not self._closed:
             raise BufferError("mapping is read-only (mode 'r')")
@@ -328,6 +338,60 @@ cdef class Mapping:
         first, length = self._byte_range(start, stop)
         resident, total = self._resident_bytes(first, length)
         return resident / total if total else 1.0
+
+    def evict(self, start=None, stop=None):
+        """Give the memory of rows ``[start, stop)`` back: the "free this" call.
+
+        Flushes the range (modes ``'r+'``/``'w+'``), drops it from this process
+        (``madvise(MADV_DONTNEED)``) and from the page cache where the OS allows
+        (``posix_fadvise(POSIX_FADV_DONTNEED)`` on the file, reopened by name; skipped for
+        mappings of file objects and on Windows). The data stays readable: the next access
+        reads it from the file again.
+
+        Raises
+        ------
+        ValueError
+            Mode ``'c'`` (evicting would discard the private changes), or the mapping is closed.
+        """
+        _access.evict(self, start, stop)
+
+    def prefetch(self, start=None, stop=None):
+        """Fault rows ``[start, stop)`` in from a background thread and return at once.
+
+        The thread runs without the GIL (``madvise(MADV_POPULATE_READ)``), overlapping I/O
+        and page faults with the caller's work. Returns a handle with ``wait()`` and
+        ``done``. Closing the mapping meanwhile is safe: the unmap waits for the thread.
+
+        Examples
+        --------
+        >>> import mmarray, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "p.bin")
+        >>> m = mmarray.open(path, mode="w+", shape=1 << 20)
+        >>> m.prefetch().wait()
+        True
+        """
+        first, length = self._byte_range(start, stop)
+        if self._closed:
+            raise ValueError("mapping is closed")
+        return _access.Prefetch(self, first, length)
+
+    def chunks(self, rows, prefetch=True, ahead=2):
+        """Iterate over views of ``rows`` rows each; the way to scan a mapping fast.
+
+        With ``prefetch`` (default) a background thread populates up to ``ahead`` chunks
+        beyond the one the caller is working on, so page faults and disk reads overlap the
+        caller's computation instead of stalling it.
+
+        Examples
+        --------
+        >>> import mmarray, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "s.f64")
+        >>> with mmarray.open(path, dtype="f8", mode="w+", shape=(1000, 8)) as m:
+        ...     m.array[:] = 1.0
+        ...     float(sum(chunk.sum() for chunk in m.chunks(128)))
+        8000.0
+        """
+        return _access.chunks(self, rows, prefetch, ahead)
 
     # -- region operations (byte ranges relative to the array's first byte) -----------------
 

@@ -1,0 +1,135 @@
+"""Access policy on top of the engine's region operations: prefetch, chunked scans, eviction.
+
+The engine's ``_advise_bytes`` releases the GIL and holds an export while it runs, so a
+background thread that populates pages runs truly in parallel with the caller's work, and a
+concurrent ``close()`` defers the unmap until the thread is done with the region.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from mmarray._ranges import ADVICE_CODES
+
+_POPULATE_READ = ADVICE_CODES["populate_read"]
+
+
+class Prefetch:
+    """A background population of part of a mapping, started by :meth:`Mapping.prefetch`.
+
+    Attributes
+    ----------
+    done : bool
+        True once the pages were faulted in (or the attempt failed).
+    """
+
+    def __init__(self, mapping, first, length):
+        self._error = None
+        self._thread = threading.Thread(target=self._run, args=(mapping, first, length),
+                                        name="mmarray-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, mapping, first, length):
+        try:
+            mapping._advise_bytes(first, length, _POPULATE_READ)
+        except BaseException as exc:  # re-raised in wait()
+            self._error = exc
+
+    @property
+    def done(self):
+        return not self._thread.is_alive()
+
+    def wait(self, timeout=None):
+        """Wait for the prefetch to finish; re-raise its error, if any. Returns ``done``."""
+        self._thread.join(timeout)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self.done
+
+
+def _axis(mapping):
+    shape = mapping.shape
+    if not shape:
+        raise ValueError("cannot iterate over chunks of a 0-d mapping")
+    return 0 if mapping.order == "C" else len(shape) - 1
+
+
+def chunks(mapping, rows, prefetch=True, ahead=2):
+    """Iterate over the mapping in views of ``rows`` rows, populating ahead in the background.
+
+    See :meth:`Mapping.chunks`.
+    """
+    import operator
+
+    rows = operator.index(rows)
+    if rows <= 0:
+        raise ValueError(f"rows must be a positive number of rows per chunk, got {rows}")
+    ahead = operator.index(ahead)
+    if ahead < 1:
+        raise ValueError(f"ahead must be >= 1 chunk, got {ahead}")
+    array = mapping.array
+    axis = _axis(mapping)
+    n = mapping.shape[axis]
+    lead = (slice(None),) * axis
+
+    if not prefetch or n <= rows:
+        for i in range(0, n, rows):
+            yield array[lead + (slice(i, i + rows),)]
+        return
+
+    room = threading.Semaphore(ahead)
+    stop = threading.Event()
+    failure = []
+
+    def populate():
+        try:
+            for i in range(0, n, rows):
+                room.acquire()
+                if stop.is_set():
+                    return
+                first, length = mapping._byte_range(i, i + rows)
+                mapping._advise_bytes(first, length, _POPULATE_READ)
+        except BaseException as exc:
+            if not mapping.closed:  # closed meanwhile: the caller's views stay valid, stop quietly
+                failure.append(exc)  # surfaced by the consumer below
+
+    worker = threading.Thread(target=populate, name="mmarray-chunks", daemon=True)
+    worker.start()
+    try:
+        for i in range(0, n, rows):
+            if failure:
+                raise failure[0]
+            yield array[lead + (slice(i, i + rows),)]
+            room.release()
+    finally:
+        stop.set()
+        room.release()
+        worker.join()
+
+
+def evict(mapping, start, stop):
+    """Drop rows ``[start, stop)`` from this process and, where possible, the page cache."""
+    if mapping.mode == "c":
+        raise ValueError("evict() on a copy-on-write mapping (mode 'c') would discard its "
+                         "private changes; expected mode 'r', 'r+' or 'w+'")
+    if mapping.closed:
+        raise ValueError("mapping is closed")
+    first, length = mapping._byte_range(start, stop)
+    if length == 0:
+        return
+    if mapping.mode != "r":
+        mapping._flush_bytes(first, length, True)  # dirty pages cannot be dropped from the cache
+    mapping._advise_bytes(first, length, ADVICE_CODES["dontneed"])
+    # posix_fadvise(2) POSIX_FADV_DONTNEED drops clean cached pages of the file; the mapping
+    # holds no descriptor, so reopen by name (a file object's mapping has no name: skipped).
+    if mapping.filename is None or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(mapping.filename, os.O_RDONLY)
+    except (FileNotFoundError, PermissionError):  # renamed or locked away since: nothing to do
+        return
+    try:
+        os.posix_fadvise(fd, mapping.offset + first, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

@@ -1,0 +1,42 @@
+"""Helpers shared by mmarray's tests (tests/ is on sys.path through pytest's pythonpath)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def run_python(code, timeout=300, env=None):
+    """Run ``code`` in a fresh interpreter; return the CompletedProcess (crash = non-zero rc)."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def assert_clean_exit(proc):
+    """A subprocess that crashed (SIGSEGV, SIGBUS: negative return code) or failed."""
+    assert proc.returncode == 0, (
+        f"subprocess exited with {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+
+
+def mapped_regions(path):
+    """The /proc/self/maps lines that map ``path`` (Linux only)."""
+    path = os.path.realpath(path)
+    with open("/proc/self/maps") as f:
+        return [line for line in f if line.rstrip("\n").endswith(" " + path)]
+
+
+def mapped_bytes(path):
+    """Total bytes of this process's mappings of ``path``, from /proc/self/maps."""
+    total = 0
+    for line in mapped_regions(path):
+        lo, hi = line.split()[0].split("-")
+        total += int(hi, 16) - int(lo, 16)
+    return total
+
+
+needs_proc_maps = pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
+                                     reason="needs Linux /proc/self/maps")
