@@ -1,0 +1,198 @@
+"""Access controls: advise, populate, prefetch, chunks, resident, evict, ranged flush."""
+import gc
+import os
+
+import numpy as np
+import pytest
+
+import mmarray
+from mmarray._ranges import ADVICE, byte_range
+from helpers import assert_clean_exit, run_python
+
+PAGE = mmarray._engine.PAGE_SIZE
+
+
+@pytest.fixture
+def big(tmp_path):
+    path = tmp_path / "big.f64"
+    np.arange(1 << 20, dtype=np.float64).reshape(1 << 14, 64).tofile(path)
+    return path
+
+
+def test_byte_range_rows_for_c_and_f_order():
+    assert byte_range((10, 4), "C", 8, 2, 5) == (2 * 32, 3 * 32)
+    assert byte_range((10, 4), "F", 8, 1, 3) == (1 * 80, 2 * 80)
+    assert byte_range((10,), "C", 2, -3, None) == (14, 6)
+    assert byte_range((10,), "C", 2, 5, 100) == (10, 10)
+    assert byte_range((10,), "C", 2, 7, 3) == (14, 0)
+    assert byte_range((), "C", 8, None, None) == (0, 8)
+
+
+def test_byte_range_matches_numpy_slicing():
+    shape = (7, 3, 5)
+    ref = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    for start in (None, -9, -1, 0, 2, 6, 9):
+        for stop in (None, -8, -2, 0, 3, 7, 12):
+            first, n = byte_range(shape, "C", 4, start, stop)
+            part = ref[start:stop]
+            assert n == part.nbytes
+            if n:
+                assert first == (part.ctypes.data - ref.ctypes.data)
+
+
+@pytest.mark.parametrize("advice", ADVICE)
+def test_every_advice_is_accepted(big, advice):
+    mode = "r+" if advice == "populate_write" else "r"
+    with mmarray.open(big, dtype=np.float64, mode=mode, shape=(1 << 14, 64)) as m:
+        m.advise(advice)
+        m.advise(advice, 100, 200)
+        a = m.array
+        assert a[100, 0] == 6400.0  # data unchanged by any advice
+        del a
+
+
+def test_advise_at_open(big):
+    with mmarray.open(big, dtype=np.float64, mode="r", advise="random") as m:
+        assert m.array[5] == 5.0
+
+
+def test_bad_advice_names_the_choices(big):
+    with mmarray.open(big, mode="r") as m:
+        with pytest.raises(ValueError, match="advice must be one of.*got 'fast'"):
+            m.advise("fast")
+
+
+def test_populate_write_on_read_only_mapping(big):
+    with mmarray.open(big, mode="r") as m:
+        with pytest.raises(ValueError, match="populate_write"):
+            m.advise("populate_write")
+
+
+def test_populate_at_open_makes_pages_resident(big):
+    with mmarray.open(big, dtype=np.float64, mode="r", populate=True) as m:
+        assert m.resident() == 1.0
+
+
+def test_resident_after_evict_and_after_touch(tmp_path):
+    path = tmp_path / "ev.bin"
+    with mmarray.open(path, dtype=np.uint8, mode="w+", shape=64 * PAGE) as m:
+        m.array[:] = 1
+        assert m.resident() == 1.0
+        m.evict()
+        assert m.resident() == 0.0, "evict should drop the file's pages from the page cache"
+        a = m.array
+        assert int(a[: 8 * PAGE].sum()) == 8 * PAGE  # data reread from the file
+        assert m.resident(0, 8 * PAGE) == 1.0
+        del a
+
+
+def test_evict_range_leaves_the_rest(tmp_path):
+    path = tmp_path / "ev2.bin"
+    with mmarray.open(path, dtype=np.uint8, mode="w+", shape=64 * PAGE) as m:
+        m.array[:] = 3
+        m.evict(0, 32 * PAGE)
+        assert m.resident(0, 32 * PAGE) == 0.0
+        assert m.resident(32 * PAGE, None) == 1.0
+    assert set(path.read_bytes()) == {3}
+
+
+def test_evict_refuses_copy_on_write(big):
+    with mmarray.open(big, mode="c") as m:
+        with pytest.raises(ValueError, match="copy-on-write"):
+            m.evict()
+
+
+def test_prefetch_populates_in_background(big):
+    with mmarray.open(big, dtype=np.float64, mode="r") as m:
+        m.evict()
+        handle = m.prefetch(0, 1 << 13)
+        assert handle.wait() is True
+        assert handle.done
+        assert m.resident(0, 1 << 13) == 1.0
+
+
+def test_close_during_prefetch_defers_unmap(big):
+    m = mmarray.open(big, dtype=np.float64, mode="r")
+    handle = m.prefetch()
+    m.close()
+    handle.wait()
+    gc.collect()
+    assert m.exports == 0 and m.closed
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_chunks_cover_every_row_once(tmp_path, order):
+    path = tmp_path / "ch.bin"
+    ref = np.arange(1000 * 6, dtype=np.int64).reshape((1000, 6) if order == "C" else (6, 1000),
+                                                      order=order)
+    with mmarray.open(path, dtype=np.int64, mode="w+", shape=ref.shape, order=order) as m:
+        m.array[...] = ref
+        parts = list(m.chunks(128))
+        axis = 0 if order == "C" else 1
+        assert [p.shape[axis] for p in parts] == [128] * 7 + [104]
+        np.testing.assert_array_equal(np.concatenate(parts, axis=axis), ref)
+        no_prefetch = list(m.chunks(300, prefetch=False))
+        np.testing.assert_array_equal(np.concatenate(no_prefetch, axis=axis), ref)
+        del parts, no_prefetch
+
+
+def test_chunks_bad_arguments(big):
+    with mmarray.open(big, mode="r") as m:
+        with pytest.raises(ValueError, match="rows must be a positive"):
+            list(m.chunks(0))
+        with pytest.raises(ValueError, match="ahead must be"):
+            list(m.chunks(10, ahead=0))
+
+
+def test_chunks_abandoned_midway_then_close(big):
+    m = mmarray.open(big, dtype=np.float64, mode="r")
+    it = m.chunks(16, ahead=4)
+    first = next(it)
+    it.close()  # stops the background thread
+    m.close()
+    assert first[0] == 0.0
+    del first, it
+    gc.collect()
+    assert m.exports == 0
+
+
+def test_close_while_iterating_chunks_keeps_views_valid(tmp_path):
+    path = tmp_path / "cl.bin"
+    np.ones((4096, 128), dtype=np.float64).tofile(path)
+    proc = run_python(f"""
+        import mmarray, gc
+        m = mmarray.open({str(path)!r}, dtype="float64", mode="r", shape=(4096, 128))
+        total = 0.0
+        for i, chunk in enumerate(m.chunks(64)):
+            if i == 3:
+                m.close()
+            total += float(chunk.sum())
+        assert total == 4096 * 128, total
+        del chunk; gc.collect()
+        assert m.exports == 0
+        print("ok")
+    """)
+    assert_clean_exit(proc)
+
+
+def test_scan_through_chunks_matches_sum(big):
+    with mmarray.open(big, dtype=np.float64, mode="r", shape=(1 << 14, 64)) as m:
+        total = sum(float(c.sum()) for c in m.chunks(1000))
+        assert total == float(np.arange(1 << 20, dtype=np.float64).sum())
+
+
+def test_region_operations_after_close_raise(big):
+    m = mmarray.open(big, mode="r+")
+    m.close()
+    for call in (lambda: m.advise("random"), m.resident, m.evict, m.prefetch,
+                 lambda: m.flush(0, 10)):
+        with pytest.raises(ValueError, match="mapping is closed"):
+            call()
+
+
+def test_region_operations_on_empty_mapping(big):
+    with mmarray.open(big, mode="r+", shape=0) as m:
+        m.flush()
+        m.advise("willneed")
+        assert m.resident() == 1.0
+        m.evict()
