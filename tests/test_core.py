@@ -673,3 +673,28 @@ def test_mapping_size_is_the_requested_range(tmp_path):
         # One page for the unaligned start, then 10000 bytes: three 4 KiB pages, not 1 GiB.
         assert mapped_bytes(path) <= 10000 + 2 * mmarray._engine.PAGE_SIZE
         del m
+
+
+def test_hand_made_engine_objects_never_crash():
+    """Objects built around the constructors (``__new__``) must fail cleanly, not segfault."""
+    proc = run_python("""
+        import mmarray
+        from mmarray._engine import Mapping, _ArrayExport
+        bare = Mapping.__new__(Mapping)
+        calls = [lambda: Mapping(), lambda: _ArrayExport(),
+                 lambda: memoryview(_ArrayExport.__new__(_ArrayExport)),
+                 lambda: bare.array, lambda: memoryview(bare), lambda: bare.flush(),
+                 lambda: bare.advise("random"), lambda: bare.resident(), lambda: bare.evict(),
+                 lambda: mmarray.close(_ArrayExport.__new__(_ArrayExport))]
+        kinds = []
+        for call in calls:
+            try:
+                call()
+                kinds.append("ok")
+            except (TypeError, ValueError, AttributeError) as e:
+                kinds.append(type(e).__name__)
+        bare.close()
+        print(kinds)
+    """)
+    assert_clean_exit(proc)
+    assert "ok" not in proc.stdout

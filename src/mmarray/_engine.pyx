@@ -69,10 +69,14 @@ cdef class Mapping:
     >>> del a                   # the region is unmapped now
     """
 
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Mapping objects are made by mmarray.open() or mmarray.load(), "
+                        "not directly")
+
     def __cinit__(self):
         memset(&self.view, 0, sizeof(mm_view))
         self._exports = 0
-        self._closed = False
+        self._closed = True          # a bare Mapping (not made by map_file) maps nothing
         self._readonly = True
 
     def __dealloc__(self):
@@ -477,8 +481,13 @@ cdef class _ArrayExport:
     obj, so the export is counted here, from creation to deallocation, not in the buffer call.
     """
 
+    def __init__(self, *args, **kwargs):
+        raise TypeError("_ArrayExport objects are made by Mapping.array, not directly")
+
     def __getbuffer__(self, Py_buffer *buffer, int flags):
         # The Mapping cannot be unmapped while self exists (self holds one export).
+        if self.mapping is None:
+            raise ValueError("export is not attached to a mapping")
         if (flags & PyBUF_WRITABLE) and self.mapping._readonly:
             raise BufferError("mapping is read-only (mode 'r')")
         _fill_buffer(self.mapping, buffer, self)
@@ -527,6 +536,7 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
             status = mm_map_handle(handle, access, offset, length, flags, &m.view, &err)
         if status != MM_OK:
             _raise(&err, filename, offset, length)
+    m._closed = False
     m._readonly = access == MM_READ
     m._dtype = dtype
     m._shape = shape
