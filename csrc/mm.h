@@ -40,7 +40,8 @@ typedef enum mm_access {
 enum {
     MM_CREATE = 1,   /* path only: create the file, truncating an existing one (mode 'w+').
                         A file this call created is removed again if the call fails. */
-    MM_GROW = 2,     /* extend a shorter file to offset + length, allocating real blocks */
+    MM_GROW = 2,     /* extend a shorter file to offset + length, allocating real blocks
+                        (allowed with any access: the file is opened writable to grow it) */
     MM_POPULATE = 4  /* prefault the view (MAP_POPULATE / PrefetchVirtualMemory) */
 };
 

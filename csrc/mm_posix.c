@@ -112,9 +112,7 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
     }
     if (length == 0)
         return mm_fail(err, MM_E_EMPTY, 0);
-    if (offset > UINT64_MAX - length)
-        return mm_fail(err, MM_E_ARG, EOVERFLOW);
-    end = offset + length;
+    end = offset + length; /* no overflow: checked by the callers, or length = size - offset */
     if (end > size) {
         if (!(flags & MM_GROW))
             return mm_fail(err, MM_E_RANGE, 0);
@@ -126,7 +124,7 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
     delta = offset % mm_alignment();
     map_offset = offset - delta;
     if (length > (uint64_t)SIZE_MAX - delta || (uint64_t)(off_t)map_offset != map_offset)
-        return mm_fail(err, MM_E_ARG, EOVERFLOW);
+        return mm_fail(err, MM_E_MAP, EOVERFLOW); /* mmap(2): EOVERFLOW, on 32-bit hosts */
 
     prot = access == MM_READ ? PROT_READ : PROT_READ | PROT_WRITE;
     mflags = access == MM_COPY ? MAP_PRIVATE : MAP_SHARED;
@@ -152,11 +150,9 @@ static int mm_check_args(int access, int flags, mm_view *view, mm_error *err) {
     err->code = 0;
     err->file_size = 0;
     if (access != MM_READ && access != MM_WRITE && access != MM_COPY)
-        return mm_fail(err, MM_E_ARG, EINVAL);
+        return mm_fail(err, MM_E_ARG, 0);
     if ((flags & ~(MM_CREATE | MM_GROW | MM_POPULATE)) != 0)
-        return mm_fail(err, MM_E_ARG, EINVAL);
-    if ((flags & (MM_CREATE | MM_GROW)) && access != MM_WRITE)
-        return mm_fail(err, MM_E_ARG, EINVAL);
+        return mm_fail(err, MM_E_ARG, 0);
     return MM_OK;
 }
 
@@ -175,7 +171,11 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
     if (path == NULL || path[0] == '\0')
         return mm_fail(err, MM_E_OPEN, ENOENT);
 
-    oflags = (access == MM_WRITE ? O_RDWR : O_RDONLY) | O_CLOEXEC;
+    if (length != MM_TO_END && offset > UINT64_MAX - length)
+        return mm_fail(err, MM_E_ARG, 0); /* offset + length overflows: refused before open */
+    /* Growing or creating writes to the file even for a read-only or private view. */
+    oflags = (access == MM_WRITE || (flags & (MM_CREATE | MM_GROW)) ? O_RDWR : O_RDONLY)
+             | O_CLOEXEC;
     if (flags & MM_CREATE) {
         /* O_EXCL first, to learn whether this call creates the file (and so must remove it
          * on failure); an existing file is truncated as open(..., "w+") would. */
@@ -204,9 +204,11 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
     if (mm_check_args(access, flags, view, err) != MM_OK)
         return err->status;
     if (flags & MM_CREATE)
-        return mm_fail(err, MM_E_ARG, EINVAL);
+        return mm_fail(err, MM_E_ARG, 0);
     if (handle < 0 || handle > INT32_MAX)
-        return mm_fail(err, MM_E_ARG, EBADF);
+        return mm_fail(err, MM_E_ARG, 0);
+    if (length != MM_TO_END && offset > UINT64_MAX - length)
+        return mm_fail(err, MM_E_ARG, 0);
     return mm_map_fd((int)handle, access, offset, length, flags, view, err);
 }
 
@@ -217,6 +219,11 @@ static int mm_page_range(const mm_view *view, uint64_t start, uint64_t length, c
     uint64_t delta, first, last;
     if (view->base == NULL || start > view->length || length > view->length - start)
         return -1;
+    if (length == 0) { /* an empty range touches no page */
+        *addr = (char *)view->base;
+        *len = 0;
+        return 0;
+    }
     delta = (uint64_t)(view->data - (char *)view->base);
     /* first is page-aligned and >= 0: base itself is page-aligned, so is base + first. */
     first = mm_align_down(delta + start, mm_page_size());
@@ -231,7 +238,7 @@ int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_
     char *addr;
     size_t len;
     if (mm_page_range(view, start, length, &addr, &len) != 0)
-        return mm_fail(err, MM_E_ARG, EINVAL);
+        return mm_fail(err, MM_E_ARG, 0);
     if (view->access != MM_WRITE || len == 0)
         return mm_ok(err);
     /* msync(2): MS_SYNC waits for the write-back; MS_ASYNC schedules it. */
@@ -248,9 +255,9 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     size_t len;
     int native;
     if (advice < 0 || advice >= (int)(sizeof(table) / sizeof(table[0])))
-        return mm_fail(err, MM_E_ARG, EINVAL);
+        return mm_fail(err, MM_E_ARG, 0);
     if (mm_page_range(view, start, length, &addr, &len) != 0)
-        return mm_fail(err, MM_E_ARG, EINVAL);
+        return mm_fail(err, MM_E_ARG, 0);
     native = table[advice];
     if (len == 0 || native < 0) /* advice this system lacks: documented no-op */
         return mm_ok(err);
@@ -281,7 +288,7 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     *resident = 0;
     *total = 0;
     if (mm_page_range(view, start, length, &addr, &len) != 0)
-        return mm_fail(err, MM_E_ARG, EINVAL);
+        return mm_fail(err, MM_E_ARG, 0);
     pages = (len + page - 1) / page;
     /* mincore(2) wants one vector byte per page; ask in chunks of sizeof(vec) pages. */
     for (done = 0; done < pages; done += chunk) {

@@ -1,0 +1,498 @@
+/*
+ * mm_win32.c -- the Windows implementation of mm.h.
+ *
+ * CreateFileW / GetFileSizeEx / SetEndOfFile / CreateFileMappingW / MapViewOfFile, then the
+ * mapping handle and the file handle are closed at once: "CreateFileMappingW function
+ * (memoryapi.h)" says mapped views of a file mapping object maintain internal references to
+ * the object, and "UnmapViewOfFile function (memoryapi.h)" that the system holds the file
+ * open until the last view is unmapped. So a live view owns no handle (mm.h rule).
+ *
+ * Choices this file documents (all behaviour not spelled out by mm.h):
+ *  - A directory is reported as MM_E_STAT with code ERROR_DIRECTORY_NOT_SUPPORTED (336),
+ *    the code mm.h names; Python maps it to IsADirectoryError. Another non-disk handle
+ *    (pipe, console) is MM_E_STAT with ERROR_NOT_SUPPORTED (50).
+ *  - Durable flush needs a file handle ("FlushFileBuffers function (fileapi.h)"). A MM_WRITE
+ *    view opened by path keeps its wide path in view->reopen and mm_flush(sync) reopens it
+ *    for FlushFileBuffers. A view made by mm_map_handle has no path: its sync flush is
+ *    FlushViewOfFile only (the caller owns the handle and can FlushFileBuffers it).
+ *  - PrefetchVirtualMemory (Windows 8+) and K32QueryWorkingSetEx (Windows 7+) are looked up
+ *    in kernel32 with GetProcAddress on each call, so nothing extra is linked (no psapi.lib)
+ *    and the module loads where they are missing. A missing PrefetchVirtualMemory makes
+ *    WILLNEED / POPULATE_* a no-op returning MM_OK; a missing K32QueryWorkingSetEx makes
+ *    mm_resident fail with MM_E_QUERY / ERROR_PROC_NOT_FOUND.
+ *  - MM_POPULATE and MM_ADV_POPULATE_* prefetch only: "PrefetchVirtualMemory function
+ *    (memoryapi.h)" says prefetched memory is not added to the working set, so mm_resident
+ *    counts those pages once they are touched. A failing prefetch during mm_map_* is ignored
+ *    (best effort, as MAP_POPULATE); mm_advise reports it as MM_E_ADVISE.
+ *  - MM_ADV_NORMAL, SEQUENTIAL, RANDOM, DONTNEED, HUGEPAGE and NOHUGEPAGE have no Windows
+ *    equivalent for file views and are no-ops returning MM_OK.
+ *  - mm_resident counts pages whose working-set Valid bit is set (QueryWorkingSetEx): pages
+ *    mapped in this process, not pages merely cached by the system.
+ *  - Windows refuses to truncate a file that has a live mapped view ("SetEndOfFile function
+ *    (fileapi.h)"), so MM_CREATE on a file this process still maps fails with MM_E_OPEN
+ *    (ERROR_USER_MAPPED_FILE).
+ */
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#include <psapi.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "mm.h"
+
+/* Not in every SDK's winerror.h (mingw-w64 lacks it). */
+#ifndef ERROR_DIRECTORY_NOT_SUPPORTED
+#define ERROR_DIRECTORY_NOT_SUPPORTED 336L
+#endif
+
+#define MM_WIN_KNOWN_FLAGS (MM_CREATE | MM_GROW | MM_POPULATE)
+#define MM_WIN_INT64_MAX ((uint64_t)INT64_MAX)
+
+/* Same layout as WIN32_MEMORY_RANGE_ENTRY, which older SDK targets do not declare
+ * ("WIN32_MEMORY_RANGE_ENTRY structure (memoryapi.h)"). */
+typedef struct mm_win_range_entry {
+    void *VirtualAddress;
+    SIZE_T NumberOfBytes;
+} mm_win_range_entry;
+
+typedef BOOL (WINAPI *mm_win_prefetch_fn)(HANDLE, ULONG_PTR, mm_win_range_entry *, ULONG);
+typedef BOOL (WINAPI *mm_win_query_ws_fn)(HANDLE, PVOID, DWORD);
+
+/* Indexed by mm_access: "CreateFileMappingW function (memoryapi.h)" protections and the
+ * matching "MapViewOfFile function (memoryapi.h)" desired access. */
+static const DWORD mm_win_protect[3] = {PAGE_READONLY, PAGE_READWRITE, PAGE_WRITECOPY};
+static const DWORD mm_win_view_access[3] = {FILE_MAP_READ, FILE_MAP_WRITE, FILE_MAP_COPY};
+
+/* Pages of the working-set query done per call (16 bytes each on the stack). */
+#define MM_WIN_QUERY_CHUNK 256
+
+static int mm_win_error(mm_error *err, int status, DWORD code) {
+    err->status = status;
+    err->code = (int64_t)code;
+    return status;
+}
+
+static int mm_win_ok(mm_error *err) {
+    err->status = MM_OK;
+    err->code = 0;
+    return MM_OK;
+}
+
+static FARPROC mm_win_kernel32(const char *name) {
+    HMODULE kernel32 = GetModuleHandleW(L"kernel32.dll");
+    if (kernel32 == NULL)
+        return NULL;
+    return GetProcAddress(kernel32, name);
+}
+
+uint64_t mm_alignment(void) {
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    return (uint64_t)info.dwAllocationGranularity;
+}
+
+uint64_t mm_page_size(void) {
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    return (uint64_t)info.dwPageSize;
+}
+
+/* Checks shared by mm_map_path and mm_map_handle that need no OS call. */
+static int mm_win_check_args(int access, uint64_t offset, uint64_t length, int flags,
+                             mm_error *err) {
+    if (access != MM_READ && access != MM_WRITE && access != MM_COPY)
+        return mm_win_error(err, MM_E_ARG, 0);
+    if ((flags & ~MM_WIN_KNOWN_FLAGS) != 0)
+        return mm_win_error(err, MM_E_ARG, 0);
+    if (length == 0)
+        return mm_win_error(err, MM_E_EMPTY, 0);
+    if (offset > MM_WIN_INT64_MAX)
+        return mm_win_error(err, MM_E_ARG, 0);
+    if (length != MM_TO_END && length > MM_WIN_INT64_MAX - offset)
+        return mm_win_error(err, MM_E_ARG, 0);
+    return MM_OK;
+}
+
+/* Extend the file to new_size bytes. The caller's file pointer is restored, so a handle
+ * passed to mm_map_handle is left where it was. Returns 0 or the failing call's error. */
+static DWORD mm_win_grow(HANDLE file, uint64_t new_size) {
+    LARGE_INTEGER zero, saved, target;
+    FILE_ALLOCATION_INFO alloc;
+    DWORD code = 0;
+
+    zero.QuadPart = 0;
+    if (!SetFilePointerEx(file, zero, &saved, FILE_CURRENT))
+        return GetLastError();
+    /* "FILE_ALLOCATION_INFO structure (winbase.h)" / "SetFileInformationByHandle function
+     * (fileapi.h)": reserve real clusters first. Only a hint: file systems and emulations
+     * that refuse it still get the plain SetEndOfFile below, which reports a full disk. */
+    alloc.AllocationSize.QuadPart = (LONGLONG)new_size;
+    (void)SetFileInformationByHandle(file, FileAllocationInfo, &alloc, sizeof alloc);
+    /* "SetEndOfFile function (fileapi.h)": the end of file becomes the file pointer. */
+    target.QuadPart = (LONGLONG)new_size;
+    if (!SetFilePointerEx(file, target, NULL, FILE_BEGIN) || !SetEndOfFile(file))
+        code = GetLastError();
+    if (!SetFilePointerEx(file, saved, NULL, FILE_BEGIN) && code == 0)
+        code = GetLastError();
+    return code;
+}
+
+/* Size, grow and map an open file into *view. The handle is neither closed nor kept. */
+static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t length, int flags,
+                           mm_view *view, mm_error *err) {
+    BY_HANDLE_FILE_INFORMATION info;
+    LARGE_INTEGER size_li;
+    uint64_t size, end, aligned, delta, span;
+    HANDLE mapping;
+    void *base;
+    DWORD type, code;
+
+    /* "GetFileType function (fileapi.h)": FILE_TYPE_UNKNOWN is an error only when
+     * GetLastError() is not NO_ERROR. */
+    SetLastError(NO_ERROR);
+    type = GetFileType(file);
+    if (type == FILE_TYPE_UNKNOWN && GetLastError() != NO_ERROR)
+        return mm_win_error(err, MM_E_STAT, GetLastError());
+    if (type != FILE_TYPE_DISK)
+        return mm_win_error(err, MM_E_STAT, ERROR_NOT_SUPPORTED);
+    if (!GetFileInformationByHandle(file, &info))
+        return mm_win_error(err, MM_E_STAT, GetLastError());
+    if (info.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY)
+        return mm_win_error(err, MM_E_STAT, ERROR_DIRECTORY_NOT_SUPPORTED);
+    if (!GetFileSizeEx(file, &size_li))
+        return mm_win_error(err, MM_E_STAT, GetLastError());
+    size = (uint64_t)size_li.QuadPart;
+    err->file_size = size;
+
+    if (length == MM_TO_END) {
+        if (offset >= size)
+            return mm_win_error(err, MM_E_EMPTY, 0);
+        length = size - offset;
+    }
+    end = offset + length; /* no overflow: mm_win_check_args bounded both by INT64_MAX */
+
+    /* "MapViewOfFile function (memoryapi.h)": the file offset must be a multiple of the
+     * allocation granularity ("SYSTEM_INFO structure (sysinfoapi.h)",
+     * dwAllocationGranularity), not of the page size. */
+    aligned = mm_align_down(offset, mm_alignment());
+    delta = offset - aligned;
+    span = delta + length;
+    if (span > (uint64_t)(SIZE_T)-1) /* only on 32-bit: the view would not fit */
+        return mm_win_error(err, MM_E_ARG, 0);
+
+    if (end > size) {
+        if (!(flags & MM_GROW))
+            return mm_win_error(err, MM_E_RANGE, 0);
+        code = mm_win_grow(file, end);
+        if (code != 0)
+            return mm_win_error(err, MM_E_GROW, code);
+        size = end;
+        err->file_size = size;
+    }
+
+    /* Maximum size = end: never larger than the file, so no protection extends it
+     * ("CreateFileMappingW function (memoryapi.h)"); end > 0 since length > 0, so the
+     * ERROR_FILE_INVALID of mapping an empty file cannot happen. */
+    mapping = CreateFileMappingW(file, NULL, mm_win_protect[access], (DWORD)(end >> 32),
+                                 (DWORD)(end & 0xFFFFFFFFu), NULL);
+    if (mapping == NULL)
+        return mm_win_error(err, MM_E_MAP, GetLastError());
+    base = MapViewOfFile(mapping, mm_win_view_access[access], (DWORD)(aligned >> 32),
+                         (DWORD)(aligned & 0xFFFFFFFFu), (SIZE_T)span);
+    code = base == NULL ? GetLastError() : 0;
+    /* The view keeps the section alive ("CreateFileMappingW function (memoryapi.h)"). */
+    CloseHandle(mapping);
+    if (base == NULL)
+        return mm_win_error(err, MM_E_MAP, code);
+
+    view->base = base;
+    view->base_length = span;
+    view->data = (char *)base + delta; /* delta < span: the requested byte lies in the view */
+    view->length = length;
+    view->access = access;
+    view->reopen = NULL;
+
+    if (flags & MM_POPULATE) {
+        mm_win_prefetch_fn prefetch =
+            (mm_win_prefetch_fn)(void (*)(void))mm_win_kernel32("PrefetchVirtualMemory");
+        mm_win_range_entry range;
+        range.VirtualAddress = base;
+        range.NumberOfBytes = (SIZE_T)span;
+        if (prefetch != NULL)
+            (void)prefetch(GetCurrentProcess(), 1, &range, 0);
+    }
+    return mm_win_ok(err);
+}
+
+/* UTF-8 -> newly allocated NUL-terminated wide string, or NULL with *code set. */
+static wchar_t *mm_win_widen(const char *path, DWORD *code) {
+    int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, NULL, 0);
+    wchar_t *wide;
+    if (n <= 0) {
+        *code = GetLastError();
+        return NULL;
+    }
+    wide = (wchar_t *)malloc((size_t)n * sizeof *wide);
+    if (wide == NULL) {
+        *code = ERROR_NOT_ENOUGH_MEMORY;
+        return NULL;
+    }
+    if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, wide, n) != n) {
+        *code = GetLastError();
+        free(wide);
+        return NULL;
+    }
+    return wide;
+}
+
+static HANDLE mm_win_open(const wchar_t *wpath, DWORD desired, DWORD disposition) {
+    return CreateFileW(wpath, desired, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                       NULL, disposition, FILE_ATTRIBUTE_NORMAL, NULL);
+}
+
+/* Why CreateFileW failed. "CreateFileW function (fileapi.h)": opening a directory needs
+ * FILE_FLAG_BACKUP_SEMANTICS, without it the call fails with ERROR_ACCESS_DENIED; report a
+ * directory as one (MM_E_STAT, ERROR_DIRECTORY_NOT_SUPPORTED, as mm.h says). */
+static int mm_win_open_error(const wchar_t *wpath, DWORD code, mm_error *err) {
+    DWORD attrs;
+    if (code == ERROR_ACCESS_DENIED) {
+        attrs = GetFileAttributesW(wpath);
+        if (attrs != INVALID_FILE_ATTRIBUTES && (attrs & FILE_ATTRIBUTE_DIRECTORY))
+            return mm_win_error(err, MM_E_STAT, ERROR_DIRECTORY_NOT_SUPPORTED);
+    }
+    return mm_win_error(err, MM_E_OPEN, code);
+}
+
+int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
+                mm_view *view, mm_error *err) {
+    mm_error local;
+    wchar_t *wpath;
+    HANDLE file;
+    DWORD desired, code = 0;
+    int created = 0, status;
+
+    if (err == NULL)
+        err = &local;
+    err->status = MM_OK;
+    err->code = 0;
+    err->file_size = 0;
+    if (view == NULL || path == NULL)
+        return mm_win_error(err, MM_E_ARG, 0);
+    memset(view, 0, sizeof *view);
+    status = mm_win_check_args(access, offset, length, flags, err);
+    if (status != MM_OK)
+        return status;
+
+    wpath = mm_win_widen(path, &code);
+    if (wpath == NULL)
+        return mm_win_error(err, MM_E_OPEN, code);
+
+    desired = GENERIC_READ;
+    if (access == MM_WRITE || (flags & (MM_CREATE | MM_GROW)))
+        desired |= GENERIC_WRITE;
+    if (flags & MM_CREATE) {
+        /* CREATE_ALWAYS would not say whether the file existed; CREATE_NEW then
+         * TRUNCATE_EXISTING does ("CreateFileW function (fileapi.h)", dwCreationDisposition). */
+        file = mm_win_open(wpath, desired, CREATE_NEW);
+        if (file != INVALID_HANDLE_VALUE) {
+            created = 1;
+        } else if (GetLastError() == ERROR_FILE_EXISTS) {
+            file = mm_win_open(wpath, desired, TRUNCATE_EXISTING);
+        }
+    } else {
+        file = mm_win_open(wpath, desired, OPEN_EXISTING);
+    }
+    if (file == INVALID_HANDLE_VALUE) {
+        status = mm_win_open_error(wpath, GetLastError(), err);
+        free(wpath);
+        return status;
+    }
+
+    status = mm_win_map_file(file, access, offset, length, flags, view, err);
+    CloseHandle(file); /* the view keeps the file open (see the top of this file) */
+    if (status != MM_OK) {
+        /* FILE_SHARE_DELETE and the closed handle let the file go at once. */
+        if (created)
+            (void)DeleteFileW(wpath);
+        free(wpath);
+        memset(view, 0, sizeof *view);
+        return status;
+    }
+    if (access == MM_WRITE)
+        view->reopen = wpath;
+    else
+        free(wpath);
+    return MM_OK;
+}
+
+int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
+                  mm_view *view, mm_error *err) {
+    mm_error local;
+    int status;
+
+    if (err == NULL)
+        err = &local;
+    err->status = MM_OK;
+    err->code = 0;
+    err->file_size = 0;
+    if (view == NULL)
+        return mm_win_error(err, MM_E_ARG, 0);
+    memset(view, 0, sizeof *view);
+    if ((HANDLE)handle == NULL || (HANDLE)handle == INVALID_HANDLE_VALUE || (flags & MM_CREATE))
+        return mm_win_error(err, MM_E_ARG, 0);
+    status = mm_win_check_args(access, offset, length, flags, err);
+    if (status != MM_OK)
+        return status;
+    status = mm_win_map_file((HANDLE)handle, access, offset, length, flags, view, err);
+    if (status != MM_OK)
+        memset(view, 0, sizeof *view);
+    return status;
+}
+
+/* Validate [start, start + length) against the view and widen it to whole pages, as
+ * offsets from view->base: [*first, *last). An empty range (length 0, start <= view length)
+ * is valid and gives first == last. Returns MM_OK, or MM_E_ARG. */
+static int mm_win_page_range(const mm_view *view, uint64_t start, uint64_t length,
+                             uint64_t *first, uint64_t *last, mm_error *err) {
+    uint64_t page = mm_page_size(), delta, end;
+    if (view == NULL || view->base == NULL || view->data == NULL)
+        return mm_win_error(err, MM_E_ARG, 0);
+    if (start > view->length || length > view->length - start)
+        return mm_win_error(err, MM_E_ARG, 0);
+    delta = (uint64_t)(view->data - (char *)view->base); /* data = base + delta, mapped */
+    end = delta + start + length; /* <= delta + length = base_length */
+    *first = mm_align_down(delta + start, page);
+    *last = length == 0 ? *first : mm_align_down(end + page - 1, page);
+    return MM_OK;
+}
+
+int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err) {
+    mm_error local;
+    uint64_t first, last;
+    HANDLE file;
+    DWORD code;
+    int status;
+
+    if (err == NULL)
+        err = &local;
+    status = mm_win_page_range(view, start, length, &first, &last, err);
+    if (status != MM_OK)
+        return status;
+    if (view->access != MM_WRITE || first == last)
+        return mm_win_ok(err);
+    /* Stop at the end of the view: the rounded-up last page may reach past base_length. */
+    if (last > view->base_length)
+        last = view->base_length;
+    /* "FlushViewOfFile function (memoryapi.h)": it starts the write-back and does not wait
+     * for the disk; 0 bytes would mean "to the end of the view", last > first avoids it.
+     * base + first: first <= delta + start < base_length, inside the view. */
+    if (!FlushViewOfFile((char *)view->base + first, (SIZE_T)(last - first)))
+        return mm_win_error(err, MM_E_FLUSH, GetLastError());
+    if (!sync || view->reopen == NULL)
+        return mm_win_ok(err);
+    /* Same doc: for durability follow with FlushFileBuffers, which needs a handle with
+     * GENERIC_WRITE ("FlushFileBuffers function (fileapi.h)"). */
+    file = mm_win_open((const wchar_t *)view->reopen, GENERIC_WRITE, OPEN_EXISTING);
+    if (file == INVALID_HANDLE_VALUE)
+        return mm_win_error(err, MM_E_FLUSH, GetLastError());
+    code = FlushFileBuffers(file) ? 0 : GetLastError();
+    CloseHandle(file);
+    if (code != 0)
+        return mm_win_error(err, MM_E_FLUSH, code);
+    return mm_win_ok(err);
+}
+
+int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, mm_error *err) {
+    mm_error local;
+    uint64_t first, last;
+    mm_win_prefetch_fn prefetch;
+    mm_win_range_entry range;
+    int status;
+
+    if (err == NULL)
+        err = &local;
+    if (advice < MM_ADV_NORMAL || advice > MM_ADV_POPULATE_WRITE)
+        return mm_win_error(err, MM_E_ARG, 0);
+    status = mm_win_page_range(view, start, length, &first, &last, err);
+    if (status != MM_OK)
+        return status;
+    if (advice != MM_ADV_WILLNEED && advice != MM_ADV_POPULATE_READ &&
+        advice != MM_ADV_POPULATE_WRITE)
+        return mm_win_ok(err); /* no Windows equivalent: documented no-op */
+    if (first == last)
+        return mm_win_ok(err); /* empty range */
+    prefetch = (mm_win_prefetch_fn)(void (*)(void))mm_win_kernel32("PrefetchVirtualMemory");
+    if (prefetch == NULL)
+        return mm_win_ok(err); /* before Windows 8: documented no-op */
+    /* base + first: first <= delta + start < base_length, inside the view; the range ends
+     * at the page holding the last requested byte, and views are made of whole pages. */
+    range.VirtualAddress = (char *)view->base + first;
+    range.NumberOfBytes = (SIZE_T)(last - first);
+    if (!prefetch(GetCurrentProcess(), 1, &range, 0))
+        return mm_win_error(err, MM_E_ADVISE, GetLastError());
+    return mm_win_ok(err);
+}
+
+int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
+                uint64_t *total, mm_error *err) {
+    mm_error local;
+    PSAPI_WORKING_SET_EX_INFORMATION info[MM_WIN_QUERY_CHUNK];
+    uint64_t first, last, page = mm_page_size(), at, count = 0;
+    mm_win_query_ws_fn query;
+    size_t i, n;
+    int status;
+
+    if (err == NULL)
+        err = &local;
+    if (resident == NULL || total == NULL)
+        return mm_win_error(err, MM_E_ARG, 0);
+    *resident = 0;
+    *total = 0;
+    status = mm_win_page_range(view, start, length, &first, &last, err);
+    if (status != MM_OK)
+        return status;
+    /* "QueryWorkingSetEx function (psapi.h)": exported by kernel32 as K32QueryWorkingSetEx
+     * since Windows 7 (PSAPI_VERSION 2). */
+    query = (mm_win_query_ws_fn)(void (*)(void))mm_win_kernel32("K32QueryWorkingSetEx");
+    if (query == NULL)
+        return mm_win_error(err, MM_E_QUERY, GetLastError());
+    for (at = first; at < last; at += (uint64_t)n * page) {
+        n = (size_t)((last - at) / page);
+        if (n > MM_WIN_QUERY_CHUNK)
+            n = MM_WIN_QUERY_CHUNK;
+        for (i = 0; i < n; i++) {
+            /* at + i * page < last: a page holding a requested byte, inside the view. */
+            info[i].VirtualAddress = (char *)view->base + at + (uint64_t)i * page;
+            info[i].VirtualAttributes.Flags = 0;
+        }
+        if (!query(GetCurrentProcess(), info, (DWORD)(n * sizeof info[0])))
+            return mm_win_error(err, MM_E_QUERY, GetLastError());
+        /* "PSAPI_WORKING_SET_EX_BLOCK union (psapi.h)": Valid is bit 0 of Flags; it is set
+         * when the page is in the working set. */
+        for (i = 0; i < n; i++)
+            count += (uint64_t)(info[i].VirtualAttributes.Flags & 1);
+    }
+    *resident = count;
+    *total = (last - first) / page;
+    return mm_win_ok(err);
+}
+
+int mm_unmap(mm_view *view, mm_error *err) {
+    mm_error local;
+    void *base;
+    DWORD code = 0;
+
+    if (err == NULL)
+        err = &local;
+    if (view == NULL)
+        return mm_win_error(err, MM_E_ARG, 0);
+    base = view->base;
+    free(view->reopen);
+    memset(view, 0, sizeof *view);
+    if (base != NULL && !UnmapViewOfFile(base))
+        code = GetLastError();
+    if (code != 0)
+        return mm_win_error(err, MM_E_UNMAP, code);
+    return mm_win_ok(err);
+}

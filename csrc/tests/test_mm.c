@@ -1,0 +1,1144 @@
+/*
+ * test_mm.c -- plain C tests of the mapping layer, through mm.h only.
+ *
+ * The same file builds against mm_posix.c (cc) and mm_win32.c (mingw, run under wine or on
+ * Windows); run.sh beside it does both. Platform differences live in the small helpers at
+ * the top (file-scope #ifdef), never in the tests.
+ *
+ * Usage: test_mm [DIR]   -- scratch files go to a fresh directory under DIR
+ *                           (default $TMPDIR or /tmp; GetTempPath on Windows).
+ * Prints one line per test, then "N passed, M failed"; exits 1 if any failed.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../mm.h"
+
+/* ------------------------------------------------------------------------------------- */
+/* Platform helpers                                                                       */
+/* ------------------------------------------------------------------------------------- */
+#ifdef _WIN32
+#include <windows.h>
+#include <winioctl.h>
+
+#define T_ENOENT ERROR_FILE_NOT_FOUND
+#define T_EISDIR 336 /* ERROR_DIRECTORY_NOT_SUPPORTED, as mm.h specifies */
+#define T_SEP "\\"
+
+static wchar_t *t_wide(const char *path) {
+    int n = MultiByteToWideChar(CP_UTF8, 0, path, -1, NULL, 0);
+    wchar_t *w = (wchar_t *)malloc((size_t)n * sizeof *w);
+    if (w == NULL || MultiByteToWideChar(CP_UTF8, 0, path, -1, w, n) != n) {
+        fprintf(stderr, "t_wide failed\n");
+        exit(2);
+    }
+    return w;
+}
+
+static FILE *t_fopen(const char *path, const char *mode) {
+    wchar_t *w = t_wide(path), wmode[8];
+    FILE *f;
+    size_t i;
+    for (i = 0; mode[i] != 0 && i < 7; i++)
+        wmode[i] = (wchar_t)mode[i];
+    wmode[i] = 0;
+    f = _wfopen(w, wmode);
+    free(w);
+    return f;
+}
+
+static int t_remove(const char *path) {
+    wchar_t *w = t_wide(path);
+    int ok = DeleteFileW(w) != 0;
+    free(w);
+    return ok ? 0 : -1;
+}
+
+static int t_rmdir(const char *path) {
+    wchar_t *w = t_wide(path);
+    int ok = RemoveDirectoryW(w) != 0;
+    free(w);
+    return ok ? 0 : -1;
+}
+
+static int t_mkdir(const char *path) {
+    wchar_t *w = t_wide(path);
+    int ok = CreateDirectoryW(w, NULL) != 0;
+    free(w);
+    return ok ? 0 : -1;
+}
+
+static int64_t t_file_size(const char *path) {
+    WIN32_FILE_ATTRIBUTE_DATA data;
+    wchar_t *w = t_wide(path);
+    int ok = GetFileAttributesExW(w, GetFileExInfoStandard, &data) != 0;
+    free(w);
+    if (!ok || (data.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY))
+        return -1;
+    return (int64_t)(((uint64_t)data.nFileSizeHigh << 32) | data.nFileSizeLow);
+}
+
+static const char *t_default_tmp(void) {
+    static char buf[MAX_PATH + 1];
+    DWORD n = GetTempPathA(sizeof buf, buf);
+    if (n == 0 || n > sizeof buf - 1)
+        return ".";
+    if (n > 1 && buf[n - 1] == '\\')
+        buf[n - 1] = 0;
+    return buf;
+}
+
+static unsigned long t_pid(void) { return (unsigned long)GetCurrentProcessId(); }
+
+static mm_handle t_open_rw(const char *path) {
+    wchar_t *w = t_wide(path);
+    HANDLE h = CreateFileW(w, GENERIC_READ | GENERIC_WRITE,
+                           FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
+                           OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    free(w);
+    return h == INVALID_HANDLE_VALUE ? (mm_handle)-1 : (mm_handle)h;
+}
+
+static int t_close(mm_handle h) { return CloseHandle((HANDLE)h) ? 0 : -1; }
+
+static int t_seek(mm_handle h, int64_t pos) {
+    LARGE_INTEGER li;
+    li.QuadPart = pos;
+    return SetFilePointerEx((HANDLE)h, li, NULL, FILE_BEGIN) ? 0 : -1;
+}
+
+static int64_t t_tell(mm_handle h) {
+    LARGE_INTEGER zero, pos;
+    zero.QuadPart = 0;
+    if (!SetFilePointerEx((HANDLE)h, zero, &pos, FILE_CURRENT))
+        return -1;
+    return pos.QuadPart;
+}
+
+/* Make `path` a sparse file of `size` bytes (FSCTL_SET_SPARSE where supported, so NTFS does
+ * not zero-fill gigabytes on first write). */
+static int t_make_sparse(const char *path, uint64_t size) {
+    wchar_t *w = t_wide(path);
+    DWORD ret = 0;
+    LARGE_INTEGER li;
+    HANDLE h = CreateFileW(w, GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE,
+                           NULL, CREATE_ALWAYS, FILE_ATTRIBUTE_NORMAL, NULL);
+    int ok;
+    free(w);
+    if (h == INVALID_HANDLE_VALUE)
+        return -1;
+    (void)DeviceIoControl(h, FSCTL_SET_SPARSE, NULL, 0, NULL, 0, &ret, NULL);
+    li.QuadPart = (LONGLONG)size;
+    ok = SetFilePointerEx(h, li, NULL, FILE_BEGIN) && SetEndOfFile(h);
+    CloseHandle(h);
+    return ok ? 0 : -1;
+}
+
+static int t_pio(const char *path, uint64_t off, void *buf, size_t n, int write) {
+    mm_handle h = t_open_rw(path);
+    DWORD done = 0;
+    int ok;
+    if (h == (mm_handle)-1)
+        return -1;
+    ok = t_seek(h, (int64_t)off) == 0 &&
+         (write ? WriteFile((HANDLE)h, buf, (DWORD)n, &done, NULL)
+                : ReadFile((HANDLE)h, buf, (DWORD)n, &done, NULL)) &&
+         done == n;
+    t_close(h);
+    return ok ? 0 : -1;
+}
+
+/* A number that changes when this process gains an open handle: the handle count; where
+ * GetProcessHandleCount is a stub answering 0 (wine 8), the highest of T_PROBES fresh
+ * handles instead: handles reuse the lowest free slots (so under wine), so a handle leaked
+ * into one of those slots pushes the highest probe up. */
+#define T_PROBES 64
+static long t_handle_state(void) {
+    DWORD n = 0;
+    HANDLE probe[T_PROBES];
+    ULONG_PTR top = 0;
+    int i, made = 0;
+    if (GetProcessHandleCount(GetCurrentProcess(), &n) && n > 0)
+        return (long)n;
+    for (i = 0; i < T_PROBES; i++) {
+        probe[i] = CreateEventW(NULL, TRUE, FALSE, NULL);
+        if (probe[i] == NULL)
+            break;
+        made++;
+        if ((ULONG_PTR)probe[i] > top)
+            top = (ULONG_PTR)probe[i];
+    }
+    for (i = 0; i < made; i++)
+        CloseHandle(probe[i]);
+    return made == T_PROBES ? (long)top : -1;
+}
+
+static int t_is_wine(void) {
+    HMODULE ntdll = GetModuleHandleA("ntdll.dll");
+    return ntdll != NULL && GetProcAddress(ntdll, "wine_get_version") != NULL;
+}
+
+#else /* POSIX */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define T_ENOENT ENOENT
+#define T_EISDIR EISDIR
+#define T_SEP "/"
+
+static FILE *t_fopen(const char *path, const char *mode) { return fopen(path, mode); }
+static int t_remove(const char *path) { return unlink(path); }
+static int t_rmdir(const char *path) { return rmdir(path); }
+static int t_mkdir(const char *path) { return mkdir(path, 0700); }
+
+static int64_t t_file_size(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return -1;
+    return (int64_t)st.st_size;
+}
+
+static const char *t_default_tmp(void) {
+    const char *t = getenv("TMPDIR");
+    return t != NULL && t[0] != 0 ? t : "/tmp";
+}
+
+static unsigned long t_pid(void) { return (unsigned long)getpid(); }
+
+static mm_handle t_open_rw(const char *path) { return (mm_handle)open(path, O_RDWR); }
+static int t_close(mm_handle h) { return close((int)h); }
+static int t_seek(mm_handle h, int64_t pos) {
+    return lseek((int)h, (off_t)pos, SEEK_SET) == (off_t)pos ? 0 : -1;
+}
+static int64_t t_tell(mm_handle h) { return (int64_t)lseek((int)h, 0, SEEK_CUR); }
+
+static int t_make_sparse(const char *path, uint64_t size) {
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    int rc;
+    if (fd < 0)
+        return -1;
+    rc = ftruncate(fd, (off_t)size);
+    close(fd);
+    return rc;
+}
+
+static int t_pio(const char *path, uint64_t off, void *buf, size_t n, int write) {
+    int fd = open(path, O_RDWR);
+    ssize_t done;
+    if (fd < 0)
+        return -1;
+    done = write ? pwrite(fd, buf, n, (off_t)off) : pread(fd, buf, n, (off_t)off);
+    close(fd);
+    return done == (ssize_t)n ? 0 : -1;
+}
+
+/* A number that changes when this process gains an open descriptor: how many are open
+ * (/proc/self/fd on Linux, /dev/fd elsewhere); -1 when neither can be listed. The listing's
+ * own descriptor is counted every time alike. */
+static long t_handle_state(void) {
+    const char *dirs[2] = {"/proc/self/fd", "/dev/fd"};
+    int i;
+    for (i = 0; i < 2; i++) {
+        DIR *d = opendir(dirs[i]);
+        struct dirent *e;
+        long n = 0;
+        if (d == NULL)
+            continue;
+        while ((e = readdir(d)) != NULL)
+            if (e->d_name[0] != '.')
+                n++;
+        closedir(d);
+        return n;
+    }
+    return -1;
+}
+
+static int t_is_wine(void) { return 0; }
+#endif
+
+/* ------------------------------------------------------------------------------------- */
+/* Checks                                                                                 */
+/* ------------------------------------------------------------------------------------- */
+static int t_failed; /* the running test failed */
+
+/* On failure: print file:line, mark the test failed and leave the test function. */
+#define CHECK(cond)                                                                        \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);       \
+            t_failed = 1;                                                                  \
+            return;                                                                        \
+        }                                                                                  \
+    } while (0)
+
+#define CHECK_U64(a, b)                                                                    \
+    do {                                                                                   \
+        uint64_t a_ = (uint64_t)(a), b_ = (uint64_t)(b);                                   \
+        if (a_ != b_) {                                                                    \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%" PRIu64 " != %" PRIu64 ")\n", \
+                    __FILE__, __LINE__, #a, #b, a_, b_);                                   \
+            t_failed = 1;                                                                  \
+            return;                                                                        \
+        }                                                                                  \
+    } while (0)
+
+/* A call's status must be `want`, and err.status must agree with the return value. */
+#define CHECK_ST(call, want, errp)                                                         \
+    do {                                                                                   \
+        int st_ = (call);                                                                  \
+        if (st_ != (want) || (errp)->status != st_) {                                      \
+            fprintf(stderr, "%s:%d: CHECK failed: %s -> status %d (err.status %d, code %"   \
+                    PRId64 "), want %d\n", __FILE__, __LINE__, #call, st_,                 \
+                    (errp)->status, (errp)->code, (int)(want));                            \
+            t_failed = 1;                                                                  \
+            return;                                                                        \
+        }                                                                                  \
+    } while (0)
+
+#define CHECK_OK(call, errp) CHECK_ST(call, MM_OK, errp)
+
+static char t_dir[1024];
+
+static const char *t_path(char *buf, size_t n, const char *name) {
+    snprintf(buf, n, "%s" T_SEP "%s", t_dir, name);
+    return buf;
+}
+
+/* Byte i of the test pattern: varies with every bit of the offset up to 40. */
+static unsigned char t_pat(uint64_t i) {
+    return (unsigned char)(((i ^ (i >> 8) ^ (i >> 16) ^ (i >> 24) ^ (i >> 32)) * 37u + 11u) &
+                           0xFFu);
+}
+
+static int t_write_pattern(const char *path, uint64_t size) {
+    FILE *f = t_fopen(path, "wb");
+    uint64_t i;
+    if (f == NULL)
+        return -1;
+    for (i = 0; i < size; i++)
+        if (fputc(t_pat(i), f) == EOF) {
+            fclose(f);
+            return -1;
+        }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+/* Read `n` bytes at `off` with stdio (the file is small: fseek's long is enough). */
+static int t_read_at(const char *path, long off, unsigned char *buf, size_t n) {
+    FILE *f = t_fopen(path, "rb");
+    size_t got;
+    if (f == NULL)
+        return -1;
+    if (fseek(f, off, SEEK_SET) != 0) {
+        fclose(f);
+        return -1;
+    }
+    got = fread(buf, 1, n, f);
+    fclose(f);
+    return got == n ? 0 : -1;
+}
+
+/* 1 when data[0..n) equals the pattern from file offset `off`. */
+static int t_matches(const char *data, uint64_t off, uint64_t n) {
+    uint64_t i;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)data[i] != t_pat(off + i)) {
+            fprintf(stderr, "  mismatch at +%" PRIu64 " (file offset %" PRIu64 ")\n", i,
+                    off + i);
+            return 0;
+        }
+    return 1;
+}
+
+/* 1 when the file from `off` holds the pattern for n bytes. */
+static int t_file_matches(const char *path, long off, size_t n) {
+    unsigned char *buf = (unsigned char *)malloc(n);
+    int ok;
+    size_t i;
+    if (buf == NULL || t_read_at(path, off, buf, n) != 0) {
+        free(buf);
+        return 0;
+    }
+    ok = 1;
+    for (i = 0; i < n && ok; i++)
+        ok = buf[i] == t_pat((uint64_t)off + i);
+    free(buf);
+    return ok;
+}
+
+static int t_view_zeroed(const mm_view *v) {
+    return v->data == NULL && v->length == 0 && v->access == 0 && v->base == NULL &&
+           v->base_length == 0 && v->reopen == NULL;
+}
+
+static void t_poison(mm_view *v) { memset(v, 0xA5, sizeof *v); }
+
+/* Pages spanned by [start, start + len) of a view mapped at file offset `offset`. */
+static uint64_t t_pages_spanned(uint64_t offset, uint64_t start, uint64_t len) {
+    uint64_t page = mm_page_size();
+    uint64_t delta = offset % mm_alignment();
+    uint64_t lo = mm_align_down(delta + start, page);
+    uint64_t hi = mm_align_down(delta + start + len + page - 1, page);
+    return (hi - lo) / page;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* Tests                                                                                  */
+/* ------------------------------------------------------------------------------------- */
+static void test_align_down(void) {
+    CHECK_U64(mm_align_down(0, 4096), 0);
+    CHECK_U64(mm_align_down(1, 4096), 0);
+    CHECK_U64(mm_align_down(4095, 4096), 0);
+    CHECK_U64(mm_align_down(4096, 4096), 4096);
+    CHECK_U64(mm_align_down(4097, 4096), 4096);
+    CHECK_U64(mm_align_down(65537, 65536), 65536);
+    CHECK_U64(mm_align_down(65537, 4096), 65536);
+    CHECK_U64(mm_align_down(UINT64_C(0x100010001), 65536), UINT64_C(0x100010000));
+    CHECK_U64(mm_align_down(UINT64_MAX, 65536), UINT64_MAX - 65535);
+    CHECK_U64(mm_align_down(12345, 1), 12345);
+    CHECK_U64(mm_align_down(12345, 1000), 12000); /* not only powers of two */
+}
+
+static void test_alignment_values(void) {
+    uint64_t a = mm_alignment(), p = mm_page_size();
+    CHECK(p >= 4096);
+    CHECK((p & (p - 1)) == 0);
+    CHECK(a >= p);
+    CHECK(a % p == 0);
+    CHECK((a & (a - 1)) == 0);
+#ifdef _WIN32
+    CHECK_U64(a, 65536); /* the allocation granularity */
+#else
+    CHECK_U64(a, p);
+#endif
+}
+
+static void test_read_roundtrip(void) {
+    char path[1100];
+    uint64_t size = 3 * mm_alignment() + 12345;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "read.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    t_poison(&v);
+    CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), &e);
+    CHECK_U64(v.length, size);
+    CHECK_U64(e.file_size, size);
+    CHECK(v.access == MM_READ);
+    CHECK(v.reopen == NULL);
+    CHECK(t_matches(v.data, 0, size));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_view_zeroed(&v));
+    /* an explicit length inside the file */
+    CHECK_OK(mm_map_path(path, MM_READ, 100, 5000, 0, &v, &e), &e);
+    CHECK_U64(v.length, 5000);
+    CHECK(t_matches(v.data, 100, 5000));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    /* exactly to the last byte */
+    CHECK_OK(mm_map_path(path, MM_READ, size - 1, 1, 0, &v, &e), &e);
+    CHECK(t_matches(v.data, size - 1, 1));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_unaligned_offsets(void) {
+    static const uint64_t offsets[] = {1, 4095, 4096, 4097, 65535, 65536, 65537, 131073};
+    char path[1100];
+    uint64_t size = 200000;
+    size_t i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "unaligned.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    for (i = 0; i < sizeof offsets / sizeof offsets[0]; i++) {
+        uint64_t off = offsets[i];
+        CHECK_OK(mm_map_path(path, MM_READ, off, 1000, 0, &v, &e), &e);
+        CHECK_U64(v.length, 1000);
+        CHECK(t_matches(v.data, off, 1000));
+        CHECK_OK(mm_unmap(&v, &e), &e);
+        CHECK_OK(mm_map_path(path, MM_READ, off, MM_TO_END, 0, &v, &e), &e);
+        CHECK_U64(v.length, size - off);
+        CHECK(t_matches(v.data, off, size - off));
+        CHECK_OK(mm_unmap(&v, &e), &e);
+        CHECK_OK(mm_map_path(path, MM_COPY, off, 3000, 0, &v, &e), &e);
+        CHECK(t_matches(v.data, off, 3000));
+        CHECK_OK(mm_unmap(&v, &e), &e);
+    }
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_write_roundtrip(void) {
+    char path[1100];
+    unsigned char back[10000];
+    uint64_t size = 100000, off = 4097, len = 10000, i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "write.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, off, len, 0, &v, &e), &e);
+    CHECK(v.access == MM_WRITE);
+    CHECK(t_matches(v.data, off, len));
+    for (i = 0; i < len; i++)
+        v.data[i] = (char)(unsigned char)(255 - t_pat(off + i));
+    CHECK_OK(mm_flush(&v, 0, len, 1, &e), &e);
+    /* visible to stdio while the view is live... */
+    CHECK(t_read_at(path, (long)off, back, (size_t)len) == 0);
+    for (i = 0; i < len; i++)
+        CHECK(back[i] == (unsigned char)(255 - t_pat(off + i)));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    /* ...and after unmapping; the bytes around the view are untouched */
+    memset(back, 0, sizeof back);
+    CHECK(t_read_at(path, (long)off, back, (size_t)len) == 0);
+    for (i = 0; i < len; i++)
+        CHECK(back[i] == (unsigned char)(255 - t_pat(off + i)));
+    CHECK(t_file_matches(path, 0, (size_t)off));
+    CHECK(t_file_matches(path, (long)(off + len), (size_t)(size - off - len)));
+    CHECK_U64(t_file_size(path), size);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_copy_private(void) {
+    char path[1100];
+    uint64_t size = 3 * mm_alignment(), i;
+    mm_view v, r;
+    mm_error e;
+    t_path(path, sizeof path, "copy.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_COPY, 1, MM_TO_END, 0, &v, &e), &e);
+    CHECK(v.access == MM_COPY);
+    CHECK(v.reopen == NULL);
+    for (i = 0; i < v.length; i++)
+        v.data[i] = 0x5A;
+    for (i = 0; i < v.length; i++)
+        CHECK(v.data[i] == 0x5A);
+    /* flush of a private view is a no-op */
+    CHECK_OK(mm_flush(&v, 0, v.length, 1, &e), &e);
+    CHECK(t_file_matches(path, 0, (size_t)size));
+    /* a second, shared view still sees the file */
+    CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &r, &e), &e);
+    CHECK(t_matches(r.data, 0, size));
+    CHECK_OK(mm_unmap(&r, &e), &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_file_matches(path, 0, (size_t)size));
+    CHECK_U64(t_file_size(path), size);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_empty(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "empty.bin");
+    CHECK(t_write_pattern(path, 0) == 0);
+    t_poison(&v);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), MM_E_EMPTY, &e);
+    CHECK(t_view_zeroed(&v));
+    CHECK_U64(e.file_size, 0);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_GROW, &v, &e), MM_E_EMPTY, &e);
+    CHECK(t_remove(path) == 0);
+    /* to-end from the end of a non-empty file is nothing too */
+    CHECK(t_write_pattern(path, 5000) == 0);
+    CHECK_ST(mm_map_path(path, MM_READ, 5000, MM_TO_END, 0, &v, &e), MM_E_EMPTY, &e);
+    CHECK_U64(e.file_size, 5000);
+    /* a zero length is nothing, whatever the file */
+    t_poison(&v);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 0, 0, &v, &e), MM_E_EMPTY, &e);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_range_error(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "range.bin");
+    CHECK(t_write_pattern(path, 1000) == 0);
+    t_poison(&v);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 1001, 0, &v, &e), MM_E_RANGE, &e);
+    CHECK(t_view_zeroed(&v));
+    CHECK_U64(e.file_size, 1000);
+    CHECK_U64(e.code, 0);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 999, 2, 0, &v, &e), MM_E_RANGE, &e);
+    CHECK_U64(e.file_size, 1000);
+    CHECK_ST(mm_map_path(path, MM_COPY, 5000, 1, 0, &v, &e), MM_E_RANGE, &e);
+    CHECK_U64(e.file_size, 1000);
+    CHECK_U64(t_file_size(path), 1000); /* nothing grew */
+    CHECK(t_file_matches(path, 0, 1000));
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_grow(void) {
+    char path[1100];
+    uint64_t off = 70001, len = 5000, i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "grow.bin");
+    CHECK(t_write_pattern(path, 1000) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, off, len, MM_GROW, &v, &e), &e);
+    CHECK_U64(e.file_size, off + len);
+    CHECK_U64(t_file_size(path), off + len);
+    for (i = 0; i < len; i++)
+        CHECK(v.data[i] == 0);
+    memcpy(v.data, "grown", 5);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_file_matches(path, 0, 1000));
+    {
+        unsigned char back[5];
+        CHECK(t_read_at(path, (long)off, back, 5) == 0);
+        CHECK(memcmp(back, "grown", 5) == 0);
+    }
+    /* MM_GROW with a range already inside the file changes nothing */
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, 1000, MM_GROW, &v, &e), &e);
+    CHECK_U64(e.file_size, off + len);
+    CHECK(t_matches(v.data, 0, 1000));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_U64(t_file_size(path), off + len);
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h, mm_map_handle: "The handle must be open for writing when access is MM_WRITE or
+ * MM_GROW is given" -- so MM_GROW is valid with a read-only or copy view (numpy's 'r'/'c'
+ * never ask for it, a caller that wants a zero-filled tail may). */
+static void test_grow_read_only(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "grow-ro.bin");
+    CHECK(t_write_pattern(path, 1000) == 0);
+    CHECK_OK(mm_map_path(path, MM_READ, 100000, 100, MM_GROW, &v, &e), &e);
+    CHECK_U64(e.file_size, 100100);
+    CHECK_U64(t_file_size(path), 100100);
+    CHECK(v.data[99] == 0);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_OK(mm_map_path(path, MM_COPY, 0, 200000, MM_GROW, &v, &e), &e);
+    CHECK_U64(t_file_size(path), 200000);
+    CHECK(t_matches(v.data, 0, 1000));
+    v.data[0] ^= 1; /* private */
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_file_matches(path, 0, 1000));
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_create(void) {
+    char path[1100];
+    uint64_t len = 3 * mm_page_size() + 7, i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "create.bin");
+    t_remove(path);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, len, MM_CREATE | MM_GROW, &v, &e), &e);
+    CHECK_U64(e.file_size, len);
+    CHECK_U64(t_file_size(path), len);
+    for (i = 0; i < len; i++)
+        CHECK(v.data[i] == 0);
+    v.data[len - 1] = 'z';
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    {
+        unsigned char back;
+        CHECK(t_read_at(path, (long)(len - 1), &back, 1) == 0);
+        CHECK(back == 'z');
+    }
+    /* create on an existing file truncates it */
+    CHECK(t_write_pattern(path, 50000) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 10, 100, MM_CREATE | MM_GROW, &v, &e), &e);
+    CHECK_U64(e.file_size, 110);
+    CHECK_U64(t_file_size(path), 110);
+    for (i = 0; i < 100; i++)
+        CHECK(v.data[i] == 0);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_create_failure_cleanup(void) {
+    char path[1100], missing[1100];
+    mm_view v;
+    mm_error e;
+    /* a path in a missing directory: fails to open, leaves nothing */
+    t_path(missing, sizeof missing, "no-such-dir" T_SEP "x.bin");
+    t_poison(&v);
+    CHECK_ST(mm_map_path(missing, MM_WRITE, 0, 4096, MM_CREATE | MM_GROW, &v, &e), MM_E_OPEN,
+             &e);
+    CHECK(e.code != 0);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_file_size(missing) < 0);
+    /* the file gets created, then there is nothing to map: the call removes it again */
+    t_path(path, sizeof path, "create-fail.bin");
+    t_remove(path);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_CREATE, &v, &e), MM_E_EMPTY, &e);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_file_size(path) < 0);
+    /* an impossible size (2^63 bytes) fails without leaving a file behind */
+    CHECK(mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 63, MM_CREATE | MM_GROW, &v, &e) !=
+          MM_OK);
+    CHECK(e.status != MM_OK);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_file_size(path) < 0);
+    /* a file that existed before the call is not removed by the failure (it is truncated:
+     * MM_CREATE is 'w+') */
+    CHECK(t_write_pattern(path, 3000) == 0);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_CREATE, &v, &e), MM_E_EMPTY, &e);
+    CHECK_U64(t_file_size(path), 0);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_missing_file(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "does-not-exist.bin");
+    t_poison(&v);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), MM_E_OPEN, &e);
+    CHECK_U64(e.code, T_ENOENT);
+    CHECK(t_view_zeroed(&v));
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, 10, MM_GROW, &v, &e), MM_E_OPEN, &e);
+    CHECK_U64(e.code, T_ENOENT);
+    CHECK(t_file_size(path) < 0); /* MM_GROW does not create */
+}
+
+static void test_directory(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    int st;
+    t_path(path, sizeof path, "a-dir");
+    CHECK(t_mkdir(path) == 0);
+    t_poison(&v);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), MM_E_STAT, &e);
+    CHECK_U64(e.code, T_EISDIR);
+    CHECK(t_view_zeroed(&v));
+    /* opening a directory for writing may already fail at open (EISDIR on POSIX) */
+    st = mm_map_path(path, MM_WRITE, 0, 10, 0, &v, &e);
+    CHECK(st == MM_E_STAT || st == MM_E_OPEN);
+    CHECK(e.status == st);
+    CHECK_U64(e.code, T_EISDIR);
+    st = mm_map_path(path, MM_WRITE, 0, 10, MM_CREATE | MM_GROW, &v, &e);
+    CHECK(st == MM_E_STAT || st == MM_E_OPEN);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_rmdir(path) == 0); /* still a directory, still empty */
+}
+
+static void test_bad_args(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "args.bin");
+    CHECK(t_write_pattern(path, 10000) == 0);
+    t_poison(&v);
+    CHECK_ST(mm_map_path(path, 3, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    CHECK(t_view_zeroed(&v));
+    CHECK_ST(mm_map_path(path, -1, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 10, 64, &v, &e), MM_E_ARG, &e);
+    /* offset + length overflows 64 bits */
+    t_poison(&v);
+    CHECK_ST(mm_map_path(path, MM_READ, 10, UINT64_MAX - 5, 0, &v, &e), MM_E_ARG, &e);
+    CHECK(t_view_zeroed(&v));
+    {
+        mm_handle h = t_open_rw(path);
+        CHECK(h != (mm_handle)-1);
+        t_poison(&v);
+        CHECK_ST(mm_map_handle(h, MM_WRITE, 0, 10, MM_CREATE, &v, &e), MM_E_ARG, &e);
+        CHECK(t_view_zeroed(&v));
+        CHECK(t_close(h) == 0);
+    }
+    CHECK_U64(t_file_size(path), 10000);
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h: "MM_E_ARG = 1, a bad argument (no OS call made); code = 0". */
+static void test_arg_error_code_zero(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "argcode.bin");
+    CHECK(t_write_pattern(path, 100) == 0);
+    CHECK_ST(mm_map_path(path, 3, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 10, 64, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    CHECK_ST(mm_map_path(path, MM_READ, 10, UINT64_MAX - 5, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    CHECK_OK(mm_map_path(path, MM_READ, 0, 100, 0, &v, &e), &e);
+    CHECK_ST(mm_flush(&v, 0, 101, 1, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    CHECK_ST(mm_advise(&v, 0, 100, 99, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_high_offset(void) {
+    char path[1100];
+    const uint64_t four_g = UINT64_C(1) << 32;
+    uint64_t size = four_g + 256 * 1024, i;
+    uint64_t ro = four_g + 65537, rw = four_g + 4097;
+    char marker[64], back[100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "sparse.bin");
+    CHECK(t_make_sparse(path, size) == 0);
+    CHECK_U64(t_file_size(path), size);
+    for (i = 0; i < sizeof marker; i++)
+        marker[i] = (char)t_pat(ro + i);
+    CHECK(t_pio(path, ro, marker, sizeof marker, 1) == 0);
+    /* read-only, unaligned, above 4 GiB */
+    CHECK_OK(mm_map_path(path, MM_READ, ro, sizeof marker, 0, &v, &e), &e);
+    CHECK_U64(e.file_size, size);
+    CHECK(t_matches(v.data, ro, sizeof marker));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    /* to the end from above 4 GiB */
+    CHECK_OK(mm_map_path(path, MM_READ, ro, MM_TO_END, 0, &v, &e), &e);
+    CHECK_U64(v.length, size - ro);
+    CHECK(t_matches(v.data, ro, sizeof marker));
+    CHECK(v.data[v.length - 1] == 0);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    /* writable above 4 GiB: lands at the right file offset */
+    CHECK_OK(mm_map_path(path, MM_WRITE, rw, 100, 0, &v, &e), &e);
+    for (i = 0; i < 100; i++)
+        v.data[i] = (char)(i + 1);
+    CHECK_OK(mm_flush(&v, 0, 100, 1, &e), &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_pio(path, rw, back, 100, 0) == 0);
+    for (i = 0; i < 100; i++)
+        CHECK(back[i] == (char)(i + 1));
+    /* past the end of the big file: the size reported is 64-bit */
+    CHECK_ST(mm_map_path(path, MM_READ, size - 10, 11, 0, &v, &e), MM_E_RANGE, &e);
+    CHECK_U64(e.file_size, size);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_flush(void) {
+    char path[1100];
+    uint64_t size = 5 * mm_page_size() + 123, i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "flush.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, MM_TO_END, 0, &v, &e), &e);
+    for (i = 0; i < v.length; i++)
+        v.data[i] = (char)(unsigned char)(i * 3);
+    CHECK_OK(mm_flush(&v, 0, v.length, 1, &e), &e);        /* whole, durable */
+    CHECK_OK(mm_flush(&v, 1234, 5000, 1, &e), &e);         /* ranged, unaligned */
+    CHECK_OK(mm_flush(&v, 0, v.length, 0, &e), &e);        /* whole, async */
+    CHECK_OK(mm_flush(&v, 4095, 2, 0, &e), &e);            /* ranged async across a page */
+    CHECK_OK(mm_flush(&v, v.length - 1, 1, 1, &e), &e);    /* the last byte */
+    {
+        unsigned char back[256];
+        CHECK(t_read_at(path, 4097, back, sizeof back) == 0);
+        for (i = 0; i < sizeof back; i++)
+            CHECK(back[i] == (unsigned char)(i * 3));
+    }
+    /* ranges outside the view */
+    CHECK_ST(mm_flush(&v, v.length, 1, 1, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_flush(&v, 0, v.length + 1, 1, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_flush(&v, 1, UINT64_MAX, 1, &e), MM_E_ARG, &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    /* read-only view: a no-op */
+    CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), &e);
+    CHECK_OK(mm_flush(&v, 0, v.length, 1, &e), &e);
+    CHECK_OK(mm_flush(&v, 10, 10, 0, &e), &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_handle_mapping(void) {
+    char path[1100];
+    uint64_t size = 100000, i;
+    mm_handle h;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "handle.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    h = t_open_rw(path);
+    CHECK(h != (mm_handle)-1);
+    CHECK(t_seek(h, 77) == 0);
+    CHECK_OK(mm_map_handle(h, MM_READ, 65537, MM_TO_END, 0, &v, &e), &e);
+    CHECK_U64(v.length, size - 65537);
+    CHECK(t_matches(v.data, 65537, v.length));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_OK(mm_map_handle(h, MM_WRITE, 4097, 1000, 0, &v, &e), &e);
+    CHECK(v.reopen == NULL);
+    for (i = 0; i < 1000; i++)
+        v.data[i] = 'h';
+    CHECK_OK(mm_flush(&v, 0, 1000, 1, &e), &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    /* growing through a handle keeps the caller's file position */
+    CHECK_OK(mm_map_handle(h, MM_WRITE, size, 4096, MM_GROW, &v, &e), &e);
+    CHECK_U64(e.file_size, size + 4096);
+    CHECK_U64(t_tell(h), 77);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_ST(mm_map_handle(h, MM_READ, size + 4096, 1, 0, &v, &e), MM_E_RANGE, &e);
+    CHECK_U64(e.file_size, size + 4096);
+    CHECK(t_close(h) == 0); /* the handle was left open and valid */
+    CHECK_U64(t_file_size(path), size + 4096);
+    {
+        unsigned char back[1000];
+        CHECK(t_read_at(path, 4097, back, sizeof back) == 0);
+        for (i = 0; i < sizeof back; i++)
+            CHECK(back[i] == 'h');
+    }
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_advise(void) {
+    char path[1100];
+    uint64_t size = 16 * mm_page_size() + 5;
+    int adv;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "advise.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, MM_TO_END, 0, &v, &e), &e);
+    for (adv = MM_ADV_NORMAL; adv <= MM_ADV_POPULATE_WRITE; adv++) {
+        CHECK_OK(mm_advise(&v, 0, v.length, adv, &e), &e);
+        CHECK_OK(mm_advise(&v, 1000, 3 * mm_page_size(), adv, &e), &e);
+        CHECK_OK(mm_advise(&v, v.length - 1, 1, adv, &e), &e);
+    }
+    CHECK_OK(mm_advise(&v, 0, v.length, MM_ADV_NORMAL, &e), &e);
+    CHECK(t_matches(v.data, 4097, v.length)); /* advice never changes the data */
+    CHECK_ST(mm_advise(&v, 0, v.length, 99, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_advise(&v, 0, v.length, -1, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_advise(&v, v.length, 1, MM_ADV_WILLNEED, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_advise(&v, 0, v.length + 1, MM_ADV_WILLNEED, &e), MM_E_ARG, &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    /* read-only view: the read-side advice */
+    CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), &e);
+    CHECK_OK(mm_advise(&v, 0, v.length, MM_ADV_SEQUENTIAL, &e), &e);
+    CHECK_OK(mm_advise(&v, 0, v.length, MM_ADV_WILLNEED, &e), &e);
+    CHECK_OK(mm_advise(&v, 0, v.length, MM_ADV_POPULATE_READ, &e), &e);
+    CHECK(t_matches(v.data, 0, v.length));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_file_matches(path, 0, 4097));
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_resident(void) {
+    char path[1100];
+    uint64_t page = mm_page_size(), off = 4097, len = 64 * page, i;
+    uint64_t resident = 99, total = 99;
+    volatile unsigned sum = 0;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "resident.bin");
+    CHECK(t_write_pattern(path, off + len) == 0);
+    CHECK_OK(mm_map_path(path, MM_READ, off, len, 0, &v, &e), &e);
+    for (i = 0; i < len; i += page / 2) /* touch every page */
+        sum += (unsigned char)v.data[i];
+    sum += (unsigned char)v.data[len - 1];
+    CHECK_OK(mm_resident(&v, 0, len, &resident, &total, &e), &e);
+    CHECK_U64(total, t_pages_spanned(off, 0, len));
+    CHECK_U64(resident, total);
+    CHECK_OK(mm_resident(&v, page + 5, 1, &resident, &total, &e), &e);
+    CHECK_U64(total, 1);
+    CHECK_U64(resident, 1);
+    CHECK_OK(mm_resident(&v, page - 1, 2, &resident, &total, &e), &e);
+    CHECK_U64(total, t_pages_spanned(off, page - 1, 2));
+    CHECK_U64(resident, total);
+    CHECK_ST(mm_resident(&v, len, 1, &resident, &total, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(&v, 0, len + 1, &resident, &total, &e), MM_E_ARG, &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    /* a view that was never touched: 0 <= resident <= total */
+    CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), &e);
+    CHECK_OK(mm_resident(&v, 0, v.length, &resident, &total, &e), &e);
+    CHECK_U64(total, t_pages_spanned(0, 0, off + len));
+    CHECK(resident <= total);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    (void)sum;
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_populate(void) {
+    char path[1100];
+    uint64_t size = 32 * mm_page_size() + 11;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "populate.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_READ, 3, MM_TO_END, MM_POPULATE, &v, &e), &e);
+    CHECK(t_matches(v.data, 3, v.length));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, size + 100, MM_POPULATE | MM_GROW, &v, &e), &e);
+    CHECK(t_matches(v.data, 0, size));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_U64(t_file_size(path), size + 100);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_unmap_twice(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "unmap.bin");
+    CHECK(t_write_pattern(path, 5000) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 1, 100, 0, &v, &e), &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_view_zeroed(&v));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_view_zeroed(&v));
+    memset(&v, 0, sizeof v);
+    CHECK_OK(mm_unmap(&v, &e), &e); /* a zeroed struct is "no view" */
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_no_descriptor_held(void) {
+    char path[1100], missing[1100];
+    long before, after;
+    mm_view r, w, c, x;
+    mm_error e;
+    t_path(path, sizeof path, "fds.bin");
+    t_path(missing, sizeof missing, "fds-missing.bin");
+    CHECK(t_write_pattern(path, 100000) == 0);
+    before = t_handle_state();
+    if (before < 0) {
+        fprintf(stderr, "  (cannot observe open descriptors here: check skipped)\n");
+        CHECK(t_remove(path) == 0);
+        return;
+    }
+    CHECK_OK(mm_map_path(path, MM_READ, 1, MM_TO_END, 0, &r, &e), &e);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, 1000, 0, &w, &e), &e);
+    CHECK_OK(mm_map_path(path, MM_COPY, 65537, 1000, 0, &c, &e), &e);
+    after = t_handle_state();
+    CHECK_U64(after, before);
+    /* failures close what they opened */
+    CHECK_ST(mm_map_path(missing, MM_READ, 0, 10, 0, &x, &e), MM_E_OPEN, &e);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 100001, 0, &x, &e), MM_E_RANGE, &e);
+    CHECK_ST(mm_map_path(path, MM_READ, 100000, MM_TO_END, 0, &x, &e), MM_E_EMPTY, &e);
+    CHECK_ST(mm_map_path(missing, MM_WRITE, 0, MM_TO_END, MM_CREATE, &x, &e), MM_E_EMPTY, &e);
+    CHECK_ST(mm_map_path(t_dir, MM_READ, 0, 10, 0, &x, &e), MM_E_STAT, &e);
+    after = t_handle_state();
+    CHECK_U64(after, before);
+    CHECK_OK(mm_flush(&r, 0, r.length, 1, &e), &e);
+    CHECK_OK(mm_flush(&w, 0, w.length, 1, &e), &e);
+    CHECK_OK(mm_unmap(&r, &e), &e);
+    CHECK_OK(mm_unmap(&w, &e), &e);
+    CHECK_OK(mm_unmap(&c, &e), &e);
+    after = t_handle_state();
+    CHECK_U64(after, before);
+    CHECK(t_file_size(missing) < 0);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_utf8_path(void) {
+    char path[1100];
+    uint64_t i;
+    mm_view v;
+    mm_error e;
+    /* "café-€.bin" in UTF-8 */
+    t_path(path, sizeof path, "caf\xc3\xa9-\xe2\x82\xac.bin");
+    t_remove(path);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, 4000, MM_CREATE | MM_GROW, &v, &e), &e);
+    for (i = 0; i < 4000; i++)
+        v.data[i] = (char)t_pat(i);
+    CHECK_OK(mm_flush(&v, 0, 4000, 1, &e), &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_U64(t_file_size(path), 4000);
+    CHECK(t_file_matches(path, 0, 4000));
+    CHECK_OK(mm_map_path(path, MM_READ, 1, MM_TO_END, 0, &v, &e), &e);
+    CHECK(t_matches(v.data, 1, 3999));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
+/* Empty ranges (length 0, start <= view length) are accepted as no-ops; they span no page. */
+static void test_zero_length_ranges(void) {
+    char path[1100];
+    uint64_t resident = 99, total = 99;
+    int adv;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "zero.bin");
+    CHECK(t_write_pattern(path, 3 * mm_page_size()) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, MM_TO_END, 0, &v, &e), &e);
+    CHECK_OK(mm_flush(&v, 0, 0, 1, &e), &e);
+    CHECK_OK(mm_flush(&v, 1, 0, 0, &e), &e);
+    CHECK_OK(mm_flush(&v, v.length, 0, 1, &e), &e);
+    for (adv = MM_ADV_NORMAL; adv <= MM_ADV_POPULATE_WRITE; adv++)
+        CHECK_OK(mm_advise(&v, 7, 0, adv, &e), &e);
+    CHECK_OK(mm_resident(&v, 0, 0, &resident, &total, &e), &e);
+    CHECK_U64(total, 0);
+    CHECK_U64(resident, 0);
+    resident = total = 99;
+    CHECK_OK(mm_resident(&v, 1, 0, &resident, &total, &e), &e);
+    CHECK_U64(total, 0);
+    CHECK_U64(resident, 0);
+    CHECK_ST(mm_flush(&v, v.length + 1, 0, 1, &e), MM_E_ARG, &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
+/* ------------------------------------------------------------------------------------- */
+typedef struct t_case {
+    const char *name;
+    void (*fn)(void);
+} t_case;
+
+#define T_CASE(f) {#f, f}
+
+static const t_case t_cases[] = {
+    T_CASE(test_align_down),
+    T_CASE(test_alignment_values),
+    T_CASE(test_read_roundtrip),
+    T_CASE(test_unaligned_offsets),
+    T_CASE(test_write_roundtrip),
+    T_CASE(test_copy_private),
+    T_CASE(test_empty),
+    T_CASE(test_range_error),
+    T_CASE(test_grow),
+    T_CASE(test_grow_read_only),
+    T_CASE(test_create),
+    T_CASE(test_create_failure_cleanup),
+    T_CASE(test_missing_file),
+    T_CASE(test_directory),
+    T_CASE(test_bad_args),
+    T_CASE(test_arg_error_code_zero),
+    T_CASE(test_high_offset),
+    T_CASE(test_flush),
+    T_CASE(test_handle_mapping),
+    T_CASE(test_advise),
+    T_CASE(test_resident),
+    T_CASE(test_populate),
+    T_CASE(test_unmap_twice),
+    T_CASE(test_no_descriptor_held),
+    T_CASE(test_utf8_path),
+    T_CASE(test_zero_length_ranges),
+};
+
+int main(int argc, char **argv) {
+    const char *base = argc > 1 ? argv[1] : t_default_tmp();
+    size_t i, n = sizeof t_cases / sizeof t_cases[0];
+    int passed = 0, failed = 0, attempt;
+
+    for (attempt = 0; attempt < 100; attempt++) {
+        snprintf(t_dir, sizeof t_dir, "%s" T_SEP "mmtest-%lu-%d", base, t_pid(), attempt);
+        if (t_mkdir(t_dir) == 0)
+            break;
+    }
+    if (attempt == 100) {
+        fprintf(stderr, "cannot create a scratch directory under %s\n", base);
+        return 2;
+    }
+    printf("scratch: %s; alignment %" PRIu64 ", page %" PRIu64 "%s\n", t_dir, mm_alignment(),
+           mm_page_size(), t_is_wine() ? "; under wine" : "");
+
+    for (i = 0; i < n; i++) {
+        t_failed = 0;
+        t_cases[i].fn();
+        printf("%s %s\n", t_failed ? "FAIL" : "ok  ", t_cases[i].name);
+        fflush(stdout);
+        if (t_failed)
+            failed++;
+        else
+            passed++;
+    }
+    if (failed == 0)
+        t_rmdir(t_dir); /* every test removed its files */
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
