@@ -489,6 +489,13 @@ def test_shape_overflowing_64_bits(data_file):
         mmarray.open(data_file, mode="r+", offset=2**63 - 10, shape=100)
 
 
+def test_numpy_integer_shape_is_a_length(data_file):
+    with mmarray.open(data_file, mode="r", shape=np.int64(3)) as m:
+        assert m.shape == (3,)
+    with mmarray.open(data_file, mode="r", shape=(np.int32(2), np.uint8(3))) as m:
+        assert m.shape == (2, 3)
+
+
 def test_negative_shape(data_file):
     with pytest.raises(ValueError, match="negative dimension"):
         mmarray.open(data_file, mode="r", shape=(2, -1))

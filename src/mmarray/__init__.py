@@ -9,6 +9,11 @@
 [0, 1, 2, 3, 4]
 """
 from mmarray._api import MODES, Mapping, close, mapping_of, open
+from mmarray._compat import memmap, open_memmap
+from mmarray._npy import create_npy, load
+from mmarray._npz import CompressedMemberWarning, InMemoryMember, NpzMapping, save_npz
 
-__all__ = ["open", "close", "mapping_of", "Mapping", "MODES", "__version__"]
+__all__ = ["open", "close", "mapping_of", "Mapping", "MODES", "memmap", "open_memmap",
+           "load", "create_npy", "save_npz", "NpzMapping", "InMemoryMember",
+           "CompressedMemberWarning", "__version__"]
 __version__ = "0.1.0"

@@ -73,9 +73,9 @@ def _check_dtype(dtype):
 
 def _check_shape(shape, itemsize):
     """Return (shape tuple, nbytes) or raise."""
-    if isinstance(shape, int):
-        shape = (shape,)
-    else:
+    try:  # any integer, np.int64 included, is a 1-D length (as numpy.memmap takes it)
+        shape = (operator.index(shape),)
+    except TypeError:
         try:
             shape = tuple(operator.index(d) for d in shape)
         except TypeError:

@@ -1,0 +1,506 @@
+"""Drop-in replacements for :class:`numpy.memmap` and :func:`numpy.lib.format.open_memmap`.
+
+``mmarray.memmap`` is a subclass of :class:`numpy.memmap` built on mmarray's engine instead of
+the :mod:`mmap` module: same constructor, attributes and array behaviour, no file descriptor
+held, any offset, zero-size arrays, plus :meth:`memmap.close` and use as a context manager.
+numpy's own test suites for both are run against these in ``tests/test_numpy_suites.py``.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import sys
+
+import numpy as np
+
+from mmarray import _engine
+from mmarray._api import (
+    _INT64_MAX,
+    _MODE_ACCESS,
+    _MODE_ALIASES,
+    _check_dtype,
+    _check_mode,
+    _check_order,
+    _check_shape,
+    _encode_path,
+    _os_handle,
+    _prepare_empty,
+)
+from mmarray._engine import Mapping
+
+try:  # numpy >= 2.0 keeps the header helpers private here
+    from numpy.lib import _format_impl as _npy_format
+except ImportError:  # pragma: no cover - numpy 1.25 / 1.26
+    from numpy.lib import format as _npy_format
+
+__all__ = ["memmap", "open_memmap"]
+
+_ndarray = np.ndarray
+_ndarray_new = np.ndarray.__new__
+_ndarray_getitem = np.ndarray.__getitem__
+_ndarray_array_wrap = np.ndarray.__array_wrap__
+_may_share_memory = np.may_share_memory
+_TO_END = _engine.TO_END
+_map_file = _engine.map_file
+_fspath = os.fspath
+_POSIX = os.name != "nt"
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+# mode (numpy's short and long names) -> (short mode, engine access, engine flags)
+_MODES = {name: (short, *_MODE_ACCESS[short])
+          for name, short in [*((m, m) for m in _MODE_ACCESS), *_MODE_ALIASES.items()]}
+_MISSING = object()
+# numpy.memmap's message when mode 'r'/'c' meets an empty file (numpy's tests match on it).
+_EMPTY_FILE = "cannot mmap an empty file"
+
+
+def _export_via_array(mapping):
+    """A fresh export of ``mapping``: an object that counts one use for as long as it lives.
+
+    Fallback for an engine without ``Mapping._export``: builds and drops an ndarray to get at
+    the ``_ArrayExport`` behind it.
+    """
+    return mapping.array.base
+
+
+_new_export = getattr(Mapping, "_export", None) or _export_via_array
+
+
+class memmap(np.memmap):
+    """Create a memory-map to an array stored in a *binary* file on disk.
+
+    A drop-in for :class:`numpy.memmap` (and a subclass of it): the same constructor,
+    the attributes ``filename``, ``offset`` and ``mode``, :meth:`flush`, and views, ufunc
+    results and reductions that behave exactly as numpy's do. It is mapped by mmarray's engine
+    rather than the :mod:`mmap` module, so
+
+    * no file descriptor is held while the array lives,
+    * any ``offset`` works (alignment is handled inside),
+    * zero-size arrays map nothing, and
+    * :meth:`close` (and ``with``) release the mapping under the engine's safe-close rules:
+      the region is unmapped only once no array can reach it, so nothing ever dangles.
+
+    Parameters
+    ----------
+    filename : str, bytes, os.PathLike or file object
+        The file to map. A file object (anything with ``read``) is flushed, used through its
+        descriptor and left open; the mapping does not keep the descriptor.
+    dtype : data-type, optional
+        The data type of the elements (default ``uint8``).
+    mode : {'r+', 'r', 'w+', 'c'}, optional
+        ``'r'`` read-only, ``'r+'`` read-write (the default), ``'w+'`` create or overwrite
+        (needs `shape`), ``'c'`` copy-on-write (assignments never reach the file). numpy's
+        long names (``'readonly'``, ``'readwrite'``, ``'write'``, ``'copyonwrite'``) work too.
+    offset : int, optional
+        Byte offset of the array data in the file. In modes ``'r+'`` and ``'w+'`` a file too
+        short for ``offset`` plus the data is extended.
+    shape : int or sequence of ints, optional
+        The array shape. By default a 1-D array of all the data after `offset`, whose size
+        must then be a multiple of the itemsize.
+    order : {'C', 'F'}, optional
+        Memory layout of a multi-dimensional array.
+
+    Attributes
+    ----------
+    filename : str, pathlib.Path or None
+        Absolute path of the mapped file (a resolved :class:`pathlib.Path` if a path object was
+        given; None for a ``bytes`` path or a file object without a ``str`` name), as numpy.
+    offset : int
+        The `offset` argument.
+    mode : str
+        The mode, in its short form.
+    closed : bool
+        True once :meth:`close` was called.
+
+    Raises
+    ------
+    ValueError
+        A bad mode, offset or shape, ``mode='w+'`` without a shape, a shape that does not fit
+        the file in mode ``'r'``/``'c'``, an empty file in mode ``'r'``/``'c'``, or data whose
+        size is not a multiple of the itemsize when `shape` is None.
+    TypeError
+        A dtype holding Python objects, or a shape that is not made of integers.
+    OSError
+        From the operating system (:class:`FileNotFoundError`, :class:`PermissionError`, ...).
+
+    See Also
+    --------
+    mmarray.open : the same mapping as a plain :class:`numpy.ndarray`, without the subclass.
+    mmarray.open_memmap : a ``.npy`` file as a ``memmap``.
+
+    Notes
+    -----
+    Differences from :class:`numpy.memmap`, all of them additions or things numpy cannot do:
+    :meth:`close`, :attr:`closed` and the context manager; ``base`` of a freshly opened memmap
+    is an mmarray export object, not an :class:`mmap.mmap`; a zero-size memmap in mode
+    ``'r+'``/``'w+'`` does not write a byte into an empty file; flushing a closed memmap raises
+    :class:`ValueError`. As with numpy, results of ufuncs and reductions are plain ndarrays or
+    scalars, slices are memmaps, and pickling stores a copy of the data (the unpickled object
+    is a ``memmap`` that maps nothing).
+
+    Examples
+    --------
+    >>> import mmarray, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "newfile.dat")
+    >>> fp = mmarray.memmap(path, dtype="float32", mode="w+", shape=(3, 4))
+    >>> fp[:] = np.arange(12, dtype="float32").reshape(3, 4)
+    >>> fp.flush()
+    >>> isinstance(fp, np.memmap), fp.filename == os.path.abspath(path)
+    (True, True)
+    >>> type(fp + 1) is np.ndarray, type(fp[1:]) is mmarray.memmap
+    (True, True)
+    >>> with mmarray.memmap(path, dtype="float32", mode="r", offset=16) as r:
+    ...     r.tolist()
+    [4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+    >>> r.closed
+    True
+    >>> fp.close()
+    """
+
+    # Defaults for arrays that map nothing (copies, unpickled objects): numpy sets these to
+    # None in __array_finalize__; class attributes give the same values without the cost.
+    _mmap = None
+    filename = None
+    offset = None
+    mode = None
+    # A view's own export of the Mapping: it makes live views visible to close(strict=True).
+    _view_export = None
+
+    def __new__(subtype, filename, dtype=np.uint8, mode="r+", offset=0, shape=None,
+                order="C"):
+        spec = _MODES.get(mode) if type(mode) is str else None
+        if spec is None:  # a bad mode raises in _check_mode; a str subclass passes
+            spec = _MODES[_check_mode(mode)]
+        mode, access, flags = spec
+        if mode == "w+" and shape is None:
+            raise ValueError("shape must be given if mode == 'w+'")
+        dt = _check_dtype(dtype)
+        if type(offset) is not int:
+            offset = operator.index(offset)
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        if offset > _INT64_MAX:
+            raise ValueError(f"offset {offset} overflows 64 bits; expected at most {_INT64_MAX}")
+        if order != "C":
+            # numpy.memmap passes order to ndarray.__new__, where 'A' and 'K' mean 'C'
+            order = "C" if order in ("A", "K") else _check_order(order)
+
+        if shape is None:
+            length = _TO_END
+        else:
+            if not isinstance(shape, (tuple, list)):
+                try:  # numpy.memmap takes any integer (np.int64 too) as a 1-D length
+                    shape = (operator.index(shape),)
+                except TypeError:
+                    pass
+            shape, length = _check_shape(shape, dt.itemsize)
+            if offset + length > _INT64_MAX:
+                raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits")
+
+        # The file: numpy.memmap's rules for what is a file object and what `filename` becomes.
+        if type(filename) is str and _POSIX:  # the common case, without the generic calls
+            target = filename.encode(_FS_ENCODING, _FS_ERRORS)
+            if not target:
+                raise FileNotFoundError(2, "No such file or directory", filename)
+            attr_name = error_name = _abspath(filename)
+        elif hasattr(filename, "read"):
+            if hasattr(filename, "flush"):
+                filename.flush()  # buffered writes must reach the file before it is sized
+            target = _os_handle(filename.fileno())
+            name = getattr(filename, "name", None)
+            attr_name = error_name = _abspath(name) if isinstance(name, str) else None
+            flags &= ~_engine.CREATE  # mode 'w+' on a file object grows it, never truncates
+        else:
+            path = _fspath(filename)
+            target = _encode_path(path)
+            if not target:
+                raise FileNotFoundError(2, "No such file or directory", path)
+            if isinstance(filename, str):
+                attr_name = error_name = _abspath(path)
+            elif isinstance(filename, os.PathLike):  # numpy keeps a resolved pathlib.Path
+                attr_name = _resolved_path(filename)
+                error_name = str(attr_name)
+            else:
+                attr_name = None  # numpy.memmap gives None for a bytes path
+                error_name = os.fsdecode(path)
+
+        if length == 0:
+            mapping = _map_empty(target, access, mode, offset, dt, shape, order, error_name)
+        else:
+            try:
+                mapping = _map_file(target, access, offset, length, flags, dt, shape, order,
+                                    mode, error_name)
+            except ValueError:
+                if shape is not None:
+                    raise
+                # Nothing after offset: numpy gives an empty array, or an error for an empty
+                # file in mode 'r'/'c'. Anything else re-raises the engine's error.
+                if _file_size(target) != offset:
+                    raise
+                mapping = _map_empty(target, access, mode, offset, dt, (0,), order, error_name)
+            if shape is None:
+                nbytes = mapping._mapped_length()
+                if nbytes % dt.itemsize:
+                    mapping.close()
+                    raise ValueError(
+                        f"Size of available data is not a multiple of the data-type size: "
+                        f"{nbytes} bytes after offset {offset} in {error_name!r}, itemsize "
+                        f"{dt.itemsize} of dtype {dt}; give a shape")
+                shape = (nbytes // dt.itemsize,)
+                mapping._set_shape(shape)
+
+        self = _ndarray_new(subtype, shape, dt, _new_export(mapping), 0, None, order)
+        self._mmap = mapping
+        self.offset = offset
+        self.mode = mode
+        self.filename = attr_name
+        return self
+
+    def __array_finalize__(self, obj):
+        # numpy.memmap's rule: a new array sharing memory with a memmap inherits its file
+        # attributes; anything else keeps the class defaults (None).
+        if obj is None:
+            return
+        mapping = getattr(obj, "_mmap", _MISSING)
+        if mapping is _MISSING or not _may_share_memory(self, obj):
+            return
+        self._mmap = mapping
+        self.filename = obj.filename
+        self.offset = obj.offset
+        self.mode = obj.mode
+        if isinstance(mapping, Mapping) and not mapping.closed:
+            try:
+                self._view_export = _new_export(mapping)
+            except ValueError:  # closed by another thread meanwhile: nothing left to count
+                pass
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        # numpy.memmap's, with this class in place of numpy.memmap: ufunc results and
+        # reductions of an mmarray.memmap are ndarrays or scalars; subclasses keep their type.
+        arr = _ndarray_array_wrap(self, arr, context)
+        if self is arr or type(self) is not memmap:
+            return arr
+        if return_scalar:
+            return arr[()]
+        return arr.view(_ndarray)
+
+    def __getitem__(self, index):
+        res = _ndarray_getitem(self, index)
+        if type(res) is memmap and res._mmap is None:
+            return res.view(type=_ndarray)  # a copy (fancy indexing): not memory-mapped
+        return res
+
+    def flush(self):
+        """Write any changes in the array to the file on disk.
+
+        Durable on return (``msync(MS_SYNC)``; Windows ``FlushViewOfFile`` and
+        ``FlushFileBuffers``). A no-op for modes ``'r'`` and ``'c'`` and for arrays that map
+        nothing (copies, unpickled memmaps).
+
+        Raises
+        ------
+        ValueError
+            The memmap was closed.
+        OSError
+            The write-back failed.
+
+        Examples
+        --------
+        >>> import mmarray, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "f.bin")
+        >>> fp = mmarray.memmap(path, mode="w+", shape=3)
+        >>> fp[:] = 7
+        >>> fp.flush()
+        >>> with open(path, "rb") as f:
+        ...     f.read()
+        b'\\x07\\x07\\x07'
+        """
+        mapping = self._mmap
+        if mapping is not None:
+            mapping.flush()
+
+    def close(self, strict=False):
+        """Close the mapping behind this memmap (and behind every view of it).
+
+        Idempotent. The file region is unmapped as soon as no array can reach it: at once if
+        nothing else uses it, otherwise when this memmap and the last of its views are gone.
+        Arrays never point at unmapped memory; reading and writing them stays valid. After
+        close, :meth:`flush` raises :class:`ValueError` and :attr:`closed` is True.
+
+        Parameters
+        ----------
+        strict : bool, optional
+            If True, raise :class:`BufferError` (and change nothing) when anything besides
+            this memmap uses the region: memmap views or slices of it, arrays from the same
+            :class:`mmarray.Mapping`, or memoryviews of it. Closing a view strictly always
+            raises, since the memmap it views is alive. Plain-ndarray views
+            (``np.asarray(mm)``, ``mm.view(np.ndarray)``) and memoryviews of the memmap itself
+            also keep the region mapped but are not seen by this check.
+
+        Raises
+        ------
+        BufferError
+            ``strict=True`` and other users of the region are alive.
+        OSError
+            Unmapping failed.
+
+        Examples
+        --------
+        >>> import mmarray, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.bin")
+        >>> mm = mmarray.memmap(path, mode="w+", shape=8)
+        >>> row = mm[2:4]
+        >>> mm.close(strict=True)
+        Traceback (most recent call last):
+        ...
+        BufferError: cannot close strictly: 1 other view(s)/export(s) of the mapping are alive
+        >>> mm.close()
+        >>> row[:] = 5          # still valid: unmapped once mm and row are gone
+        >>> mm.closed, int(mm.sum())
+        (True, 10)
+        """
+        mapping = self._mmap
+        if not isinstance(mapping, Mapping):
+            return  # maps nothing of ours (a copy, an unpickled memmap): nothing to close
+        if strict and not mapping.closed:
+            others = mapping.exports - 1  # this memmap's own: its base or its view export
+            if others > 0:
+                raise BufferError(
+                    f"cannot close strictly: {others} other view(s)/export(s) of the mapping "
+                    f"are alive")
+        mapping.close()
+
+    @property
+    def closed(self):
+        """True once :meth:`close` was called on this memmap or any view of its mapping."""
+        mapping = self._mmap
+        return isinstance(mapping, Mapping) and mapping.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+
+memmap.__module__ = "mmarray"
+
+
+def _abspath(path):
+    """os.path.abspath, without its work for an absolute POSIX path that is already normal."""
+    if (_POSIX and path[:1] == "/" and "//" not in path and "/." not in path
+            and path[-1:] != "/"):
+        return path  # nothing for normpath to change: no '//', '.', '..' or trailing '/'
+    return os.path.abspath(path)
+
+
+def _resolved_path(path):
+    try:
+        return path.resolve()
+    except AttributeError:  # an os.PathLike that is not a pathlib object
+        import pathlib
+
+        return pathlib.Path(_fspath(path)).resolve()
+
+
+def _file_size(target):
+    """Size of the file behind an encoded path or an OS handle (-1 if it cannot be known)."""
+    try:
+        if isinstance(target, bytes):
+            return os.stat(target).st_size
+        if os.name == "nt":  # pragma: no cover - an OS handle, not a descriptor
+            return -1
+        return os.fstat(target).st_size
+    except OSError:
+        return -1
+
+
+def _map_empty(target, access, mode, offset, dt, shape, order, error_name):
+    """A zero-size memmap: checks the file as numpy.memmap does, then maps nothing."""
+    if mode in ("r", "c") and _file_size(target) == 0:
+        raise ValueError(_EMPTY_FILE)
+    _prepare_empty(target, mode, offset, error_name)
+    return _map_file(None, access, offset, 0, 0, dt, shape, order, mode, error_name)
+
+
+def open_memmap(filename, mode="r+", dtype=None, shape=None, fortran_order=False, version=None,
+                *, max_header_size=_npy_format._MAX_HEADER_SIZE):
+    """Open a ``.npy`` file as a memory-mapped array: :func:`numpy.lib.format.open_memmap` on
+    mmarray's engine.
+
+    Same signature, behaviour and errors as numpy's; the header is read and written by
+    :mod:`numpy.lib.format` itself. Returns an :class:`mmarray.memmap`.
+
+    Parameters
+    ----------
+    filename : str or os.PathLike
+        The file. Not a file object.
+    mode : str, optional
+        ``'r+'`` (default), ``'r'``, ``'c'`` map an existing file; ``'w+'`` creates one
+        (`dtype` and `shape` needed) and is then mapped as ``'r+'``.
+    dtype : data-type, optional
+        Element type when creating (default ``float64``); ignored otherwise.
+    shape : tuple of int, optional
+        Shape when creating; ignored otherwise.
+    fortran_order : bool, optional
+        Create a Fortran-ordered array.
+    version : tuple of int or None, optional
+        The ``.npy`` format version when creating; None picks the oldest that fits.
+    max_header_size : int, optional
+        Largest header accepted when reading (see :func:`numpy.load`).
+
+    Returns
+    -------
+    memmap
+
+    Raises
+    ------
+    ValueError
+        A file object was given, the header or version is invalid or too large, or the dtype
+        holds Python objects.
+    OSError
+        The file cannot be opened or mapped.
+
+    Examples
+    --------
+    >>> import mmarray, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.npy")
+    >>> with mmarray.open_memmap(path, mode="w+", dtype=np.int16, shape=(2, 3)) as a:
+    ...     a[:] = [[1, 2, 3], [4, 5, 6]]
+    ...     a.flush()
+    >>> np.load(path).tolist()
+    [[1, 2, 3], [4, 5, 6]]
+    >>> b = mmarray.open_memmap(path, mode="r")
+    >>> type(b).__name__, b.dtype, b.shape
+    ('memmap', dtype('int16'), (2, 3))
+    """
+    if _npy_format.isfileobj(filename):
+        raise ValueError("Filename must be a string or a path-like object."
+                         "  Memmap cannot use existing file handles.")
+    if "w" in mode:
+        _npy_format._check_version(version)
+        dtype = np.dtype(dtype)
+        if dtype.hasobject:
+            raise ValueError("Array can't be memory-mapped: Python objects in dtype.")
+        header = {
+            "descr": _npy_format.dtype_to_descr(dtype),
+            "fortran_order": fortran_order,
+            "shape": shape,
+        }
+        with open(os.fspath(filename), mode + "b") as fp:
+            _npy_format._write_array_header(fp, header, version)
+            offset = fp.tell()
+    else:
+        with open(os.fspath(filename), "rb") as fp:
+            version = _npy_format.read_magic(fp)
+            _npy_format._check_version(version)
+            shape, fortran_order, dtype = _npy_format._read_array_header(
+                fp, version, max_header_size=max_header_size)
+            if dtype.hasobject:
+                raise ValueError("Array can't be memory-mapped: Python objects in dtype.")
+            offset = fp.tell()
+    if mode == "w+":  # the header is written: map the file read-write without truncating it
+        mode = "r+"
+    return memmap(filename, dtype=dtype, shape=shape, order="F" if fortran_order else "C",
+                  mode=mode, offset=offset)
