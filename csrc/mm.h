@@ -77,6 +77,8 @@ typedef struct mm_view {
     char *data;          /* first requested byte: base + delta */
     uint64_t length;     /* requested length in bytes */
     int access;          /* an mm_access */
+    uint64_t file_id[2]; /* identity of the mapped file, as os.stat gives it: st_dev and st_ino
+                            (Windows: volume serial number and file index) */
     /* ---- private ---- */
     void *base;          /* what the OS returned, aligned to mm_alignment() */
     uint64_t base_length;/* delta + length: what was mapped from base */

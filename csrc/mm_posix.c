@@ -140,6 +140,8 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
     view->data = (char *)base + delta;
     view->length = length;
     view->access = access;
+    view->file_id[0] = (uint64_t)st.st_dev;
+    view->file_id[1] = (uint64_t)st.st_ino;
     view->reopen = NULL;
     return mm_ok(err);
 }

@@ -211,6 +211,8 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
     view->data = (char *)base + delta; /* delta < span: the requested byte lies in the view */
     view->length = length;
     view->access = access;
+    view->file_id[0] = info.dwVolumeSerialNumber; /* os.stat's st_dev on Windows */
+    view->file_id[1] = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow; /* st_ino */
     view->reopen = NULL;
 
     if (flags & MM_POPULATE) {

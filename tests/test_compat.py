@@ -82,6 +82,7 @@ def test_memmap_long_mode_names_are_accepted_and_shortened(path):
                         ("write", "w+")]:
         mm = mmarray.memmap(path, mode=long, shape=8)
         assert mm.mode == short
+        del mm  # 'write' truncates: refused while an earlier memmap of the file is alive
 
 
 @pytest.mark.parametrize("shape", [3, np.int64(3), [3], (3,), np.array([3]), range(3, 4)])

@@ -705,3 +705,49 @@ def test_hand_made_engine_objects_never_crash():
     """)
     assert_clean_exit(proc)
     assert "ok" not in proc.stdout
+
+
+def test_w_plus_on_a_file_mapped_in_this_process_is_refused(tmp_path):
+    """Truncating a mapped file makes the old mapping's pages fault with SIGBUS (numpy.memmap
+    crashes this way); mmarray refuses the truncation while any view of the file is live."""
+    path = tmp_path / "busy.bin"
+    np.arange(4096, dtype=np.int64).tofile(path)
+    proc = run_python(f"""
+        import mmarray, numpy as np
+        path = {str(path)!r}
+        a = mmarray.open(path, dtype="int64", mode="r").array
+        for make in (lambda: mmarray.open(path, dtype="int64", mode="w+", shape=10),
+                     lambda: mmarray.open(path, mode="w+", shape=0),
+                     lambda: mmarray.memmap(path, dtype="int64", mode="w+", shape=10),
+                     lambda: mmarray.open_memmap(path, mode="w+", dtype="int64", shape=(3,))):
+            try:
+                make()
+                raise SystemExit("truncation was allowed")
+            except ValueError as e:
+                assert "live mapping" in str(e), e
+        assert int(a[-1]) == 4095          # the old mapping is intact: no SIGBUS
+        mmarray.close(a)
+        del a
+        m = mmarray.open(path, dtype="int64", mode="w+", shape=10)  # allowed once unmapped
+        assert m.shape == (10,)
+        print("ok")
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok"
+
+
+def test_live_file_registry_counts_views_and_forgets_them(data_file):
+    st = os.stat(data_file)
+    live = mmarray._engine.live_views
+    assert live(st.st_dev, st.st_ino) == 0
+    m1 = mmarray.open(data_file, mode="r")
+    m2 = mmarray.open(data_file, mode="r", offset=5, shape=3)
+    assert live(st.st_dev, st.st_ino) == 2
+    a = m1.array
+    m1.close()
+    assert live(st.st_dev, st.st_ino) == 2  # deferred: a still maps it
+    del a
+    assert live(st.st_dev, st.st_ino) == 1
+    del m2
+    gc.collect()
+    assert live(st.st_dev, st.st_ino) == 0

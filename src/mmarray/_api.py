@@ -205,6 +205,8 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
         raise TypeError(f"file must be a path (str, bytes, os.PathLike) or an object with "
                         f"fileno(), got {type(file).__name__}")
 
+    if flags & _engine.CREATE:
+        refuse_truncating_mapped(target, filename)
     if length == 0:
         _prepare_empty(target, mode, offset, filename or file)
         return _engine.map_file(None, access, offset, 0, 0, dt, shape, order, mode, filename)
@@ -225,6 +227,27 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
             m.close()
             raise
     return m
+
+
+def refuse_truncating_mapped(path, name):
+    """Raise if ``path`` is mapped in this process: truncating it would make those mappings'
+    arrays fault (SIGBUS) on their next access, past the new end of the file.
+
+    Costs a ``stat`` only while this process maps something. Truncation by another process,
+    or by plain ``open(path, "w")``, cannot be prevented from here.
+    """
+    if not _engine._live_files:
+        return
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # missing: nothing to truncate; other errors surface from the open itself
+    n = _engine.live_views(st.st_dev, st.st_ino)
+    if n:
+        raise ValueError(
+            f"{name!r} is mapped by {n} live mapping(s) in this process; mode 'w+' would "
+            f"truncate it under them (their arrays would fault). Close them and release their "
+            f"arrays first, or open it with mode 'r+'")
 
 
 def _prepare_empty(target, mode, offset, name):

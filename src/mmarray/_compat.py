@@ -25,6 +25,7 @@ from mmarray._api import (
     _encode_path,
     _os_handle,
     _prepare_empty,
+    refuse_truncating_mapped,
 )
 from mmarray._engine import Mapping
 
@@ -41,6 +42,7 @@ _ndarray_getitem = np.ndarray.__getitem__
 _ndarray_array_wrap = np.ndarray.__array_wrap__
 _may_share_memory = np.may_share_memory
 _TO_END = _engine.TO_END
+_CREATE = _engine.CREATE
 _map_file = _engine.map_file
 _fspath = os.fspath
 _POSIX = os.name != "nt"
@@ -224,6 +226,8 @@ class memmap(np.memmap):
                 attr_name = None  # numpy.memmap gives None for a bytes path
                 error_name = os.fsdecode(path)
 
+        if flags & _CREATE:
+            refuse_truncating_mapped(target, error_name)
         if length == 0:
             mapping = _map_empty(target, access, mode, offset, dt, shape, order, error_name)
         else:
@@ -488,6 +492,7 @@ def open_memmap(filename, mode="r+", dtype=None, shape=None, fortran_order=False
             "fortran_order": fortran_order,
             "shape": shape,
         }
+        refuse_truncating_mapped(os.fspath(filename), filename)  # 'w+b' truncates
         with open(os.fspath(filename), mode + "b") as fp:
             _npy_format._write_array_header(fp, header, version)
             offset = fp.tell()

@@ -7,6 +7,7 @@ cdef extern from "mm.h" nogil:
         char *data
         uint64_t length
         int access
+        uint64_t file_id[2]
 
     ctypedef struct mm_error:
         int status
@@ -54,6 +55,7 @@ cdef class Mapping:
     cdef object _mode
     cdef object _filename
     cdef uint64_t _offset
+    cdef object _file_key      # (st_dev, st_ino) while registered in _live_files, else None
     cdef object __weakref__
 
     cdef int _acquire(self) except -1

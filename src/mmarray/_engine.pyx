@@ -31,6 +31,10 @@ cdef object _ndarray_new = _np.ndarray.__new__
 # A valid address for empty mappings: buffers must not carry NULL (an empty region has no view).
 cdef char _empty_byte = 0
 
+# Files this process maps, (st_dev, st_ino) -> number of live views: what lets mode 'w+' refuse
+# to truncate a file whose mapped pages would then fault (SIGBUS) on the next access.
+_live_files = {}
+
 ALIGNMENT = mm_alignment()
 PAGE_SIZE = mm_page_size()
 TO_END = MM_TO_END
@@ -82,7 +86,8 @@ cdef class Mapping:
     def __dealloc__(self):
         # No export can be alive here (each holds a reference to self).
         cdef mm_error err
-        if self.view.data != NULL:
+        if self.view.data != NULL and self.view.data != &_empty_byte:
+            _unregister(self)
             with nogil:
                 mm_unmap(&self.view, &err)
 
@@ -109,6 +114,7 @@ cdef class Mapping:
             return 0
         # Clear before releasing the GIL: no other thread can see the view from here on.
         memset(&self.view, 0, sizeof(mm_view))
+        _unregister(self)
         with nogil:
             status = mm_unmap(&view, &err)
         if status != MM_OK:
@@ -536,6 +542,10 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
             status = mm_map_handle(handle, access, offset, length, flags, &m.view, &err)
         if status != MM_OK:
             _raise(&err, filename, offset, length)
+    if m.view.data != &_empty_byte:
+        key = (m.view.file_id[0], m.view.file_id[1])
+        _live_files[key] = _live_files.get(key, 0) + 1
+        m._file_key = key
     m._closed = False
     m._readonly = access == MM_READ
     m._dtype = dtype
@@ -545,3 +555,20 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     m._filename = filename
     m._offset = offset
     return m
+
+
+cdef inline void _unregister(Mapping m):
+    key = m._file_key
+    if key is None:
+        return
+    m._file_key = None
+    n = _live_files.get(key, 0) - 1
+    if n > 0:
+        _live_files[key] = n
+    else:
+        _live_files.pop(key, None)
+
+
+def live_views(st_dev, st_ino):
+    """Number of live mapped views of the file with this identity in this process."""
+    return _live_files.get((st_dev, st_ino), 0)
