@@ -1,0 +1,446 @@
+"""Timing, statistics and page-cache helpers for the benchmark cases.
+
+Nothing here imports mmarray: the helpers measure and control the machine (interleaved
+timing, eviction, residency through mincore, large-folio checks, the C floor library), so
+they keep working while mmarray itself is being changed.
+
+Conventions
+-----------
+* A *runner* is a callable returning the seconds one sample took (seconds per operation for
+  micro cases, seconds per whole run for the big ones). It does its own untimed setup (for
+  example eviction) and times only the part that counts.
+* A runner may raise :class:`Invalid` to reject one sample (for example: eviction did not
+  work, so a "cold" figure would be bogus). The sample is dropped and the reason kept.
+* Contenders run interleaved: every round runs each contender once, in a new random order
+  each round, so a drift of the machine (or the after-effects of one contender on the next)
+  hits every contender alike. Ratios are taken
+  pair by pair (same round) and the median of the per-round ratios is reported.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import mmap
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import timeit
+
+PAGE = mmap.PAGESIZE
+
+
+class Invalid(Exception):
+    """A sample that must not be reported (the precondition of the measurement failed)."""
+
+
+class Unavailable(Exception):
+    """A contender that cannot run here (missing API, missing compiler, ...)."""
+
+
+# -- sizes -------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
+          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+
+
+def parse_size(text):
+    """'1G', '256M', '64MiB', '4096' -> bytes (binary units)."""
+    s = str(text).strip().lower().replace("_", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num):]
+    if not num or unit not in _UNITS:
+        raise ValueError(f"cannot parse size {text!r}; expected e.g. 1G, 256M, 64MiB or bytes")
+    value = float(num) * _UNITS[unit]
+    if value <= 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return int(value)
+
+
+def format_bytes(n):
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            v = n / div
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} B"
+
+
+# -- timing ------------------------------------------------------------------------------
+
+def micro_runner(stmt, namespace, number):
+    """A runner timing ``number`` executions of ``stmt`` (a string or a callable) with the GC
+    off, returning seconds per execution."""
+    timer = timeit.Timer(stmt, globals=namespace)
+
+    def run():
+        return timer.timeit(number) / number
+
+    run.timer = timer
+    return run
+
+
+def calibrate(stmt, namespace, target_seconds, max_number=10_000_000):
+    """Pick how many executions of ``stmt`` make a batch of about ``target_seconds``."""
+    timer = timeit.Timer(stmt, globals=namespace)
+    number = 1
+    while True:
+        t = timer.timeit(number)
+        if t >= target_seconds / 5 or number >= max_number:
+            break
+        number *= 4 if t < target_seconds / 50 else 2
+    per = max(t / number, 1e-9)
+    return max(1, min(max_number, int(target_seconds / per)))
+
+
+def interleave(runners, rounds, progress=None, warmup=0, label="", seed=20240601):
+    """Run each runner once per round, in a new (seeded, reproducible) random order each
+    round. A fixed or merely rotated order would give every contender the same predecessor
+    each round, and what ran just before matters (on a virtio disk a cold read right after an
+    O_DIRECT scan is measurably slower, for example).
+
+    ``runners`` is a list of ``(name, callable)``. Returns ``{name: {"samples": [...],
+    "errors": [...], "invalid": [...]}}`` where ``samples`` has one entry per round (None for
+    a round whose sample failed or was rejected), so rounds line up across contenders.
+    """
+    out = {name: {"samples": [], "errors": [], "invalid": []} for name, _ in runners}
+    broken = set()
+    rng = random.Random(seed)
+    for r in range(-warmup, rounds):
+        order = list(runners)
+        rng.shuffle(order)
+        for name, fn in order:
+            if name in broken:
+                if r >= 0:
+                    out[name]["samples"].append(None)
+                continue
+            if progress and r >= 0:
+                progress(f"{label}round {r + 1}/{rounds}: {name}")
+            try:
+                t = fn()
+            except Invalid as exc:
+                t = None
+                out[name]["invalid"].append(str(exc))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # a contender that breaks must not stop the others
+                t = None
+                out[name]["errors"].append(f"{type(exc).__name__}: {exc}")
+                broken.add(name)
+            if r >= 0:
+                out[name]["samples"].append(t)
+    return out
+
+
+def stats(samples):
+    """median/min/max of the valid samples, or None if there are none."""
+    good = [s for s in samples if s is not None]
+    if not good:
+        return None
+    return {"median": statistics.median(good), "min": min(good), "max": max(good),
+            "n": len(good)}
+
+
+def paired_speed_ratio(ref, other):
+    """Median over rounds of ref[i] / other[i] (a speed ratio: > 1 means `other` is faster).
+
+    Both are per-round sample lists (seconds); rounds where either is missing are skipped.
+    """
+    ratios = [a / b for a, b in zip(ref, other) if a is not None and b is not None and b > 0]
+    if not ratios:
+        return None
+    return statistics.median(ratios)
+
+
+def best_of(*sample_lists):
+    """Per-round minimum over several sample lists (the best of several limit methods)."""
+    out = []
+    for vals in zip(*sample_lists):
+        good = [v for v in vals if v is not None]
+        out.append(min(good) if good else None)
+    return out
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...; sw.seconds`` using perf_counter, GC off inside."""
+
+    def __enter__(self):
+        self._gc = gc.isenabled()
+        gc.disable()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0
+        if self._gc:
+            gc.enable()
+        return False
+
+
+# -- page cache ----------------------------------------------------------------------------
+
+_libc = None
+
+
+def libc():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        _libc.mincore.restype = ctypes.c_int
+    return _libc
+
+
+def fs_type(path):
+    """File system type holding ``path`` (from /proc/mounts), or None if unknown."""
+    try:
+        path = os.path.realpath(path)
+        best, kind = "", None
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+        return kind
+    except OSError:
+        return None
+
+
+def resident_fraction(path):
+    """Fraction of the file's pages in the page cache (mincore through a fresh mapping)."""
+    import numpy as np
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return 1.0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    try:
+        view = np.frombuffer(mm, np.uint8)
+        npages = (size + PAGE - 1) // PAGE
+        vec = np.zeros(npages, np.uint8)
+        rc = libc().mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size),
+                            ctypes.c_void_p(vec.ctypes.data))
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mincore failed: {os.strerror(err)}")
+        frac = float(np.count_nonzero(vec & 1)) / npages
+        del view
+    finally:
+        mm.close()
+    return frac
+
+
+def evict(path):
+    """Drop the file from the page cache: fsync (dirty pages cannot be dropped) then
+    POSIX_FADV_DONTNEED. Returns the resident fraction measured afterwards."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return resident_fraction(path)
+
+
+def evict_checked(path, tolerance=0.01):
+    """Evict and raise :class:`Invalid` if more than ``tolerance`` of the file stays cached."""
+    frac = evict(path)
+    if frac > tolerance:
+        # One retry: pages under write-back a moment ago may be droppable now.
+        time.sleep(0.05)
+        frac = evict(path)
+    if frac > tolerance:
+        raise Invalid(f"eviction failed: {frac:.0%} of {os.path.basename(path)} still resident "
+                      f"after fsync + POSIX_FADV_DONTNEED; cold figure not reported")
+    return frac
+
+
+def read_whole(path, chunk=1 << 20, random_advice=False):
+    """Read the file through read() (``pread`` into one reused buffer). With
+    ``random_advice`` the fd gets POSIX_FADV_RANDOM first: readahead is off and the page cache
+    fills with 4 KiB pages instead of large folios."""
+    buf = bytearray(chunk)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if random_advice:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        off = 0
+        while True:
+            n = os.preadv(fd, [buf], off)
+            if n <= 0:
+                break
+            off += n
+    finally:
+        os.close(fd)
+    return off
+
+
+def smaps_file_pmd_kb():
+    """FilePmdMapped of this process in kB (file pages mapped 2 MiB at a time), or None."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("FilePmdMapped:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def pmd_probe(path, nbytes=64 << 20):
+    """Map the file, touch its first ``nbytes`` and return how many kB got PMD-mapped.
+
+    Large folios in the page cache (after a sequential read) map 2 MiB per fault and show up
+    as FilePmdMapped; a file cached in 4 KiB pages shows 0. None if the kernel doesn't say."""
+    import numpy as np
+
+    before = smaps_file_pmd_kb()
+    if before is None:
+        return None
+    size = min(os.path.getsize(path), nbytes)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    try:
+        view = np.frombuffer(mm, np.uint8)
+        int(view[::PAGE].sum())  # one byte per page: fault everything in
+        after = smaps_file_pmd_kb()
+        del view
+    finally:
+        mm.close()
+    return max(0, (after or 0) - before)
+
+
+def set_cache_state(path, state):
+    """Put the whole file in the page cache in ``state``: "4k" (evict, then read with
+    POSIX_FADV_RANDOM: 4 KiB pages) or "large" (evict, then a plain sequential read: large
+    folios). Returns a dict describing what was verified."""
+    evict_checked(path)
+    read_whole(path, random_advice=(state == "4k"))
+    frac = resident_fraction(path)
+    pmd = pmd_probe(path)
+    info = {"state": state, "resident": frac, "pmd_mapped_kb": pmd}
+    ok = frac >= 0.99
+    if pmd is not None:
+        ok = ok and ((pmd == 0) if state == "4k" else (pmd > 0))
+    info["verified"] = ok
+    return info
+
+
+# -- files ---------------------------------------------------------------------------------
+
+def write_file(path, buffer, chunk=8 << 20):
+    """Write ``buffer`` (anything exposing the buffer protocol) to ``path`` and fsync it."""
+    mv = memoryview(buffer).cast("B")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        off = 0
+        while off < len(mv):
+            off += os.write(fd, mv[off:off + chunk])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the C floor -----------------------------------------------------------------------------
+
+class Floor:
+    """The compiled C floor library (benchmarks/floor.c), loaded with ctypes.
+
+    Each function runs its whole loop in C and returns the elapsed nanoseconds (or -errno), so
+    the one ctypes call per batch costs nothing next to thousands of iterations.
+    """
+
+    def __init__(self, lib, compiler):
+        self.lib = lib
+        self.compiler = compiler
+        for name in ("floor_open_map", "floor_open_reads_map"):
+            getattr(lib, name).restype = ctypes.c_int64
+        lib.floor_open_map.argtypes = [ctypes.c_char_p, ctypes.c_int64]
+        lib.floor_open_reads_map.argtypes = [ctypes.c_char_p] + [ctypes.c_int64] * 7
+
+    @staticmethod
+    def _check(ns):
+        if ns < 0:
+            raise OSError(-ns, os.strerror(-ns))
+        return ns
+
+    def open_map(self, path, number):
+        """Seconds per open+fstat+mmap+close+munmap of the whole file."""
+        return self._check(self.lib.floor_open_map(os.fsencode(path), number)) / 1e9 / number
+
+    def open_reads_map(self, path, number, reads, data_off, data_len):
+        """Seconds per open + one or two preads (``reads``: [(offset, length), ...]) + fstat +
+        mmap(data) + close + munmap."""
+        (at1, len1), (at2, len2) = (list(reads) + [(0, 0)])[:2]
+        ns = self.lib.floor_open_reads_map(os.fsencode(path), number, at1, len1, at2, len2,
+                                           data_off, data_len)
+        return self._check(ns) / 1e9 / number
+
+
+def build_floor(source, workdir):
+    """Compile the C floor into ``workdir`` and load it. Returns (Floor, None) or
+    (None, reason) if no compiler is found or the build fails."""
+    if os.name != "posix":
+        return None, "the C floor is POSIX-only"
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        return None, "no C compiler (cc/gcc/clang) found: C floor not measured"
+    if not os.path.exists(source):
+        return None, f"C floor source {source} not found"
+    src = os.path.join(workdir, "floor.c")
+    shutil.copyfile(source, src)
+    lib_path = os.path.join(workdir, "floor.so")
+    cmd = [cc, "-O2", "-shared", "-fPIC", "-o", lib_path, src]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"compiling the C floor failed: {exc}"
+    if proc.returncode != 0:
+        return None, f"compiling the C floor failed: {proc.stderr.strip()[:300]}"
+    try:
+        return Floor(ctypes.CDLL(lib_path), os.path.basename(cc)), None
+    except OSError as exc:
+        return None, f"loading the C floor failed: {exc}"
+
+
+def machine_info():
+    info = {"python": sys.version.split()[0], "platform": sys.platform,
+            "cpus": os.cpu_count(), "page_size": PAGE}
+    try:
+        import numpy as np
+
+        info["numpy"] = np.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        info["kernel"] = os.uname().release
+    except AttributeError:  # pragma: no cover
+        pass
+    for key, path in (("max_map_count", "/proc/sys/vm/max_map_count"),
+                      ("thp", "/sys/kernel/mm/transparent_hugepage/enabled")):
+        try:
+            with open(path) as f:
+                info[key] = f.read().strip()
+        except OSError:
+            pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    info["mem_total_kb"] = int(line.split()[1])
+    except OSError:
+        pass
+    return info

@@ -1,0 +1,491 @@
+"""``python -m mmarray bench``: run the benchmark cases of the repository's ``benchmarks/``.
+
+The cases are not installed with the package: they live in ``benchmarks/`` at the repository
+root, and this module finds that directory (``--bench-dir``, ``$MMARRAY_BENCH_DIR``, the
+current directory or one of its parents, or next to an in-place/editable install) and imports
+it under a private package name. Run it from the repository root, as the README does.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+_PKG = "_mmarray_benchmarks"
+_MARKERS = ("__init__.py", "cases.py", "_timing.py", "floor.c")
+SCHEMA = "mmarray-bench/1"
+
+
+class SetupError(Exception):
+    """A problem the user can fix (printed without a traceback, exit status 2)."""
+
+
+# -- finding and loading benchmarks/ --------------------------------------------------------------
+
+def _is_bench_dir(path):
+    return all(os.path.isfile(os.path.join(path, m)) for m in _MARKERS)
+
+
+def find_bench_dir(explicit=None):
+    """Return the benchmarks directory, or raise SetupError saying where it was looked for."""
+    looked = []
+    if explicit:
+        path = os.path.abspath(explicit)
+        if _is_bench_dir(path):
+            return path
+        raise SetupError(f"--bench-dir {explicit!r} is not mmarray's benchmarks directory "
+                         f"(expected {', '.join(_MARKERS)} in it)")
+    env = os.environ.get("MMARRAY_BENCH_DIR")
+    if env:
+        if _is_bench_dir(env):
+            return os.path.abspath(env)
+        raise SetupError(f"MMARRAY_BENCH_DIR={env!r} is not mmarray's benchmarks directory "
+                         f"(expected {', '.join(_MARKERS)} in it)")
+    here = os.path.abspath(os.getcwd())
+    while True:
+        cand = os.path.join(here, "benchmarks")
+        looked.append(cand)
+        if _is_bench_dir(cand):
+            return cand
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    # An editable or in-place install: src/mmarray/ -> repo root.
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    cand = os.path.join(os.path.dirname(os.path.dirname(pkg)), "benchmarks")
+    looked.append(cand)
+    if _is_bench_dir(cand):
+        return cand
+    raise SetupError(
+        "cannot find mmarray's benchmarks/ directory: the benchmark cases are not installed "
+        "with the package. Run `python -m mmarray bench` from the root of an mmarray checkout "
+        "(the directory holding benchmarks/), or pass --bench-dir PATH or set "
+        f"MMARRAY_BENCH_DIR. Looked in: {', '.join(looked[:3])}"
+        f"{' ...' if len(looked) > 3 else ''}")
+
+
+def load_benchmarks(bench_dir):
+    """Import ``bench_dir`` as the private package ``_mmarray_benchmarks``; return its
+    ``cases`` module."""
+    bench_dir = os.path.abspath(bench_dir)
+    mod = sys.modules.get(_PKG)
+    if mod is None or os.path.abspath(os.path.dirname(mod.__file__)) != bench_dir:
+        for name in [n for n in sys.modules if n == _PKG or n.startswith(_PKG + ".")]:
+            del sys.modules[name]
+        spec = importlib.util.spec_from_file_location(
+            _PKG, os.path.join(bench_dir, "__init__.py"), submodule_search_locations=[bench_dir])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[_PKG] = mod
+        spec.loader.exec_module(mod)
+    return importlib.import_module(_PKG + ".cases")
+
+
+# -- progress ---------------------------------------------------------------------------------------
+
+class Progress:
+    """Progress lines on stderr: rewritten in place on a terminal, throttled otherwise."""
+
+    def __init__(self, stream=None, enabled=True):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+        self._dirty = False
+
+    def _stamp(self):
+        return f"[{time.perf_counter() - self.t0:6.1f}s]"
+
+    def line(self, msg):
+        if not self.enabled:
+            return
+        if self._dirty:
+            self.stream.write("\r\033[K")
+            self._dirty = False
+        self.stream.write(f"{self._stamp()} {msg}\n")
+        self.stream.flush()
+
+    def __call__(self, msg):
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.tty:
+            self.stream.write(f"\r\033[K{self._stamp()}   {msg}"[:200])
+            self.stream.flush()
+            self._dirty = True
+        elif now - self._last >= 2.0:
+            self.stream.write(f"{self._stamp()}   {msg}\n")
+            self.stream.flush()
+            self._last = now
+
+    def close(self):
+        if self._dirty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._dirty = False
+
+
+# -- formatting ---------------------------------------------------------------------------------------
+
+def _num(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _ratio(v):
+    return "-" if v is None else f"{v:.2f}×"
+
+
+def _other(case, t):
+    """What a target compares with, by name."""
+    return case.get(t["against"]) or t["against"]
+
+
+def format_table(report):
+    """The human-readable table of a report (the dict written by --json)."""
+    lines = []
+    meta = report.get("meta", {})
+    lines.append(f"mmarray bench — {meta.get('mode', '?')} run, big file "
+                 f"{meta.get('size_human', '?')}, {meta.get('rounds', '?')} rounds "
+                 f"({meta.get('micro_rounds', '?')} for micro cases), temp dir on "
+                 f"{meta.get('fs_type') or '?'}")
+    lines.append("ratios are speed ratios, median of per-round ratios (contenders run "
+                 "interleaved): >1× = faster than (or, for counts, more than) the NumPy way / "
+                 "the limit")
+    w = 38
+    for case in report["cases"]:
+        lines.append("")
+        lines.append(f"== {case['name']}: {case['title']}")
+        if case.get("cache_state") and case["cache_state"] != "n/a":
+            lines.append(f"   cache: {case['cache_state']}")
+        if case.get("error"):
+            lines.append(f"   CASE ERROR: {case['error']}")
+            continue
+        unit = case["unit"]
+        lines.append(f"   {'contender':<{w}} {'median':>12} {'min–max':>19} "
+                     f"{'vs numpy':>9} {'vs limit':>9}")
+        for e in case["contenders"]:
+            name = e["name"] + (" [limit]" if e["role"] == "limit" else "")
+            if len(name) > w:
+                name = name[:w - 1] + "…"
+            if e["median"] is None:
+                lines.append(f"   {name:<{w}} {e['status']}: {e['reason'] or ''}")
+                continue
+            med = f"{_num(e['median'])} {unit}"
+            rng = f"{_num(e['min'])}–{_num(e['max'])}"
+            lines.append(f"   {name:<{w}} {med:>12} {rng:>19} {_ratio(e['vs_reference']):>9} "
+                         f"{_ratio(e['vs_limit']):>9}")
+            if e["status"] != "ok" and e["reason"]:
+                lines.append(f"   {'':<{w}} ({e['status']}: {e['reason']})")
+        for t in case.get("targets", []):
+            status = t["status"].upper()
+            if t["measured"] is None:
+                lines.append(f"   target {t['text']}: {status} ({t['reason']})")
+            else:
+                if t["against"] == "value":
+                    shown, need = _num(t["measured"]), f"≥ {_num(t['required'])}"
+                elif t.get("as_time"):
+                    shown = f"takes {1 / t['measured']:.3f}× the time of {_other(case, t)}"
+                    need = f"≤ {1 / t['required']:.3f}×"
+                else:
+                    shown = f"{t['measured']:.2f}× the speed of {_other(case, t)}"
+                    need = f"≥ {t['required']:.2f}×"
+                lines.append(f"   target {t['text']}: {status} — {t['contender']} {shown} "
+                             f"(needs {need})")
+        for note in case.get("notes", []):
+            lines.append(f"   note: {note}")
+    lines.append("")
+    lines.append("targets (measured side by side in this run):")
+    for case in report["cases"]:
+        for t in case.get("targets", []):
+            if t["measured"] is None:
+                got = t.get("reason") or ""
+            elif t["against"] == "value":
+                got = f"{t['contender']}: {_num(t['measured'])}"
+            elif t.get("as_time"):
+                got = f"{t['contender']}: {1 / t['measured']:.2f}× the time of {_other(case, t)}"
+            else:
+                got = f"{t['contender']}: {t['measured']:.2f}× the speed of {_other(case, t)}"
+            lines.append(f"   {t['status'].upper():<5} {case['name']}: {t['text']} — {got}")
+    s = report.get("summary", {})
+    tg = s.get("targets", {})
+    lines.append("")
+    lines.append(f"targets: {tg.get('pass', 0)} pass, {tg.get('fail', 0)} fail, "
+                 f"{tg.get('n/a', 0)} n/a; {s.get('errors', 0)} contender error(s); "
+                 f"{report.get('meta', {}).get('seconds', 0):.0f} s")
+    return "\n".join(lines)
+
+
+def summarize(cases):
+    counts = {"pass": 0, "fail": 0, "n/a": 0}
+    errors = 0
+    for case in cases:
+        for t in case.get("targets", []):
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        for e in case.get("contenders", []):
+            errors += e["status"] == "error"
+        errors += bool(case.get("error"))
+    return {"targets": counts, "errors": errors}
+
+
+# -- plotting -----------------------------------------------------------------------------------------
+
+_PLOT_HELP = ("--plot needs matplotlib, which is not installed: "
+              "pip install matplotlib (or pip install 'mmarray[plot]')")
+
+
+def _need_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SetupError(_PLOT_HELP) from None
+
+
+def plot(report, path):
+    """Bar chart: per case, each contender's speed relative to the NumPy way (log scale)."""
+    _need_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for case in report["cases"]:
+        for e in case.get("contenders", []):
+            if e.get("vs_reference"):
+                rows.append((case["name"], e["name"], e["role"], e["vs_reference"]))
+    if not rows:
+        raise SetupError("nothing to plot: no case produced ratios")
+    colors = {"reference": "#888888", "limit": "#444444", "mmarray": "#1f77b4",
+              "other": "#ff7f0e"}
+    fig, ax = plt.subplots(figsize=(10, 0.26 * len(rows) + 1.5))
+    ys = list(range(len(rows)))[::-1]
+    ax.barh(ys, [r[3] for r in rows], color=[colors.get(r[2], "#999999") for r in rows],
+            height=0.75)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([f"{r[0]} · {r[1]}" for r in rows], fontsize=7)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("speed relative to the NumPy way (numpy.memmap / np.load), log scale; "
+                  ">1 = faster")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    ax.legend(handles, list(colors), loc="lower right", fontsize=7)
+    meta = report.get("meta", {})
+    ax.set_title(f"mmarray bench ({meta.get('mode', '')}, {meta.get('size_human', '')})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m mmarray bench",
+        description="Benchmark mmarray against numpy.memmap, np.load, stdlib mmap and each "
+                    "case's limit, on files generated in a temporary directory. Progress goes "
+                    "to stderr, the table to stdout.")
+    p.add_argument("--quick", action="store_true",
+                   help="small files and few rounds: finishes in well under a minute")
+    p.add_argument("--size", help="size of the big file (default 1G, --quick 128M); "
+                                  "binary units: 512M, 2G")
+    p.add_argument("--json", metavar="FILE", help="write the full results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
+    p.add_argument("--cases", metavar="PATTERNS",
+                   help="comma-separated case names or glob patterns (see --list)")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--rounds", type=int, help="rounds for the big-file cases (default 7, "
+                                              "--quick 3)")
+    p.add_argument("--micro-rounds", type=int, help="rounds for the micro cases (default 25, "
+                                                    "--quick 9)")
+    p.add_argument("--dir", help="parent of the temporary directory (default: the system's "
+                                 "temp dir); must be on a disk, not tmpfs, for the cold cases")
+    p.add_argument("--bench-dir", help="the benchmarks/ directory (default: found from the "
+                                       "current directory)")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="do not run: print the table (and --plot) of a saved --json file")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    return p
+
+
+def _select(cases, patterns, result_names=None):
+    if not patterns:
+        return list(cases)
+    pats = [p.strip() for p in patterns.split(",") if p.strip()]
+    result_names = result_names or {}
+    chosen = [c for c in cases
+              if any(fnmatch.fnmatchcase(n, p) for n in [c[0], *result_names.get(c[0], ())]
+                     for p in pats)]
+    if not chosen:
+        raise SetupError(f"--cases {patterns!r} matches no case; cases: "
+                         f"{', '.join(c[0] for c in cases)}")
+    return chosen
+
+
+def _clean_json(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_json(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _clean_json(obj.item())
+    return obj
+
+
+def _check_resources(workdir, size):
+    need = 2 * size + (64 << 20)
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise SetupError(f"{workdir} has {free >> 20} MiB free; the run needs about "
+                         f"{need >> 20} MiB: use a smaller --size or another --dir")
+    try:  # the big file is held in memory (the in-memory limit) and in the page cache
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) << 10 for line in f
+                         if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    if 2 * size + (256 << 20) > avail:
+        raise SetupError(f"--size {size >> 20} MiB is too big for this machine's memory "
+                         f"({avail >> 20} MiB available; the run holds the data in memory and "
+                         f"in the page cache): use a --size below {avail // 2 >> 20} MiB")
+
+
+def run(args, progress):
+    from mmarray import __version__
+
+    bench_dir = find_bench_dir(args.bench_dir)
+    cases_mod = load_benchmarks(bench_dir)
+    T = importlib.import_module(_PKG + "._timing")
+    if args.list:
+        names = getattr(cases_mod, "RESULT_NAMES", {})
+        for name, _, desc in cases_mod.CASES:
+            also = f" (reports {', '.join(names[name])})" if name in names else ""
+            print(f"{name:<18} {desc}{also}")
+        return None
+    if args.plot:
+        _need_matplotlib()
+    selected = _select(cases_mod.CASES, args.cases, getattr(cases_mod, "RESULT_NAMES", None))
+    size = None
+    if args.size:
+        try:
+            size = T.parse_size(args.size)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+    parent = args.dir or tempfile.gettempdir()
+    if not os.path.isdir(parent):
+        raise SetupError(f"--dir {parent!r} is not a directory")
+    workdir = tempfile.mkdtemp(prefix="mmarray-bench-", dir=parent)
+    t0 = time.perf_counter()
+    results = []
+    try:
+        try:
+            ctx = cases_mod.Context(workdir, quick=args.quick, size=size, rounds=args.rounds,
+                                    micro_rounds=args.micro_rounds, progress=progress)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        _check_resources(workdir, ctx.size)
+        progress.line(f"mmarray {__version__} bench ({'quick' if args.quick else 'full'}): "
+                      f"{len(selected)} case(s), big file {T.format_bytes(ctx.size)}, work dir "
+                      f"{workdir} ({ctx.fs_type or 'unknown fs'}), cases from {bench_dir}")
+        if ctx.fs_type in ("tmpfs", "ramfs"):
+            progress.line(f"warning: {workdir} is on {ctx.fs_type}: files cannot be evicted, "
+                          f"cold cases will report 'eviction failed'; use --dir on a disk")
+        for i, (name, fn, desc) in enumerate(selected, 1):
+            progress.line(f"[{i}/{len(selected)}] {name}: {desc}")
+            tc = time.perf_counter()
+            try:
+                out = fn(ctx)
+            except (KeyboardInterrupt, SetupError):
+                raise
+            except Exception as exc:
+                tb = traceback.format_exc(limit=3)
+                progress.line(f"case {name} failed: {type(exc).__name__}: {exc}")
+                out = [{"name": name, "title": desc, "unit": "", "kind": "", "cache_state": "n/a",
+                        "params": {}, "notes": [tb.strip().splitlines()[-1]],
+                        "error": f"{type(exc).__name__}: {exc}", "reference": None,
+                        "limit": None, "contenders": [], "targets": []}]
+            for r in out:
+                r["seconds"] = time.perf_counter() - tc
+            results.extend(out)
+        progress.close()
+        meta = {"schema": SCHEMA, "mmarray": __version__, "mode": "quick" if args.quick else "full",
+                "size": ctx.size, "size_human": T.format_bytes(ctx.size), "rounds": ctx.rounds,
+                "micro_rounds": ctx.micro_rounds, "fs_type": ctx.fs_type,
+                "c_floor": (ctx._floor[0].compiler if ctx._floor and ctx._floor[0]
+                            else (ctx._floor[1] if ctx._floor else None)),
+                "bench_dir": bench_dir, "argv": sys.argv[1:],
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "machine": T.machine_info(), "seconds": time.perf_counter() - t0}
+        return {"schema": SCHEMA, "meta": meta, "cases": results,
+                "summary": summarize(results)}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    progress = Progress(enabled=not args.no_progress)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = None
+    try:
+        old = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        if args.from_json:
+            with open(args.from_json) as f:
+                report = json.load(f)
+            if args.plot:
+                _need_matplotlib()
+        else:
+            report = run(args, progress)
+            if report is None:
+                return 0
+        print(format_table(report))
+        if args.json and not args.from_json:
+            with open(args.json, "w") as f:
+                json.dump(_clean_json(report), f, indent=1)
+            progress.line(f"wrote {args.json}")
+        if args.plot:
+            plot(report, args.plot)
+            progress.line(f"wrote {args.plot}")
+        return 0
+    except SetupError as exc:
+        progress.close()
+        print(f"mmarray bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        progress.close()
+        print("mmarray bench: interrupted; temporary files removed", file=sys.stderr)
+        return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
