@@ -11,7 +11,7 @@ define_macros = [] if sys.platform == "win32" else [("_FILE_OFFSET_BITS", "64"),
 
 engine = Extension(
     "mmarray._engine",
-    sources=["src/mmarray/_engine.pyx", MM_SOURCE],
+    sources=["src/mmarray/_engine.pyx", MM_SOURCE, "csrc/mm_scan.c"],
     include_dirs=["csrc"],
     define_macros=define_macros,
     depends=["csrc/mm.h", "src/mmarray/_engine.pxd"],

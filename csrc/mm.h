@@ -143,6 +143,18 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
 int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
                 uint64_t *total, mm_error *err);
 
+/* Populate [start, end) of the view (for reading) in steps of `step` bytes, from the calling
+ * thread, staying at most `window` bytes ahead of *consumer: a byte position that another
+ * thread advances as it works through the view. Returns when done, when *stop becomes
+ * non-zero, or on the first failing step. *consumer and *stop are written by another thread
+ * while this runs: a stale read only delays this loop by one pause. Portable: mm_scan.c. */
+int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
+                      uint64_t window, const volatile uint64_t *consumer,
+                      const volatile int *stop, mm_error *err);
+
+/* Give up the CPU briefly (tens of microseconds): nanosleep(2) / Sleep(0). */
+void mm_pause(void);
+
 /* Unmap the view and release what it owns. The view is zeroed whatever the outcome, so a
  * second call is a no-op returning MM_OK; an OS error is reported, never ignored. */
 int mm_unmap(mm_view *view, mm_error *err);

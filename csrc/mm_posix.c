@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Values that older headers or other kernels lack: an advice the running kernel does not know
@@ -304,6 +305,12 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     *resident = count;
     *total = pages;
     return mm_ok(err);
+}
+
+void mm_pause(void) {
+    /* nanosleep(2): 20 us, short against the millisecond a chunk of work takes. */
+    struct timespec pause = {0, 20000};
+    nanosleep(&pause, NULL);
 }
 
 int mm_unmap(mm_view *view, mm_error *err) {

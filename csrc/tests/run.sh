@@ -52,7 +52,7 @@ run_native() {
     fi
     echo "== native: $cc ${flags[*]}"
     # (errexit does not apply inside a function called as `f || ...`: check each step.)
-    "$cc" "${flags[@]}" -I"$csrc" "$here/test_mm.c" "$csrc/mm_posix.c" -o "$work/test_mm" \
+    "$cc" "${flags[@]}" -I"$csrc" "$here/test_mm.c" "$csrc/mm_posix.c" "$csrc/mm_scan.c" -o "$work/test_mm" \
         || { echo "run.sh: native build failed" >&2; return 1; }
     mkdir -p "$work/scratch-native" || return 1
     "$work/test_mm" "$work/scratch-native"
@@ -82,7 +82,7 @@ run_wine() {
     fi
     local flags=("${warn[@]}" -g -static)
     echo "== wine: $mingw ${flags[*]}; runner $wine"
-    "$mingw" "${flags[@]}" -I"$csrc" "$here/test_mm.c" "$csrc/mm_win32.c" -o "$work/test_mm.exe" \
+    "$mingw" "${flags[@]}" -I"$csrc" "$here/test_mm.c" "$csrc/mm_win32.c" "$csrc/mm_scan.c" -o "$work/test_mm.exe" \
         || { echo "run.sh: mingw build failed" >&2; return 1; }
 
     # The wineserver that belongs to this wine, to stop it before the prefix is removed.

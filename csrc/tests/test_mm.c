@@ -919,6 +919,38 @@ static void test_advise(void) {
     CHECK(t_remove(path) == 0);
 }
 
+static void test_populate_ahead(void) {
+    char path[1100];
+    uint64_t page = mm_page_size(), len = 40 * page + 123, resident = 0, total = 0;
+    uint64_t consumer;
+    int stop = 0;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "ahead.bin");
+    CHECK(t_write_pattern(path, len) == 0);
+    CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), &e);
+    /* consumer already at the end: the whole range is populated in steps, then it returns */
+    consumer = len;
+    CHECK_OK(mm_populate_ahead(&v, 0, len, 3 * page, page, &consumer, &stop, &e), &e);
+    CHECK_OK(mm_resident(&v, 0, len, &resident, &total, &e), &e);
+#ifndef _WIN32 /* Windows prefetch does not add pages to the working set until touched */
+    CHECK_U64(resident, total);
+#endif
+    CHECK(resident <= total);
+    /* a set stop flag returns at once, even with the consumer far behind */
+    stop = 1;
+    consumer = 0;
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, &e), &e);
+    stop = 0;
+    /* bad ranges and a zero step are MM_E_ARG */
+    CHECK_ST(mm_populate_ahead(&v, 0, len + 1, page, page, &consumer, &stop, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 10, 5, page, page, &consumer, &stop, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, len, 0, page, &consumer, &stop, &e), MM_E_ARG, &e);
+    mm_pause(); /* returns */
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
 static void test_resident(void) {
     char path[1100];
     uint64_t page = mm_page_size(), off = 4097, len = 64 * page, i;
@@ -1108,6 +1140,7 @@ static const t_case t_cases[] = {
     T_CASE(test_no_descriptor_held),
     T_CASE(test_utf8_path),
     T_CASE(test_zero_length_ranges),
+    T_CASE(test_populate_ahead),
 };
 
 int main(int argc, char **argv) {

@@ -58,9 +58,14 @@ def _axis(mapping):
 def chunks(mapping, rows, prefetch=True, ahead=2):
     """Iterate over the mapping in views of ``rows`` rows, populating ahead in the background.
 
-    See :meth:`Mapping.chunks`.
+    See :meth:`Mapping.chunks`. The background thread runs one C loop without the GIL
+    (``mm_populate_ahead``): it faults chunk after chunk in, staying at most ``ahead`` chunks
+    beyond the one the caller is working on, so the caller and the populator never wait for
+    each other's GIL.
     """
     import operator
+
+    from mmarray._engine import _PopulateAhead
 
     rows = operator.index(rows)
     if rows <= 0:
@@ -78,18 +83,14 @@ def chunks(mapping, rows, prefetch=True, ahead=2):
             yield array[lead + (slice(i, i + rows),)]
         return
 
-    room = threading.Semaphore(ahead)
-    stop = threading.Event()
+    first, total = mapping._byte_range(0, n)
+    step = mapping._byte_range(0, rows)[1]
+    populator = _PopulateAhead(mapping, first, first + total, step, ahead * step)
     failure = []
 
     def populate():
         try:
-            for i in range(0, n, rows):
-                room.acquire()
-                if stop.is_set():
-                    return
-                first, length = mapping._byte_range(i, i + rows)
-                mapping._advise_bytes(first, length, _POPULATE_READ)
+            populator.run()
         except BaseException as exc:
             if not mapping.closed:  # closed meanwhile: the caller's views stay valid, stop quietly
                 failure.append(exc)  # surfaced by the consumer below
@@ -100,11 +101,10 @@ def chunks(mapping, rows, prefetch=True, ahead=2):
         for i in range(0, n, rows):
             if failure:
                 raise failure[0]
+            populator.advance(first + min(i + rows, n) * (step // rows))
             yield array[lead + (slice(i, i + rows),)]
-            room.release()
     finally:
-        stop.set()
-        room.release()
+        populator.cancel()
         worker.join()
 
 

@@ -41,6 +41,9 @@ cdef extern from "mm.h" nogil:
                   mm_error *err)
     int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
                     uint64_t *total, mm_error *err)
+    int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
+                          uint64_t window, const uint64_t *consumer, const int *stop,
+                          mm_error *err)
     int mm_unmap(mm_view *view, mm_error *err)
 
 
@@ -65,3 +68,10 @@ cdef class Mapping:
 
 cdef class _ArrayExport:
     cdef Mapping mapping
+
+
+cdef class _PopulateAhead:
+    cdef Mapping mapping
+    cdef uint64_t start, end, step, window
+    cdef uint64_t consumer     # byte position the consumer has reached (written under the GIL)
+    cdef int stop              # set to 1 to end the populating loop

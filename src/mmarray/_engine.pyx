@@ -572,3 +572,39 @@ cdef inline void _unregister(Mapping m):
 def live_views(st_dev, st_ino):
     """Number of live mapped views of the file with this identity in this process."""
     return _live_files.get((st_dev, st_ino), 0)
+
+
+cdef class _PopulateAhead:
+    """Populate a byte range of a Mapping from a background thread, a window ahead of a
+    consumer. ``run()`` loops in C without the GIL (call it from a thread); the consumer calls
+    ``advance(pos)`` as it goes and ``cancel()`` when it stops early."""
+
+    def __cinit__(self, Mapping mapping, uint64_t start, uint64_t end, uint64_t step,
+                  uint64_t window):
+        self.mapping = mapping
+        self.start = start
+        self.end = end
+        self.step = step
+        self.window = window
+        self.consumer = start
+        self.stop = 0
+
+    def advance(self, uint64_t position):
+        self.consumer = position
+
+    def cancel(self):
+        self.stop = 1
+
+    def run(self):
+        """Populate until done or cancelled; raises the C layer's error, ValueError if closed."""
+        cdef mm_error err
+        cdef int status
+        self.mapping._acquire()      # the region stays mapped while the loop runs
+        try:
+            with nogil:
+                status = mm_populate_ahead(&self.mapping.view, self.start, self.end, self.step,
+                                           self.window, &self.consumer, &self.stop, &err)
+            if status != MM_OK:
+                _raise(&err, self.mapping._filename, self.start, self.end - self.start)
+        finally:
+            self.mapping._release()

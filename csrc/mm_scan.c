@@ -1,0 +1,29 @@
+/*
+ * mm_scan.c -- platform-independent helpers built on the mm.h primitives (both builds compile
+ * this file beside mm_posix.c or mm_win32.c).
+ */
+#include "mm.h"
+
+int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
+                      uint64_t window, const volatile uint64_t *consumer,
+                      const volatile int *stop, mm_error *err) {
+    uint64_t next = start, length;
+    int status;
+    err->status = MM_OK;
+    err->code = 0;
+    if (step == 0 || start > end || end > view->length)
+        return err->status = MM_E_ARG;
+    while (next < end && !*stop) {
+        if (next >= *consumer + window) { /* far enough ahead: let the consumer catch up */
+            mm_pause();
+            continue;
+        }
+        length = end - next < step ? end - next : step;
+        /* [next, next + length) lies in [start, end), inside the view: mm_advise checks it. */
+        status = mm_advise(view, next, length, MM_ADV_POPULATE_READ, err);
+        if (status != MM_OK)
+            return status;
+        next += length;
+    }
+    return MM_OK;
+}
