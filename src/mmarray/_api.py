@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import operator
 import os
+import sys
 
 import numpy as np
 
@@ -26,7 +27,17 @@ _MODE_ACCESS = {
     "r+": (_engine.WRITE, _engine.GROW),
     "w+": (_engine.WRITE, _engine.GROW | _engine.CREATE),
 }
+# mode (numpy's short and long names) -> (short mode, access, flags)
+_MODE_SPEC = {name: (short, *_MODE_ACCESS[short])
+              for name, short in [*((m, m) for m in _MODE_ACCESS), *_MODE_ALIASES.items()]}
 _INT64_MAX = 2**63 - 1
+_POSIX = os.name != "nt"
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+_TO_END = _engine.TO_END
+_CREATE = _engine.CREATE
+_POPULATE = _engine.POPULATE
+_map_file = _engine.map_file
 _dtype_cache: dict = {}
 
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
@@ -161,34 +172,42 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
     ...     m.array.tolist()
     [4.0, 5.0, 6.0, 7.0]
     """
-    mode = _check_mode(mode)
+    spec = _MODE_SPEC.get(mode) if type(mode) is str else None
+    if spec is None:
+        spec = _MODE_SPEC[_check_mode(mode)]  # raises for a bad mode
+    mode, access, flags = spec
     dt = _check_dtype(dtype)
-    offset = operator.index(offset)
+    if type(offset) is not int:
+        offset = operator.index(offset)
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
     if offset > _INT64_MAX:
         raise ValueError(f"offset {offset} overflows 64 bits; expected at most {_INT64_MAX}")
     if order != "C":
         order = _check_order(order)
-    access, flags = _MODE_ACCESS[mode]
     if advise is not None:
         advice_code(advise)  # reject a bad name before mapping anything
     if populate:
-        flags |= _engine.POPULATE
+        flags |= _POPULATE
 
     if shape is None:
         if mode == "w+":
             raise ValueError("shape must be given if mode == 'w+' (there is no data to infer it "
                              "from)")
-        length = _engine.TO_END
+        length = _TO_END
     else:
         shape, length = _check_shape(shape, dt.itemsize)
         if offset + length > _INT64_MAX:
             raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits")
 
-    if isinstance(file, (str, bytes, os.PathLike)):
+    if type(file) is str and _POSIX:  # the common case, without the generic calls
+        filename = _abspath(file)
+        target = file.encode(_FS_ENCODING, _FS_ERRORS)
+        if not target:
+            raise FileNotFoundError(2, "No such file or directory", file)
+    elif isinstance(file, (str, bytes, os.PathLike)):
         path = os.fspath(file)
-        filename = os.path.abspath(os.fsdecode(path))
+        filename = _abspath(os.fsdecode(path))
         target = _encode_path(path)
         if not target:
             raise FileNotFoundError(2, "No such file or directory", path)
@@ -200,26 +219,24 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
         fd = file.fileno()
         target = _os_handle(fd)
         filename = None
-        flags &= ~_engine.CREATE
+        flags &= ~_CREATE
     else:
         raise TypeError(f"file must be a path (str, bytes, os.PathLike) or an object with "
                         f"fileno(), got {type(file).__name__}")
 
-    if flags & _engine.CREATE:
+    if flags & _CREATE:
         refuse_truncating_mapped(target, filename)
     if length == 0:
         _prepare_empty(target, mode, offset, filename or file)
-        return _engine.map_file(None, access, offset, 0, 0, dt, shape, order, mode, filename)
+        return _map_file(None, access, offset, 0, 0, dt, shape, order, mode, filename)
 
-    m = _engine.map_file(target, access, offset, length, flags, dt, shape, order, mode, filename)
-    if shape is None:
+    m = _map_file(target, access, offset, length, flags, dt, shape, order, mode, filename)
+    if shape is None and m.shape is None:  # the engine infers a 1-D shape when it divides
         nbytes = m._mapped_length()
-        if nbytes % dt.itemsize:
-            m.close()
-            raise ValueError(
-                f"{nbytes} bytes after offset {offset} in {filename!r} are not a multiple of "
-                f"the itemsize {dt.itemsize} of dtype {dt}; give a shape")
-        m._set_shape((nbytes // dt.itemsize,))
+        m.close()
+        raise ValueError(
+            f"{nbytes} bytes after offset {offset} in {filename!r} are not a multiple of "
+            f"the itemsize {dt.itemsize} of dtype {dt}; give a shape")
     if advise is not None:
         try:
             m.advise(advise)
@@ -227,6 +244,14 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
             m.close()
             raise
     return m
+
+
+def _abspath(path):
+    """os.path.abspath, without its work for an absolute POSIX path that is already normal."""
+    if (_POSIX and path[:1] == "/" and "//" not in path and "/." not in path
+            and path[-1:] != "/"):
+        return path  # nothing for normpath to change: no '//', '.', '..' or trailing '/'
+    return os.path.abspath(path)
 
 
 def refuse_truncating_mapped(path, name):

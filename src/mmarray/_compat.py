@@ -16,6 +16,7 @@ import numpy as np
 from mmarray import _engine
 from mmarray._api import (
     _INT64_MAX,
+    _abspath,
     _MODE_ACCESS,
     _MODE_ALIASES,
     _check_dtype,
@@ -243,15 +244,14 @@ class memmap(np.memmap):
                     raise
                 mapping = _map_empty(target, access, mode, offset, dt, (0,), order, error_name)
             if shape is None:
-                nbytes = mapping._mapped_length()
-                if nbytes % dt.itemsize:
+                shape = mapping.shape  # inferred by the engine, None if it does not divide
+                if shape is None:
+                    nbytes = mapping._mapped_length()
                     mapping.close()
                     raise ValueError(
                         f"Size of available data is not a multiple of the data-type size: "
                         f"{nbytes} bytes after offset {offset} in {error_name!r}, itemsize "
                         f"{dt.itemsize} of dtype {dt}; give a shape")
-                shape = (nbytes // dt.itemsize,)
-                mapping._set_shape(shape)
 
         self = _ndarray_new(subtype, shape, dt, _new_export(mapping), 0, None, order)
         self._mmap = mapping
@@ -389,14 +389,6 @@ class memmap(np.memmap):
 
 
 memmap.__module__ = "mmarray"
-
-
-def _abspath(path):
-    """os.path.abspath, without its work for an absolute POSIX path that is already normal."""
-    if (_POSIX and path[:1] == "/" and "//" not in path and "/." not in path
-            and path[-1:] != "/"):
-        return path  # nothing for normpath to change: no '//', '.', '..' or trailing '/'
-    return os.path.abspath(path)
 
 
 def _resolved_path(path):

@@ -269,10 +269,6 @@ cdef class Mapping:
         """Bytes mapped (0 once unmapped)."""
         return self.view.length if self.view.data != &_empty_byte else 0
 
-    def _set_shape(self, shape):
-        """Set the shape once, after a map to the end of the file."""
-        self._shape = shape
-
     # -- region operations --------------------------------------------------------------------
 
     def _byte_range(self, start, stop):
@@ -519,8 +515,9 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     """Map ``[offset, offset + length)`` of ``file`` and return a ``cls`` (a Mapping).
 
     ``file`` is ``bytes`` (an encoded path), an ``int`` (an OS handle: fd or HANDLE) or None
-    (an empty mapping: no OS call). ``length`` may be ``TO_END``; ``shape`` None then means
-    "1-D, inferred from the mapped length" (the caller checks divisibility).
+    (an empty mapping: no OS call). ``length`` may be ``TO_END``; ``shape`` None then becomes
+    1-D over the mapped length when it is a multiple of the itemsize, and stays None (for the
+    caller to refuse) when it is not.
     """
     cdef Mapping m = cls.__new__(cls)
     cdef mm_error err
@@ -546,6 +543,8 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
         key = (m.view.file_id[0], m.view.file_id[1])
         _live_files[key] = _live_files.get(key, 0) + 1
         m._file_key = key
+    if shape is None and m.view.length % dtype.itemsize == 0:
+        shape = (m.view.length // dtype.itemsize,)   # 1-D over what was mapped
     m._closed = False
     m._readonly = access == MM_READ
     m._dtype = dtype
