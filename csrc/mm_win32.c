@@ -24,7 +24,8 @@
  *    (memoryapi.h)" says prefetched memory is not added to the working set, so mm_resident
  *    counts those pages once they are touched. A failing prefetch during mm_map_* is ignored
  *    (best effort, as MAP_POPULATE); mm_advise reports it as MM_E_ADVISE.
- *  - MM_ADV_NORMAL, SEQUENTIAL, RANDOM, DONTNEED, HUGEPAGE and NOHUGEPAGE have no Windows
+ *  - MM_ADV_DONTNEED removes the range from the working set (VirtualUnlock on unlocked
+ *    pages). MM_ADV_NORMAL, SEQUENTIAL, RANDOM, HUGEPAGE and NOHUGEPAGE have no Windows
  *    equivalent for file views and are no-ops returning MM_OK.
  *  - mm_resident counts pages whose working-set Valid bit is set (QueryWorkingSetEx): pages
  *    mapped in this process, not pages merely cached by the system.
@@ -419,11 +420,21 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     status = mm_win_page_range(view, start, length, &first, &last, err);
     if (status != MM_OK)
         return status;
+    if (first == last)
+        return mm_win_ok(err); /* empty range */
+    if (advice == MM_ADV_DONTNEED) {
+        /* "VirtualUnlock function (memoryapi.h)": unlocking a range that is not locked
+         * removes its pages from the process's working set, and fails with
+         * ERROR_NOT_LOCKED, which is the expected outcome here. The pages stay in the
+         * system file cache (there is no documented way to drop those for a view). */
+        if (!VirtualUnlock((char *)view->base + first, (SIZE_T)(last - first)) &&
+            GetLastError() != ERROR_NOT_LOCKED)
+            return mm_win_error(err, MM_E_ADVISE, GetLastError());
+        return mm_win_ok(err);
+    }
     if (advice != MM_ADV_WILLNEED && advice != MM_ADV_POPULATE_READ &&
         advice != MM_ADV_POPULATE_WRITE)
         return mm_win_ok(err); /* no Windows equivalent: documented no-op */
-    if (first == last)
-        return mm_win_ok(err); /* empty range */
     prefetch = (mm_win_prefetch_fn)(void (*)(void))mm_win_kernel32("PrefetchVirtualMemory");
     if (prefetch == NULL)
         return mm_win_ok(err); /* before Windows 8: documented no-op */
