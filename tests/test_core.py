@@ -686,13 +686,16 @@ def test_hand_made_engine_objects_never_crash():
     """Objects built around the constructors (``__new__``) must fail cleanly, not segfault."""
     proc = run_python("""
         import mmarray
-        from mmarray._engine import Mapping, _ArrayExport
+        from mmarray._engine import Mapping, _ArrayExport, _PopulateAhead
         bare = Mapping.__new__(Mapping)
         calls = [lambda: Mapping(), lambda: _ArrayExport(),
                  lambda: memoryview(_ArrayExport.__new__(_ArrayExport)),
                  lambda: bare.array, lambda: memoryview(bare), lambda: bare.flush(),
                  lambda: bare.advise("random"), lambda: bare.resident(), lambda: bare.evict(),
-                 lambda: mmarray.close(_ArrayExport.__new__(_ArrayExport))]
+                 lambda: mmarray.close(_ArrayExport.__new__(_ArrayExport)),
+                 lambda: _PopulateAhead(None, 0, 1, 1, 1).run(),
+                 lambda: _PopulateAhead(bare, 0, 1, 1, 1).run(),
+                 lambda: _PopulateAhead.__new__(_PopulateAhead).run()]
         kinds = []
         for call in calls:
             try:

@@ -578,7 +578,7 @@ cdef class _PopulateAhead:
     consumer. ``run()`` loops in C without the GIL (call it from a thread); the consumer calls
     ``advance(pos)`` as it goes and ``cancel()`` when it stops early."""
 
-    def __cinit__(self, Mapping mapping, uint64_t start, uint64_t end, uint64_t step,
+    def __cinit__(self, Mapping mapping not None, uint64_t start, uint64_t end, uint64_t step,
                   uint64_t window):
         self.mapping = mapping
         self.start = start
