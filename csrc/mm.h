@@ -152,8 +152,9 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
                       uint64_t window, const volatile uint64_t *consumer,
                       const volatile int *stop, mm_error *err);
 
-/* Give up the CPU briefly (tens of microseconds): nanosleep(2) / Sleep(0). */
-void mm_pause(void);
+/* Give up the CPU for about `microseconds` (nanosleep(2); Windows: Sleep, whose 1 ms
+ * resolution makes anything shorter a Sleep(0)). */
+void mm_pause(unsigned microseconds);
 
 /* Unmap the view and release what it owns. The view is zeroed whatever the outcome, so a
  * second call is a no-op returning MM_OK; an OS error is reported, never ignored. */

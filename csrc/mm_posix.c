@@ -307,10 +307,11 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     return mm_ok(err);
 }
 
-void mm_pause(void) {
-    /* nanosleep(2): 20 us, short against the millisecond a chunk of work takes. */
-    struct timespec pause = {0, 20000};
-    nanosleep(&pause, NULL);
+void mm_pause(unsigned microseconds) {
+    struct timespec pause;
+    pause.tv_sec = microseconds / 1000000u;
+    pause.tv_nsec = (long)(microseconds % 1000000u) * 1000L;
+    nanosleep(&pause, NULL); /* nanosleep(2): an early return on a signal is harmless here */
 }
 
 int mm_unmap(mm_view *view, mm_error *err) {

@@ -8,6 +8,7 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
                       uint64_t window, const volatile uint64_t *consumer,
                       const volatile int *stop, mm_error *err) {
     uint64_t next = start, length;
+    unsigned wait = 20; /* microseconds; doubles while the consumer is idle, up to 1 ms */
     int status;
     err->status = MM_OK;
     err->code = 0;
@@ -15,9 +16,11 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
         return err->status = MM_E_ARG;
     while (next < end && !*stop) {
         if (next >= *consumer + window) { /* far enough ahead: let the consumer catch up */
-            mm_pause();
+            mm_pause(wait);
+            wait = wait < 1000 ? 2 * wait : 1000; /* an idle consumer costs ~1000 wakeups/s */
             continue;
         }
+        wait = 20;
         length = end - next < step ? end - next : step;
         /* [next, next + length) lies in [start, end), inside the view: mm_advise checks it. */
         status = mm_advise(view, next, length, MM_ADV_POPULATE_READ, err);

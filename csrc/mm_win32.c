@@ -491,10 +491,10 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     return mm_win_ok(err);
 }
 
-void mm_pause(void) {
-    /* "Sleep function (synchapi.h)": Sleep(0) gives up the rest of the time slice. A 1 ms
-     * Sleep(1) would be too coarse against a chunk of work. */
-    Sleep(0);
+void mm_pause(unsigned microseconds) {
+    /* "Sleep function (synchapi.h)": milliseconds only; Sleep(0) gives up the rest of the
+     * time slice, which is the closest to a short pause. */
+    Sleep(microseconds / 1000u);
 }
 
 int mm_unmap(mm_view *view, mm_error *err) {

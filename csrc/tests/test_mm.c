@@ -946,7 +946,8 @@ static void test_populate_ahead(void) {
     CHECK_ST(mm_populate_ahead(&v, 0, len + 1, page, page, &consumer, &stop, &e), MM_E_ARG, &e);
     CHECK_ST(mm_populate_ahead(&v, 10, 5, page, page, &consumer, &stop, &e), MM_E_ARG, &e);
     CHECK_ST(mm_populate_ahead(&v, 0, len, 0, page, &consumer, &stop, &e), MM_E_ARG, &e);
-    mm_pause(); /* returns */
+    mm_pause(10); /* returns */
+    mm_pause(0);
     CHECK_OK(mm_unmap(&v, &e), &e);
     CHECK(t_remove(path) == 0);
 }
