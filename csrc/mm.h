@@ -145,7 +145,8 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
 
 /* Populate [start, end) of the view (for reading) in steps of `step` bytes, from the calling
  * thread, staying at most `window` bytes ahead of *consumer: a byte position that another
- * thread advances as it works through the view. Returns when done, when *stop becomes
+ * thread advances as it works through the view (what lies before it is skipped: the
+ * consumer faults that in itself). Returns when done, when *stop becomes
  * non-zero, or on the first failing step. *consumer and *stop are written by another thread
  * while this runs: a stale read only delays this loop by one pause. Portable: mm_scan.c. */
 int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,

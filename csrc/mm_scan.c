@@ -15,7 +15,12 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
     if (step == 0 || start > end || end > view->length)
         return err->status = MM_E_ARG;
     while (next < end && !*stop) {
-        if (next >= *consumer + window) { /* far enough ahead: let the consumer catch up */
+        uint64_t reached = *consumer;
+        if (next < reached) /* the consumer is past this point and faults it in itself */
+            next = reached < end ? reached : end;
+        if (next >= end)
+            break;
+        if (next >= reached + window) { /* far enough ahead: let the consumer catch up */
             mm_pause(wait);
             wait = wait < 1000 ? 2 * wait : 1000; /* an idle consumer costs ~1000 wakeups/s */
             continue;

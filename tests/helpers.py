@@ -40,3 +40,18 @@ def mapped_bytes(path):
 
 needs_proc_maps = pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
                                      reason="needs Linux /proc/self/maps")
+
+
+def mapped_rss(path):
+    """Resident bytes (pages with page-table entries) of this process's mappings of ``path``,
+    from /proc/self/smaps: what page faults or populating put in, what MADV_DONTNEED takes out."""
+    path = os.path.realpath(path)
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                inside = line.rstrip("\n").endswith(" " + path)
+            elif inside and first == "Rss:":
+                total += int(line.split()[1]) * 1024
+    return total

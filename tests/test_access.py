@@ -7,7 +7,7 @@ import pytest
 
 import mmarray
 from mmarray._ranges import ADVICE, byte_range
-from helpers import assert_clean_exit, run_python
+from helpers import assert_clean_exit, mapped_rss, needs_proc_maps, run_python
 
 PAGE = mmarray._engine.PAGE_SIZE
 
@@ -196,3 +196,37 @@ def test_region_operations_on_empty_mapping(big):
         m.advise("willneed")
         assert m.resident() == 1.0
         m.evict()
+
+
+@needs_proc_maps
+def test_prefetch_and_evict_change_the_page_tables(tmp_path):
+    path = tmp_path / "rss.bin"
+    size = 256 * PAGE
+    with mmarray.open(path, dtype=np.uint8, mode="w+", shape=size) as m:
+        m.array[:] = 1  # written through this mapping: every page is mapped
+        m.evict()
+        assert mapped_rss(path) == 0  # MADV_DONTNEED took the page-table entries out
+        m.prefetch(0, size // 2).wait()
+        assert size // 2 <= mapped_rss(path) <= size // 2 + 16 * PAGE  # fault-around slack
+
+
+@needs_proc_maps
+def test_chunks_populate_ahead_of_the_consumer(tmp_path):
+    path = tmp_path / "ahead.bin"
+    rows, chunk = 64 * PAGE, 8 * PAGE
+    with mmarray.open(path, dtype=np.uint8, mode="w+", shape=rows) as m:
+        m.array[:] = 2
+        m.evict()
+        it = m.chunks(chunk, ahead=3)
+        first = next(it)  # nothing touched by this thread yet
+        deadline = 200
+        while mapped_rss(path) < 3 * chunk and deadline:  # the populator works meanwhile
+            import time
+            time.sleep(0.01)
+            deadline -= 1
+        # chunks 1..3 were populated in the background; chunk 0 is the consumer's own
+        assert 3 * chunk <= mapped_rss(path) <= 4 * chunk + 16 * PAGE
+        assert int(first.sum()) == 2 * chunk
+        total = int(first.sum()) + sum(int(c.sum()) for c in it)
+        assert total == 2 * rows
+        del first

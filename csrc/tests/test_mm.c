@@ -929,9 +929,12 @@ static void test_populate_ahead(void) {
     t_path(path, sizeof path, "ahead.bin");
     CHECK(t_write_pattern(path, len) == 0);
     CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), &e);
-    /* consumer already at the end: the whole range is populated in steps, then it returns */
+    /* consumer at the start, window covering the range: populated in steps, then it returns */
+    consumer = 0;
+    CHECK_OK(mm_populate_ahead(&v, 0, len, 3 * page, len, &consumer, &stop, &e), &e);
+    /* consumer already at the end: nothing left to populate for it, returns at once */
     consumer = len;
-    CHECK_OK(mm_populate_ahead(&v, 0, len, 3 * page, page, &consumer, &stop, &e), &e);
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, &e), &e);
     CHECK_OK(mm_resident(&v, 0, len, &resident, &total, &e), &e);
 #ifndef _WIN32 /* Windows prefetch does not add pages to the working set until touched */
     CHECK_U64(resident, total);
