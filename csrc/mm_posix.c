@@ -262,6 +262,17 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     if (mm_page_range(view, start, length, &addr, &len) != 0)
         return mm_fail(err, MM_E_ARG, 0);
     native = table[advice];
+    if (advice == MM_ADV_DONTNEED && view->access == MM_COPY) {
+        /* madvise(2): MADV_DONTNEED on a private mapping discards its modified pages. Drop
+         * only pages wholly inside the range, never a neighbour's private writes. */
+        uint64_t delta = (uint64_t)(view->data - (char *)view->base), page = mm_page_size();
+        uint64_t lo = delta + start + page - 1, hi = mm_align_down(delta + start + length, page);
+        lo = mm_align_down(lo, page);
+        if (hi <= lo)
+            return mm_ok(err); /* no whole page inside the range */
+        addr = (char *)view->base + lo; /* lo < hi <= base_length: inside the mapping */
+        len = (size_t)(hi - lo);
+    }
     if (len == 0 || native < 0) /* advice this system lacks: documented no-op */
         return mm_ok(err);
     if (advice == MM_ADV_POPULATE_WRITE && view->access == MM_READ)

@@ -20,7 +20,7 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
             next = reached < end ? reached : end;
         if (next >= end)
             break;
-        if (next >= reached + window) { /* far enough ahead: let the consumer catch up */
+        if (next - reached >= window) { /* far enough ahead (next >= reached: no wrap) */
             mm_pause(wait);
             wait = wait < 1000 ? 2 * wait : 1000; /* an idle consumer costs ~1000 wakeups/s */
             continue;

@@ -230,3 +230,19 @@ def test_chunks_populate_ahead_of_the_consumer(tmp_path):
         total = int(first.sum()) + sum(int(c.sum()) for c in it)
         assert total == 2 * rows
         del first
+
+
+def test_dontneed_on_copy_on_write_keeps_private_writes_outside_the_range(tmp_path):
+    """MADV_DONTNEED on a private mapping discards its modified pages; a request for one
+    element must not throw away the rest of its page's private writes."""
+    path = tmp_path / "cow.bin"
+    path.write_bytes(bytes(3 * PAGE))
+    with mmarray.open(path, dtype=np.uint8, mode="c") as m:
+        a = m.array
+        a[:] = 5
+        m.advise("dontneed", PAGE + 5, PAGE + 6)
+        assert (a == 5).all()
+        m.advise("dontneed", PAGE, 2 * PAGE)  # exactly one whole page: that one is dropped
+        assert (a[PAGE:2 * PAGE] == 0).all() and (a[:PAGE] == 5).all()
+        assert (a[2 * PAGE:] == 5).all()
+        del a

@@ -454,7 +454,7 @@ def test_write_mode_on_read_only_file_object_is_permission_error(data_file):
             mmarray.open(f, mode="r+")
 
 
-@pytest.mark.parametrize("mode", ["rw", "w", "a", "", None, "R"])
+@pytest.mark.parametrize("mode", ["rw", "w", "a", "", None, "R", [], 3])
 def test_bad_mode_is_value_error_naming_it(data_file, mode):
     with pytest.raises(ValueError, match="mode must be one of"):
         mmarray.open(data_file, mode=mode)
@@ -494,6 +494,11 @@ def test_numpy_integer_shape_is_a_length(data_file):
         assert m.shape == (3,)
     with mmarray.open(data_file, mode="r", shape=(np.int32(2), np.uint8(3))) as m:
         assert m.shape == (2, 3)
+
+
+def test_dimension_above_intp_max(data_file):
+    with pytest.raises(ValueError, match="largest numpy allows"):
+        mmarray.open(data_file, mode="r+", shape=(0, 2**70))
 
 
 def test_negative_shape(data_file):
@@ -754,3 +759,87 @@ def test_live_file_registry_counts_views_and_forgets_them(data_file):
     del m2
     gc.collect()
     assert live(st.st_dev, st.st_ino) == 0
+
+
+def test_copying_an_array_export_is_refused_not_a_double_release():
+    """A copy of the export object (Cython's automatic pickling) used to release an export it
+    never acquired, unmapping the region under a live array: SIGSEGV."""
+    proc = run_python("""
+        import copy, pickle, tempfile, os, mmarray
+        path = os.path.join(tempfile.mkdtemp(), "x.bin")
+        m = mmarray.open(path, mode="w+", shape=1 << 20)
+        a = m.array
+        mm = mmarray.memmap(path, mode="r+")
+        for export in (a.base, mm.base):
+            for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+                try:
+                    attempt(export)
+                    raise SystemExit(f"{attempt.__name__} of an export was allowed")
+                except TypeError:
+                    pass
+        m.close(); mm.close()
+        a[:] = 1; mm[:] = 2
+        assert int(a[-1]) == 2
+        print("ok")
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok"
+
+
+def test_ndarray_over_the_mapping_buffer_survives_close():
+    """np.ndarray(buffer=m) releases its buffer at once and keeps only a reference to m:
+    closing must not unmap under it (it did: SIGSEGV)."""
+    proc = run_python("""
+        import gc, os, tempfile, numpy as np, mmarray
+        path = os.path.join(tempfile.mkdtemp(), "x.bin")
+        m = mmarray.open(path, mode="w+", shape=1 << 20)
+        a = np.ndarray((1 << 20,), np.uint8, buffer=m)
+        assert m.exports == 0
+        m.close()
+        a[:] = 3
+        assert int(a[-1]) == 3
+        with open("/proc/self/maps") as f:
+            assert path in f.read()          # still mapped: a may use it
+        del a, m
+        gc.collect()
+        with open("/proc/self/maps") as f:
+            assert path not in f.read()      # unmapped with the last reference
+        print("ok")
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok"
+
+
+def test_w_plus_racing_readers_in_threads_never_truncates_under_them(tmp_path):
+    """Check-then-truncate raced another thread's map-then-register: SIGBUS."""
+    path = tmp_path / "race.bin"
+    np.zeros(1 << 16, dtype=np.uint8).tofile(path)
+    proc = run_python(f"""
+        import threading, time, mmarray
+        path = {str(path)!r}
+        N = 1 << 16
+        stop = time.monotonic() + 4
+        refused = [0]
+        def writer():
+            while time.monotonic() < stop:
+                try:
+                    mmarray.open(path, mode="w+", shape=N).close()
+                except ValueError:
+                    refused[0] += 1
+        def reader():
+            while time.monotonic() < stop:
+                try:
+                    m = mmarray.open(path, mode="r", shape=N)
+                except ValueError:  # the file was briefly shorter: nothing mapped
+                    continue
+                a = m.array
+                a[-1]; a[0]
+                del a
+                m.close()
+        ts = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(2)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print("ok", refused[0])
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.startswith("ok")

@@ -31,6 +31,7 @@ _MODE_ACCESS = {
 _MODE_SPEC = {name: (short, *_MODE_ACCESS[short])
               for name, short in [*((m, m) for m in _MODE_ACCESS), *_MODE_ALIASES.items()]}
 _INT64_MAX = 2**63 - 1
+_INTP_MAX = int(np.iinfo(np.intp).max)
 _POSIX = os.name != "nt"
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
@@ -56,7 +57,7 @@ else:
 
 
 def _check_mode(mode):
-    m = _MODE_ALIASES.get(mode, mode)
+    m = _MODE_ALIASES.get(mode, mode) if isinstance(mode, str) else None
     if m not in _MODE_ACCESS:
         raise ValueError(f"mode must be one of {sorted(list(MODES) + list(_MODE_ALIASES))!r}, "
                          f"got {mode!r}")
@@ -95,6 +96,9 @@ def _check_shape(shape, itemsize):
     for d in shape:
         if d < 0:
             raise ValueError(f"shape {shape!r} has a negative dimension; expected sizes >= 0")
+        if d > _INTP_MAX:
+            raise ValueError(f"shape {shape!r} has a dimension above {_INTP_MAX}, the largest "
+                             f"numpy allows")
         n *= d
     if n > _INT64_MAX:
         raise ValueError(f"shape {shape!r} of itemsize {itemsize} is {n} bytes, which overflows "
@@ -224,8 +228,6 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
         raise TypeError(f"file must be a path (str, bytes, os.PathLike) or an object with "
                         f"fileno(), got {type(file).__name__}")
 
-    if flags & _CREATE:
-        refuse_truncating_mapped(target, filename)
     if length == 0:
         _prepare_empty(target, mode, offset, filename or file)
         return _map_file(None, access, offset, 0, 0, dt, shape, order, mode, filename)
@@ -254,32 +256,12 @@ def _abspath(path):
     return os.path.abspath(path)
 
 
-def refuse_truncating_mapped(path, name):
-    """Raise if ``path`` is mapped in this process: truncating it would make those mappings'
-    arrays fault (SIGBUS) on their next access, past the new end of the file.
-
-    Costs a ``stat`` only while this process maps something. Truncation by another process,
-    or by plain ``open(path, "w")``, cannot be prevented from here.
-    """
-    if not _engine._live_files:
-        return
-    try:
-        st = os.stat(path)
-    except OSError:
-        return  # missing: nothing to truncate; other errors surface from the open itself
-    n = _engine.live_views(st.st_dev, st.st_ino)
-    if n:
-        raise ValueError(
-            f"{name!r} is mapped by {n} live mapping(s) in this process; mode 'w+' would "
-            f"truncate it under them (their arrays would fault). Close them and release their "
-            f"arrays first, or open it with mode 'r+'")
-
-
 def _prepare_empty(target, mode, offset, name):
     """A zero-size array maps nothing, but the file is checked, created or grown as for data."""
     if isinstance(target, bytes):
-        if mode == "w+":
-            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        if mode == "w+":  # truncates: refused while this process maps the file
+            fd = _engine.truncate_guarded(target, name, os.open, target,
+                                          os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         elif mode == "r+":
             fd = os.open(target, os.O_RDWR)
         else:

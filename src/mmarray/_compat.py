@@ -26,7 +26,6 @@ from mmarray._api import (
     _encode_path,
     _os_handle,
     _prepare_empty,
-    refuse_truncating_mapped,
 )
 from mmarray._engine import Mapping
 
@@ -43,7 +42,6 @@ _ndarray_getitem = np.ndarray.__getitem__
 _ndarray_array_wrap = np.ndarray.__array_wrap__
 _may_share_memory = np.may_share_memory
 _TO_END = _engine.TO_END
-_CREATE = _engine.CREATE
 _map_file = _engine.map_file
 _fspath = os.fspath
 _POSIX = os.name != "nt"
@@ -227,8 +225,6 @@ class memmap(np.memmap):
                 attr_name = None  # numpy.memmap gives None for a bytes path
                 error_name = os.fsdecode(path)
 
-        if flags & _CREATE:
-            refuse_truncating_mapped(target, error_name)
         if length == 0:
             mapping = _map_empty(target, access, mode, offset, dt, shape, order, error_name)
         else:
@@ -420,6 +416,13 @@ def _map_empty(target, access, mode, offset, dt, shape, order, error_name):
     return _map_file(None, access, offset, 0, 0, dt, shape, order, mode, error_name)
 
 
+def _write_npy_header(filename, mode, header, version):
+    """Create (truncate) the .npy file and write its header; return the data offset."""
+    with open(os.fspath(filename), mode + "b") as fp:
+        _npy_format._write_array_header(fp, header, version)
+        return fp.tell()
+
+
 def open_memmap(filename, mode="r+", dtype=None, shape=None, fortran_order=False, version=None,
                 *, max_header_size=_npy_format._MAX_HEADER_SIZE):
     """Open a ``.npy`` file as a memory-mapped array: :func:`numpy.lib.format.open_memmap` on
@@ -484,10 +487,8 @@ def open_memmap(filename, mode="r+", dtype=None, shape=None, fortran_order=False
             "fortran_order": fortran_order,
             "shape": shape,
         }
-        refuse_truncating_mapped(os.fspath(filename), filename)  # 'w+b' truncates
-        with open(os.fspath(filename), mode + "b") as fp:
-            _npy_format._write_array_header(fp, header, version)
-            offset = fp.tell()
+        offset = _engine.truncate_guarded(  # 'w+b' truncates: refused while mapped here
+            os.fspath(filename), filename, _write_npy_header, filename, mode, header, version)
     else:
         with open(os.fspath(filename), "rb") as fp:
             version = _npy_format.read_magic(fp)

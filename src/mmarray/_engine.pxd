@@ -1,4 +1,5 @@
 # Declarations: the C contract (csrc/mm.h) and the engine's extension types.
+cimport cython
 from libc.stdint cimport int64_t, uint64_t, intptr_t
 
 
@@ -47,11 +48,13 @@ cdef extern from "mm.h" nogil:
     int mm_unmap(mm_view *view, mm_error *err)
 
 
+@cython.auto_pickle(False)
 cdef class Mapping:
     cdef mm_view view          # the mapped region; view.data is NULL once unmapped or if empty
     cdef Py_ssize_t _exports   # live buffer exports: arrays (through _ArrayExport) and memoryviews
     cdef bint _closed          # close() was called; unmap happens when _exports drops to 0
     cdef bint _readonly
+    cdef bint _raw_exported    # handed out a raw buffer: unmap waits for __dealloc__
     cdef object _dtype
     cdef object _shape
     cdef object _order
@@ -66,10 +69,12 @@ cdef class Mapping:
     cdef int _unmap_now(self) except -1
 
 
+@cython.auto_pickle(False)
 cdef class _ArrayExport:
     cdef Mapping mapping
 
 
+@cython.auto_pickle(False)
 cdef class _PopulateAhead:
     cdef Mapping mapping
     cdef uint64_t start, end, step, window

@@ -17,10 +17,15 @@ Lifetime rules
 * Counters change only while holding the GIL, and the view is copied out and cleared before
   the GIL is released to unmap, so racing threads cannot unmap twice or use a stale view.
 """
+cimport cython
 from cpython.buffer cimport PyBUF_WRITABLE
 from cpython.exc cimport PyErr_WriteUnraisable
+from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
+                               PyThread_allocate_lock, PyThread_release_lock, PyThread_type_lock)
 from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport memset
+
+import os as _os
 
 import numpy as _np
 
@@ -34,6 +39,10 @@ cdef char _empty_byte = 0
 # Files this process maps, (st_dev, st_ino) -> number of live views: what lets mode 'w+' refuse
 # to truncate a file whose mapped pages would then fault (SIGBUS) on the next access.
 _live_files = {}
+# Held across "check the registry, truncate, map, register" (mode 'w+') and "map, register"
+# (every other map), so that no thread truncates a file between another thread's mmap and its
+# registration. Taken without the GIL (see _lock_registry), so holders may need the GIL.
+cdef PyThread_type_lock _registry_lock = PyThread_allocate_lock()
 
 ALIGNMENT = mm_alignment()
 PAGE_SIZE = mm_page_size()
@@ -50,6 +59,7 @@ cdef int _raise(const mm_error *err, object filename, uint64_t offset, uint64_t 
     raise _errors.from_status(err.status, err.code, err.file_size, filename, offset, length)
 
 
+@cython.auto_pickle(False)
 cdef class Mapping:
     """A mapped byte range of a file, viewed as an array of one dtype and shape.
 
@@ -109,6 +119,10 @@ cdef class Mapping:
         cdef mm_view view = self.view
         cdef mm_error err
         cdef int status
+        if self._raw_exported:
+            # A raw buffer consumer (np.ndarray(buffer=m), C code) may keep the pointer with
+            # only a reference to self, not an export: unmap when self is garbage (__dealloc__).
+            return 0
         if view.data == NULL or view.data == &_empty_byte:
             self.view.data = NULL
             return 0
@@ -127,6 +141,12 @@ cdef class Mapping:
         Idempotent. With no exported array or memoryview alive the region is unmapped now.
         Otherwise the Mapping is marked closed and the region stays mapped until the last
         export is released, so no array is ever left pointing at unmapped memory.
+
+        Once the Mapping itself has been used as a buffer (``memoryview(m)``,
+        ``np.frombuffer(m)``, ``np.ndarray(buffer=m)``), the unmap waits until the Mapping
+        object is garbage: some buffer consumers keep the pointer while holding only a
+        reference to the Mapping, not an export. Arrays from :attr:`array` are counted
+        exactly and do not have this cost.
 
         Parameters
         ----------
@@ -257,6 +277,7 @@ cdef class Mapping:
         if (flags & PyBUF_WRITABLE) and self._readonly and not self._closed:
             raise BufferError("mapping is read-only (mode 'r')")
         self._acquire()
+        self._raw_exported = True  # see _unmap_now: the consumer may outlive its export
         _fill_buffer(self, buffer, self)
 
     def __releasebuffer__(self, Py_buffer *buffer):
@@ -476,6 +497,7 @@ cdef inline void _fill_buffer(Mapping m, Py_buffer *buffer, object owner):
     buffer.internal = NULL
 
 
+@cython.auto_pickle(False)  # a copy would release an export it never acquired
 cdef class _ArrayExport:
     """Holds one export of a Mapping for exactly as long as the array built on it lives.
 
@@ -496,6 +518,10 @@ cdef class _ArrayExport:
 
     def __releasebuffer__(self, Py_buffer *buffer):
         pass
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle or copy an array export (it counts one use of a "
+                        "mapping); copy the array instead")
 
     def __dealloc__(self):
         if self.mapping is not None:
@@ -527,22 +553,27 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     if file is None:
         m.view.data = &_empty_byte
         m.view.length = 0
-    elif isinstance(file, bytes):
-        path = file
-        with nogil:
-            status = mm_map_path(path, access, offset, length, flags, &m.view, &err)
-        if status != MM_OK:
-            _raise(&err, filename, offset, length)
     else:
-        handle = file
-        with nogil:
-            status = mm_map_handle(handle, access, offset, length, flags, &m.view, &err)
-        if status != MM_OK:
-            _raise(&err, filename, offset, length)
-    if m.view.data != &_empty_byte:
-        key = (m.view.file_id[0], m.view.file_id[1])
-        _live_files[key] = _live_files.get(key, 0) + 1
-        m._file_key = key
+        _lock_registry()
+        try:
+            if isinstance(file, bytes):
+                if flags & MM_CREATE:
+                    _refuse_if_mapped(file, filename)  # MM_CREATE truncates an existing file
+                path = file
+                with nogil:
+                    status = mm_map_path(path, access, offset, length, flags, &m.view, &err)
+            else:
+                handle = file
+                with nogil:
+                    status = mm_map_handle(handle, access, offset, length, flags, &m.view,
+                                           &err)
+            if status != MM_OK:
+                _raise(&err, filename, offset, length)
+            key = (m.view.file_id[0], m.view.file_id[1])
+            _live_files[key] = _live_files.get(key, 0) + 1
+            m._file_key = key
+        finally:
+            PyThread_release_lock(_registry_lock)
     if shape is None and m.view.length % dtype.itemsize == 0:
         shape = (m.view.length // dtype.itemsize,)   # 1-D over what was mapped
     m._closed = False
@@ -573,6 +604,42 @@ def live_views(st_dev, st_ino):
     return _live_files.get((st_dev, st_ino), 0)
 
 
+cdef int _lock_registry() except -1:
+    # Uncontended: take it with the GIL held. Contended: wait without the GIL, since the
+    # holder may need the GIL to finish (register, raise) before it releases the lock.
+    cdef int got = PyThread_acquire_lock(_registry_lock, NOWAIT_LOCK)
+    if not got:
+        with nogil:
+            PyThread_acquire_lock(_registry_lock, WAIT_LOCK)
+    return 0
+
+
+cdef int _refuse_if_mapped(path, name) except -1:
+    """Raise if ``path`` names a file this process maps. Call with the registry lock held."""
+    if not _live_files:
+        return 0
+    try:
+        st = _os.stat(path)
+    except OSError:
+        return 0  # missing: nothing to truncate; other errors surface from the open itself
+    n = _live_files.get((st.st_dev, st.st_ino), 0)
+    if n:
+        raise _errors.truncation_refused(name, n)
+    return 0
+
+
+def truncate_guarded(path, name, truncate, *args):
+    """Call ``truncate(*args)``, which truncates the file at ``path``, unless this process maps
+    that file (ValueError). Atomic with respect to every mapping made by this module."""
+    _lock_registry()
+    try:
+        _refuse_if_mapped(path, name)
+        return truncate(*args)
+    finally:
+        PyThread_release_lock(_registry_lock)
+
+
+@cython.auto_pickle(False)
 cdef class _PopulateAhead:
     """Populate a byte range of a Mapping from a background thread, a window ahead of a
     consumer. ``run()`` loops in C without the GIL (call it from a thread); the consumer calls
@@ -587,6 +654,9 @@ cdef class _PopulateAhead:
         self.window = window
         self.consumer = start
         self.stop = 0
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle or copy a populate-ahead loop")
 
     def advance(self, uint64_t position):
         self.consumer = position

@@ -48,3 +48,11 @@ def from_status(status: int, code: int, file_size: int, filename, offset: int,
     if code:
         return OSError(code, f"{what}: {os.strerror(code)}", filename)
     return OSError(f"{what} {filename!r}")
+
+
+def truncation_refused(name, live):
+    """The error for a mode-'w+' truncation of a file this process still maps."""
+    return ValueError(
+        f"{name!r} is mapped by {live} live mapping(s) in this process; mode 'w+' would "
+        f"truncate it under them (their arrays would fault). Close them and release their "
+        f"arrays first, or open it with mode 'r+'")
