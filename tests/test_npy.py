@@ -548,6 +548,22 @@ def test_create_npy_with_subarray_dtype_gives_trailing_axes(tmp_path):
     assert np.load(tmp_path / "sub.npy").shape == (3, 2)
 
 
+@pytest.mark.parametrize("shape", [np.int64(3), np.uint8(3), (np.int32(3),)])
+def test_create_npy_with_subarray_dtype_takes_any_integer_shape(tmp_path, shape):
+    # The subarray path took only int for a 1-D shape: np.int64(3) was "not iterable".
+    with mmarray.create_npy(tmp_path / "sub.npy", "(2,)f8", shape) as m:
+        assert m.shape == (3, 2) and m.dtype == np.dtype("f8")
+    assert np.load(tmp_path / "sub.npy").shape == (3, 2)
+
+
+@pytest.mark.parametrize("shape, exc, match", [
+    (3.0, TypeError, "shape"), (-1, ValueError, "negative"), ("ab", TypeError, "shape")])
+def test_create_npy_with_subarray_dtype_refuses_bad_shapes(tmp_path, shape, exc, match):
+    with pytest.raises(exc, match=match):
+        mmarray.create_npy(tmp_path / "bad.npy", "(2,)f8", shape)
+    assert os.listdir(tmp_path) == []
+
+
 def test_create_npy_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")

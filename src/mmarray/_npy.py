@@ -558,7 +558,7 @@ def create_npy(file, dtype, shape, fortran_order=False):
     dt = _api._check_dtype(dtype)
     if dt.subdtype is not None:  # as ndarray does: the subarray becomes trailing axes
         dt, sub = dt.subdtype
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        shape, _ = _api._check_shape(shape, 1)  # any integer (np.int64 too) or ints
         shape = shape + sub
         dt = _api._check_dtype(dt)
     shape, nbytes = _api._check_shape(shape, dt.itemsize)

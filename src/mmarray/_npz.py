@@ -22,10 +22,12 @@ Layout facts used below (APPNOTE.TXT, section 4.3):
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import io
 import operator
 import os
 import struct
+import threading
 import warnings
 import weakref
 import zlib
@@ -269,6 +271,7 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     npz = NpzMapping.__new__(NpzMapping)
     npz._entries = by_key
     npz._members = {}
+    npz._crcs = {}  # key -> _Crc, one per member for the archive's life (reopens share it)
     npz._closed = False
     npz._target = target if filename is None else filename
     npz._filename = filename
@@ -418,12 +421,15 @@ class NpzMapping(collections.abc.Mapping):
 
     # -- members -------------------------------------------------------------------------------
 
-    def _fd(self):
-        """(fd, owned): the archive reopened by name, or the file object's descriptor."""
-        if self._filename is not None:
-            return os.open(self._filename, _npy._O_WRITE if self._access == _engine.WRITE
-                           else _npy._O_READ), True
-        return self._target.fileno(), False
+    def _fd(self, label):
+        """(fd, owned): the archive reopened by name, or the file object's descriptor.
+
+        ValueError if the file at that path is no longer the one loaded (replaced since, for
+        example by `save_npz` to the same path, which renames a new file over it): the
+        directory read at load time does not describe it.
+        """
+        flags = _npy._O_WRITE if self._access == _engine.WRITE else _npy._O_READ
+        return _reopen(self._target, self._id, flags, label, "reload it with mmarray.load")
 
     def _read(self, fd, pos, n):
         prefix = self._prefix
@@ -435,11 +441,11 @@ class NpzMapping(collections.abc.Mapping):
         label = f"{self._name} member {e.key!r}"
         if e.flags & _FLAG_ENCRYPTED:
             raise ValueError(f"{label} is encrypted; mmarray cannot read encrypted members")
-        fd, owned = self._fd()
+        fd, owned = self._fd(label)
         try:
             data, lflags, lcrc = self._local_header(fd, e, label)
             if e.method != _STORED:
-                return self._inflate(fd, e, data, label)
+                return self._inflate(fd, owned, e, data, label)
             return self._map(fd, e, data, lflags, lcrc, label)
         finally:
             if owned:
@@ -493,7 +499,14 @@ class NpzMapping(collections.abc.Mapping):
                     raise ValueError(f"{label}: its data descriptor at offset {end} runs past "
                                      f"offset {e.limit} (next member or central directory)")
                 positions.append(crc_pos)
-            header = first[:hlen] if len(first) >= hlen else self._read(fd, data, hlen)
+            crc = self._crcs.get(e.key)
+            if crc is None:
+                # One per member, reused by every reopen: it follows each rewrite of the
+                # CRC-32, which the directory's value read at load time does not.
+                header = first[:hlen] if len(first) >= hlen else self._read(fd, data, hlen)
+                crc = _Crc(self._target, self._id, label, header, offset, nbytes,
+                           data + e.csize, positions, e.crc)
+                self._crcs[e.key] = crc
         if nbytes == 0:
             m = _engine.map_file(None, access, offset, 0, 0, dt, shape, order, mode,
                                  self._filename, cls)
@@ -501,12 +514,11 @@ class NpzMapping(collections.abc.Mapping):
             m = _engine.map_file(_api._os_handle(fd), access, offset, nbytes, 0, dt, shape,
                                  order, mode, self._filename, cls)
         if cls is _NpzMember:
-            m._crc = _Crc(self._target, self._id, label, header, offset, nbytes,
-                          data + e.csize, positions, e.crc)
-            m._finalizer = weakref.finalize(m, _final_crc, m._crc)
+            m._crc = crc
+            m._finalizer = weakref.finalize(m, _final_crc, crc)
         return m
 
-    def _inflate(self, fd, e, data, label):
+    def _inflate(self, fd, owned, e, data, label):
         raw = self._read(fd, data, e.csize)
         if len(raw) != e.csize:
             raise ValueError(f"{label}: its data runs past the end of the file")
@@ -524,7 +536,7 @@ class NpzMapping(collections.abc.Mapping):
                                  f"{'+' if len(out) > e.usize else ''} bytes, the directory "
                                  f"says {e.usize}")
         else:
-            out = self._zipfile_read(e, label)
+            out = self._zipfile_read(fd if owned else None, e, label)
         if zlib.crc32(out) != e.crc:
             raise ValueError(f"{label}: Bad CRC-32 ({zlib.crc32(out):#010x}, the directory "
                              f"says {e.crc:#010x})")
@@ -541,12 +553,16 @@ class NpzMapping(collections.abc.Mapping):
             arr = arr.copy(order="K")
         return InMemoryMember._new(arr, order, self._mode, self._filename, e.key)
 
-    def _zipfile_read(self, e, label):
-        """Methods other than deflate (bzip2, lzma): zipfile knows them."""
+    def _zipfile_read(self, fd, e, label):
+        """Methods other than deflate (bzip2, lzma): zipfile knows them.
+
+        ``fd`` is the archive reopened (and checked) by `_fd`, or None for a file object.
+        """
         import zipfile  # rare path: keep it off the import time of mmarray
 
         try:
-            with zipfile.ZipFile(self._target) as zf:
+            with (open(fd, "rb", closefd=False) if fd is not None else
+                  contextlib.nullcontext(self._target)) as fp, zipfile.ZipFile(fp) as zf:
                 return zf.read(e.name)
         except (ValueError, OSError):
             raise
@@ -561,41 +577,65 @@ _U8 = np.dtype(np.uint8)
 
 # -- CRC-32 upkeep for members written through mode 'r+' ------------------------------------
 
+def _reopen(target, file_id, flags, label, advice):
+    """(fd, owned): ``target`` (a path) reopened with ``flags``, or a file object's descriptor.
+
+    The one check that the file is still the archive that was loaded: ValueError naming the
+    path if its (st_dev, st_ino) is no longer ``file_id`` (the path was replaced, for example
+    by `save_npz` renaming a new file over it).
+    """
+    if isinstance(target, (str, bytes)):
+        fd, owned = os.open(target, flags), True
+    else:
+        fd, owned = target.fileno(), False
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != file_id:
+            where = target if isinstance(target, (str, bytes)) else getattr(target, "name",
+                                                                           target)
+            raise ValueError(f"{label}: the archive {where!r} was replaced since it was "
+                             f"loaded (the file now at that path is another one); {advice}")
+    except BaseException:
+        if owned:
+            os.close(fd)
+        raise
+    return fd, owned
+
+
 class _Crc:
-    """Where a member's CRC-32 is recorded, and how to recompute it."""
+    """Where a member's CRC-32 is recorded, its value there, and how to recompute it.
+
+    One per member of an archive, shared by every Mapping of that member (a reopen after
+    close, a closed one kept alive by its arrays): ``crc`` is what the archive holds now, so
+    skipping the rewrite when the recomputed value equals it is right whichever Mapping wrote
+    last.
+    """
     __slots__ = ("target", "id", "label", "header", "data", "nbytes", "end", "positions",
-                 "crc")
+                 "crc", "lock")
 
     def __init__(self, target, file_id, label, header, data, nbytes, end, positions, crc):
         self.target, self.id, self.label = target, file_id, label
         self.header, self.data, self.nbytes, self.end = header, data, nbytes, end
         self.positions, self.crc = positions, crc
-
-    def _open(self):
-        if isinstance(self.target, (str, bytes)):
-            fd, owned = os.open(self.target, _npy._O_WRITE), True
-        else:
-            fd, owned = self.target.fileno(), False
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != self.id:
-                raise ValueError(f"{self.label}: the archive was replaced since it was "
-                                 f"loaded; its CRC-32 is not updated")
-        except BaseException:
-            if owned:
-                os.close(fd)
-            raise
-        return fd, owned
+        # Finalizers of other Mappings of the member may update from another thread (or
+        # from a garbage collection inside an update: hence reentrant).
+        self.lock = threading.RLock()
 
     def update(self, member, sync):
         """Recompute from the live mapping ``member`` (or from the file if None); rewrite."""
-        fd, owned = self._open()
+        with self.lock:
+            self._update(member, sync)
+
+    def _update(self, member, sync):
+        fd, owned = _reopen(self.target, self.id, _npy._O_WRITE, self.label,
+                            "its CRC-32 is not updated")
         try:
             crc = zlib.crc32(self.header)
             if member is not None:
                 if self.nbytes:
-                    with memoryview(member) as view:
-                        crc = zlib.crc32(view, crc)
+                    # Through an export object, not the Mapping's own buffer: a raw buffer of
+                    # the Mapping would defer its unmap to its garbage collection.
+                    crc = zlib.crc32(member._export(), crc)
                 pos = self.data + self.nbytes
             else:
                 pos = self.data
