@@ -143,7 +143,7 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
 int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
                 uint64_t *total, mm_error *err);
 
-/* Populate [start, end) of the view (for reading) in steps of `step` bytes, from the calling
+/* Fault [start, end) of the view in (by reading it) in steps of `step` bytes, from the calling
  * thread, staying at most `window` bytes ahead of *consumer: a byte position that another
  * thread advances as it works through the view (what lies before it is skipped: the
  * consumer faults that in itself). Returns when done, when *stop becomes

@@ -11,7 +11,7 @@ import threading
 
 from mmarray._ranges import ADVICE_CODES
 
-_POPULATE_READ = ADVICE_CODES["populate_read"]
+_PREFETCH_STEP = 8 << 20  # bytes per step of a prefetch: the stop flag is checked between steps
 
 
 class Prefetch:
@@ -24,14 +24,18 @@ class Prefetch:
     """
 
     def __init__(self, mapping, first, length):
+        from mmarray._engine import _PopulateAhead
+
         self._error = None
-        self._thread = threading.Thread(target=self._run, args=(mapping, first, length),
+        # The populate-ahead loop with a window of the whole range: faults it all in, GIL-free.
+        loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
+        self._thread = threading.Thread(target=self._run, args=(loop,),
                                         name="mmarray-prefetch", daemon=True)
         self._thread.start()
 
-    def _run(self, mapping, first, length):
+    def _run(self, loop):
         try:
-            mapping._advise_bytes(first, length, _POPULATE_READ)
+            loop.run()
         except BaseException as exc:  # re-raised in wait()
             self._error = exc
 
