@@ -2,6 +2,7 @@
 import os
 import sys
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -12,8 +13,8 @@ define_macros = [] if sys.platform == "win32" else [("_FILE_OFFSET_BITS", "64"),
 engine = Extension(
     "mmarray._engine",
     sources=["src/mmarray/_engine.pyx", MM_SOURCE, "csrc/mm_scan.c"],
-    include_dirs=["csrc"],
-    define_macros=define_macros,
+    include_dirs=["csrc", numpy.get_include()],
+    define_macros=define_macros + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     depends=["csrc/mm.h", "src/mmarray/_engine.pxd"],
 )
 

@@ -45,6 +45,10 @@ def test_r_is_read_only(data_file):
                 mv[0:1] = b"x"
         with pytest.raises(ValueError, match="WRITEABLE"):
             np.frombuffer(m, dtype=np.uint8).setflags(write=True)
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            a.setflags(write=True)
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            a[2:5].setflags(write=True)
         del a
 
 

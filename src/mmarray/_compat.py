@@ -249,7 +249,7 @@ class memmap(np.memmap):
                         f"{nbytes} bytes after offset {offset} in {error_name!r}, itemsize "
                         f"{dt.itemsize} of dtype {dt}; give a shape")
 
-        self = _ndarray_new(subtype, shape, dt, _new_export(mapping), 0, None, order)
+        self = mapping._array_of(subtype)  # shape, dtype and order are the mapping's
         self._mmap = mapping
         self.offset = offset
         self.mode = mode
