@@ -1,6 +1,5 @@
 """Access controls: advise, populate, prefetch, chunks, resident, evict, ranged flush."""
 import gc
-import os
 
 import numpy as np
 import pytest

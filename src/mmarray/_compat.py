@@ -16,9 +16,8 @@ import numpy as np
 from mmarray import _engine
 from mmarray._api import (
     _INT64_MAX,
+    _MODE_SPEC,
     _abspath,
-    _MODE_ACCESS,
-    _MODE_ALIASES,
     _check_dtype,
     _check_mode,
     _check_order,
@@ -37,7 +36,6 @@ except ImportError:  # pragma: no cover - numpy 1.25 / 1.26
 __all__ = ["memmap", "open_memmap"]
 
 _ndarray = np.ndarray
-_ndarray_new = np.ndarray.__new__
 _ndarray_getitem = np.ndarray.__getitem__
 _ndarray_array_wrap = np.ndarray.__array_wrap__
 _may_share_memory = np.may_share_memory
@@ -48,23 +46,13 @@ _POSIX = os.name != "nt"
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 # mode (numpy's short and long names) -> (short mode, engine access, engine flags)
-_MODES = {name: (short, *_MODE_ACCESS[short])
-          for name, short in [*((m, m) for m in _MODE_ACCESS), *_MODE_ALIASES.items()]}
+_MODES = _MODE_SPEC  # mode (numpy's short and long names) -> (short mode, access, flags)
 _MISSING = object()
 # numpy.memmap's message when mode 'r'/'c' meets an empty file (numpy's tests match on it).
 _EMPTY_FILE = "cannot mmap an empty file"
 
 
-def _export_via_array(mapping):
-    """A fresh export of ``mapping``: an object that counts one use for as long as it lives.
-
-    Fallback for an engine without ``Mapping._export``: builds and drops an ndarray to get at
-    the ``_ArrayExport`` behind it.
-    """
-    return mapping.array.base
-
-
-_new_export = getattr(Mapping, "_export", None) or _export_via_array
+_new_export = Mapping._export
 
 
 class memmap(np.memmap):

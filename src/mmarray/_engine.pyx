@@ -43,7 +43,6 @@ cdef extern from "numpy/arrayobject.h":
 from mmarray import _access, _errors, _ranges
 
 cdef object _ndarray = _np.ndarray
-cdef object _ndarray_new = _np.ndarray.__new__
 # A valid address for empty mappings: buffers must not carry NULL (an empty region has no view).
 cdef char _empty_byte = 0
 
