@@ -2,6 +2,7 @@
 import io
 import os
 import struct
+import zipfile
 import zlib
 
 import numpy as np
@@ -13,6 +14,28 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.lib.format import _wrap_header
 
 GIB = 1 << 30
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only stream without seek: zipfile then writes data descriptors."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        return self.f.write(b)
+
+
+def write_npz_with_descriptors(f, arrays):
+    """Write ``arrays`` as .npy members of a zip on the binary stream ``f``, the way zipfile
+    does when it cannot seek back: every member's CRC and sizes in a data descriptor."""
+    with zipfile.ZipFile(_Unseekable(f), "w") as zf:
+        for name, value in arrays.items():
+            with zf.open(name + ".npy", "w") as member:
+                npformat.write_array(member, value)
 
 
 def npy_bytes(arr, version=None):

@@ -54,6 +54,7 @@ def _child(target, workdir):  # pragma: no cover - runs in the subprocess
 
     import mmarray
     from mmarray import _npz
+    from _npy_helpers import write_npz_with_descriptors  # tests/ is sys.path[0] here
 
     warnings.simplefilter("ignore")
     fd, path = tempfile.mkstemp(suffix="." + target, dir=workdir)
@@ -159,21 +160,8 @@ def _child(target, workdir):  # pragma: no cover - runs in the subprocess
 
         arrays = {"a": np.arange(5, dtype="<i2"), "b": np.ones((2, 2), ">f4")}
 
-        class Unseekable(io.RawIOBase):
-            def __init__(self, f):
-                self.f = f
-
-            def writable(self):
-                return True
-
-            def write(self, b):
-                return self.f.write(b)
-
         def with_descriptors(buf):
-            with zipfile.ZipFile(Unseekable(buf), "w") as zf:
-                for k, v in arrays.items():
-                    with zf.open(k + ".npy", "w") as member:
-                        npformat.write_array(member, v)
+            write_npz_with_descriptors(buf, arrays)
 
         def zip64(buf):
             old = _npz._ZIP_FILECOUNT_LIMIT

@@ -14,7 +14,7 @@ from numpy.lib import format as npformat
 
 import mmarray
 from mmarray import _npz
-from _npy_helpers import GIB, npy_bytes, zip64_archive, zip_layout
+from _npy_helpers import GIB, npy_bytes, write_npz_with_descriptors, zip64_archive, zip_layout
 from helpers import assert_clean_exit, mapped_bytes, mapped_regions, needs_proc_maps, run_python
 
 
@@ -370,22 +370,9 @@ def test_members_never_closed_get_their_crc_fixed_at_exit(tmp_path):
 
 
 def test_crc_in_a_data_descriptor_is_updated(tmp_path):
-    class Unseekable(io.RawIOBase):
-        def __init__(self, f):
-            self.f = f
-
-        def writable(self):
-            return True
-
-        def write(self, b):
-            return self.f.write(b)
-
     path = tmp_path / "dd.npz"
-    with open(path, "wb") as raw, zipfile.ZipFile(Unseekable(raw), "w") as zf:
-        with zf.open("x.npy", "w") as member:
-            npformat.write_array(member, np.arange(6))
-        with zf.open("y.npy", "w") as member:
-            npformat.write_array(member, np.arange(3))
+    with open(path, "wb") as raw:
+        write_npz_with_descriptors(raw, {"x": np.arange(6), "y": np.arange(3)})
     with zipfile.ZipFile(path) as zf:
         assert all(info.flag_bits & 0x08 for info in zf.infolist())   # data descriptors
     with mmarray.load(path, mode="r+") as npz:
@@ -432,20 +419,8 @@ def test_any_sequence_of_member_opens_writes_and_closes_keeps_the_crc_valid(tmp_
                                                                             descriptor):
     path = tmp_path / "a.npz"
     if descriptor:  # zipfile writes data descriptors when it cannot seek back
-        class Unseekable(io.RawIOBase):
-            def __init__(self, f):
-                self.f = f
-
-            def writable(self):
-                return True
-
-            def write(self, b):
-                return self.f.write(b)
-
-        with open(path, "wb") as raw, zipfile.ZipFile(Unseekable(raw), "w") as zf:
-            for k in "xy":
-                with zf.open(k + ".npy", "w") as member:
-                    npformat.write_array(member, np.arange(2))
+        with open(path, "wb") as raw:
+            write_npz_with_descriptors(raw, {"x": np.arange(2), "y": np.arange(2)})
     else:
         savez(tmp_path, x=np.arange(2), y=np.arange(2))
     original = np.arange(2)   # few states: the loaded bytes come back often
