@@ -5,6 +5,7 @@ argument, and the choice of C flags. The engine (``_engine``) only maps, counts 
 """
 from __future__ import annotations
 
+import io
 import operator
 import os
 import sys
@@ -54,6 +55,43 @@ else:
 
     def _os_handle(fd):
         return fd
+
+
+_FD_MAX = 2**31 - 1  # descriptors are C ints (open(2)); Windows CRT descriptors too
+
+
+def fileno_of(file):
+    """The OS file descriptor behind a file object, checked.
+
+    Returns a non-negative int naming an open file. Raises TypeError when ``file.fileno()``
+    cannot give a descriptor (BytesIO and friends) or gives anything but an int, ValueError
+    for an int that cannot be a descriptor, and OSError (EBADF) for a closed or invalid one.
+    """
+    try:
+        fd = file.fileno()
+    except io.UnsupportedOperation as exc:  # BytesIO, StringIO: no OS file behind them
+        raise TypeError(f"file must be a path or a file object with a working fileno() (an "
+                        f"OS file to map), got {type(file).__name__}: {exc}") from None
+    if isinstance(fd, bool) or not isinstance(fd, (int, np.integer)):
+        raise TypeError(f"{type(file).__name__}.fileno() returned {_short_repr(fd)}; expected "
+                        f"a non-negative int (an OS file descriptor)")
+    fd = int(fd)
+    if fd < 0 or fd > _FD_MAX:
+        raise ValueError(f"{type(file).__name__}.fileno() returned {_short_repr(fd)}; expected "
+                         f"a file descriptor from 0 to {_FD_MAX}")
+    os.fstat(fd)  # OSError(EBADF) for a closed or invalid descriptor, before any other use
+    return fd
+
+
+def _short_repr(value, limit=80):
+    """repr() for messages: bounded in length, and safe for ints past str()'s digit limit."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<int of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except Exception:  # a repr that raises must not hide the real error
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_mode(mode):
