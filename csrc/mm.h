@@ -38,11 +38,19 @@ typedef enum mm_access {
 
 /* Flags for mm_map_path / mm_map_handle. */
 enum {
-    MM_CREATE = 1,   /* path only: create the file, truncating an existing one (mode 'w+').
-                        A file this call created is removed again if the call fails. */
+    MM_CREATE = 1,   /* path only: create the file, or reset an existing one as MM_TRUNCATE
+                        does (mode 'w+'). A file this call created is removed again if the
+                        call fails. Not with MM_TO_END (MM_E_ARG: no size to create). */
     MM_GROW = 2,     /* extend a shorter file to offset + length, allocating real blocks
-                        (allowed with any access: the file is opened writable to grow it) */
-    MM_POPULATE = 4  /* prefault the view (MAP_POPULATE / PrefetchVirtualMemory) */
+                        (allowed with any access: the file is opened writable to grow it).
+                        If growing fails the file keeps its old size. */
+    MM_POPULATE = 4, /* prefault the view (MAP_POPULATE / PrefetchVirtualMemory); a
+                        copy-on-write view is prefaulted for reading only, so it copies
+                        nothing into private memory */
+    MM_TRUNCATE = 8  /* make the file offset + length bytes of zeros (its old content goes),
+                        reserving the space before the old content is touched: if the disk
+                        cannot hold the new size the call fails and the file keeps its size
+                        and content. Needs a writable file; not with MM_TO_END (MM_E_ARG). */
 };
 
 /* Pass as `length` to map from `offset` to the end of the file. */
@@ -52,8 +60,11 @@ typedef enum mm_status {
     MM_OK = 0,
     MM_E_ARG = 1,    /* a bad argument (no OS call made); code = 0 */
     MM_E_OPEN = 2,   /* open / CreateFileW failed */
-    MM_E_STAT = 3,   /* fstat / GetFileSizeEx failed, or the path is not a regular file
-                        (code = EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory) */
+    MM_E_STAT = 3,   /* fstat / GetFileSizeEx failed, or the path is not a regular file:
+                        code = EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory,
+                        ENODEV / ERROR_NOT_SUPPORTED for a FIFO, socket, device or a file
+                        whose filesystem cannot size it (procfs). Opening never blocks: a
+                        FIFO is refused, not waited on (O_NONBLOCK). */
     MM_E_RANGE = 4,  /* offset + length lies past the end of the file and MM_GROW was not
                         given; mm_error.file_size holds the size found; code = 0 */
     MM_E_GROW = 5,   /* growing or allocating the file failed (ENOSPC, EFBIG, ...) */
@@ -62,7 +73,7 @@ typedef enum mm_status {
     MM_E_UNMAP = 8,  /* munmap / UnmapViewOfFile failed */
     MM_E_ADVISE = 9, /* madvise / PrefetchVirtualMemory failed */
     MM_E_QUERY = 10, /* mincore / QueryWorkingSetEx failed */
-    MM_E_EMPTY = 11  /* length 0 requested or the file is empty past offset: nothing to map */
+    MM_E_EMPTY = 11  /* MM_TO_END requested and the file is empty past offset: nothing to map */
 } mm_status;
 
 typedef struct mm_error {
@@ -117,14 +128,18 @@ static inline uint64_t mm_align_down(uint64_t value, uint64_t alignment) {
 /* Open the file at `path` (UTF-8; on POSIX the bytes are passed to open() as they are),
  * size it, optionally create/grow it, map [offset, offset + length) and close the file.
  * `length == MM_TO_END` maps to the end of the file (MM_E_EMPTY if that is nothing).
+ * `length == 0` maps nothing: the file is opened, checked, created, reset or grown to
+ * `offset` as it would be for data, and the call returns MM_OK with view->data == NULL and
+ * view->file_id set (mm_unmap of it is a no-op).
  * On success fills *view and err->file_size (the size after any growth) and returns MM_OK.
- * On failure *view is zeroed and the returned status is also in err->status. */
+ * On failure *view is zeroed, the returned status is also in err->status, and the file has
+ * the size and content it had before the call (a file the call created is removed). */
 int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
                 mm_view *view, mm_error *err);
 
 /* As mm_map_path for an open file the caller owns. The handle is not closed; MM_CREATE is
- * not allowed (MM_E_ARG). The handle must be open for writing when access is MM_WRITE or
- * MM_GROW is given. */
+ * not allowed (MM_E_ARG), MM_TRUNCATE is. The handle must be open for writing when access
+ * is MM_WRITE or MM_GROW or MM_TRUNCATE is given. */
 int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
                   mm_view *view, mm_error *err);
 

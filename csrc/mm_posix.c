@@ -3,7 +3,8 @@
  * values). Implements mm.h; see there for the contract.
  *
  * References: mmap(2), munmap(2), msync(2), madvise(2), mincore(2), posix_fallocate(3),
- * posix_fadvise(2), open(2), fstat(2) -- the Linux man-pages.
+ * fallocate(2), ftruncate(2), statvfs(3), posix_fadvise(2), open(2), fstat(2) -- the Linux
+ * man-pages.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* MAP_POPULATE, MADV_HUGEPAGE, MADV_POPULATE_* */
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +43,31 @@
 #endif
 #ifndef O_CLOEXEC
 #define O_CLOEXEC 0
+#endif
+#ifndef O_NONBLOCK
+#define O_NONBLOCK 0
+#endif
+
+/* fallocate(2) is Linux's; elsewhere its modes report EOPNOTSUPP and the callers fall back
+ * (statvfs to check for space, ftruncate then posix_fallocate to reset). */
+#if defined(__linux__) && defined(FALLOC_FL_KEEP_SIZE) && defined(FALLOC_FL_ZERO_RANGE)
+static int mm_fallocate_keep_size(int fd, uint64_t length) {
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)length) == 0 ? 0 : errno;
+}
+static int mm_fallocate_zero(int fd, uint64_t length) {
+    return fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, (off_t)length) == 0 ? 0 : errno;
+}
+#else
+static int mm_fallocate_keep_size(int fd, uint64_t length) {
+    (void)fd;
+    (void)length;
+    return EOPNOTSUPP;
+}
+static int mm_fallocate_zero(int fd, uint64_t length) {
+    (void)fd;
+    (void)length;
+    return EOPNOTSUPP;
+}
 #endif
 
 static uint64_t mm_cached_page_size;
@@ -68,10 +95,29 @@ static int mm_ok(mm_error *err) {
     return MM_OK;
 }
 
+/* posix_fallocate(3) and fallocate(2): these errors mean "this filesystem cannot
+ * preallocate", not "no space". */
+static int mm_cannot_preallocate(int rc) {
+    return rc == EOPNOTSUPP || rc == EINVAL || rc == ENOSYS;
+}
+
+/* Put the file back to `size` bytes after a failed grow or reservation. ftruncate(2) to the
+ * same size also frees blocks allocated past the end (ext4 and tmpfs truncate everything
+ * beyond the new size, fallocate(2) FALLOC_FL_KEEP_SIZE blocks included). Best effort: the
+ * caller reports the first error. */
+static void mm_restore_size(int fd, uint64_t size) {
+    int saved = errno;
+    (void)ftruncate(fd, (off_t)size);
+    errno = saved;
+}
+
 /* Grow the file to `size` bytes with real blocks, so that a full disk fails here with ENOSPC
  * rather than as SIGBUS on first write through the mapping. posix_fallocate(3) returns the
  * error number instead of setting errno; EOPNOTSUPP/EINVAL mean the filesystem cannot
- * preallocate, and ftruncate(2) (a sparse extension) is the fallback. */
+ * preallocate, and ftruncate(2) (a sparse extension) is the fallback. A failure leaves the
+ * file at old_size: posix_fallocate may have extended it part of the way (ext4 raises the
+ * size as it allocates). ESPIPE/ENODEV (procfs and other files that only look regular) are
+ * reported as MM_E_STAT/ENODEV: not a file that can be mapped. */
 static int mm_grow(int fd, uint64_t old_size, uint64_t size, mm_error *err) {
     int rc;
     if ((uint64_t)(off_t)size != size || (off_t)size < 0)
@@ -81,15 +127,82 @@ static int mm_grow(int fd, uint64_t old_size, uint64_t size, mm_error *err) {
     } while (rc == EINTR);
     if (rc == 0)
         return MM_OK;
-    if (rc != EOPNOTSUPP && rc != EINVAL && rc != ENOSYS)
+    if (!mm_cannot_preallocate(rc) || ftruncate(fd, (off_t)size) != 0) {
+        if (mm_cannot_preallocate(rc))
+            rc = errno;
+        mm_restore_size(fd, old_size);
+        if (rc == ESPIPE || rc == ENODEV)
+            return mm_fail(err, MM_E_STAT, ENODEV);
         return mm_fail(err, MM_E_GROW, rc);
-    if (ftruncate(fd, (off_t)size) != 0)
-        return mm_fail(err, MM_E_GROW, errno);
+    }
     return MM_OK;
 }
 
-/* The shared tail of map_path and map_handle: size, range check, grow, mmap. Does not close
- * fd; the callers do, right after, so that a live view holds no descriptor. */
+/* Whether the filesystem lacks room for `needed` more bytes, where fallocate(2) cannot
+ * tell: statvfs(3) f_bavail blocks of f_frsize bytes. Unknown counts as room. */
+static int mm_lacks_space(int fd, uint64_t needed) {
+    struct statvfs vfs;
+    if (fstatvfs(fd, &vfs) != 0 || vfs.f_frsize == 0)
+        return 0;
+    return (uint64_t)vfs.f_bavail < needed / (uint64_t)vfs.f_frsize;
+}
+
+/* MM_TRUNCATE: make the file `end` bytes of zeros with real blocks, reserving the space
+ * before the old content is touched, so that a full disk fails with the file as it was.
+ *  1. fallocate(2) FALLOC_FL_KEEP_SIZE over [0, end) allocates what the new file needs on
+ *     top of the old blocks without changing the size; ENOSPC here changes nothing (the
+ *     blocks it reserved past the end are freed by mm_restore_size). The check is as strict
+ *     as truncating first, except for an old file with holes below `end` and data past it.
+ *     Where the filesystem cannot reserve, statvfs(3) checks for room instead.
+ *  2. FALLOC_FL_ZERO_RANGE zeroes the old content in place, keeping the reserved blocks;
+ *     ftruncate(2) then sets the size (shrinking frees the rest, growing covers reserved
+ *     blocks, which read as zeros). Where ZERO_RANGE is missing (tmpfs), the content is
+ *     dropped with ftruncate(fd, 0) and `end` bytes are allocated afresh: the space was just
+ *     shown to be there, unless another process takes it in between. */
+static int mm_reset(int fd, uint64_t old_size, uint64_t end, uint64_t old_blocks_bytes,
+                    mm_error *err) {
+    int rc;
+    if ((uint64_t)(off_t)end != end || (off_t)end < 0)
+        return mm_fail(err, MM_E_GROW, EFBIG);
+    if (end > 0) {
+        do {
+            rc = mm_fallocate_keep_size(fd, end);
+        } while (rc == EINTR);
+        if (rc != 0 && !mm_cannot_preallocate(rc)) {
+            mm_restore_size(fd, old_size);
+            return mm_fail(err, rc == ESPIPE || rc == ENODEV ? MM_E_STAT : MM_E_GROW,
+                           rc == ESPIPE ? ENODEV : rc);
+        }
+        if (rc != 0 && end > old_blocks_bytes && mm_lacks_space(fd, end - old_blocks_bytes))
+            return mm_fail(err, MM_E_GROW, ENOSPC);
+    }
+    if (old_size > 0 && end > 0 &&
+        mm_fallocate_zero(fd, old_size < end ? old_size : end) == 0) {
+        if (ftruncate(fd, (off_t)end) != 0)
+            return mm_fail(err, MM_E_GROW, errno);
+        return MM_OK;
+    }
+    if (ftruncate(fd, 0) != 0)
+        return mm_fail(err, MM_E_GROW, errno);
+    return end > 0 ? mm_grow(fd, 0, end, err) : MM_OK;
+}
+
+/* Fault a copy-on-write view in for reading: MAP_POPULATE on a private writable mapping
+ * write-faults every page (a private copy of the whole range), MADV_POPULATE_READ (Linux
+ * 5.14, madvise(2)) maps the page-cache pages read-only until written. Older kernels: read
+ * one byte per page. Best effort, as MAP_POPULATE is. */
+static void mm_populate_for_reading(char *base, size_t length) {
+    if (madvise(base, length, MADV_POPULATE_READ) != 0) {
+        volatile char sink = 0;
+        size_t i, page = (size_t)mm_page_size();
+        for (i = 0; i < length; i += page)
+            sink ^= base[i]; /* i < length: inside [base, base + length) */
+        (void)sink;
+    }
+}
+
+/* The shared tail of map_path and map_handle: size, range check, grow or reset, mmap. Does
+ * not close fd; the callers do, right after, so that a live view holds no descriptor. */
 static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int flags,
                      mm_view *view, mm_error *err) {
     struct stat st;
@@ -101,7 +214,7 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
         return mm_fail(err, MM_E_STAT, errno);
     if (S_ISDIR(st.st_mode))
         return mm_fail(err, MM_E_STAT, EISDIR);
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    if (!S_ISREG(st.st_mode))
         return mm_fail(err, MM_E_STAT, ENODEV); /* mmap(2): ENODEV, "does not support memory mapping" */
     size = (uint64_t)st.st_size;
     err->file_size = size;
@@ -111,38 +224,49 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
             return mm_fail(err, MM_E_EMPTY, 0);
         length = size - offset;
     }
-    if (length == 0)
-        return mm_fail(err, MM_E_EMPTY, 0);
     end = offset + length; /* no overflow: checked by the callers, or length = size - offset */
-    if (end > size) {
+    if (flags & MM_TRUNCATE) {
+        /* st_blocks counts 512-byte units (stat(2)) */
+        if (mm_reset(fd, size, end, (uint64_t)st.st_blocks * 512u, err) != MM_OK)
+            return err->status;
+        err->file_size = end;
+    } else if (end > size) {
         if (!(flags & MM_GROW))
             return mm_fail(err, MM_E_RANGE, 0);
         if (mm_grow(fd, size, end, err) != MM_OK)
             return err->status;
         err->file_size = end;
     }
+    view->access = access;
+    view->file_id[0] = (uint64_t)st.st_dev;
+    view->file_id[1] = (uint64_t)st.st_ino;
+    if (length == 0)
+        return mm_ok(err); /* nothing to map: the file is checked, created or grown */
 
     delta = offset % mm_alignment();
     map_offset = offset - delta;
-    if (length > (uint64_t)SIZE_MAX - delta || (uint64_t)(off_t)map_offset != map_offset)
+    if (length > (uint64_t)SIZE_MAX - delta || (uint64_t)(off_t)map_offset != map_offset) {
+        memset(view, 0, sizeof(*view));
         return mm_fail(err, MM_E_MAP, EOVERFLOW); /* mmap(2): EOVERFLOW, on 32-bit hosts */
+    }
 
     prot = access == MM_READ ? PROT_READ : PROT_READ | PROT_WRITE;
     mflags = access == MM_COPY ? MAP_PRIVATE : MAP_SHARED;
-    if (flags & MM_POPULATE)
+    if ((flags & MM_POPULATE) && access != MM_COPY)
         mflags |= MAP_POPULATE;
     base = mmap(NULL, (size_t)(delta + length), prot, mflags, fd, (off_t)map_offset);
-    if (base == MAP_FAILED)
+    if (base == MAP_FAILED) {
+        memset(view, 0, sizeof(*view));
         return mm_fail(err, MM_E_MAP, errno);
+    }
+    if ((flags & MM_POPULATE) && access == MM_COPY)
+        mm_populate_for_reading((char *)base, (size_t)(delta + length));
 
     view->base = base;
     view->base_length = delta + length;
     /* delta < alignment <= base_length, so base + delta is inside the mapping. */
     view->data = (char *)base + delta;
     view->length = length;
-    view->access = access;
-    view->file_id[0] = (uint64_t)st.st_dev;
-    view->file_id[1] = (uint64_t)st.st_ino;
     view->reopen = NULL;
     return mm_ok(err);
 }
@@ -154,7 +278,7 @@ static int mm_check_args(int access, int flags, mm_view *view, mm_error *err) {
     err->file_size = 0;
     if (access != MM_READ && access != MM_WRITE && access != MM_COPY)
         return mm_fail(err, MM_E_ARG, 0);
-    if ((flags & ~(MM_CREATE | MM_GROW | MM_POPULATE)) != 0)
+    if ((flags & ~(MM_CREATE | MM_GROW | MM_POPULATE | MM_TRUNCATE)) != 0)
         return mm_fail(err, MM_E_ARG, 0);
     return MM_OK;
 }
@@ -176,17 +300,25 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
 
     if (length != MM_TO_END && offset > UINT64_MAX - length)
         return mm_fail(err, MM_E_ARG, 0); /* offset + length overflows: refused before open */
-    /* Growing or creating writes to the file even for a read-only or private view. */
-    oflags = (access == MM_WRITE || (flags & (MM_CREATE | MM_GROW)) ? O_RDWR : O_RDONLY)
-             | O_CLOEXEC;
+    if ((flags & (MM_CREATE | MM_TRUNCATE)) && length == MM_TO_END)
+        return mm_fail(err, MM_E_ARG, 0); /* no size to create or reset the file to */
+    /* Growing, creating or resetting writes to the file even for a read-only or private
+     * view. open(2) O_NONBLOCK: a FIFO opens at once (and is refused by mm_map_fd) instead of
+     * waiting for a writer; it changes nothing for a regular file's mapping. */
+    oflags = (access == MM_WRITE || (flags & (MM_CREATE | MM_GROW | MM_TRUNCATE)) ? O_RDWR
+                                                                                 : O_RDONLY)
+             | O_CLOEXEC | O_NONBLOCK;
     if (flags & MM_CREATE) {
         /* O_EXCL first, to learn whether this call creates the file (and so must remove it
-         * on failure); an existing file is truncated as open(..., "w+") would. */
+         * on failure); an existing file is reset by MM_TRUNCATE, which reserves the space
+         * before it drops the old content (O_TRUNC would lose it on a full disk). */
         fd = open(path, oflags | O_CREAT | O_EXCL, 0666);
         if (fd >= 0)
             created = 1;
-        else if (errno == EEXIST)
-            fd = open(path, oflags | O_TRUNC);
+        else if (errno == EEXIST) {
+            fd = open(path, oflags);
+            flags |= MM_TRUNCATE;
+        }
     } else {
         fd = open(path, oflags);
     }
@@ -211,6 +343,8 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
     if (handle < 0 || handle > INT32_MAX)
         return mm_fail(err, MM_E_ARG, 0);
     if (length != MM_TO_END && offset > UINT64_MAX - length)
+        return mm_fail(err, MM_E_ARG, 0);
+    if ((flags & MM_TRUNCATE) && length == MM_TO_END)
         return mm_fail(err, MM_E_ARG, 0);
     return mm_map_fd((int)handle, access, offset, length, flags, view, err);
 }

@@ -47,7 +47,7 @@
 #define ERROR_DIRECTORY_NOT_SUPPORTED 336L
 #endif
 
-#define MM_WIN_KNOWN_FLAGS (MM_CREATE | MM_GROW | MM_POPULATE)
+#define MM_WIN_KNOWN_FLAGS (MM_CREATE | MM_GROW | MM_POPULATE | MM_TRUNCATE)
 #define MM_WIN_INT64_MAX ((uint64_t)INT64_MAX)
 
 /* Same layout as WIN32_MEMORY_RANGE_ENTRY, which older SDK targets do not declare
@@ -106,8 +106,8 @@ static int mm_win_check_args(int access, uint64_t offset, uint64_t length, int f
         return mm_win_error(err, MM_E_ARG, 0);
     if ((flags & ~MM_WIN_KNOWN_FLAGS) != 0)
         return mm_win_error(err, MM_E_ARG, 0);
-    if (length == 0)
-        return mm_win_error(err, MM_E_EMPTY, 0);
+    if ((flags & (MM_CREATE | MM_TRUNCATE)) && length == MM_TO_END)
+        return mm_win_error(err, MM_E_ARG, 0); /* no size to create or reset the file to */
     if (offset > MM_WIN_INT64_MAX)
         return mm_win_error(err, MM_E_ARG, 0);
     if (length != MM_TO_END && length > MM_WIN_INT64_MAX - offset)
@@ -115,28 +115,63 @@ static int mm_win_check_args(int access, uint64_t offset, uint64_t length, int f
     return MM_OK;
 }
 
-/* Extend the file to new_size bytes. The caller's file pointer is restored, so a handle
- * passed to mm_map_handle is left where it was. Returns 0 or the failing call's error. */
-static DWORD mm_win_grow(HANDLE file, uint64_t new_size) {
+/* Set the end of file to `size` ("SetEndOfFile function (fileapi.h)": the end of file
+ * becomes the file pointer). The caller's file pointer is restored, so a handle passed to
+ * mm_map_handle is left where it was. Returns 0 or the failing call's error. */
+static DWORD mm_win_set_size(HANDLE file, uint64_t size) {
     LARGE_INTEGER zero, saved, target;
-    FILE_ALLOCATION_INFO alloc;
     DWORD code = 0;
-
     zero.QuadPart = 0;
     if (!SetFilePointerEx(file, zero, &saved, FILE_CURRENT))
         return GetLastError();
-    /* "FILE_ALLOCATION_INFO structure (winbase.h)" / "SetFileInformationByHandle function
-     * (fileapi.h)": reserve real clusters first. Only a hint: file systems and emulations
-     * that refuse it still get the plain SetEndOfFile below, which reports a full disk. */
-    alloc.AllocationSize.QuadPart = (LONGLONG)new_size;
-    (void)SetFileInformationByHandle(file, FileAllocationInfo, &alloc, sizeof alloc);
-    /* "SetEndOfFile function (fileapi.h)": the end of file becomes the file pointer. */
-    target.QuadPart = (LONGLONG)new_size;
+    target.QuadPart = (LONGLONG)size;
     if (!SetFilePointerEx(file, target, NULL, FILE_BEGIN) || !SetEndOfFile(file))
         code = GetLastError();
     if (!SetFilePointerEx(file, saved, NULL, FILE_BEGIN) && code == 0)
         code = GetLastError();
     return code;
+}
+
+/* "FILE_ALLOCATION_INFO structure (winbase.h)" / "SetFileInformationByHandle function
+ * (fileapi.h)": reserve real clusters for `size` bytes without moving the end of file (an
+ * allocation below the end of file would truncate it: callers never ask for that). */
+static BOOL mm_win_allocate(HANDLE file, uint64_t size) {
+    FILE_ALLOCATION_INFO alloc;
+    alloc.AllocationSize.QuadPart = (LONGLONG)size;
+    return SetFileInformationByHandle(file, FileAllocationInfo, &alloc, sizeof alloc);
+}
+
+/* Extend the file from old_size to new_size bytes. The allocation is only a hint: file
+ * systems and emulations that refuse it still get the plain SetEndOfFile, which reports a
+ * full disk. A failure puts the end of file (and the allocation) back at old_size. */
+static DWORD mm_win_grow(HANDLE file, uint64_t old_size, uint64_t new_size) {
+    DWORD code;
+    (void)mm_win_allocate(file, new_size);
+    code = mm_win_set_size(file, new_size);
+    if (code != 0) {
+        (void)mm_win_set_size(file, old_size);
+        (void)mm_win_allocate(file, old_size);
+    }
+    return code;
+}
+
+/* MM_TRUNCATE: make the file `end` bytes of zeros, reserving the space before the old
+ * content goes. A file shorter than `end` is first grown to it with its content kept: a full
+ * disk (or an impossible size) fails there, and mm_win_grow puts the file back as it was.
+ * Only then is the end of file set to 0 and grown to `end` again, into the space just shown
+ * to be free (unless another process takes it in between). The allocation alone is no proof:
+ * emulations accept FileAllocationInfo without reserving anything. */
+static DWORD mm_win_reset(HANDLE file, uint64_t old_size, uint64_t end) {
+    DWORD code;
+    if (end > old_size) {
+        code = mm_win_grow(file, old_size, end);
+        if (code != 0)
+            return code;
+    }
+    code = mm_win_set_size(file, 0);
+    if (code != 0)
+        return code;
+    return end > 0 ? mm_win_grow(file, 0, end) : 0;
 }
 
 /* Size, grow and map an open file into *view. The handle is neither closed nor kept. */
@@ -173,6 +208,27 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
     }
     end = offset + length; /* no overflow: mm_win_check_args bounded both by INT64_MAX */
 
+    if (flags & MM_TRUNCATE) {
+        code = mm_win_reset(file, size, end);
+        if (code != 0)
+            return mm_win_error(err, MM_E_GROW, code);
+        size = end;
+        err->file_size = size;
+    } else if (end > size) {
+        if (!(flags & MM_GROW))
+            return mm_win_error(err, MM_E_RANGE, 0);
+        code = mm_win_grow(file, size, end);
+        if (code != 0)
+            return mm_win_error(err, MM_E_GROW, code);
+        size = end;
+        err->file_size = size;
+    }
+    view->access = access;
+    view->file_id[0] = info.dwVolumeSerialNumber; /* os.stat's st_dev on Windows */
+    view->file_id[1] = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow; /* st_ino */
+    if (length == 0)
+        return mm_win_ok(err); /* nothing to map: the file is checked, created or grown */
+
     /* "MapViewOfFile function (memoryapi.h)": the file offset must be a multiple of the
      * allocation granularity ("SYSTEM_INFO structure (sysinfoapi.h)",
      * dwAllocationGranularity), not of the page size. */
@@ -181,16 +237,6 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
     span = delta + length;
     if (span > (uint64_t)(SIZE_T)-1) /* only on 32-bit: the view would not fit */
         return mm_win_error(err, MM_E_ARG, 0);
-
-    if (end > size) {
-        if (!(flags & MM_GROW))
-            return mm_win_error(err, MM_E_RANGE, 0);
-        code = mm_win_grow(file, end);
-        if (code != 0)
-            return mm_win_error(err, MM_E_GROW, code);
-        size = end;
-        err->file_size = size;
-    }
 
     /* Maximum size = end: never larger than the file, so no protection extends it
      * ("CreateFileMappingW function (memoryapi.h)"); end > 0 since length > 0, so the
@@ -211,9 +257,6 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
     view->base_length = span;
     view->data = (char *)base + delta; /* delta < span: the requested byte lies in the view */
     view->length = length;
-    view->access = access;
-    view->file_id[0] = info.dwVolumeSerialNumber; /* os.stat's st_dev on Windows */
-    view->file_id[1] = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow; /* st_ino */
     view->reopen = NULL;
 
     if (flags & MM_POPULATE) {
@@ -292,16 +335,19 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
         return mm_win_error(err, MM_E_OPEN, code);
 
     desired = GENERIC_READ;
-    if (access == MM_WRITE || (flags & (MM_CREATE | MM_GROW)))
+    if (access == MM_WRITE || (flags & (MM_CREATE | MM_GROW | MM_TRUNCATE)))
         desired |= GENERIC_WRITE;
     if (flags & MM_CREATE) {
         /* CREATE_ALWAYS would not say whether the file existed; CREATE_NEW then
-         * TRUNCATE_EXISTING does ("CreateFileW function (fileapi.h)", dwCreationDisposition). */
+         * OPEN_EXISTING does ("CreateFileW function (fileapi.h)", dwCreationDisposition). An
+         * existing file is reset by MM_TRUNCATE, which reserves the space before the old
+         * content goes (TRUNCATE_EXISTING would lose it on a full disk). */
         file = mm_win_open(wpath, desired, CREATE_NEW);
         if (file != INVALID_HANDLE_VALUE) {
             created = 1;
         } else if (GetLastError() == ERROR_FILE_EXISTS) {
-            file = mm_win_open(wpath, desired, TRUNCATE_EXISTING);
+            file = mm_win_open(wpath, desired, OPEN_EXISTING);
+            flags |= MM_TRUNCATE;
         }
     } else {
         file = mm_win_open(wpath, desired, OPEN_EXISTING);
@@ -322,10 +368,10 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
         memset(view, 0, sizeof *view);
         return status;
     }
-    if (access == MM_WRITE)
-        view->reopen = wpath;
+    if (access == MM_WRITE && view->data != NULL)
+        view->reopen = wpath; /* freed by mm_unmap */
     else
-        free(wpath);
+        free(wpath); /* read-only, private, or nothing mapped (length 0): no flush to come */
     return MM_OK;
 }
 

@@ -51,6 +51,12 @@ static FILE *t_fopen(const char *path, const char *mode) {
     return f;
 }
 
+/* Windows has no FIFO in the file system: the FIFO test is skipped there. */
+static int t_make_fifo(const char *path) {
+    (void)path;
+    return -1;
+}
+
 static int t_remove(const char *path) {
     wchar_t *w = t_wide(path);
     int ok = DeleteFileW(w) != 0;
@@ -196,6 +202,7 @@ static int t_is_wine(void) {
 
 static FILE *t_fopen(const char *path, const char *mode) { return fopen(path, mode); }
 static int t_remove(const char *path) { return unlink(path); }
+static int t_make_fifo(const char *path) { return mkfifo(path, 0600); }
 static int t_rmdir(const char *path) { return rmdir(path); }
 static int t_mkdir(const char *path) { return mkdir(path, 0700); }
 
@@ -548,10 +555,130 @@ static void test_empty(void) {
     CHECK(t_write_pattern(path, 5000) == 0);
     CHECK_ST(mm_map_path(path, MM_READ, 5000, MM_TO_END, 0, &v, &e), MM_E_EMPTY, &e);
     CHECK_U64(e.file_size, 5000);
-    /* a zero length is nothing, whatever the file */
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h: length 0 maps nothing, but the file is opened, checked and grown as for data. */
+static void test_zero_length_checks_the_file(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "zero-length.bin");
+    CHECK(t_write_pattern(path, 5000) == 0);
     t_poison(&v);
-    CHECK_ST(mm_map_path(path, MM_READ, 0, 0, 0, &v, &e), MM_E_EMPTY, &e);
+    CHECK_OK(mm_map_path(path, MM_READ, 100, 0, 0, &v, &e), &e);
+    CHECK(v.data == NULL && v.length == 0);
+    CHECK(v.file_id[0] != 0 || v.file_id[1] != 0);
+    CHECK_U64(e.file_size, 5000);
+    CHECK_OK(mm_unmap(&v, &e), &e); /* a no-op */
+    /* an offset past the end is a range error without MM_GROW ... */
+    CHECK_ST(mm_map_path(path, MM_READ, 6000, 0, 0, &v, &e), MM_E_RANGE, &e);
     CHECK(t_view_zeroed(&v));
+    CHECK_U64(t_file_size(path), 5000);
+    /* ... and grows the file to the offset with it */
+    CHECK_OK(mm_map_path(path, MM_WRITE, 7000, 0, MM_GROW, &v, &e), &e);
+    CHECK(v.data == NULL);
+    CHECK_U64(t_file_size(path), 7000);
+    CHECK(t_file_matches(path, 0, 5000));
+    /* MM_CREATE with length 0 resets an existing file to `offset` zero bytes */
+    CHECK_OK(mm_map_path(path, MM_WRITE, 300, 0, MM_CREATE, &v, &e), &e);
+    CHECK(v.data == NULL);
+    CHECK_U64(t_file_size(path), 300);
+    {
+        unsigned char back[300];
+        size_t i;
+        CHECK(t_read_at(path, 0, back, 300) == 0);
+        for (i = 0; i < 300; i++)
+            CHECK(back[i] == 0);
+    }
+    CHECK(t_remove(path) == 0);
+    /* and creates a missing one */
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, 0, MM_CREATE, &v, &e), &e);
+    CHECK_U64(t_file_size(path), 0);
+    /* a directory is refused at length 0 too */
+    CHECK_ST(mm_map_path(t_dir, MM_READ, 0, 0, 0, &v, &e), MM_E_STAT, &e);
+    CHECK_U64(e.code, T_EISDIR);
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h, MM_TRUNCATE / MM_CREATE on an existing file: a reset that cannot get its space
+ * fails with the file as it was (size and content). */
+static void test_failed_reset_keeps_the_file(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    int st;
+    t_path(path, sizeof path, "reset-fail.bin");
+    CHECK(t_write_pattern(path, 20000) == 0);
+    t_poison(&v);
+    /* 2^62 bytes: no disk has them (EFBIG, ENOSPC or the Windows equivalent) */
+    st = mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 62, MM_CREATE | MM_GROW, &v, &e);
+    CHECK(st == MM_E_GROW);
+    CHECK(e.code != 0);
+    CHECK(t_view_zeroed(&v));
+    CHECK_U64(t_file_size(path), 20000);
+    CHECK(t_file_matches(path, 0, 20000));
+    {
+        mm_handle h = t_open_rw(path);
+        CHECK(h != (mm_handle)-1);
+        st = mm_map_handle(h, MM_WRITE, 10, UINT64_C(1) << 62, MM_TRUNCATE, &v, &e);
+        CHECK(st == MM_E_GROW);
+        CHECK(t_close(h) == 0);
+    }
+    CHECK_U64(t_file_size(path), 20000);
+    CHECK(t_file_matches(path, 0, 20000));
+    /* a failed grow leaves the old size too */
+    st = mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 62, MM_GROW, &v, &e);
+    CHECK(st == MM_E_GROW);
+    CHECK_U64(t_file_size(path), 20000);
+    CHECK(t_file_matches(path, 0, 20000));
+    /* resetting with no size to reset to is a bad argument, before any OS call */
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_CREATE, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(t_file_size(path), 20000);
+    CHECK(t_remove(path) == 0);
+}
+
+/* MM_TRUNCATE through a handle: the old content becomes zeros of the new size. */
+static void test_truncate_through_a_handle(void) {
+    char path[1100];
+    uint64_t i;
+    mm_view v;
+    mm_error e;
+    mm_handle h;
+    t_path(path, sizeof path, "reset-handle.bin");
+    CHECK(t_write_pattern(path, 50000) == 0);
+    h = t_open_rw(path);
+    CHECK(h != (mm_handle)-1);
+    CHECK_OK(mm_map_handle(h, MM_WRITE, 100, 1000, MM_TRUNCATE, &v, &e), &e);
+    CHECK_U64(e.file_size, 1100);
+    for (i = 0; i < 1000; i++)
+        CHECK(v.data[i] == 0);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_U64(t_file_size(path), 1100);
+    /* growing past the old size zero-fills too */
+    CHECK_OK(mm_map_handle(h, MM_WRITE, 0, 70000, MM_TRUNCATE, &v, &e), &e);
+    for (i = 0; i < 70000; i++)
+        CHECK(v.data[i] == 0);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_close(h) == 0);
+    CHECK_U64(t_file_size(path), 70000);
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h, MM_E_STAT: a FIFO is refused at once, never waited on (O_NONBLOCK). */
+static void test_fifo_is_refused_without_blocking(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "a-fifo");
+    if (t_make_fifo(path) != 0) {
+        fprintf(stderr, "  (no FIFOs here: check skipped)\n");
+        return;
+    }
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 10, 0, &v, &e), MM_E_STAT, &e);
+    CHECK(e.code != 0);
+    CHECK(t_view_zeroed(&v));
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, 0, MM_GROW, &v, &e), MM_E_STAT, &e);
     CHECK(t_remove(path) == 0);
 }
 
@@ -669,10 +796,10 @@ static void test_create_failure_cleanup(void) {
     CHECK(e.code != 0);
     CHECK(t_view_zeroed(&v));
     CHECK(t_file_size(missing) < 0);
-    /* the file gets created, then there is nothing to map: the call removes it again */
+    /* creating with no size is refused before anything is created */
     t_path(path, sizeof path, "create-fail.bin");
     t_remove(path);
-    CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_CREATE, &v, &e), MM_E_EMPTY, &e);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_CREATE, &v, &e), MM_E_ARG, &e);
     CHECK(t_view_zeroed(&v));
     CHECK(t_file_size(path) < 0);
     /* an impossible size (2^63 bytes) fails without leaving a file behind */
@@ -681,11 +808,12 @@ static void test_create_failure_cleanup(void) {
     CHECK(e.status != MM_OK);
     CHECK(t_view_zeroed(&v));
     CHECK(t_file_size(path) < 0);
-    /* a file that existed before the call is not removed by the failure (it is truncated:
-     * MM_CREATE is 'w+') */
+    /* a file that existed before the call is neither removed nor changed by a failure */
     CHECK(t_write_pattern(path, 3000) == 0);
-    CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_CREATE, &v, &e), MM_E_EMPTY, &e);
-    CHECK_U64(t_file_size(path), 0);
+    CHECK(mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 63, MM_CREATE | MM_GROW, &v, &e) !=
+          MM_OK);
+    CHECK_U64(t_file_size(path), 3000);
+    CHECK(t_file_matches(path, 0, 3000));
     CHECK(t_remove(path) == 0);
 }
 
@@ -1046,7 +1174,9 @@ static void test_no_descriptor_held(void) {
     CHECK_ST(mm_map_path(missing, MM_READ, 0, 10, 0, &x, &e), MM_E_OPEN, &e);
     CHECK_ST(mm_map_path(path, MM_READ, 0, 100001, 0, &x, &e), MM_E_RANGE, &e);
     CHECK_ST(mm_map_path(path, MM_READ, 100000, MM_TO_END, 0, &x, &e), MM_E_EMPTY, &e);
-    CHECK_ST(mm_map_path(missing, MM_WRITE, 0, MM_TO_END, MM_CREATE, &x, &e), MM_E_EMPTY, &e);
+    CHECK_ST(mm_map_path(missing, MM_WRITE, 0, MM_TO_END, MM_CREATE, &x, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 62, MM_CREATE, &x, &e), MM_E_GROW,
+             &e);
     CHECK_ST(mm_map_path(t_dir, MM_READ, 0, 10, 0, &x, &e), MM_E_STAT, &e);
     after = t_handle_state();
     CHECK_U64(after, before);
@@ -1125,6 +1255,10 @@ static const t_case t_cases[] = {
     T_CASE(test_write_roundtrip),
     T_CASE(test_copy_private),
     T_CASE(test_empty),
+    T_CASE(test_zero_length_checks_the_file),
+    T_CASE(test_failed_reset_keeps_the_file),
+    T_CASE(test_truncate_through_a_handle),
+    T_CASE(test_fifo_is_refused_without_blocking),
     T_CASE(test_range_error),
     T_CASE(test_grow),
     T_CASE(test_grow_read_only),
