@@ -161,12 +161,14 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
 /* Fault [start, end) of the view in (by reading it) in steps of `step` bytes, from the calling
  * thread, staying at most `window` bytes ahead of *consumer: a byte position that another
  * thread advances as it works through the view (what lies before it is skipped: the
- * consumer faults that in itself). Returns when done, when *stop becomes
- * non-zero, or on the first failing step. *consumer and *stop are written by another thread
- * while this runs: a stale read only delays this loop by one pause. Portable: mm_scan.c. */
+ * consumer faults that in itself). Returns when done, when *stop becomes non-zero, when the
+ * consumer has not moved for about `idle_limit_us` microseconds while the loop waits for it
+ * (0: no limit), or on the first failing step. MM_E_ARG for step or window 0 or a range
+ * outside the view. *consumer and *stop are written by another thread while this runs: a
+ * stale read only delays this loop by one pause. Portable: mm_scan.c. */
 int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
                       uint64_t window, const volatile uint64_t *consumer,
-                      const volatile int *stop, mm_error *err);
+                      const volatile int *stop, uint64_t idle_limit_us, mm_error *err);
 
 /* Give up the CPU for about `microseconds` (nanosleep(2); Windows: Sleep, whose 1 ms
  * resolution makes anything shorter a Sleep(0)). */

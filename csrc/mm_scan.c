@@ -23,21 +23,28 @@ static void mm_touch(const char *addr, uint64_t length) {
 
 int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
                       uint64_t window, const volatile uint64_t *consumer,
-                      const volatile int *stop, mm_error *err) {
-    uint64_t next = start, length;
+                      const volatile int *stop, uint64_t idle_limit_us, mm_error *err) {
+    uint64_t next = start, length, idle = 0, last = *consumer;
     unsigned wait = 20; /* microseconds; doubles while the consumer is idle, up to 1 ms */
     err->status = MM_OK;
     err->code = 0;
-    if (step == 0 || start > end || end > view->length || view->data == NULL)
+    if (step == 0 || window == 0 || start > end || end > view->length || view->data == NULL)
         return err->status = MM_E_ARG;
     while (next < end && !*stop) {
         uint64_t reached = *consumer;
+        if (reached != last) { /* the consumer moved: it is alive */
+            last = reached;
+            idle = 0;
+        }
         if (next < reached) /* the consumer is past this point and faults it in itself */
             next = reached < end ? reached : end;
         if (next >= end)
             break;
         if (next - reached >= window) { /* far enough ahead (next >= reached: no wrap) */
+            if (idle_limit_us != 0 && idle >= idle_limit_us)
+                break; /* nobody consumes: stop rather than wait forever */
             mm_pause(wait);
+            idle += wait;
             wait = wait < 1000 ? 2 * wait : 1000; /* an idle consumer costs ~1000 wakeups/s */
             continue;
         }

@@ -1059,10 +1059,10 @@ static void test_populate_ahead(void) {
     CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), &e);
     /* consumer at the start, window covering the range: populated in steps, then it returns */
     consumer = 0;
-    CHECK_OK(mm_populate_ahead(&v, 0, len, 3 * page, len, &consumer, &stop, &e), &e);
+    CHECK_OK(mm_populate_ahead(&v, 0, len, 3 * page, len, &consumer, &stop, 0, &e), &e);
     /* consumer already at the end: nothing left to populate for it, returns at once */
     consumer = len;
-    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, &e), &e);
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, 0, &e), &e);
     CHECK_OK(mm_resident(&v, 0, len, &resident, &total, &e), &e);
 #ifndef _WIN32 /* Windows prefetch does not add pages to the working set until touched */
     CHECK_U64(resident, total);
@@ -1071,12 +1071,17 @@ static void test_populate_ahead(void) {
     /* a set stop flag returns at once, even with the consumer far behind */
     stop = 1;
     consumer = 0;
-    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, &e), &e);
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, 0, &e), &e);
     stop = 0;
     /* bad ranges and a zero step are MM_E_ARG */
-    CHECK_ST(mm_populate_ahead(&v, 0, len + 1, page, page, &consumer, &stop, &e), MM_E_ARG, &e);
-    CHECK_ST(mm_populate_ahead(&v, 10, 5, page, page, &consumer, &stop, &e), MM_E_ARG, &e);
-    CHECK_ST(mm_populate_ahead(&v, 0, len, 0, page, &consumer, &stop, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, len + 1, page, page, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 10, 5, page, page, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, len, 0, page, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    /* a zero window could never move ahead of the consumer: refused, not waited on */
+    CHECK_ST(mm_populate_ahead(&v, 0, len, page, 0, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    /* a consumer that never moves: the idle limit (20 ms) ends the wait */
+    consumer = 0;
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, 20000, &e), &e);
     mm_pause(10); /* returns */
     mm_pause(0);
     CHECK_OK(mm_unmap(&v, &e), &e);

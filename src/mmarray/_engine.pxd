@@ -24,6 +24,7 @@ cdef extern from "mm.h" nogil:
         MM_CREATE
         MM_GROW
         MM_POPULATE
+        MM_TRUNCATE
         MM_OK
         MM_E_RANGE
         MM_E_EMPTY
@@ -44,7 +45,7 @@ cdef extern from "mm.h" nogil:
                     uint64_t *total, mm_error *err)
     int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
                           uint64_t window, const uint64_t *consumer, const int *stop,
-                          mm_error *err)
+                          uint64_t idle_limit_us, mm_error *err)
     int mm_unmap(mm_view *view, mm_error *err)
 
 
@@ -61,7 +62,11 @@ cdef class Mapping:
     cdef object _mode
     cdef object _filename
     cdef uint64_t _offset
-    cdef object _file_key      # (st_dev, st_ino) while registered in _live_files, else None
+    # Identity of the mapped file while registered in _live_files. C fields, not an object:
+    # the garbage collector's cycle clearing (tp_clear) empties object fields before
+    # __dealloc__ runs, and the registration must still be undone then.
+    cdef uint64_t _file_dev, _file_ino
+    cdef bint _registered
     cdef object __weakref__
 
     cdef int _acquire(self) except -1

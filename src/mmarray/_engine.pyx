@@ -20,8 +20,6 @@ Lifetime rules
 cimport cython
 from cpython.buffer cimport PyBUF_WRITABLE
 from cpython.exc cimport PyErr_WriteUnraisable
-from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
-                               PyThread_allocate_lock, PyThread_release_lock, PyThread_type_lock)
 from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport memset
 
@@ -46,13 +44,42 @@ cdef object _ndarray = _np.ndarray
 # A valid address for empty mappings: buffers must not carry NULL (an empty region has no view).
 cdef char _empty_byte = 0
 
-# Files this process maps, (st_dev, st_ino) -> number of live views: what lets mode 'w+' refuse
-# to truncate a file whose mapped pages would then fault (SIGBUS) on the next access.
-_live_files = {}
-# Held across "check the registry, truncate, map, register" (mode 'w+') and "map, register"
-# (every other map), so that no thread truncates a file between another thread's mmap and its
-# registration. Taken without the GIL (see _lock_registry), so holders may need the GIL.
-cdef PyThread_type_lock _registry_lock = PyThread_allocate_lock()
+# The registry of what this process maps, guarded by the GIL: every read-modify-write of it
+# below is C code that calls nothing able to release the GIL (dict operations on tuples of
+# ints; each key tuple is built before the read, so a garbage collection that its allocation
+# triggers -- and the __dealloc__ it may run -- comes before, not inside, the update). No
+# lock means nothing for a fork() to inherit held and nothing for a signal handler or a
+# finalizer to deadlock on; no blocking call (open, fallocate, populate) is ever made while
+# the registry is inconsistent.
+#
+# _live_files: (st_dev, st_ino) -> number of live views. What lets mode 'w+' refuse to
+#   truncate a file whose mapped pages would then fault (SIGBUS) on the next access.
+# _truncating / _truncated_at: files a 'w+' is resetting now, and the epoch at which the last
+#   reset of each began. A map that raced a reset (it began before the reset was marked, its
+#   view may be longer than the file now) sees it when it registers, and maps again.
+cdef dict _live_files = {}
+cdef dict _truncating = {}
+cdef dict _truncated_at = {}
+cdef unsigned long long _epoch = 0
+cdef Py_ssize_t _in_flight = 0      # maps between their start and their registration
+
+# How long a populate-ahead loop waits for a consumer that does not move before it gives up
+# (populating is only a head start: the consumer faults in what is left itself).
+cdef uint64_t _POPULATE_IDLE_LIMIT_US = 10 * 1000 * 1000
+cdef int _MAP_ATTEMPTS = 3
+_FD_MAX = 2**31 - 1  # open(2) returns a C int
+_HANDLE_MAX = (1 << (8 * sizeof(mm_handle) - 1)) - 1  # a Windows HANDLE is pointer-sized
+_MAX_DIMS = 64
+_INTP_MAX = int(_np.iinfo(_np.intp).max)
+_INT64_MAX = 2**63 - 1
+_O_OPEN = (_os.O_RDWR | getattr(_os, "O_CLOEXEC", 0) | getattr(_os, "O_NONBLOCK", 0)
+           | getattr(_os, "O_BINARY", 0))
+if _os.name == "nt":  # pragma: no cover - Windows: the C layer takes a HANDLE
+    import msvcrt as _msvcrt
+    _os_handle = _msvcrt.get_osfhandle
+else:
+    def _os_handle(fd):
+        return fd
 
 ALIGNMENT = mm_alignment()
 PAGE_SIZE = mm_page_size()
@@ -63,6 +90,7 @@ COPY = MM_COPY
 CREATE = MM_CREATE
 GROW = MM_GROW
 POPULATE = MM_POPULATE
+TRUNCATE = MM_TRUNCATE
 
 
 cdef object _new_array(Mapping m, type subtype, object export):
@@ -71,7 +99,11 @@ cdef object _new_array(Mapping m, type subtype, object export):
     ends in, without parsing its arguments (measured: ~0.4 us less per array)."""
     cdef cnp.npy_intp dims[64]     # NPY_MAXDIMS in numpy 2; numpy 1.x allows 32
     cdef cnp.dtype descr = m._dtype
-    cdef int nd = len(m._shape), i, flags = 0
+    cdef int nd, i, flags = 0
+    if m._shape is None:
+        raise ValueError("the mapping has no shape (its size is not a multiple of the "
+                         "itemsize)")
+    nd = len(m._shape)
     if nd > 64:
         raise ValueError(f"shape {m._shape!r} has more than 64 dimensions")
     for i in range(nd):
@@ -126,10 +158,13 @@ cdef class Mapping:
         self._readonly = True
 
     def __dealloc__(self):
-        # No export can be alive here (each holds a reference to self).
+        # No export can be alive here (each holds a reference to self). Also runs for
+        # Mappings freed by the cycle collector (their object fields already cleared) and at
+        # interpreter exit: it touches only C fields and the registry, and prints nothing.
         cdef mm_error err
-        if self.view.data != NULL and self.view.data != &_empty_byte:
+        if self._registered:
             _unregister(self)
+        if self.view.data != NULL and self.view.data != &_empty_byte:
             with nogil:
                 mm_unmap(&self.view, &err)
 
@@ -297,7 +332,11 @@ cdef class Mapping:
 
     def _array_of(self, type subtype):
         """As :attr:`array`, of an ndarray subclass (``mmarray.memmap``)."""
-        cdef _ArrayExport export = _ArrayExport.__new__(_ArrayExport)
+        cdef _ArrayExport export
+        if not issubclass(subtype, _ndarray):
+            raise TypeError(f"subtype must be numpy.ndarray or a subclass of it, got "
+                            f"{subtype!r}")
+        export = _ArrayExport.__new__(_ArrayExport)
         self._acquire()
         export.mapping = self
         return _new_array(self, subtype, export)
@@ -324,6 +363,19 @@ cdef class Mapping:
             self._release()
         except BaseException:
             PyErr_WriteUnraisable(self)
+
+    def __array__(self, dtype=None, copy=None):
+        """The mapped array (``np.asarray(m)``).
+
+        numpy tries the buffer protocol first and ignores its errors, so this is what it
+        reaches for a closed mapping: raise instead of becoming a 0-d object array.
+        """
+        if self._closed:
+            raise ValueError("mapping is closed")
+        array = self.array
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        return array.copy() if copy else array
 
     def _mapped_length(self):
         """Bytes mapped (0 once unmapped)."""
@@ -581,39 +633,60 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     """Map ``[offset, offset + length)`` of ``file`` and return a ``cls`` (a Mapping).
 
     ``file`` is ``bytes`` (an encoded path), an ``int`` (an OS handle: fd or HANDLE) or None
-    (an empty mapping: no OS call). ``length`` may be ``TO_END``; ``shape`` None then becomes
-    1-D over the mapped length when it is a multiple of the itemsize, and stays None (for the
-    caller to refuse) when it is not.
+    (an empty mapping: no OS call; ``shape`` must then be of size 0). ``length`` may be
+    ``TO_END``; ``shape`` None then becomes 1-D over the mapped length when it is a multiple
+    of the itemsize, and stays None (for the caller to refuse) when it is not. ``length`` 0
+    maps nothing but checks, creates or grows the file as for data. Otherwise ``shape`` must
+    describe exactly ``length`` bytes: the engine never builds an array larger than what it
+    mapped, whatever the caller passes. ``CREATE`` (a path only) resets an existing file
+    after proving, on the open descriptor, that this process maps no view of it.
     """
-    cdef Mapping m = cls.__new__(cls)
-    cdef mm_error err
-    cdef int status
-    cdef const char *path
-    cdef mm_handle handle
+    cdef Mapping m
+    cdef Py_ssize_t nbytes = 0
+    if not issubclass(cls, Mapping):
+        raise TypeError(f"cls must be Mapping or a subclass of it, got {cls!r}")
+    if not isinstance(dtype, _np.dtype):
+        raise TypeError(f"dtype must be a numpy.dtype, got {type(dtype).__name__}")
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise TypeError(f"dtype {dtype} cannot be mapped: it holds Python objects or has "
+                        f"itemsize 0")
+    if not (isinstance(order, str) and (order == "C" or order == "F")):
+        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    if flags & ~(MM_CREATE | MM_GROW | MM_POPULATE):
+        raise ValueError(f"flags {flags:#x} has bits other than CREATE, GROW and POPULATE")
+    if shape is not None:
+        shape, nbytes = _shape_nbytes(shape, dtype.itemsize)
+        if length == MM_TO_END or <uint64_t>nbytes != length:
+            raise ValueError(f"shape {shape} of dtype {dtype} is {nbytes} bytes, but "
+                             f"{'the rest of the file' if length == MM_TO_END else length} "
+                             f"bytes are to be mapped")
+    elif length != MM_TO_END:
+        raise ValueError("shape must be given unless the mapping runs to the end of the file")
+    m = cls.__new__(cls)
     if file is None:
+        if shape is None or nbytes != 0:
+            raise ValueError(f"an empty mapping (no file) needs a shape of size 0, got "
+                             f"{shape!r}")
+    elif isinstance(file, bytes):
+        if b"\0" in file:
+            raise ValueError("embedded null byte")  # as os.open: C would stop at it
+        if flags & MM_CREATE:
+            _create_and_map(m, file, access, offset, length, flags & ~MM_CREATE, filename)
+        else:
+            _map_and_register(m, file, 0, access, offset, length, flags, filename)
+    elif isinstance(file, int) and not isinstance(file, bool):
+        if file < 0 or file > (_HANDLE_MAX if _os.name == "nt" else _FD_MAX):
+            raise ValueError(f"file descriptor {file} is out of range; expected 0 to "
+                             f"{_FD_MAX}")
+        if flags & MM_CREATE:
+            raise ValueError("CREATE needs a path, not a file descriptor")
+        _map_and_register(m, None, file, access, offset, length, flags, filename)
+    else:
+        raise TypeError(f"file must be bytes (an encoded path), an int (a descriptor) or "
+                        f"None, got {type(file).__name__}")
+    if m.view.data == NULL:          # nothing mapped (length 0): a valid, empty buffer
         m.view.data = &_empty_byte
         m.view.length = 0
-    else:
-        _lock_registry()
-        try:
-            if isinstance(file, bytes):
-                if flags & MM_CREATE:
-                    _refuse_if_mapped(file, filename)  # MM_CREATE truncates an existing file
-                path = file
-                with nogil:
-                    status = mm_map_path(path, access, offset, length, flags, &m.view, &err)
-            else:
-                handle = file
-                with nogil:
-                    status = mm_map_handle(handle, access, offset, length, flags, &m.view,
-                                           &err)
-            if status != MM_OK:
-                _raise(&err, filename, offset, length)
-            key = (m.view.file_id[0], m.view.file_id[1])
-            _live_files[key] = _live_files.get(key, 0) + 1
-            m._file_key = key
-        finally:
-            PyThread_release_lock(_registry_lock)
     if shape is None and m.view.length % dtype.itemsize == 0:
         shape = (m.view.length // dtype.itemsize,)   # 1-D over what was mapped
     m._closed = False
@@ -627,16 +700,198 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     return m
 
 
-cdef inline void _unregister(Mapping m):
-    key = m._file_key
-    if key is None:
-        return
-    m._file_key = None
+def _shape_nbytes(shape, Py_ssize_t itemsize):
+    """(tuple of ints, nbytes) for a shape the engine can build an array of, or raise."""
+    if not isinstance(shape, tuple):
+        raise TypeError(f"shape must be a tuple of ints, got {type(shape).__name__}")
+    if len(shape) > _MAX_DIMS:
+        raise ValueError(f"shape has {len(shape)} dimensions, more than {_MAX_DIMS}")
+    total = itemsize
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise TypeError(f"shape must be a tuple of ints, got an element of type "
+                            f"{type(d).__name__}")
+        if d < 0 or d > _INTP_MAX:
+            raise ValueError(f"shape has a dimension outside 0 to {_INTP_MAX}")
+        total *= d
+    if total > _INT64_MAX:
+        raise ValueError(f"shape describes more than {_INT64_MAX} bytes")
+    return shape, total
+
+
+cdef int _map_and_register(Mapping m, path_obj, handle_obj, int access, uint64_t offset,
+                           uint64_t length, int flags, filename) except -1:
+    """Map by path (``path_obj`` bytes) or by descriptor, and register the view."""
+    global _in_flight
+    cdef mm_error err
+    cdef int status, attempt
+    cdef const char *path = NULL
+    cdef mm_handle handle = 0
+    cdef unsigned long long started
+    if path_obj is not None:
+        path = path_obj
+    else:
+        handle = _os_handle(handle_obj)
+    for attempt in range(_MAP_ATTEMPTS):
+        started = _epoch
+        _in_flight += 1
+        try:
+            with nogil:
+                if path != NULL:
+                    status = mm_map_path(path, access, offset, length, flags, &m.view, &err)
+                else:
+                    status = mm_map_handle(handle, access, offset, length, flags, &m.view,
+                                           &err)
+            if status != MM_OK:
+                _raise(&err, filename, offset, length)
+            if m.view.data == NULL:
+                return 0             # length 0: nothing mapped, nothing to register
+            if not _truncated_since(m.view.file_id[0], m.view.file_id[1], started):
+                _register(m)
+                return 0
+            _drop_view(m)            # raced a 'w+' reset: the view may outrun the file
+        finally:
+            _in_flight -= 1
+            _prune_truncations()
+    raise ValueError(f"{filename!r} was reset (mode 'w+') by another thread of this process "
+                     f"while it was being mapped, {_MAP_ATTEMPTS} times; map it once the "
+                     f"writer is done")
+
+
+cdef int _create_and_map(Mapping m, bytes path, int access, uint64_t offset, uint64_t length,
+                         int flags, filename) except -1:
+    """Mode 'w+': create the file or reset it in place, never one this process maps.
+
+    The identity is taken from the open descriptor (fstat), so the check is about the file
+    that will be reset, not whatever the path named a moment earlier.
+    """
+    cdef mm_error err
+    cdef int status
+    cdef mm_handle handle
+    fd, created = _open_to_create(path, filename)
+    st = None
+    try:
+        st = _os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        _begin_truncation(key, filename)
+        try:
+            handle = _os_handle(fd)
+            with nogil:
+                status = mm_map_handle(handle, access, offset, length, flags | MM_TRUNCATE,
+                                       &m.view, &err)
+            if status != MM_OK:
+                _raise(&err, filename, offset, length)
+            if m.view.data != NULL:
+                _register(m)
+        finally:
+            _end_truncation(key)
+    except BaseException:
+        _os.close(fd)
+        fd = -1
+        if created:
+            _remove_created(path, st)
+        raise
+    finally:
+        if fd >= 0:
+            _os.close(fd)   # the view holds no descriptor
+    return 0
+
+
+def _open_to_create(bytes path, filename):
+    """(fd, created): open ``path`` read-write, creating it if missing (O_EXCL says which)."""
+    try:
+        return _os.open(path, _O_OPEN | _os.O_CREAT | _os.O_EXCL, 0o666), True
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise _renamed(exc, filename) from None
+    try:
+        return _os.open(path, _O_OPEN), False
+    except OSError as exc:
+        raise _renamed(exc, filename) from None
+
+
+def _renamed(OSError exc, filename):
+    """The same OS error, naming the file as the user gave it (not its encoded bytes)."""
+    return OSError(exc.errno, exc.strerror, filename)
+
+
+def _remove_created(bytes path, st):
+    """Remove a file this call created, unless the path names another file by now."""
+    try:
+        now = _os.stat(path)
+        if st is None or (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            _os.unlink(path)
+    except OSError:
+        pass
+
+
+cdef int _drop_view(Mapping m) except -1:
+    cdef mm_error err
+    with nogil:
+        mm_unmap(&m.view, &err)
+    memset(&m.view, 0, sizeof(mm_view))
+    return 0
+
+
+cdef int _register(Mapping m) except -1:
+    key = (m.view.file_id[0], m.view.file_id[1])   # built first: see the registry's comment
+    _live_files[key] = _live_files.get(key, 0) + 1
+    m._file_dev = m.view.file_id[0]
+    m._file_ino = m.view.file_id[1]
+    m._registered = True
+    return 0
+
+
+cdef int _unregister(Mapping m) except -1:
+    if not m._registered:
+        return 0
+    m._registered = False
+    if _live_files is None:          # interpreter teardown: nothing left to keep count for
+        return 0
+    key = (m._file_dev, m._file_ino)
     n = _live_files.get(key, 0) - 1
     if n > 0:
         _live_files[key] = n
     else:
         _live_files.pop(key, None)
+    return 0
+
+
+cdef bint _truncated_since(uint64_t dev, uint64_t ino, unsigned long long started) except -1:
+    if not _truncated_at:
+        return False
+    key = (dev, ino)
+    return key in _truncating or _truncated_at.get(key, 0) > started
+
+
+cdef int _begin_truncation(key, name) except -1:
+    global _epoch
+    n = _live_files.get(key, 0)
+    if n:
+        raise _errors.truncation_refused(name, n)
+    if key in _truncating:
+        raise ValueError(f"{name!r} is being reset (mode 'w+') by another thread of this "
+                         f"process; expected one writer at a time")
+    _epoch += 1
+    _truncating[key] = True
+    _truncated_at[key] = _epoch
+    return 0
+
+
+cdef int _end_truncation(key) except -1:
+    _truncating.pop(key, None)
+    _prune_truncations()
+    return 0
+
+
+cdef int _prune_truncations() except -1:
+    # With no map in flight, no map can have raced a finished reset: forget those.
+    if _in_flight == 0 and _truncated_at:
+        for key in list(_truncated_at):
+            if key not in _truncating:
+                del _truncated_at[key]
+    return 0
 
 
 def live_views(st_dev, st_ino):
@@ -644,39 +899,21 @@ def live_views(st_dev, st_ino):
     return _live_files.get((st_dev, st_ino), 0)
 
 
-cdef int _lock_registry() except -1:
-    # Uncontended: take it with the GIL held. Contended: wait without the GIL, since the
-    # holder may need the GIL to finish (register, raise) before it releases the lock.
-    cdef int got = PyThread_acquire_lock(_registry_lock, NOWAIT_LOCK)
-    if not got:
-        with nogil:
-            PyThread_acquire_lock(_registry_lock, WAIT_LOCK)
-    return 0
-
-
-cdef int _refuse_if_mapped(path, name) except -1:
-    """Raise if ``path`` names a file this process maps. Call with the registry lock held."""
-    if not _live_files:
-        return 0
+def truncate_guarded(target, name, truncate, *args):
+    """Call ``truncate(*args)``, which truncates the file ``target`` (an open descriptor, or a
+    path), unless this process maps that file (ValueError). A map of the file that races the
+    call sees it and maps again. With a descriptor, the identity checked is that of the file
+    that will be truncated."""
     try:
-        st = _os.stat(path)
-    except OSError:
-        return 0  # missing: nothing to truncate; other errors surface from the open itself
-    n = _live_files.get((st.st_dev, st.st_ino), 0)
-    if n:
-        raise _errors.truncation_refused(name, n)
-    return 0
-
-
-def truncate_guarded(path, name, truncate, *args):
-    """Call ``truncate(*args)``, which truncates the file at ``path``, unless this process maps
-    that file (ValueError). Atomic with respect to every mapping made by this module."""
-    _lock_registry()
+        st = _os.fstat(target) if isinstance(target, int) else _os.stat(target)
+    except FileNotFoundError:
+        return truncate(*args)       # nothing there to be mapped
+    key = (st.st_dev, st.st_ino)
+    _begin_truncation(key, name)
     try:
-        _refuse_if_mapped(path, name)
         return truncate(*args)
     finally:
-        PyThread_release_lock(_registry_lock)
+        _end_truncation(key)
 
 
 @cython.auto_pickle(False)
@@ -687,6 +924,13 @@ cdef class _PopulateAhead:
 
     def __cinit__(self, Mapping mapping not None, uint64_t start, uint64_t end, uint64_t step,
                   uint64_t window):
+        if mapping._closed:
+            raise ValueError("mapping is closed")
+        if step == 0 or window == 0:
+            raise ValueError(f"step ({step}) and window ({window}) must be at least 1 byte")
+        if start > end or end > mapping.view.length:
+            raise ValueError(f"byte range [{start}, {end}) is not inside the mapping's "
+                             f"{mapping.view.length} bytes")
         self.mapping = mapping
         self.start = start
         self.end = end
@@ -705,14 +949,16 @@ cdef class _PopulateAhead:
         self.stop = 1
 
     def run(self):
-        """Populate until done or cancelled; raises the C layer's error, ValueError if closed."""
+        """Populate until done, cancelled, or the consumer stays idle for 10 s (populating is
+        a head start only); raises the C layer's error, ValueError if closed."""
         cdef mm_error err
         cdef int status
         self.mapping._acquire()      # the region stays mapped while the loop runs
         try:
             with nogil:
                 status = mm_populate_ahead(&self.mapping.view, self.start, self.end, self.step,
-                                           self.window, &self.consumer, &self.stop, &err)
+                                           self.window, &self.consumer, &self.stop,
+                                           _POPULATE_IDLE_LIMIT_US, &err)
             if status != MM_OK:
                 _raise(&err, self.mapping._filename, self.start, self.end - self.start)
         finally:
