@@ -2,6 +2,7 @@
 import gc
 import os
 import pathlib
+import re
 import sys
 import threading
 
@@ -452,10 +453,16 @@ def test_no_permission_is_permission_error_in_subprocess_as_nobody(data_file):
     assert proc.stdout.startswith("PermissionError")
 
 
-def test_write_mode_on_read_only_file_object_is_permission_error(data_file):
+@pytest.mark.parametrize("mode", ["r+", "w+"])
+def test_write_mode_on_read_only_file_object_is_permission_error(data_file, mode):
+    before = data_file.read_bytes()
     with open(data_file, "rb") as f:
-        with pytest.raises(PermissionError):
-            mmarray.open(f, mode="r+")
+        with pytest.raises(PermissionError, match=f"mode '{re.escape(mode)}' needs a file "
+                                                  f"object open for writing"):
+            mmarray.open(f, mode=mode, shape=len(before) + 4096)
+        with pytest.raises(PermissionError, match="open for writing"):
+            mmarray.memmap(f, mode=mode, shape=len(before) + 4096)
+    assert data_file.read_bytes() == before
 
 
 @pytest.mark.parametrize("mode", ["rw", "w", "a", "", None, "R", [], 3])

@@ -82,14 +82,15 @@ def chunks(mapping, rows, prefetch=True, ahead=2):
     n = mapping.shape[axis]
     lead = (slice(None),) * axis
 
-    if not prefetch or n <= rows:
+    first, total = mapping._byte_range(0, n)
+    step = mapping._byte_range(0, rows)[1]
+    if not prefetch or n <= rows or step == 0:  # step 0: zero-width rows, no bytes to fault
         for i in range(0, n, rows):
             yield array[lead + (slice(i, i + rows),)]
         return
 
-    first, total = mapping._byte_range(0, n)
-    step = mapping._byte_range(0, rows)[1]
-    populator = _PopulateAhead(mapping, first, first + total, step, ahead * step)
+    # ahead * step may pass 64 bits (ahead=2**64): more than the whole range is the whole range
+    populator = _PopulateAhead(mapping, first, first + total, step, min(ahead * step, total))
     failure = []
 
     def populate():

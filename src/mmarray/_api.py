@@ -129,19 +129,36 @@ def _check_shape(shape, itemsize):
         try:
             shape = tuple(operator.index(d) for d in shape)
         except TypeError:
-            raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+            raise TypeError(f"shape must be an int or a sequence of ints, got "
+                            f"{_short_repr(shape)}") from None
     n = itemsize
     for d in shape:
         if d < 0:
-            raise ValueError(f"shape {shape!r} has a negative dimension; expected sizes >= 0")
+            raise ValueError(f"shape {_short_repr(shape)} has a negative dimension; expected "
+                             f"sizes >= 0")
         if d > _INTP_MAX:
-            raise ValueError(f"shape {shape!r} has a dimension above {_INTP_MAX}, the largest "
-                             f"numpy allows")
+            raise ValueError(f"shape {_short_repr(shape)} has a dimension above {_INTP_MAX}, "
+                             f"the largest numpy allows")
         n *= d
     if n > _INT64_MAX:
-        raise ValueError(f"shape {shape!r} of itemsize {itemsize} is {n} bytes, which overflows "
-                         f"64 bits; expected at most {_INT64_MAX} bytes")
+        raise ValueError(f"shape {_short_repr(shape)} of itemsize {itemsize} is "
+                         f"{_short_repr(n)} bytes, which overflows 64 bits; expected at most "
+                         f"{_INT64_MAX} bytes")
     return shape, n
+
+
+def _check_offset(offset):
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {_short_repr(offset)}")
+    if offset > _INT64_MAX:
+        raise ValueError(f"offset {_short_repr(offset)} overflows 64 bits; expected at most "
+                         f"{_INT64_MAX}")
+
+
+def _check_end(offset, length):
+    if offset + length > _INT64_MAX:
+        raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits; expected an end "
+                         f"of at most {_INT64_MAX}")
 
 
 def _check_order(order):
@@ -221,10 +238,7 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
     dt = _check_dtype(dtype)
     if type(offset) is not int:
         offset = operator.index(offset)
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
-    if offset > _INT64_MAX:
-        raise ValueError(f"offset {offset} overflows 64 bits; expected at most {_INT64_MAX}")
+    _check_offset(offset)
     if order != "C":
         order = _check_order(order)
     if advise is not None:
@@ -239,8 +253,7 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
         length = _TO_END
     else:
         shape, length = _check_shape(shape, dt.itemsize)
-        if offset + length > _INT64_MAX:
-            raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits")
+        _check_end(offset, length)
 
     if type(file) is str and _POSIX:  # the common case, without the generic calls
         filename = _abspath(file)
@@ -254,22 +267,17 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
         if not target:
             raise FileNotFoundError(2, "No such file or directory", path)
     elif hasattr(file, "fileno"):
-        if mode == "w+" and not getattr(file, "writable", lambda: True)():
-            raise ValueError(f"mode 'w+' needs a file object open for writing, got {file!r}")
+        _check_writable_file(file, mode)
         if hasattr(file, "flush"):
             file.flush()  # numpy.memmap's seek() does the same: buffered writes reach the file
-        fd = file.fileno()
-        target = _os_handle(fd)
+        target = _os_handle(fileno_of(file))
         filename = None
         flags &= ~_CREATE
     else:
         raise TypeError(f"file must be a path (str, bytes, os.PathLike) or an object with "
                         f"fileno(), got {type(file).__name__}")
 
-    if length == 0:
-        _prepare_empty(target, mode, offset, filename or file)
-        return _map_file(None, access, offset, 0, 0, dt, shape, order, mode, filename)
-
+    # length 0 maps nothing; the engine still checks, creates or grows the file as for data
     m = _map_file(target, access, offset, length, flags, dt, shape, order, mode, filename)
     if shape is None and m.shape is None:  # the engine infers a 1-D shape when it divides
         nbytes = m._mapped_length()
@@ -286,46 +294,23 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
     return m
 
 
+def _check_writable_file(file, mode):
+    """Modes that write ('r+', 'w+') need a file object open for writing: say so up front
+    (PermissionError, as the OS would) rather than fail later with its EBADF or EACCES."""
+    if mode in ("r+", "w+"):
+        writable = getattr(file, "writable", None)
+        if writable is not None and not writable():
+            raise PermissionError(f"mode {mode!r} needs a file object open for writing, got "
+                             f"{_short_repr(file)} (open it with 'r+b' or 'w+b', or map it "
+                             f"with mode 'r' or 'c')")
+
+
 def _abspath(path):
     """os.path.abspath, without its work for an absolute POSIX path that is already normal."""
     if (_POSIX and path[:1] == "/" and "//" not in path and "/." not in path
             and path[-1:] != "/"):
         return path  # nothing for normpath to change: no '//', '.', '..' or trailing '/'
     return os.path.abspath(path)
-
-
-def _prepare_empty(target, mode, offset, name):
-    """A zero-size array maps nothing, but the file is checked, created or grown as for data."""
-    if isinstance(target, bytes):
-        if mode == "w+":  # truncates: refused while this process maps the file
-            fd = _engine.truncate_guarded(target, name, os.open, target,
-                                          os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
-        elif mode == "r+":
-            fd = os.open(target, os.O_RDWR)
-        else:
-            fd = os.open(target, os.O_RDONLY)
-        try:
-            _prepare_empty_fd(fd, mode, offset, name)
-        finally:
-            os.close(fd)
-    else:
-        _prepare_empty_fd(target if os.name != "nt" else None, mode, offset, name)
-
-
-def _prepare_empty_fd(fd, mode, offset, name):
-    if fd is None:  # pragma: no cover - Windows handle: nothing to check cheaply
-        return
-    import stat
-
-    st = os.fstat(fd)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(21, "Is a directory", name)
-    if st.st_size < offset:
-        if mode in ("r+", "w+"):
-            os.ftruncate(fd, offset)
-        else:
-            raise ValueError(f"offset {offset} lies past the end of {name!r} "
-                             f"({st.st_size} bytes); mode {mode!r} cannot grow a file")
 
 
 def close(array, strict=False):
@@ -362,12 +347,19 @@ def close(array, strict=False):
 
 
 def mapping_of(array):
-    """Return the :class:`Mapping` behind ``array`` (walking ``.base``), or None."""
+    """Return the :class:`Mapping` behind ``array`` (walking ``.base``), or None.
+
+    Follows ``memoryview.obj`` too, so arrays made from a Mapping's buffer
+    (``np.frombuffer(m)``) lead back to it.
+    """
     obj = array
     while obj is not None:
         if isinstance(obj, _ArrayExport):
             return obj.mapping
         if isinstance(obj, Mapping):
             return obj
+        if isinstance(obj, memoryview):
+            obj = obj.obj
+            continue
         obj = getattr(obj, "base", None)
     return None

@@ -15,16 +15,18 @@ import numpy as np
 
 from mmarray import _engine
 from mmarray._api import (
-    _INT64_MAX,
     _MODE_SPEC,
     _abspath,
     _check_dtype,
+    _check_end,
     _check_mode,
+    _check_offset,
     _check_order,
     _check_shape,
+    _check_writable_file,
     _encode_path,
     _os_handle,
-    _prepare_empty,
+    fileno_of,
 )
 from mmarray._engine import Mapping
 
@@ -166,10 +168,7 @@ class memmap(np.memmap):
         dt = _check_dtype(dtype)
         if type(offset) is not int:
             offset = operator.index(offset)
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        if offset > _INT64_MAX:
-            raise ValueError(f"offset {offset} overflows 64 bits; expected at most {_INT64_MAX}")
+        _check_offset(offset)
         if order != "C":
             # numpy.memmap passes order to ndarray.__new__, where 'A' and 'K' mean 'C'
             order = "C" if order in ("A", "K") else _check_order(order)
@@ -183,8 +182,7 @@ class memmap(np.memmap):
                 except TypeError:
                     pass
             shape, length = _check_shape(shape, dt.itemsize)
-            if offset + length > _INT64_MAX:
-                raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits")
+            _check_end(offset, length)
 
         # The file: numpy.memmap's rules for what is a file object and what `filename` becomes.
         if type(filename) is str and _POSIX:  # the common case, without the generic calls
@@ -193,9 +191,10 @@ class memmap(np.memmap):
                 raise FileNotFoundError(2, "No such file or directory", filename)
             attr_name = error_name = _abspath(filename)
         elif hasattr(filename, "read"):
+            _check_writable_file(filename, mode)
             if hasattr(filename, "flush"):
                 filename.flush()  # buffered writes must reach the file before it is sized
-            target = _os_handle(filename.fileno())
+            target = _os_handle(fileno_of(filename))
             name = getattr(filename, "name", None)
             attr_name = error_name = _abspath(name) if isinstance(name, str) else None
             flags &= ~_engine.CREATE  # mode 'w+' on a file object grows it, never truncates
@@ -214,7 +213,8 @@ class memmap(np.memmap):
                 error_name = os.fsdecode(path)
 
         if length == 0:
-            mapping = _map_empty(target, access, mode, offset, dt, shape, order, error_name)
+            mapping = _map_empty(target, access, flags, mode, offset, dt, shape, order,
+                                 error_name)
         else:
             try:
                 mapping = _map_file(target, access, offset, length, flags, dt, shape, order,
@@ -226,7 +226,8 @@ class memmap(np.memmap):
                 # file in mode 'r'/'c'. Anything else re-raises the engine's error.
                 if _file_size(target) != offset:
                     raise
-                mapping = _map_empty(target, access, mode, offset, dt, (0,), order, error_name)
+                mapping = _map_empty(target, access, flags, mode, offset, dt, (0,), order,
+                                     error_name)
             if shape is None:
                 shape = mapping.shape  # inferred by the engine, None if it does not divide
                 if shape is None:
@@ -396,19 +397,32 @@ def _file_size(target):
         return -1
 
 
-def _map_empty(target, access, mode, offset, dt, shape, order, error_name):
-    """A zero-size memmap: checks the file as numpy.memmap does, then maps nothing."""
+def _map_empty(target, access, flags, mode, offset, dt, shape, order, error_name):
+    """A zero-size memmap: checks the file as numpy.memmap does, then maps nothing (the
+    engine still checks, creates or grows the file as for data)."""
     if mode in ("r", "c") and _file_size(target) == 0:
         raise ValueError(_EMPTY_FILE)
-    _prepare_empty(target, mode, offset, error_name)
-    return _map_file(None, access, offset, 0, 0, dt, shape, order, mode, error_name)
+    return _map_file(target, access, offset, 0, flags, dt, shape, order, mode, error_name)
 
 
-def _write_npy_header(filename, mode, header, version):
-    """Create (truncate) the .npy file and write its header; return the data offset."""
-    with open(os.fspath(filename), mode + "b") as fp:
-        _npy_format._write_array_header(fp, header, version)
-        return fp.tell()
+def _write_npy_header(path, header, version):
+    """Create or reset the .npy file and write its header; return the data offset.
+
+    As numpy's ``open(filename, 'w+b')``, through a descriptor opened without truncating, so
+    that the file reset is the one this process was proven not to map."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
+                 | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+    def write():
+        os.ftruncate(fd, 0)
+        with open(fd, "wb", closefd=False) as fp:
+            _npy_format._write_array_header(fp, header, version)
+            return fp.tell()
+
+    try:
+        return _engine.truncate_guarded(fd, path, write)
+    finally:
+        os.close(fd)
 
 
 def open_memmap(filename, mode="r+", dtype=None, shape=None, fortran_order=False, version=None,
@@ -475,8 +489,7 @@ def open_memmap(filename, mode="r+", dtype=None, shape=None, fortran_order=False
             "fortran_order": fortran_order,
             "shape": shape,
         }
-        offset = _engine.truncate_guarded(  # 'w+b' truncates: refused while mapped here
-            os.fspath(filename), filename, _write_npy_header, filename, mode, header, version)
+        offset = _write_npy_header(os.fspath(filename), header, version)
     else:
         with open(os.fspath(filename), "rb") as fp:
             version = _npy_format.read_magic(fp)

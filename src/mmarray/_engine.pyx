@@ -439,6 +439,9 @@ cdef class Mapping:
         code = _ranges.advice_code(advice)
         if self._closed:
             raise ValueError("mapping is closed")
+        if code == _ranges.ADVICE_CODES["dontneed"] and self._mode == "c":
+            raise ValueError("advice 'dontneed' on a copy-on-write mapping (mode 'c') would "
+                             "discard its private changes; expected mode 'r', 'r+' or 'w+'")
         if code == 8 and self._readonly:
             raise ValueError("advice 'populate_write' needs a writable mapping (mode 'r+', "
                              "'w+' or 'c'), this one has mode 'r'")
@@ -731,7 +734,7 @@ cdef int _map_and_register(Mapping m, path_obj, handle_obj, int access, uint64_t
     if path_obj is not None:
         path = path_obj
     else:
-        handle = _os_handle(handle_obj)
+        handle = handle_obj          # already an OS handle (the callers convert descriptors)
     for attempt in range(_MAP_ATTEMPTS):
         started = _epoch
         _in_flight += 1

@@ -41,6 +41,12 @@ def from_status(status: int, code: int, file_size: int, filename, offset: int,
             f"nothing to map: {filename!r} has {file_size} bytes and offset is {offset}; "
             f"cannot map an empty range (give a shape, or an offset below the file size)")
     what = _WHAT.get(status, f"mapping layer error {status}")
+    if status == E_STAT and code == errno.ENODEV and os.name != "nt":
+        return OSError(code, f"{what}: not a regular file (a FIFO, socket, device or a "
+                             f"file such as /proc's that cannot be sized cannot be "
+                             f"memory-mapped)", filename)
+    if status == E_ARG:
+        return ValueError(f"{what} for {filename!r}: offset {offset}, length {length}")
     if os.name == "nt" and code:
         if code in _WINDOWS_DIRECTORY_CODES:
             return IsADirectoryError(errno.EISDIR, "Is a directory", filename)
