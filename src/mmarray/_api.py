@@ -79,7 +79,11 @@ def fileno_of(file):
     if fd < 0 or fd > _FD_MAX:
         raise ValueError(f"{type(file).__name__}.fileno() returned {_short_repr(fd)}; expected "
                          f"a file descriptor from 0 to {_FD_MAX}")
-    os.fstat(fd)  # OSError(EBADF) for a closed or invalid descriptor, before any other use
+    try:
+        os.fstat(fd)  # EBADF for a closed or invalid descriptor, before any other use
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror}: {type(file).__name__}.fileno() returned "
+                                 f"{fd}") from None
     return fd
 
 
@@ -87,6 +91,11 @@ def _short_repr(value, limit=80):
     """repr() for messages: bounded in length, and safe for ints past str()'s digit limit."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
         return f"<int of {value.bit_length()} bits>"
+    if type(value) in (tuple, list) and len(value) <= 64:
+        inner = ", ".join(_short_repr(v, limit) for v in value)
+        text = f"({inner}{',' if len(value) == 1 else ''})" if type(value) is tuple \
+            else f"[{inner}]"
+        return text if len(text) <= limit else text[:limit - 3] + "..."
     try:
         text = repr(value)
     except Exception:  # a repr that raises must not hide the real error

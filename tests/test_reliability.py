@@ -1,0 +1,692 @@
+"""Regression tests for the crash, hang and data-loss holes of the adversarial audit (#8).
+
+Each test is named for the case it pins. Cases that crashed or hung before the fix run in a
+subprocess with a timeout and check its exit code.
+"""
+import errno
+import gc
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mmarray
+from mmarray import _engine
+from helpers import assert_clean_exit, run_python
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo()")
+
+
+class FakeFile:
+    """A file-like object whose fileno() returns whatever it is given."""
+
+    def __init__(self, fd, readable=True):
+        self.fd = fd
+        if readable:
+            self.read = lambda *a: b""
+
+    def fileno(self):
+        return self.fd
+
+
+# -- 1. fileno() that is not a descriptor --------------------------------------------------
+
+def test_fileno_returning_none_never_maps_process_memory():
+    """fileno() -> None made a 0-byte mapping whose 16 MiB array pointed at a static byte:
+    writing it segfaulted, reading it (mmarray.memmap) returned process memory."""
+    proc = run_python("""
+        import mmarray
+        class F:
+            read = lambda self, *a: b""
+            def fileno(self): return None
+        for make in (mmarray.open, mmarray.memmap):
+            try:
+                m = make(F(), mode="r+", shape=1 << 24)
+            except TypeError as exc:
+                assert "fileno() returned None" in str(exc), exc
+                continue
+            a = m.array if hasattr(m, "array") else m
+            a[:] = 1        # the old code crashed here
+            raise SystemExit(f"{make.__name__} accepted fileno() -> None")
+        print("refused")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "refused"
+
+
+def test_fileno_returning_bytes_is_not_taken_as_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "victim").write_bytes(b"precious")
+    for make in (mmarray.open, mmarray.memmap):
+        with pytest.raises(TypeError, match=r"fileno\(\) returned b'victim'; expected a "
+                                            r"non-negative int"):
+            make(FakeFile(b"victim"), mode="w+", shape=0)
+    assert (tmp_path / "victim").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("value, error, words", [
+    (-1, ValueError, "returned -1; expected a file descriptor from 0 to 2147483647"),
+    (2**31, ValueError, "returned 2147483648; expected a file descriptor"),
+    (2**64, ValueError, "returned 18446744073709551616; expected a file descriptor"),
+    (1.5, TypeError, "returned 1.5; expected a non-negative int"),
+    (True, TypeError, "returned True; expected a non-negative int"),
+    ("3", TypeError, "returned '3'; expected a non-negative int"),
+])
+def test_fileno_returning_a_non_descriptor_is_refused_naming_it(value, error, words):
+    for make in (mmarray.open, mmarray.memmap):
+        with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+            make(FakeFile(value), mode="r+", shape=4096)
+
+
+def test_fileno_of_a_closed_descriptor_is_os_error_ebadf(tmp_path):
+    fd = os.open(tmp_path / "f.bin", os.O_RDWR | os.O_CREAT)
+    os.close(fd)
+    with pytest.raises(OSError, match=f"fileno\\(\\) returned {fd}") as info:
+        mmarray.open(FakeFile(fd), mode="r+", shape=4096)
+    assert info.value.errno == errno.EBADF
+
+
+def test_engine_never_builds_an_array_larger_than_it_mapped():
+    """_engine.map_file(None, ..., shape=(1 << 24,)) segfaulted on access."""
+    proc = run_python("""
+        import numpy as np
+        from mmarray import _engine
+        u8 = np.dtype("u1")
+        cases = [
+            (None, 0, 0, 1 << 24, 0, u8, (1 << 24,), "C", "r+", None),   # no file, big shape
+            (None, 0, 0, 0, 0, u8, (1 << 24,), "C", "r+", None),         # length 0, big shape
+            (None, 0, 0, 0, 0, np.dtype(object), (0,), "C", "r", None),  # object dtype
+            (None, 0, 0, 0, 0, "u1", (0,), "C", "r", None),              # not a dtype
+            (None, 0, 0, 0, 0, u8, (0,), "X", "r", None),                # bad order
+            (None, 0, 0, 0, 0, u8, [0], "C", "r", None),                 # not a tuple
+            (None, 0, 0, 0, 0, u8, (-1,), "C", "r", None),               # negative
+            (3.0, 0, 0, 8, 0, u8, (8,), "C", "r", None),                 # not bytes/int/None
+            (-1, 0, 0, 8, 0, u8, (8,), "C", "r", None),                  # negative descriptor
+            (0, 0, 0, 8, 1, u8, (8,), "C", "r", None),                   # CREATE on a descriptor
+        ]
+        for args in cases:
+            try:
+                m = _engine.map_file(*args)
+            except (TypeError, ValueError):
+                continue
+            a = m.array
+            a[-1] = 1 if a.size else 0
+            raise SystemExit(f"accepted {args!r}")
+        try:
+            _engine.map_file(None, 0, 0, 0, 0, u8, (0,), "C", "r", None, cls=dict)
+        except TypeError:
+            pass
+        else:
+            raise SystemExit("accepted cls=dict")
+        print("refused")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "refused"
+
+
+def test_engine_refuses_a_shape_that_disagrees_with_the_length(tmp_path):
+    path = tmp_path / "d.bin"
+    path.write_bytes(bytes(100))
+    with pytest.raises(ValueError, match="is 800 bytes, but 100 bytes are to be mapped"):
+        _engine.map_file(os.fsencode(path), _engine.WRITE, 0, 100, 0, np.dtype("f8"),
+                         (100,), "C", "r+", str(path))
+
+
+# -- 2. NUL bytes in paths -----------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [mmarray.open, mmarray.memmap])
+@pytest.mark.parametrize("kind", [str, os.fsencode])
+def test_path_with_a_nul_byte_is_refused_before_anything_is_created(tmp_path, monkeypatch,
+                                                                    make, kind):
+    """open("victim\\0/etc/passwd", "w+") created ./victim; "data.bin\\0x" wrote data.bin."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.bin").write_bytes(b"original")
+    with pytest.raises(ValueError, match="embedded null byte"):
+        make(kind("victim\0/etc/passwd"), mode="w+", shape=4)
+    for shape in (4, 0):
+        with pytest.raises(ValueError, match="embedded null byte"):
+            make(kind("data.bin\0x"), mode="r+", shape=shape)
+    with pytest.raises(ValueError, match="embedded null byte"):
+        make(kind("data.bin\0x"), mode="w+", shape=0)
+    assert sorted(os.listdir(tmp_path)) == ["data.bin"]
+    assert (tmp_path / "data.bin").read_bytes() == b"original"
+
+
+def test_open_memmap_path_with_a_nul_byte_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="embedded null byte"):
+        mmarray.open_memmap("victim\0x.npy", mode="w+", dtype="f4", shape=(2,))
+    assert os.listdir(tmp_path) == []
+
+
+# -- 4. a failed grow leaves the file as it was --------------------------------------------
+
+def _mount(kind, where):
+    """Mount a 4 MiB tmpfs or loop ext4 at ``where``; return an unmount callable or None."""
+    if kind == "tmpfs":
+        cmd = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", where]
+        image = None
+    else:
+        if shutil.which("mkfs.ext4") is None:
+            return None
+        image = where + ".img"
+        with open(image, "wb") as f:
+            f.truncate(8 << 20)
+        if subprocess.run(["mkfs.ext4", "-q", "-F", image], capture_output=True).returncode:
+            os.unlink(image)
+            return None
+        cmd = ["mount", "-o", "loop", image, where]
+    if shutil.which("mount") is None or subprocess.run(cmd, capture_output=True).returncode:
+        if image:
+            os.unlink(image)
+        return None
+
+    def unmount():
+        gc.collect()  # mappings left by a failed test would keep the filesystem busy
+        if subprocess.run(["umount", where], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", where], capture_output=True)
+        if image:
+            os.unlink(image)
+    return unmount
+
+
+@pytest.fixture(params=["tmpfs", "ext4"])
+def small_fs(request):
+    """A small filesystem that a test can fill (root only; skipped when it cannot mount)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    where = tempfile.mkdtemp(prefix=f"mmarray-{request.param}-")
+    unmount = _mount(request.param, where)
+    if unmount is None:
+        os.rmdir(where)
+        pytest.skip(f"cannot mount a {request.param} here")
+    try:
+        yield where
+    finally:
+        unmount()
+        os.rmdir(where)
+
+
+def _free_bytes(path):
+    st = os.statvfs(path)
+    return st.f_bfree * st.f_frsize
+
+
+@pytest.mark.parametrize("make", [mmarray.open, mmarray.memmap])
+def test_failed_r_plus_grow_on_a_full_disk_keeps_size_content_and_space(small_fs, make):
+    path = os.path.join(small_fs, "data.bin")
+    content = bytes(range(256)) * 1024  # 256 KiB
+    with open(path, "wb") as f:
+        f.write(content)
+    os.sync()
+    free = _free_bytes(small_fs)
+    with pytest.raises(OSError) as info:
+        make(path, mode="r+", shape=64 << 20)
+    assert info.value.errno in (errno.ENOSPC, errno.EFBIG)
+    assert path in str(info.value)
+    assert os.path.getsize(path) == len(content)
+    with open(path, "rb") as f:
+        assert f.read() == content
+    os.sync()
+    assert _free_bytes(small_fs) >= free - 64 * 1024  # the space went back (metadata aside)
+
+
+@pytest.mark.parametrize("make", [mmarray.open, mmarray.memmap])
+def test_failed_w_plus_on_a_full_disk_keeps_the_old_file_and_returns_the_space(small_fs, make):
+    """w+ truncated first, then failed for space: the old content was lost (0 bytes on
+    tmpfs, zeros on ext4)."""
+    path = os.path.join(small_fs, "data.bin")
+    content = bytes(range(256)) * 4096  # 1 MiB
+    with open(path, "wb") as f:
+        f.write(content)
+    os.sync()
+    free = _free_bytes(small_fs)
+    with pytest.raises(OSError) as info:
+        make(path, mode="w+", shape=64 << 20)
+    assert info.value.errno in (errno.ENOSPC, errno.EFBIG)
+    assert os.path.getsize(path) == len(content)
+    with open(path, "rb") as f:
+        assert f.read() == content
+    os.sync()
+    assert _free_bytes(small_fs) >= free - 64 * 1024
+    # a w+ that fits replaces the content with zeros, as before
+    with make(path, mode="w+", shape=len(content) // 2) as m:
+        a = m.array if hasattr(m, "array") else m
+        assert a.shape == (len(content) // 2,) and not a.any()
+        del a
+    del m  # a memmap is its own array: the region stays mapped while it lives
+    assert os.path.getsize(path) == len(content) // 2
+
+
+def test_failed_w_plus_of_a_new_file_on_a_full_disk_leaves_nothing(small_fs):
+    path = os.path.join(small_fs, "new.bin")
+    free = _free_bytes(small_fs)
+    with pytest.raises(OSError):
+        mmarray.open(path, mode="w+", shape=64 << 20)
+    assert not os.path.exists(path)
+    os.sync()
+    assert _free_bytes(small_fs) >= free - 64 * 1024
+
+
+def test_w_plus_with_an_impossible_size_keeps_the_old_file(tmp_path):
+    """The same promise, on any filesystem: 2**62 bytes fail (EFBIG or ENOSPC)."""
+    path = tmp_path / "old.bin"
+    path.write_bytes(b"keep me" * 1000)
+    for shape, offset in [(2**62, 0), (0, 2**62), (8, 2**62)]:
+        with pytest.raises(OSError) as info:
+            mmarray.open(path, mode="w+", shape=shape, offset=offset)
+        assert str(path) in str(info.value)
+        assert path.read_bytes() == b"keep me" * 1000
+
+
+def test_w_plus_with_an_impossible_offset_names_the_file_and_leaves_nothing(tmp_path):
+    """shape=0, offset=2**62 said '[Errno 27] File too large' with no name, and left the
+    created file behind."""
+    path = tmp_path / "new.bin"
+    with pytest.raises(OSError, match=r"File too large|No space") as info:
+        mmarray.open(path, mode="w+", shape=0, offset=2**62)
+    assert info.value.filename == str(path)
+    assert not path.exists()
+
+
+# -- 5, 6. no lock held across blocking calls ------------------------------------------------
+
+@needs_fork
+def test_fork_while_another_thread_is_inside_open_leaves_a_working_child(tmp_path):
+    """The registry lock was held across the whole open/grow/populate/map and the child,
+    forked at that moment, deadlocked in its first mmarray.open."""
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(512 << 20)
+    small = tmp_path / "small.bin"
+    small.write_bytes(bytes(4096))
+    proc = run_python(f"""
+        import os, threading, time, warnings, mmarray
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        stop = time.monotonic() + 3
+        def opener():
+            while time.monotonic() < stop:
+                with mmarray.open({str(big)!r}, mode="r", populate=True) as m:
+                    m.evict()
+        t = threading.Thread(target=opener)
+        t.start()
+        forks = 0
+        while time.monotonic() < stop:
+            pid = os.fork()
+            if pid == 0:
+                with mmarray.open({str(small)!r}, mode="r+") as m:
+                    m.array[0] = 1
+                with mmarray.open({str(small) + ".w"!r}, mode="w+", shape=16) as m:
+                    pass
+                os._exit(0)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    raise SystemExit("child deadlocked")
+                time.sleep(0.005)
+            if status != 0:
+                raise SystemExit(f"child failed with status {{status}}")
+            forks += 1
+        t.join()
+        print("forks", forks)
+    """, timeout=180)
+    assert_clean_exit(proc)
+    assert int(proc.stdout.split()[1]) > 0
+
+
+@needs_fifo
+def test_fifo_is_refused_at_once_in_every_mode(tmp_path):
+    """A mode 'r' open of a FIFO blocked forever (and with it every other thread's open)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = run_python(f"""
+        import mmarray
+        fifo = {str(fifo)!r}
+        for make in (mmarray.open, mmarray.memmap):
+            for mode, shape in [("r", None), ("r", 8), ("c", 8), ("r+", 8), ("r+", 0),
+                                ("w+", 8), ("w+", 0)]:
+                try:
+                    make(fifo, mode=mode, shape=shape)
+                except OSError as exc:
+                    assert "not a regular file" in str(exc), (mode, shape, exc)
+                    assert exc.filename == fifo, exc
+                else:
+                    raise SystemExit(f"mapped a FIFO with {{mode!r}}")
+        print("refused")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "refused"
+
+
+def test_slow_populate_in_one_thread_does_not_stall_a_small_open_in_another(tmp_path):
+    """One process-wide lock serialised every open: a 12 s populate=True open stalled an
+    unrelated 4 KiB open for 12 s. The small open must return while the big one still runs."""
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(4 << 30)   # sparse: populating reads 4 GiB of holes
+    small = tmp_path / "small.bin"
+    small.write_bytes(bytes(4096))
+    started = threading.Event()
+    result = {}
+
+    def slow():
+        started.set()
+        m = mmarray.open(big, mode="r", populate=True)
+        result["slow_done"] = time.monotonic()
+        m.evict()
+        m.close()
+
+    t = threading.Thread(target=slow)
+    t.start()
+    started.wait()
+    time.sleep(0.05)          # let the populating open reach its system call
+    still_running = t.is_alive()
+    with mmarray.open(small, mode="r") as m:
+        assert m.array.sum() == 0
+    small_done = time.monotonic()
+    t.join()
+    if not still_running:
+        pytest.skip("the populating open finished before the small one started")
+    assert small_done < result["slow_done"], "the small open waited for the populating one"
+
+
+def test_signal_handler_calling_open_does_not_deadlock(tmp_path):
+    """A signal handler that calls mmarray.open deadlocked the main thread when the signal
+    came while the main thread held the registry lock (inside open_memmap's 'w+')."""
+    proc = run_python(f"""
+        import os, signal, time, mmarray, numpy as np
+        d = {str(tmp_path)!r}
+        other = os.path.join(d, "other.bin")
+        np.zeros(4096, np.uint8).tofile(other)
+        calls = [0]
+        def handler(signum, frame):
+            with mmarray.open(other, mode="r") as m:
+                m.array.sum()
+            calls[0] += 1
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+        stop = time.monotonic() + 2
+        n = 0
+        while time.monotonic() < stop:
+            mm = mmarray.open_memmap(os.path.join(d, "x.npy"), mode="w+", dtype="f4",
+                                     shape=(64,))
+            mm.close()
+            del mm
+            mmarray.open(os.path.join(d, "y.bin"), mode="w+", shape=64).close()
+            n += 1
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        print(n, calls[0])
+    """, timeout=120)
+    assert_clean_exit(proc)
+    loops, calls = map(int, proc.stdout.split())
+    assert loops > 0 and calls > 0
+
+
+def test_w_plus_refused_while_another_thread_resets_the_same_file(tmp_path):
+    """Two 'w+' resets of one file never run at once; the second is refused, not waited on."""
+    path = tmp_path / "same.bin"
+    path.write_bytes(bytes(16))
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino)
+    inside = []
+
+    def reset():
+        inside.append(1)
+        with pytest.raises(ValueError, match="being reset .* by another thread"):
+            mmarray.open(path, mode="w+", shape=8)
+        return 0
+
+    # truncate_guarded marks the file as being reset while its callable runs
+    _engine.truncate_guarded(str(path), str(path), reset)
+    assert inside == [1]
+    assert _engine.live_views(*key) == 0
+    mmarray.open(path, mode="w+", shape=8).close()  # the mark is gone afterwards
+
+
+# -- 7. mappings freed by the garbage collector ----------------------------------------------
+
+def test_mapping_freed_by_the_cycle_collector_is_unregistered(tmp_path):
+    """Cython's tp_clear emptied the registration key before __dealloc__: 'w+' on the file
+    was refused forever ("mapped by 1 live mapping(s)")."""
+    path = tmp_path / "cycle.bin"
+    path.write_bytes(bytes(4096))
+    st = os.stat(path)
+    gc.collect()
+    gc.disable()
+    try:
+        m = mmarray.open(path, mode="r")
+        holder = [m]
+        holder.append(holder)
+        assert _engine.live_views(st.st_dev, st.st_ino) == 1
+        del m, holder
+        assert _engine.live_views(st.st_dev, st.st_ino) == 1  # only the collector frees it
+        gc.collect()
+    finally:
+        gc.enable()
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
+    mmarray.open(path, mode="w+", shape=16).close()
+
+
+def test_mapping_kept_alive_by_a_traceback_is_unregistered_when_collected(tmp_path):
+    path = tmp_path / "tb.bin"
+    path.write_bytes(bytes(4096))
+    st = os.stat(path)
+
+    def make_cycle():
+        m = mmarray.open(path, mode="r")  # noqa: F841 - held by the frame
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError as exc:
+            err = exc  # noqa: F841 - err -> traceback -> this frame -> err: a cycle
+
+    gc.collect()
+    gc.disable()
+    try:
+        make_cycle()
+        assert _engine.live_views(st.st_dev, st.st_ino) == 1
+        gc.collect()
+    finally:
+        gc.enable()
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
+    mmarray.open(path, mode="w+", shape=16).close()
+
+
+# -- 8. copy-on-write populate -----------------------------------------------------------------
+
+def _smaps_field(path, field):
+    """Sum of ``field`` (kB -> bytes) over this process's mappings of ``path``."""
+    path = os.path.realpath(path)
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                inside = line.rstrip("\n").endswith(" " + path)
+            elif inside and first == field + ":":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux smaps")
+def test_populate_in_copy_on_write_mode_copies_nothing_into_private_memory(tmp_path):
+    """MAP_POPULATE on a private mapping write-faults: a 1 GiB file became 1.06 GB of
+    anonymous memory."""
+    path = tmp_path / "cow.bin"
+    size = 64 << 20
+    with open(path, "wb") as f:
+        f.write(np.ones(size, np.uint8).tobytes())
+    with mmarray.open(path, mode="c", populate=True) as m:
+        assert _smaps_field(path, "Rss") >= size // 2  # populated ...
+        assert _smaps_field(path, "Anonymous") < size // 64  # ... without private copies
+        a = m.array
+        a[:4096] = 7   # writing still copies exactly what is written
+        assert _smaps_field(path, "Anonymous") >= 4096
+        del a
+    with open(path, "rb") as f:
+        assert f.read(4096) == b"\x01" * 4096
+
+
+# -- 9, 10. wrong answers and overflows --------------------------------------------------------
+
+def test_chunks_of_zero_width_rows_yield_the_rows(tmp_path):
+    """shape (100000, 0): chunks() raised 'OSError: invalid argument'."""
+    with mmarray.open(tmp_path / "z.bin", mode="w+", dtype="f8", shape=(100000, 0)) as m:
+        for prefetch in (True, False):
+            chunks = list(m.chunks(1000, prefetch=prefetch))
+            assert len(chunks) == 100
+            assert all(c.shape == (1000, 0) for c in chunks)
+            del chunks
+
+
+def test_chunks_with_a_huge_ahead_is_not_an_overflow(tmp_path):
+    """chunks(ahead=2**64) raised OverflowError."""
+    with mmarray.open(tmp_path / "a.bin", mode="w+", dtype="f8", shape=(10000, 4)) as m:
+        m.array[:] = 1
+        assert sum(float(c.sum()) for c in m.chunks(100, ahead=2**64)) == 40000.0
+
+
+def test_populate_ahead_loop_with_no_consumer_returns():
+    """_PopulateAhead(m, 0, n, 1, 0).run() looped forever; a window of 0 is refused and a
+    consumer that never moves ends the wait (10 s)."""
+    proc = run_python("""
+        import os, tempfile, time, mmarray
+        from mmarray._engine import _PopulateAhead
+        path = os.path.join(tempfile.mkdtemp(), "p.bin")
+        m = mmarray.open(path, mode="w+", shape=1 << 20)
+        for args in [(0, 1 << 20, 1, 0), (0, 1 << 20, 0, 1), (10, 5, 1, 1), (0, 1 << 21, 1, 1)]:
+            try:
+                _PopulateAhead(m, *args)
+            except ValueError:
+                continue
+            raise SystemExit(f"accepted {args}")
+        t0 = time.monotonic()
+        _PopulateAhead(m, 0, 1 << 20, 4096, 4096).run()
+        print(round(time.monotonic() - t0))
+        m.close()
+        try:
+            _PopulateAhead(m, 0, 1, 1, 1)
+        except ValueError as exc:
+            assert "closed" in str(exc)
+        else:
+            raise SystemExit("accepted a closed mapping")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert 5 <= int(proc.stdout) <= 60
+
+
+def test_private_entry_points_refuse_what_would_crash(tmp_path):
+    """m._array_of(dict) segfaulted."""
+    path = tmp_path / "p.bin"
+    proc = run_python(f"""
+        import numpy as np, mmarray
+        m = mmarray.open({str(path)!r}, mode="w+", shape=64)
+        for subtype in (dict, object, int):
+            try:
+                m._array_of(subtype)
+            except TypeError as exc:
+                assert "subtype must be numpy.ndarray" in str(exc)
+            else:
+                raise SystemExit(f"accepted {{subtype}}")
+        assert m.exports == 0
+        class Sub(np.ndarray):
+            pass
+        assert type(m._array_of(Sub)) is Sub
+        print("ok")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok"
+
+
+# -- 11. messages --------------------------------------------------------------------------
+
+def test_zero_size_paths_name_the_file_as_a_str(tmp_path):
+    """'Is a directory: b'/'' and 'File too large' with no name on the shape=0 paths."""
+    for make in (mmarray.open, mmarray.memmap):
+        with pytest.raises(IsADirectoryError) as info:
+            make(os.fsencode(str(tmp_path)), mode="w+", shape=0)
+        assert info.value.filename == str(tmp_path)
+        with pytest.raises(IsADirectoryError) as info:
+            make(str(tmp_path), mode="r+", shape=0)
+        assert info.value.filename == str(tmp_path)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/comm"), reason="needs Linux /proc")
+def test_proc_file_is_refused_as_not_a_regular_file():
+    """A /proc file in 'r+' with a shape said 'Illegal seek'."""
+    with pytest.raises(OSError, match="not a regular file") as info:
+        mmarray.open("/proc/self/comm", mode="r+", shape=4096)
+    assert info.value.errno == errno.ENODEV
+    assert info.value.filename == "/proc/self/comm"
+
+
+def test_huge_shape_message_names_the_value_without_printing_5000_digits(tmp_path):
+    """A 5,000-digit dimension gave 'Exceeds the limit (4300 digits)' instead of our error."""
+    for shape in (10**5000, (10**5000, 1)):
+        with pytest.raises(ValueError, match=r"shape \(<int of 16610 bits>,( 1)?\) has a "
+                                             r"dimension above"):
+            mmarray.open(tmp_path / "h.bin", mode="w+", shape=shape)
+    with pytest.raises(ValueError, match="offset <int of 16610 bits> overflows 64 bits"):
+        mmarray.open(tmp_path / "h.bin", mode="w+", shape=1, offset=10**5000)
+    assert not (tmp_path / "h.bin").exists()
+
+
+def test_asarray_of_a_closed_mapping_raises(tmp_path):
+    """np.asarray(closed_mapping) silently gave a 0-d object array."""
+    m = mmarray.open(tmp_path / "c.bin", mode="w+", shape=16)
+    assert np.asarray(m).shape == (16,)
+    m.close()
+    with pytest.raises(ValueError, match="mapping is closed"):
+        np.asarray(m)
+    with pytest.raises(ValueError, match="mapping is closed"):
+        np.array(m)
+
+
+def test_close_of_a_frombuffer_array_finds_its_mapping(tmp_path):
+    """mmarray.close(np.frombuffer(m)) said 'not backed by an mmarray mapping'."""
+    m = mmarray.open(tmp_path / "f.bin", mode="w+", shape=16)
+    a = np.frombuffer(m, dtype=np.uint8)
+    assert mmarray.mapping_of(a) is m
+    mmarray.close(a[2:5])
+    assert m.closed
+    a[0] = 1  # still valid: the raw buffer defers the unmap until the Mapping is garbage
+    del a
+
+
+# -- 14. interpreter exit ---------------------------------------------------------------
+
+def test_mappings_alive_at_exit_print_nothing(tmp_path):
+    """'Exception ignored in Mapping.__dealloc__ ... NoneType has no attribute get' at exit."""
+    proc = run_python(f"""
+        import gc, numpy as np, mmarray
+        d = {str(tmp_path)!r}
+        keep = []
+        for i in range(50):
+            m = mmarray.open(f"{{d}}/m{{i}}.bin", mode="w+", shape=4096)
+            keep.append(m)
+            keep.append(m.array)
+            if i % 2:
+                m.close()
+            cyc = [mmarray.open(f"{{d}}/m{{i}}.bin", mode="r")]
+            cyc.append(cyc)
+        np.savez(f"{{d}}/a.npz", x=np.arange(10))
+        npz = mmarray.load(f"{{d}}/a.npz", mode="r+")
+        member = npz["x"].array
+        member[0] = 5
+        mm = mmarray.memmap(f"{{d}}/mm.bin", mode="w+", shape=10)
+        view = mm[2:]
+        gc.disable()   # leave the cycles for interpreter teardown
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stderr == ""
