@@ -15,6 +15,7 @@ both agree.
 """
 from __future__ import annotations
 
+import errno
 import io
 import operator
 import os
@@ -41,7 +42,7 @@ _MAGIC_V1 = MAGIC + b"\x01\x00"
 FIRST_READ = 4096
 #: numpy's default limit on the header length (``np.load(max_header_size=...)``).
 MAX_HEADER_SIZE = 10000
-_INT64_MAX = 2**63 - 1
+_INTP_MAX = int(np.iinfo(np.intp).max)  # the largest dimension numpy can make an array of
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _O_READ = os.O_RDONLY | _O_BINARY
 _O_WRITE = os.O_RDWR | _O_BINARY
@@ -52,7 +53,9 @@ _READ = _engine.READ
 _LOAD_MODES = {"r": _engine.READ, "r+": _engine.WRITE, "c": _engine.COPY}
 _MODE_ALIASES = {"readonly": "r", "readwrite": "r+", "copyonwrite": "c"}
 
-_INT = rb"(?:0|[1-9][0-9]*)"
+# At most 20 digits (2**64 has 20): a longer integer goes to numpy's parser, whose errors
+# (Python's limit on digits in int(), for one) get the file's name; int() never sees it here.
+_INT = rb"(?:0|[1-9][0-9]{0,19})"
 # Exactly what numpy writes for a plain-string descr; anything else goes to numpy's parser.
 _HEADER_RE = re.compile(
     rb"\{'descr': '([^'\\\x00-\x1f\x7f-\xff]*)', 'fortran_order': (True|False), "
@@ -132,14 +135,28 @@ def _descr_dtype(descr, name):
 
 
 def _nbytes(shape, itemsize, name):
-    n = itemsize
+    """Bytes of data for ``shape``; ValueError for a shape numpy cannot make an array of.
+
+    numpy needs every dimension, and the product of the nonzero ones times the itemsize, to
+    fit its index type (so ``(0, 2**70)`` is refused although it holds no data).
+    """
+    n = span = itemsize
     for d in shape:
-        if d < 0:
-            raise ValueError(f"{name}: header shape {shape} has a negative dimension")
+        if d < 0 or d > _INTP_MAX:
+            what = "negative" if d < 0 else f"above {_INTP_MAX}, the largest numpy allows"
+            raise ValueError(f"{name}: header shape {_api._short_repr(shape)} has dimension "
+                             f"{_api._short_repr(d)}, {what}; expected sizes from 0 to "
+                             f"{_INTP_MAX}")
         n *= d
-    if n > _INT64_MAX:
-        raise ValueError(f"{name}: header shape {shape} of itemsize {itemsize} is {n} bytes, "
-                         f"more than any file can hold")
+        span *= d or 1
+    if n > _INTP_MAX:
+        raise ValueError(f"{name}: header shape {_api._short_repr(shape)} of itemsize "
+                         f"{itemsize} is {_api._short_repr(n)} bytes, more than any file can "
+                         f"hold (or numpy can index: at most {_INTP_MAX})")
+    if span > _INTP_MAX:
+        raise ValueError(f"{name}: header shape {_api._short_repr(shape)} of itemsize "
+                         f"{itemsize} spans {_api._short_repr(span)} bytes (its nonzero "
+                         f"dimensions), more than numpy allows for an array ({_INTP_MAX})")
     return n
 
 
@@ -165,14 +182,26 @@ def _parse_numpy(raw, version, name, max_header_size):
         shape, fortran, dt = _np_read_array_header(io.BytesIO(raw), version,
                                                    max_header_size=max_header_size)
     except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from exc
+        raise ValueError(f"{name}: {_clipped(exc)}") from exc
     except Exception as exc:  # literal_eval's RecursionError, MemoryError, ...: a bad header
         raise ValueError(f"{name}: cannot parse the .npy header ({type(exc).__name__}: "
-                         f"{exc})") from exc
+                         f"{_clipped(exc)})") from exc
     _checked_dtype(dt, name)
     if not all(type(d) is int for d in shape):  # numpy's check lets bools through
-        raise ValueError(f"{name}: header shape {shape!r} is not a tuple of integers")
+        raise ValueError(f"{name}: header shape {_api._short_repr(shape)} is not a tuple of "
+                         f"integers")
     return dt, shape, "F" if fortran else "C", _nbytes(shape, dt.itemsize, name)
+
+
+def _clipped(exc, limit=300):
+    """``exc``'s message, bounded, with its cause's: numpy's "Cannot parse header" quotes the
+    whole header (up to max_header_size) and leaves the reason in ``__cause__``."""
+    def clip(text):
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    text = clip(str(exc))
+    if exc.__cause__ is not None:
+        text += f" ({type(exc.__cause__).__name__}: {clip(str(exc.__cause__))})"
+    return text
 
 
 def parse_header(first, read, limit, name, max_header_size=MAX_HEADER_SIZE):
@@ -278,7 +307,8 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
         ``'r'`` read-only (default); ``'r+'`` read-write, writes reach the file; ``'c'``
         copy-on-write. numpy's long names are accepted. ``'w+'`` is refused: the file exists
         and holds the data (see :func:`create_npy`). No mode grows a file: a file shorter
-        than its header says is an error.
+        than its header says is an error. For a ``.npz``, ``'r+'`` reads each member once
+        when it is first opened, to verify its CRC-32 (see :class:`~mmarray.NpzMapping`).
     rows : slice, range or (start, stop) tuple, optional
         ``.npy`` only: map only these rows, along the first axis for C order and the last
         axis for Fortran order (elements for 1-D). Python slicing rules for negative and
@@ -299,14 +329,18 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
     Raises
     ------
     ValueError
-        A malformed file (bad magic, unknown version, truncated header, data past the end
-        of the file, a broken zip directory, overlapping members, ...), a dtype holding
-        Python objects (``np.load`` needs ``allow_pickle=True`` for those, and they cannot
-        be mapped), a bad mode or ``rows`` with a step, or with a ``.npz``.
+        A malformed file (bad magic, unknown version, truncated header, a shape numpy
+        cannot make, data past the end of the file, a broken zip directory, overlapping
+        members, ...), a dtype holding Python objects (``np.load`` needs
+        ``allow_pickle=True`` for those, and they cannot be mapped), a bad mode or ``rows``
+        with a step, or with a ``.npz``, a path holding a null byte, or a file object whose
+        ``fileno()`` is a negative or too large int.
     TypeError
-        ``file`` is neither a path nor a file object, or ``rows`` is not a range.
+        ``file`` is neither a path nor a file object whose ``fileno()`` gives an int, or
+        ``rows`` is not a range.
     OSError
-        From the operating system (FileNotFoundError, PermissionError, ...).
+        From the operating system (FileNotFoundError, PermissionError, EBADF for a file
+        object whose descriptor is closed, ...).
 
     Examples
     --------
@@ -337,7 +371,11 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
                         f"fileno(), got {type(file).__name__}")
     if not path:
         raise FileNotFoundError(2, "No such file or directory", path)
-    fd = os.open(path, _O_READ if access != _engine.WRITE else _O_WRITE)
+    try:
+        fd = os.open(path, _O_READ if access != _engine.WRITE else _O_WRITE)
+    except ValueError:
+        check_path(path)  # a null byte: say so with the path
+        raise
     try:
         first = os.read(fd, FIRST_READ)
         # Fast path: no rows, a version 1.0 header as numpy writes it, whole in `first`.
@@ -378,11 +416,7 @@ def _abspath(path):
 
 
 def _load_fileobj(file, mode, access, rows, compressed, max_header_size):
-    try:
-        fd = file.fileno()
-    except (OSError, ValueError) as exc:  # io.UnsupportedOperation: BytesIO and friends
-        raise TypeError(f"file must be a path or a file object with a working fileno() (an OS "
-                        f"file to map), got {type(file).__name__}: {exc}") from None
+    fd = _api.fileno_of(file)  # checked before anything is read or written
     if access == _engine.WRITE and not getattr(file, "writable", lambda: True)():
         raise ValueError(f"mode 'r+' needs a file object open for writing, got {file!r}")
     if hasattr(file, "flush") and getattr(file, "writable", lambda: False)():
@@ -451,9 +485,9 @@ def _check_size(fd, offset, nbytes, dt, shape, name):
     size = os.fstat(fd).st_size
     if offset + nbytes > size:
         raise ValueError(
-            f"{name}: the header says {shape} x {dt} = {nbytes} bytes of data from offset "
-            f"{offset}, but the file has only {max(size - offset, 0)} bytes there "
-            f"({size} in all): truncated or corrupt .npy")
+            f"{name}: the header says {_api._short_repr(shape)} x {dt} = {nbytes} bytes of "
+            f"data from offset {offset}, but the file has only {max(size - offset, 0)} bytes "
+            f"there ({size} in all): truncated or corrupt .npy")
 
 
 # -- create -----------------------------------------------------------------------------------
@@ -466,11 +500,23 @@ def header_bytes(dtype, shape, fortran_order):
     return buf.getvalue()
 
 
+_TEMP_SUFFIX = ".mmarray-tmp"
+# What follows ".{base}." in a temporary's name: the writer's pid, 12 hex digits, the suffix.
+_TEMP_TAIL = re.compile(r"([1-9][0-9]{0,9})\.[0-9a-f]{12}" + re.escape(_TEMP_SUFFIX))
+_PID_MAX = 2**31 - 1  # pid_t
+
+
 def temp_sibling(path):
-    """Create a new empty file next to ``path``; return (fd, temp path)."""
+    """Create a new empty hidden file next to ``path``; return (fd, temp path).
+
+    Its name is ``.{base}.{pid}.{12 hex digits}.mmarray-tmp``; temporaries for the same
+    ``path`` left by processes that are gone are removed first (see `_remove_stale_temps`).
+    """
     directory, base = os.path.split(path)
+    _remove_stale_temps(directory, base)
     for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
+        tmp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(6).hex()}"
+                                      f"{_TEMP_SUFFIX}")
         try:
             return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666), tmp
         except FileExistsError:
@@ -478,11 +524,92 @@ def temp_sibling(path):
     raise FileExistsError(17, "cannot create a temporary file next to", path)  # pragma: no cover
 
 
+def _remove_stale_temps(directory, base):
+    """Remove the temporaries for ``base`` whose writer (the pid in the name) is gone.
+
+    A writer killed between creating its temporary and renaming it leaves the file behind.
+    Only regular files named as `temp_sibling` names them for this very ``base`` are
+    considered, and one is removed only when ``os.kill(pid, 0)`` says no such process exists
+    on this host; anything else (a live pid, another user's process, an unreadable
+    directory) is left alone. POSIX only: on Windows ``os.kill`` would terminate the process.
+    """
+    if not _POSIX:
+        return
+    prefix = f".{base}."
+    try:
+        with os.scandir(directory or ".") as entries:
+            stale = [(e.path, int(m.group(1))) for e in entries
+                     if e.name.startswith(prefix) and e.name.endswith(_TEMP_SUFFIX)
+                     and (m := _TEMP_TAIL.fullmatch(e.name, len(prefix))) is not None
+                     and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return
+    for tmp, pid in stale:
+        if pid > _PID_MAX or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
+        except ProcessLookupError:
+            try:
+                os.unlink(tmp)
+            except OSError:  # removed by another writer meanwhile, or not ours to remove
+                pass
+        except OSError:  # PermissionError: alive, another user's
+            pass
+
+
+def fsync_directory(path):
+    """fsync the directory holding ``path``, so that a rename into it survives a power loss.
+
+    POSIX only (Windows cannot open a directory for this); skipped where the directory
+    cannot be opened for reading or its filesystem does not support fsync on it.
+    """
+    if not _POSIX:
+        return
+    try:
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp, path):
+    """Rename the (already fsynced) temporary ``tmp`` over ``path`` and fsync the directory.
+
+    With the data synced before and the directory entry after, a crash or power loss leaves
+    either the old file or the complete new one at ``path``, never an empty or partial one.
+    """
+    os.replace(tmp, path)
+    fsync_directory(path)
+
+
+def discard(tmp):
+    """Remove a temporary file after a failure (quietly: the failure is what is reported)."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def check_path(path):
+    """ValueError naming ``path`` if it holds a null byte (no file name can)."""
+    if ("\0" if isinstance(path, str) else b"\0") in path:
+        raise ValueError(f"path {_api._short_repr(path)} contains a null byte (\\0); a file "
+                         f"name cannot hold one")
+
+
 def replace_target(file):
     """Resolve where a new file for ``file`` goes: (path to replace, mode bits or None)."""
     path = os.fspath(file)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
+    check_path(path)
     if not path:
         raise FileNotFoundError(2, "No such file or directory", path)
     if os.path.islink(path):
@@ -508,9 +635,13 @@ def create_npy(file, dtype, shape, fortran_order=False):
     The header is written with ``numpy.lib.format`` (the oldest version that can hold it),
     the data segment is preallocated (real blocks where the filesystem can, so a full disk
     fails here rather than on a later write) and mapped in mode ``'w+'``; the data starts
-    zeroed. The file is built under a temporary name next to ``file`` and renamed over it
-    once mapped, so a failure leaves no file behind (and an existing file untouched), and
-    mappings of a file being replaced stay valid (they keep the old file's data).
+    zeroed. The file is built under a hidden temporary name next to ``file`` and renamed
+    over it once mapped, so a failure leaves no file behind (and an existing file untouched),
+    and mappings of a file being replaced stay valid (they keep the old file's data). The
+    header is fsynced before the rename and the directory after it, so a crash or power loss
+    leaves the old file or the new one, never an empty one; the data pages are written by
+    :meth:`~Mapping.flush`. Temporaries that a killed writer left for the same ``file`` are
+    removed (only those whose process is gone).
 
     Parameters
     ----------
@@ -535,7 +666,7 @@ def create_npy(file, dtype, shape, fortran_order=False):
         A dtype holding objects or of itemsize 0, a shape not made of integers, a file
         object instead of a path, or a non-bool ``fortran_order``.
     ValueError
-        A negative dimension or a size that overflows 64 bits.
+        A negative dimension, a size that overflows 64 bits, or a path holding a null byte.
     OSError
         From the operating system (the directory does not exist, disk full, ...).
 
@@ -578,18 +709,16 @@ def create_npy(file, dtype, shape, fortran_order=False):
         else:
             m = _engine.map_file(None, _engine.WRITE, len(header), 0, 0, dt, shape, order,
                                  "w+", filename)
+        os.fsync(fd)  # the header (and the allocation); the data is the caller's to flush
         os.close(fd)
         fd = -1
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         if fd >= 0:
             os.close(fd)
         if m is not None:
             m.close()
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard(tmp)
         raise
     return m
 

@@ -27,6 +27,7 @@ import io
 import operator
 import os
 import struct
+import sys
 import threading
 import warnings
 import weakref
@@ -56,6 +57,7 @@ _EOCD64 = struct.Struct("<4sQ2H2L4Q")        # ZIP64 end of central directory re
 _CDIR = struct.Struct("<4s6H3L5H2L")         # central directory file header
 _LOCAL = struct.Struct("<4s5H3L2H")          # local file header
 _U16 = struct.Struct("<H")
+_U16X2 = struct.Struct("<HH")
 _SIG_EOCD, _SIG_LOC64, _SIG_EOCD64 = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
 _SIG_CDIR, _SIG_LOCAL, _SIG_DD = b"PK\x01\x02", b"PK\x03\x04", b"PK\x07\x08"
 _FFFF, _FFFFFFFF = 0xFFFF, 0xFFFFFFFF
@@ -73,6 +75,8 @@ ALIGN = 64
 _ALIGN_EXTRA_ID = 0xD935          # the extra field Android's zipalign pads with
 _DOS_DATE, _DOS_TIME = (0 << 9) | (1 << 5) | 1, 0   # 1980-01-01 00:00: reproducible archives
 _CHUNK = 64 << 20
+#: Largest uncompressed size a member may claim: what ``zlib``'s output length can be.
+_MAX_USIZE = sys.maxsize - 1
 
 
 def _bad(name, what):
@@ -111,7 +115,7 @@ def _zip64_extra(extra, usize, csize, lho, name, member):
 
 
 def _read_directory(fd, first, size, name):
-    """Parse the end records and the central directory; return (entries, cd_start)."""
+    """Parse the end records and the central directory; return (entries, cd_start, cd)."""
     def get(pos, n):
         if pos + n <= len(first):
             return first[pos:pos + n]
@@ -172,7 +176,7 @@ def _read_directory(fd, first, size, name):
     cd = get(cd_start, cd_size)
     if len(cd) != cd_size:
         raise _bad(name, "the central directory runs past the end of the file")
-    return _parse_entries(cd, cd_start, count, concat, name), cd_start
+    return _parse_entries(cd, cd_start, count, concat, name), cd_start, cd
 
 
 def _find_eocd(tail, end):
@@ -213,6 +217,10 @@ def _parse_entries(cd, cd_start, count, concat, name):
         if usize == _FFFFFFFF or csize == _FFFFFFFF or lho == _FFFFFFFF:
             usize, csize, lho = _zip64_extra(cd[q + nlen:q + nlen + elen], usize, csize, lho,
                                              name, member)
+        if usize > _MAX_USIZE:  # a stored member's size is bounded by the file, below
+            raise _bad(name, f"member {member!r} claims an uncompressed size of {usize} bytes, "
+                             f"more than can be allocated (at most {_MAX_USIZE}): corrupt "
+                             f"central directory")
         if method == _STORED and csize != usize:
             raise _bad(name, f"member {member!r} is stored uncompressed but its sizes differ "
                              f"({csize} stored, {usize} uncompressed)")
@@ -247,7 +255,7 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     """Open an archive (called by `mmarray.load` with the file's first bytes read)."""
     st = os.fstat(fd)
     first = first if filename is not None else b""  # a file object's bytes start at tell()
-    entries, _ = _read_directory(fd, first, st.st_size, name)
+    entries, cd_start, cd = _read_directory(fd, first, st.st_size, name)
     by_key = {}
     for e in entries:
         if e.key in by_key:
@@ -279,6 +287,9 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     npz._mode = mode
     npz._access = access
     npz._prefix = first
+    # r+ keeps the directory as loaded: the bytes that prove a member's CRC-32 positions are
+    # still its own before anything is written there (see _Crc).
+    npz._cd = (cd_start, cd) if access == _engine.WRITE else None
     npz._id = (st.st_dev, st.st_ino)
     npz._max_header_size = max_header_size
     return npz
@@ -303,11 +314,21 @@ class NpzMapping(collections.abc.Mapping):
     In mode ``'r+'``, writes through a member change the archive, and the member's
     :meth:`~mmarray.Mapping.flush` and :meth:`~mmarray.Mapping.close` (so also :meth:`close`
     here) recompute its CRC-32 over its stored bytes (reading them once) and rewrite it in
-    the local header, the central directory and the data descriptor if any, so ``zipfile``
-    and ``np.load`` keep accepting the archive. If arrays of a closed member are still alive,
-    the CRC is computed again once the last of them is gone, and at interpreter exit for
-    members never closed. The CRC-32 of stored members is not checked when they are mapped
-    (that would read all of their data).
+    the local header, the central directory and the data descriptor if any, wherever the
+    value there differs, so ``zipfile`` and ``np.load`` keep accepting the archive. If arrays
+    of a closed member are still alive, the CRC is computed again once the last of them is
+    gone, and at interpreter exit for members never closed. A rewrite first checks that the
+    file still holds the member where it was loaded (its local header, directory entry and
+    data descriptor, and the file's length); if the archive was rewritten or truncated in
+    place since, nothing is written and a :class:`RuntimeWarning` names the member.
+
+    Mode ``'r+'`` reads each member once, when it is first opened, to verify its CRC-32
+    against what the archive stores now: a member whose CRC-32 does not match its data
+    (corrupt, or written without its CRC-32 being updated, for example by a process that
+    crashed before :meth:`~mmarray.Mapping.flush`) raises ValueError rather than getting a
+    fresh CRC-32 that would make it look valid; mode ``'r'`` still maps it. Modes ``'r'``
+    and ``'c'`` do not check the CRC-32 of stored members (that would read all of their
+    data).
 
     The archive holds no file descriptor between accesses: a member access reopens the file
     by name (or uses the file object given to :func:`mmarray.load`, which must stay open).
@@ -443,21 +464,21 @@ class NpzMapping(collections.abc.Mapping):
             raise ValueError(f"{label} is encrypted; mmarray cannot read encrypted members")
         fd, owned = self._fd(label)
         try:
-            data, lflags, lcrc = self._local_header(fd, e, label)
+            data, head = self._local_header(fd, e, label)
             if e.method != _STORED:
                 return self._inflate(fd, owned, e, data, label)
-            return self._map(fd, e, data, lflags, lcrc, label)
+            return self._map(fd, e, data, head, label)
         finally:
             if owned:
                 os.close(fd)
 
     def _local_header(self, fd, e, label):
-        """Check the local header; return (data offset, local flags, local CRC field)."""
+        """Check the local header; return (data offset, its first 30 + name length bytes)."""
         head = self._read(fd, e.lho, min(30 + len(e.raw), e.limit - e.lho))
         if len(head) < 30 or head[:4] != _SIG_LOCAL:
             raise ValueError(f"{label}: no local file header at offset {e.lho} (expected "
                              f"signature {_SIG_LOCAL!r}, found {head[:4]!r})")
-        _, _, lflags, _, _, _, lcrc, _, _, nlen, elen = _LOCAL.unpack_from(head)
+        nlen, elen = _U16X2.unpack_from(head, 26)
         if head[30:30 + nlen] != e.raw or nlen != len(e.raw):
             raise ValueError(f"{label}: the local header names {head[30:30 + nlen]!r}, the "
                              f"central directory {e.raw!r}")
@@ -466,9 +487,9 @@ class NpzMapping(collections.abc.Mapping):
             raise ValueError(f"{label}: its data (offset {data}, {e.csize} bytes) runs past "
                              f"offset {e.limit}, where the next member or the central "
                              f"directory starts: members overlap or the archive is corrupt")
-        return data, lflags, lcrc
+        return data, head
 
-    def _map(self, fd, e, data, lflags, lcrc, label):
+    def _map(self, fd, e, data, head, label):
         mode, access = self._mode, self._access
         prefix = self._prefix
         if data + min(e.csize, 256) <= len(prefix):  # the header is (most likely) at hand
@@ -480,33 +501,21 @@ class NpzMapping(collections.abc.Mapping):
                 first, lambda pos, n: self._read(fd, data + pos, min(n, e.csize - pos)),
                 e.csize, label, self._max_header_size)
             if hlen + nbytes > e.csize:
-                raise ValueError(f"{label}: the header says {shape} x {dt} = {nbytes} bytes "
-                                 f"of data, but the member holds only {e.csize - hlen} after "
-                                 f"its {hlen}-byte header")
+                raise ValueError(f"{label}: the header says {_api._short_repr(shape)} x {dt} = "
+                                 f"{nbytes} bytes of data, but the member holds only "
+                                 f"{e.csize - hlen} after its {hlen}-byte header")
         else:  # not a .npy: its raw bytes, as np.load returns them
             hlen, dt, shape, order, nbytes = 0, _U8, (e.csize,), "C", e.csize
         offset = data + hlen
         cls = Mapping if access != _engine.WRITE else _NpzMember
         if cls is _NpzMember:
-            positions = [e.cd_pos + 16]
-            flags = e.flags | lflags
-            if not flags & _FLAG_DESCRIPTOR or lcrc:
-                positions.append(e.lho + 14)
-            if flags & _FLAG_DESCRIPTOR:
-                end = data + e.csize
-                crc_pos = end + 4 if self._read(fd, end, 4) == _SIG_DD else end
-                if crc_pos + 4 > e.limit:
-                    raise ValueError(f"{label}: its data descriptor at offset {end} runs past "
-                                     f"offset {e.limit} (next member or central directory)")
-                positions.append(crc_pos)
             crc = self._crcs.get(e.key)
-            if crc is None:
-                # One per member, reused by every reopen: it follows each rewrite of the
-                # CRC-32, which the directory's value read at load time does not.
+            if crc is None:  # first r+ open: the CRC-32 is checked (the member read once)
                 header = first[:hlen] if len(first) >= hlen else self._read(fd, data, hlen)
-                crc = _Crc(self._target, self._id, label, header, offset, nbytes,
-                           data + e.csize, positions, e.crc)
+                crc = self._new_crc(fd, e, data, head, header, offset, nbytes, label)
                 self._crcs[e.key] = crc
+            else:
+                crc.check(fd)
         if nbytes == 0:
             m = _engine.map_file(None, access, offset, 0, 0, dt, shape, order, mode,
                                  self._filename, cls)
@@ -517,6 +526,56 @@ class NpzMapping(collections.abc.Mapping):
             m._crc = crc
             m._finalizer = weakref.finalize(m, _final_crc, crc)
         return m
+
+    def _new_crc(self, fd, e, data, head, header, offset, nbytes, label):
+        """The `_Crc` of a member opened in mode 'r+', once its CRC-32 is found valid.
+
+        Records where the CRC-32 is stored and the bytes that place the member (its local
+        header, central directory entry and data descriptor, except CRC-32s and timestamps),
+        checks them against the file now, and reads the member's stored bytes to check the
+        CRC-32: ValueError if it does not match, since every write-back would then make a
+        corrupt member look valid.
+        """
+        _, _, lflags, _, _, _, lcrc, lcsize, lusize, nlen, elen = _LOCAL.unpack_from(head)
+        flags, lho, end = e.flags | lflags, e.lho, data + e.csize
+        positions, where = [e.cd_pos + 16], ["central directory"]
+        if not flags & _FLAG_DESCRIPTOR or lcrc:
+            positions.append(lho + 14)
+            where.append("local header")
+        # Local header: signature, flags + method, the sizes unless a data descriptor has
+        # them (with the ZIP64 extra field if they are there), name and extra lengths, name.
+        proof = [(lho, head[:4]), (lho + 6, head[6:10]), (lho + 26, head[26:30 + nlen])]
+        if not lflags & _FLAG_DESCRIPTOR:
+            proof.append((lho + 18, head[18:26]))
+            if _FFFFFFFF in (lcsize, lusize):
+                proof.append((lho + 30 + nlen, self._read(fd, lho + 30 + nlen, elen)))
+        # Central directory entry: signature, flags + method, sizes and name/extra lengths,
+        # local header offset and name (and the extra field if ZIP64 values are there).
+        cd_start, cd = self._cd
+        p = e.cd_pos - cd_start
+        cnlen, celen = _U16X2.unpack_from(cd, p + 28)
+        proof += [(e.cd_pos, cd[p:p + 4]), (e.cd_pos + 8, cd[p + 8:p + 12]),
+                  (e.cd_pos + 20, cd[p + 20:p + 32]), (e.cd_pos + 42, cd[p + 42:p + 46 + cnlen])]
+        if _FFFFFFFF in struct.unpack_from("<LLL", cd[p + 20:p + 28] + cd[p + 42:p + 46]):
+            proof.append((e.cd_pos + 46 + cnlen, cd[p + 46 + cnlen:p + 46 + cnlen + celen]))
+        if flags & _FLAG_DESCRIPTOR:  # optional signature, CRC-32, 4- or 8-byte sizes
+            tail = self._read(fd, end, max(0, min(24, e.limit - end)))
+            crc_pos = end + 4 if tail[:4] == _SIG_DD else end
+            if crc_pos + 4 > e.limit:
+                raise ValueError(f"{label}: its data descriptor at offset {end} runs past "
+                                 f"offset {e.limit} (next member or central directory)")
+            positions.append(crc_pos)
+            where.append("data descriptor")
+            sizes = tail[crc_pos + 4 - end:]
+            narrow = len(sizes) >= 8 and struct.unpack_from("<LL", sizes) == (e.csize, e.usize)
+            wide = (not narrow and len(sizes) >= 16
+                    and struct.unpack_from("<QQ", sizes) == (e.csize, e.usize))
+            proof += [(end, tail[:crc_pos - end]), (crc_pos + 4, sizes[:16 if wide else 8])]
+        crc = _Crc(self._target, self._id, label, header, data, offset, nbytes, end,
+                   positions, where, proof)
+        crc.check(fd)
+        crc.verify(fd)
+        return crc
 
     def _inflate(self, fd, owned, e, data, label):
         raw = self._read(fd, data, e.csize)
@@ -544,8 +603,9 @@ class NpzMapping(collections.abc.Mapping):
             hlen, dt, shape, order, nbytes = _npy.parse_header(
                 out, lambda pos, n: out[pos:pos + n], len(out), label, self._max_header_size)
             if hlen + nbytes > len(out):
-                raise ValueError(f"{label}: the header says {shape} x {dt} = {nbytes} bytes "
-                                 f"of data, but the member holds only {len(out) - hlen}")
+                raise ValueError(f"{label}: the header says {_api._short_repr(shape)} x {dt} = "
+                                 f"{nbytes} bytes of data, but the member holds only "
+                                 f"{len(out) - hlen}")
             arr = np.ndarray(shape, dt, out, hlen, None, order)
         else:
             arr, order = np.frombuffer(out, _U8), "C"
@@ -587,7 +647,7 @@ def _reopen(target, file_id, flags, label, advice):
     if isinstance(target, (str, bytes)):
         fd, owned = os.open(target, flags), True
     else:
-        fd, owned = target.fileno(), False
+        fd, owned = _api.fileno_of(target), False
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != file_id:
@@ -603,23 +663,76 @@ def _reopen(target, file_id, flags, label, advice):
 
 
 class _Crc:
-    """Where a member's CRC-32 is recorded, its value there, and how to recompute it.
+    """Where a member's CRC-32 is recorded, how to recompute it, and how to tell it is there.
 
-    One per member of an archive, shared by every Mapping of that member (a reopen after
-    close, a closed one kept alive by its arrays): ``crc`` is what the archive holds now, so
-    skipping the rewrite when the recomputed value equals it is right whichever Mapping wrote
-    last.
+    One per member of an archive loaded in mode 'r+', shared by every Mapping of that member
+    (a reopen after close, a closed one kept alive by its arrays). Nothing is written unless
+    the file still holds the member where it was loaded (`check`), and the recomputed value
+    is compared with what each position holds now, not with a remembered value: another
+    handle on the archive may have rewritten it since.
     """
-    __slots__ = ("target", "id", "label", "header", "data", "nbytes", "end", "positions",
-                 "crc", "lock")
+    __slots__ = ("target", "id", "label", "header", "start", "data", "nbytes", "end",
+                 "positions", "where", "proof", "size", "lock", "__weakref__")
 
-    def __init__(self, target, file_id, label, header, data, nbytes, end, positions, crc):
+    def __init__(self, target, file_id, label, header, start, data, nbytes, end, positions,
+                 where, proof):
         self.target, self.id, self.label = target, file_id, label
-        self.header, self.data, self.nbytes, self.end = header, data, nbytes, end
-        self.positions, self.crc = positions, crc
+        # header: the member's .npy header; start: where its stored bytes begin; data, nbytes:
+        # the mapped array data; end: where the stored bytes end.
+        self.header, self.start, self.data, self.nbytes = header, start, data, nbytes
+        self.end, self.positions, self.where = end, positions, where
+        # proof: (offset, bytes) that must read back unchanged; size: the file must reach it.
+        self.proof = [(pos, want) for pos, want in proof if want]
+        self.size = max([end] + [p + 4 for p in positions] +
+                        [pos + len(want) for pos, want in self.proof])
         # Finalizers of other Mappings of the member may update from another thread (or
         # from a garbage collection inside an update: hence reentrant).
         self.lock = threading.RLock()
+        _live_crcs.add(self)
+
+    def moved(self, fd):
+        """Why the file no longer holds the member as loaded, or None if it does."""
+        size = os.fstat(fd).st_size
+        if size < self.size:
+            return f"the file has {size} bytes, the member and its records need {self.size}"
+        for pos, want in self.proof:
+            if _npy.read_at(fd, pos, len(want)) != want:
+                return f"the {len(want)} bytes at offset {pos} are not those of the member"
+        return None
+
+    def check(self, fd):
+        """ValueError if the archive was rewritten in place since it was loaded."""
+        why = self.moved(fd)
+        if why is not None:
+            raise ValueError(f"{self.label}: the archive was rewritten in place since it was "
+                             f"loaded ({why}); reload it with mmarray.load")
+
+    def stored(self, fd):
+        """The CRC-32 values the archive holds now, one per position."""
+        return [struct.unpack("<L", _npy.read_at(fd, p, 4))[0] for p in self.positions]
+
+    def crc_from_file(self, fd, pos, crc):
+        """Continue ``crc`` over the stored bytes from ``pos`` to the member's end."""
+        while pos < self.end:
+            chunk = _npy.read_at(fd, pos, min(_CHUNK, self.end - pos))
+            if not chunk:
+                raise ValueError(f"{self.label}: the archive was truncated")
+            crc = zlib.crc32(chunk, crc)
+            pos += len(chunk)
+        return crc
+
+    def verify(self, fd):
+        """ValueError unless every stored CRC-32 matches the member's stored bytes."""
+        stored = self.stored(fd)
+        computed = self.crc_from_file(fd, self.start, 0)
+        if any(v != computed for v in stored):
+            found = ", ".join(f"{w} {v:#010x}" for w, v in zip(self.where, stored))
+            raise ValueError(
+                f"{self.label}: bad CRC-32: the archive stores {found}, its data gives "
+                f"{computed:#010x}; the member is corrupt or was changed without its CRC-32, "
+                f"and mode 'r+' refuses it (each write-back would make it look valid). Open "
+                f"the archive with mode 'r' to read it as it is (np.load and zipfile report "
+                f"the bad CRC-32)")
 
     def update(self, member, sync):
         """Recompute from the live mapping ``member`` (or from the file if None); rewrite."""
@@ -630,31 +743,45 @@ class _Crc:
         fd, owned = _reopen(self.target, self.id, _npy._O_WRITE, self.label,
                             "its CRC-32 is not updated")
         try:
-            crc = zlib.crc32(self.header)
+            why = self.moved(fd)  # before reading the mapping: past a truncation it SIGBUSes
+            if why is not None:
+                warnings.warn(f"{self.label}: its CRC-32 is not updated, nothing is written: "
+                              f"the archive was rewritten or truncated in place since it was "
+                              f"loaded ({why})", RuntimeWarning, stacklevel=4)
+                return
             if member is not None:
+                crc = zlib.crc32(self.header)
                 if self.nbytes:
                     # Through an export object, not the Mapping's own buffer: a raw buffer of
                     # the Mapping would defer its unmap to its garbage collection.
                     crc = zlib.crc32(member._export(), crc)
-                pos = self.data + self.nbytes
+                crc = self.crc_from_file(fd, self.data + self.nbytes, crc)  # trailing bytes
             else:
-                pos = self.data
-            while pos < self.end:  # the data (from the file) and any trailing stored bytes
-                chunk = _npy.read_at(fd, pos, min(_CHUNK, self.end - pos))
-                if not chunk:
-                    raise ValueError(f"{self.label}: the archive was truncated")
-                crc = zlib.crc32(chunk, crc)
-                pos += len(chunk)
-            if crc != self.crc:
-                packed = struct.pack("<L", crc)
-                for p in self.positions:
+                crc = self.crc_from_file(fd, self.start, 0)
+            packed, written = struct.pack("<L", crc), False
+            for p, old in zip(self.positions, self.stored(fd)):
+                if old != crc:
                     _pwrite(fd, packed, p)
-                self.crc = crc
-                if sync:
-                    os.fsync(fd)
+                    written = True
+            if written and sync:
+                os.fsync(fd)
         finally:
             if owned:
                 os.close(fd)
+
+
+_live_crcs = weakref.WeakSet()  # every _Crc, for the fork handler
+
+
+def _new_locks_after_fork():
+    """In a forked child: a _Crc lock held by a parent thread would never be released there
+    (the exit-time CRC update would hang), and no child thread holds one yet."""
+    for crc in list(_live_crcs):
+        crc.lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 if hasattr(os, "pwrite"):
@@ -823,11 +950,13 @@ def save_npz(file, /, **arrays):
     Parameters
     ----------
     file : str, bytes, os.PathLike or file object
-        A path: the archive is written under a temporary name next to it and renamed over it
-        when complete (nothing is left behind on failure; an existing file's permission
-        bits are kept). The name is used as given (``np.savez`` appends ``.npz``). A file
-        object must be binary, writable and seekable; the archive is written at its current
-        position.
+        A path: the archive is written under a hidden temporary name next to it, fsynced,
+        renamed over it when complete and the directory fsynced, so a failure, a crash or a
+        power loss leaves the old file or the complete new one (nothing is left behind on
+        failure; temporaries a killed writer left for the same path are removed once their
+        process is gone; an existing file's permission bits are kept). The name is used as
+        given (``np.savez`` appends ``.npz``). A file object must be binary, writable and
+        seekable; the archive is written at its current position.
     **arrays : array_like
         Member name -> array. Arrays holding Python objects are refused (they would be
         pickled, and could not be mapped).
@@ -835,7 +964,8 @@ def save_npz(file, /, **arrays):
     Raises
     ------
     ValueError
-        An array of object dtype or itemsize 0, or a file object that cannot seek.
+        An array of object dtype or itemsize 0, a file object that cannot seek, or a path
+        holding a null byte.
     TypeError
         ``file`` is neither a path nor a writable file object.
     OSError
@@ -873,12 +1003,11 @@ def save_npz(file, /, **arrays):
                 os.chmod(tmp, perms)
             with os.fdopen(fd, "wb") as fp:
                 _write_archive(fp, members)
-            os.replace(tmp, path)
+                fp.flush()
+                os.fsync(fd)
+            _npy.replace_durably(tmp, path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _npy.discard(tmp)
             raise
         return
     if not (hasattr(file, "write") and hasattr(file, "seek") and hasattr(file, "tell")):

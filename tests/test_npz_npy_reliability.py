@@ -1,0 +1,574 @@
+"""Reliability of .npy/.npz handling (issue #8): the CRC-32 write-back of mode 'r+', sizes
+and shapes that overflowed, file objects and paths given to load, durable replacement."""
+import errno
+import gc
+import io
+import os
+import stat
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+
+import mmarray
+from _npy_helpers import npy_bytes, npy_header, write_npz_with_descriptors, zip_layout
+from helpers import assert_clean_exit, run_python
+from test_npz import check_archive, savez
+
+
+def write_archive(path, descriptor, **arrays):
+    """np.savez's archive, or zipfile's with data descriptors (CRC-32 and sizes after the
+    data, flag bit 3)."""
+    if descriptor:
+        with open(path, "wb") as raw:
+            write_npz_with_descriptors(raw, arrays)
+    else:
+        np.savez(path, **arrays)
+    return path
+
+
+def records(path, member):
+    """Offsets of ``member``'s local header, central directory entry, data, data end."""
+    lho, data, size, _ = zip_layout(path)[member]
+    raw = path.read_bytes()
+    eocd = raw.rfind(b"PK\x05\x06")
+    pos = struct.unpack_from("<L", raw, eocd + 16)[0]
+    while raw[pos:pos + 4] == b"PK\x01\x02":
+        nlen, elen, clen = struct.unpack_from("<3H", raw, pos + 28)
+        if raw[pos + 46:pos + 46 + nlen] == member.encode():
+            return {"local": lho, "cd": pos, "data": data, "dd": data + size}
+        pos += 46 + nlen + elen + clen
+    raise AssertionError(f"{member} not in the central directory")
+
+
+def flip_bit(path, pos):
+    """Change one byte of the file in place (same inode, as an in-place rewrite does)."""
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        byte = f.read(1)[0]
+        f.seek(pos)
+        f.write(bytes([byte ^ 1]))
+
+
+def stored_crcs(path, member):
+    """The CRC-32 in the central directory and the local header, and the member's real one."""
+    at = records(path, member)
+    raw = path.read_bytes()
+    return (struct.unpack_from("<L", raw, at["cd"] + 16)[0],
+            struct.unpack_from("<L", raw, at["local"] + 14)[0],
+            zlib.crc32(raw[at["data"]:at["dd"]]))
+
+
+# -- A. CRC-32 write-back in mode r+ ----------------------------------------------------------
+
+@pytest.mark.parametrize("descriptor", [False, True], ids=["plain", "data-descriptor"])
+def test_crc_writeback_skips_an_archive_rewritten_in_place(tmp_path, descriptor):
+    path = write_archive(tmp_path / "a.npz", descriptor, x=np.arange(10), y=np.ones(3))
+    npz = mmarray.load(path, mode="r+")
+    a = npz["x"].array
+    npz.close()               # `a` keeps the member mapped: its finalizer updates the CRC-32
+    a[0] = 123
+    inode = os.stat(path).st_ino
+    np.savez(path, y=np.arange(100) * 7, x=np.zeros(50))   # truncates and rewrites in place
+    assert os.stat(path).st_ino == inode                   # the identity check cannot tell
+    rewritten = path.read_bytes()
+    with pytest.warns(RuntimeWarning, match="CRC-32 is not updated") as caught:
+        del a
+        gc.collect()
+    msg = str(caught[0].message)
+    assert str(path) in msg and "'x'" in msg and "rewritten" in msg
+    assert path.read_bytes() == rewritten
+    got = check_archive(path)
+    assert got["y"].tolist() == list(range(0, 700, 7)) and got["x"].tolist() == [0] * 50
+
+
+def test_crc_writeback_of_a_live_member_after_the_archive_shrank_in_place_does_not_crash(
+        tmp_path):
+    # Computing the CRC-32 over the live mapping of a truncated file would SIGBUS: the check
+    # comes first.
+    path = savez(tmp_path, x=np.arange(200_000))
+    proc = run_python(f"""
+        import numpy as np, mmarray, pytest, zipfile
+        path = {str(path)!r}
+        npz = mmarray.load(path, mode="r+")
+        m = npz["x"]
+        m.array[-1] = -1
+        np.savez(path, x=np.arange(3))             # 1.6 MB -> a few hundred bytes, in place
+        rewritten = open(path, "rb").read()
+        with pytest.warns(RuntimeWarning, match="not updated"):
+            m.flush()
+        with pytest.warns(RuntimeWarning, match="not updated"):
+            npz.close()
+        assert open(path, "rb").read() == rewritten
+        assert zipfile.ZipFile(path).testzip() is None
+        assert np.load(path)["x"].tolist() == [0, 1, 2]
+    """, timeout=120)
+    assert_clean_exit(proc)
+
+
+# (record, offset in it, kinds of archive where a change there must stop the write-back)
+FIELDS = [
+    ("local", 0, "both"), ("local", 6, "both"), ("local", 8, "both"),   # signature, flags, method
+    ("local", 18, "plain"), ("local", 22, "plain"),    # sizes (deferred to the descriptor)
+    ("local", 28, "both"), ("local", 30, "both"),      # extra length, name
+    ("cd", 0, "both"), ("cd", 8, "both"), ("cd", 10, "both"), ("cd", 20, "both"),
+    ("cd", 24, "both"), ("cd", 42, "both"), ("cd", 46, "both"),  # ..., offset, name
+    ("dd", 0, "descriptor"), ("dd", 8, "descriptor"), ("dd", 12, "descriptor"),
+    ("local", 10, "neither"), ("cd", 12, "neither"),   # timestamps: the member is still there
+]
+
+
+FIELD_CASES = [(d, *field) for d in (False, True) for field in FIELDS
+               if d or field[0] != "dd"]
+
+
+@pytest.mark.parametrize("descriptor, record, offset, refused", FIELD_CASES,
+                         ids=[f"{'dd' if d else 'plain'}-{r}+{o}" for d, r, o, _ in FIELD_CASES])
+def test_crc_writeback_checks_each_field_that_places_the_member(tmp_path, descriptor, record,
+                                                                offset, refused):
+    path = write_archive(tmp_path / "a.npz", descriptor, x=np.arange(10), y=np.arange(4))
+    at = records(path, "x.npy")
+    npz = mmarray.load(path, mode="r+")
+    m = npz["x"]
+    m.array[0] = 55
+    flip_bit(path, at[record] + offset)
+    if refused in ("both", "descriptor" if descriptor else "plain"):
+        changed = path.read_bytes()
+        with pytest.warns(RuntimeWarning, match="not updated") as caught:
+            m.flush()
+        assert str(path) in str(caught[0].message) and "'x'" in str(caught[0].message)
+        assert path.read_bytes() == changed
+        with pytest.warns(RuntimeWarning, match="not updated"):
+            npz.close()
+        assert path.read_bytes() == changed
+    else:
+        m.flush()
+        npz.close()
+        cd, local, real = stored_crcs(path, "x.npy")
+        assert cd == real and (local == real or descriptor)
+        assert check_archive(path)["x"][0] == 55
+
+
+def test_crc_writeback_refuses_an_archive_truncated_before_the_members_end(tmp_path):
+    path = savez(tmp_path, y=np.ones(3), x=np.arange(10))
+    end = records(path, "x.npy")["dd"]
+    npz = mmarray.load(path, mode="r+")
+    a = npz["x"].array
+    npz.close()
+    os.truncate(path, end - 1)
+    with pytest.warns(RuntimeWarning, match="not updated"):
+        del a
+        gc.collect()
+    assert path.stat().st_size == end - 1
+
+
+@pytest.mark.parametrize("when", ["first open", "reopen"])
+def test_r_plus_member_opened_after_an_in_place_rewrite_is_a_value_error(tmp_path, when):
+    path = savez(tmp_path, x=np.arange(10), y=np.ones(3))
+    npz = mmarray.load(path, mode="r+")
+    if when == "reopen":
+        npz["x"].close()
+    np.savez(path, y=np.arange(100) * 7, x=np.zeros(50))
+    rewritten = path.read_bytes()
+    with pytest.raises(ValueError, match="rewritten in place since it was loaded") as info:
+        npz["x"]
+    assert str(path) in str(info.value) and "reload" in str(info.value)
+    npz.close()
+    assert path.read_bytes() == rewritten
+
+
+def test_two_r_plus_handles_writing_one_member_leave_a_valid_archive(tmp_path):
+    path = savez(tmp_path, x=np.arange(10))
+    first, second = mmarray.load(path, mode="r+"), mmarray.load(path, mode="r+")
+    a, b = first["x"], second["x"]
+    a.array[0] = 99
+    a.close()
+    assert check_archive(path)["x"][0] == 99
+    b.array[0] = 0       # the loaded bytes again: the CRC-32 `second` last saw is right again
+    b.close()
+    assert check_archive(path)["x"].tolist() == list(range(10))
+    first.close()
+    second.close()
+    assert check_archive(path)["x"].tolist() == list(range(10))
+
+
+def test_second_r_plus_handle_opening_a_member_the_first_rewrote_is_not_refused(tmp_path):
+    path = savez(tmp_path, x=np.arange(10))
+    first, second = mmarray.load(path, mode="r+"), mmarray.load(path, mode="r+")
+    first["x"].array[0] = 99
+    first.close()        # the CRC-32 changed since `second` read the directory
+    m = second["x"]
+    m.array[1] = 7
+    second.close()
+    assert check_archive(path)["x"].tolist() == [99, 7] + list(range(2, 10))
+
+
+# where the damage is -> position in the member's records
+CORRUPTIONS = {"data": ("data", 200), "local CRC": ("local", 14), "directory CRC": ("cd", 16)}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+@pytest.mark.parametrize("descriptor", [False, True], ids=["plain", "data-descriptor"])
+def test_r_plus_refuses_a_member_whose_stored_crc_does_not_match_its_data(tmp_path,
+                                                                          corruption,
+                                                                          descriptor):
+    if corruption == "local CRC" and descriptor:
+        corruption, (record, offset) = "descriptor CRC", ("dd", 4)
+    else:
+        record, offset = CORRUPTIONS[corruption]
+    path = write_archive(tmp_path / "a.npz", descriptor, x=np.arange(100), y=np.ones(3))
+    flip_bit(path, records(path, "x.npy")[record] + offset)
+    damaged = path.read_bytes()
+    npz = mmarray.load(path, mode="r+")
+    with pytest.raises(ValueError, match="bad CRC-32") as info:
+        npz["x"]
+    msg = str(info.value)
+    cd, _, real = stored_crcs(path, "x.npy")
+    assert str(path) in msg and "'x'" in msg and "mode 'r'" in msg
+    assert f"{cd:#010x}" in msg and f"{real:#010x}" in msg
+    npz["y"].array[0] = 2       # the intact member is writable
+    npz.close()
+    after = path.read_bytes()
+    at = records(path, "y.npy")
+    assert after[:at["local"]] == damaged[:at["local"]]        # x's bytes untouched
+    start = records(path, "x.npy")["dd"] - 800
+    with mmarray.load(path) as npz:                             # mode 'r' maps it as it is
+        assert npz["x"].array.tobytes() == damaged[start:start + 800]
+
+
+def test_flush_then_os_exit_leaves_an_archive_np_load_accepts(tmp_path):
+    path = savez(tmp_path, x=np.arange(1000), y=np.ones(3))
+    proc = run_python(f"""
+        import os, mmarray
+        npz = mmarray.load({str(path)!r}, mode="r+")
+        m = npz["x"]
+        m.array[::7] = -3
+        m.flush()
+        os._exit(0)                  # no close, no finalizer, no atexit
+    """, timeout=120)
+    assert_clean_exit(proc)
+    want = np.arange(1000)
+    want[::7] = -3
+    assert check_archive(path)["x"].tolist() == want.tolist()
+
+
+def test_a_crash_before_flush_leaves_a_stale_crc_that_r_plus_refuses_and_r_reads(tmp_path):
+    # What the README's safety notes say about a crash before flush()/close().
+    path = savez(tmp_path, x=np.arange(1000))
+    proc = run_python(f"""
+        import os, mmarray
+        npz = mmarray.load({str(path)!r}, mode="r+")
+        npz["x"].array[5] = -5
+        os._exit(0)
+    """, timeout=120)
+    assert_clean_exit(proc)
+    with pytest.raises(zipfile.BadZipFile, match="CRC"):
+        np.load(path)["x"]
+    with pytest.raises(ValueError, match="bad CRC-32"):
+        mmarray.load(path, mode="r+")["x"]
+    with mmarray.load(path) as npz:
+        assert npz["x"].array[5] == -5
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.fork")
+def test_fork_while_another_thread_holds_a_crc_lock_does_not_hang_the_child(tmp_path):
+    path = savez(tmp_path, x=np.arange(10))
+    proc = run_python(f"""
+        import os, sys, threading, time, zipfile, mmarray
+        npz = mmarray.load({str(path)!r}, mode="r+")
+        m = npz["x"]
+        m.array[0] = 5          # never closed: the child's exit runs its CRC-32 update
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with m._crc.lock:
+                held.set()
+                release.wait()
+
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)
+        release.set()
+        t.join()
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                sys.exit("the forked child hung at exit on the CRC-32 lock")
+            time.sleep(0.02)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        npz.close()
+        assert zipfile.ZipFile({str(path)!r}).testzip() is None
+    """, timeout=120)
+    assert_clean_exit(proc)
+
+
+# -- B. sizes and shapes that overflowed ------------------------------------------------------
+
+def deflated_zip64(path, payload, usize=None, csize=None):
+    """One deflated member ``x.npy`` whose sizes are in ZIP64 extra fields (local and
+    central), claiming ``usize``/``csize`` instead of the real sizes if given."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = packer.compress(payload) + packer.flush()
+    usize = len(payload) if usize is None else usize
+    csize = len(data) if csize is None else csize
+    crc, raw = zlib.crc32(payload), b"x.npy"
+    extra = struct.pack("<HHQQ", 1, 16, usize, csize)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 45, 0, 8, 0, 0x21, crc, 0xFFFFFFFF,
+                            0xFFFFFFFF, len(raw), len(extra)) + raw + extra + data)
+        cd_offset = f.tell()
+        f.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 45 | (3 << 8), 45, 0, 8, 0, 0x21,
+                            crc, 0xFFFFFFFF, 0xFFFFFFFF, len(raw), len(extra), 0, 0, 0, 0,
+                            0) + raw + extra)
+        f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, f.tell() - cd_offset,
+                            cd_offset, 0))
+    return path
+
+
+def test_deflated_zip64_member_with_its_true_sizes_is_read(tmp_path):
+    path = deflated_zip64(tmp_path / "z.npz", npy_bytes(np.arange(50)))
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+    with mmarray.load(path, compressed="ignore") as npz:
+        assert npz["x"].array.tolist() == list(range(50))
+
+
+@pytest.mark.parametrize("field, value", [("usize", 2**63), ("usize", 2**64 - 1),
+                                          ("usize", sys.maxsize), ("csize", 2**63),
+                                          ("csize", 2**64 - 1)])
+def test_deflated_member_with_a_zip64_size_past_2_63_is_a_value_error(tmp_path, field, value):
+    path = deflated_zip64(tmp_path / "z.npz", npy_bytes(np.arange(50)), **{field: value})
+    with pytest.raises(ValueError) as info:       # OverflowError before
+        mmarray.load(path, compressed="ignore")["x"]
+    msg = str(info.value)
+    assert str(path) in msg and "'x.npy'" in msg and str(value) in msg
+
+
+def test_deflated_member_claiming_the_largest_allocatable_size_fails_on_its_data(tmp_path):
+    path = deflated_zip64(tmp_path / "z.npz", npy_bytes(np.arange(50)), usize=sys.maxsize - 1)
+    npz = mmarray.load(path, compressed="ignore")          # a size zlib can be asked for
+    with pytest.raises(ValueError, match=f"the directory says {sys.maxsize - 1}"):
+        npz["x"]
+
+
+HUGE_DIM = 2**70
+HEADERS = {  # (header text, the value its message names)
+    "fast path": ("{'descr': '<f8', 'fortran_order': False, 'shape': (0, %d), }" % HUGE_DIM,
+                  str(HUGE_DIM)),
+    "numpy's parser": ("{'shape': (0, %d), 'fortran_order': False, 'descr': '<f8'}"
+                       % HUGE_DIM, str(HUGE_DIM)),
+    "dimension past intp": ("{'descr': '|u1', 'fortran_order': False, 'shape': (%d, 0), }"
+                            % 2**63, str(2**63)),
+    "nonzero span past intp": ("{'descr': '<f8', 'fortran_order': False, 'shape': (0, %d), }"
+                               % (2**63 - 1), str(8 * (2**63 - 1))),
+    "25 digits": ("{'descr': '<f8', 'fortran_order': False, 'shape': (0, %s), }" % ("9" * 25),
+                  "9" * 25),
+    "1000 digits": ("{'descr': '<f8', 'fortran_order': False, 'shape': (0, %s), }"
+                    % ("9" * 1000), "bits>"),
+    "5000 digits": ("{'descr': '<f8', 'fortran_order': False, 'shape': (0, %s), }"
+                    % ("9" * 5000), ""),
+}
+
+
+def npy_header_dtype(text):
+    return np.dtype(text.split("'descr': '")[1].split("'")[0])
+
+
+def test_numpy_refuses_a_shape_whose_nonzero_dimensions_overflow():
+    # What the "nonzero span past intp" case rests on.
+    with pytest.raises(ValueError, match="too big"):
+        np.empty((0, 2**63 - 1), "<f8")
+
+
+def _in_archive(path, npy, method):
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        zf.writestr("x.npy", npy)
+    return path
+
+
+@pytest.mark.parametrize("where", ["npy", "stored member", "deflated member"])
+@pytest.mark.parametrize("case", list(HEADERS))
+def test_npy_header_shape_numpy_cannot_make_is_a_value_error_naming_the_file(tmp_path, case,
+                                                                            where):
+    text, named = HEADERS[case]
+    npy = npy_header(text)
+    if where == "npy":
+        path = tmp_path / "h.npy"
+        path.write_bytes(npy)
+        label = str(path)
+    else:
+        path = _in_archive(tmp_path / "h.npz", npy, zipfile.ZIP_STORED if where == "stored "
+                           "member" else zipfile.ZIP_DEFLATED)
+        label = "'x'"
+    with pytest.raises(ValueError) as info:       # OverflowError (from .array) before
+        m = mmarray.load(path, compressed="ignore")
+        if where != "npy":
+            m = m["x"]
+        m.array
+    msg = str(info.value)
+    assert label in msg and named in msg and len(msg) < 1500, msg
+
+
+@pytest.mark.parametrize("text, shape", [
+    ("{'descr': '|u1', 'fortran_order': False, 'shape': (0, %d), }" % (2**63 - 1),
+     (0, 2**63 - 1)),
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (0, %d), }" % (2**60 - 1),
+     (0, 2**60 - 1)),
+    ("{'descr': '|u1', 'fortran_order': False, 'shape': (%d, 0), }" % 2**62, (2**62, 0))])
+def test_npy_header_with_the_largest_shapes_numpy_makes_loads(tmp_path, text, shape):
+    np.empty(shape, npy_header_dtype(text))        # numpy makes them
+    path = tmp_path / "h.npy"
+    path.write_bytes(npy_header(text))
+    with mmarray.load(path) as m:
+        assert m.array.shape == shape and m.array.size == 0
+
+
+# -- C. file objects and paths given to load --------------------------------------------------
+
+class Recorder:
+    """A file object whose fileno() returns ``fd``; every other call is recorded."""
+
+    def __init__(self, fd):
+        self.fd, self.calls = fd, []
+
+    def fileno(self):
+        if isinstance(self.fd, BaseException):
+            raise self.fd
+        return self.fd
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def record(*args, **kwargs):
+            self.calls.append(name)
+            return b"" if name.startswith("read") else 0
+        return record
+
+
+def _closed_fd(tmp_path):
+    fd = os.open(tmp_path / "closed", os.O_RDWR | os.O_CREAT)
+    os.close(fd)
+    return fd
+
+
+@pytest.mark.parametrize("mode", ["r", "r+"])
+@pytest.mark.parametrize("fd, exc, named", [
+    (None, TypeError, "None"), (b"x", TypeError, "b'x'"), (-1, ValueError, "-1"),
+    (2**31, ValueError, str(2**31)), (2**64, ValueError, str(2**64)),
+    (io.UnsupportedOperation("fileno"), TypeError, "fileno"), ("closed", OSError, None)])
+def test_load_file_object_with_a_bad_fileno_reads_and_writes_nothing(tmp_path, mode, fd, exc,
+                                                                      named):
+    if fd == "closed":
+        fd = _closed_fd(tmp_path)
+    f = Recorder(fd)
+    with pytest.raises(exc, match=named) as info:
+        mmarray.load(f, mode=mode)
+    if exc is OSError:
+        assert info.value.errno == errno.EBADF
+    assert f.calls == []          # no read, write, flush, seek or tell
+
+
+def _null_path(tmp_path, kind):
+    path = str(tmp_path / "data.npy") + "\0x"
+    return os.fsencode(path) if kind == "bytes" else path
+
+
+@pytest.mark.parametrize("kind", ["str", "bytes"])
+@pytest.mark.parametrize("call", [
+    lambda p: mmarray.load(p), lambda p: mmarray.load(p, mode="r+"),
+    lambda p: mmarray.create_npy(p, "f8", 3), lambda p: mmarray.save_npz(p, x=np.arange(3))],
+    ids=["load", "load r+", "create_npy", "save_npz"])
+def test_path_with_a_null_byte_is_a_value_error_and_no_file_is_touched(tmp_path, call, kind):
+    np.save(tmp_path / "data.npy", np.arange(3))   # what the path says before its null byte
+    before = (tmp_path / "data.npy").read_bytes()
+    with pytest.raises(ValueError, match="null") as info:
+        call(_null_path(tmp_path, kind))
+    assert "data.npy" in str(info.value)
+    assert os.listdir(tmp_path) == ["data.npy"]
+    assert (tmp_path / "data.npy").read_bytes() == before
+
+
+# -- D. durable replacement in create_npy and save_npz ---------------------------------------
+
+WRITERS = {"create_npy": lambda p: mmarray.create_npy(p, "i2", 4).close(),
+           "save_npz": lambda p: mmarray.save_npz(p, x=np.arange(4))}
+
+
+def _temps(directory):
+    return sorted(n for n in os.listdir(directory) if n.endswith(".mmarray-tmp"))
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_a_killed_writers_temporary_is_removed_by_the_next_write_to_that_target(tmp_path,
+                                                                                writer):
+    target = tmp_path / "t.dat"
+    call = {"create_npy": "mmarray.create_npy(path, 'i2', 4)",
+            "save_npz": "mmarray.save_npz(path, x=np.arange(4))"}[writer]
+    child = subprocess.Popen([sys.executable, "-c", f"""if 1:
+        import os, numpy as np, mmarray
+        path = {str(target)!r}
+        os.replace = lambda *args, **kwargs: os._exit(9)   # killed before the rename
+        {call}
+    """])
+    assert child.wait(timeout=120) == 9
+    dead = child.pid                                    # reaped: no such process any more
+    left = _temps(tmp_path)
+    assert len(left) == 1 and left[0].startswith(f".t.dat.{dead}.")
+    kept = [f".t.dat.{os.getpid()}.{'c' * 12}.mmarray-tmp",    # a live writer's
+            f".u.dat.{dead}.{'e' * 12}.mmarray-tmp",           # another target's
+            f".t.dat.1.{dead}.{'a' * 12}.mmarray-tmp",          # target "t.dat.1"'s
+            f".t.dat.{dead}.{'b' * 12}.tmp"]                   # not named as ours
+    for name in kept:
+        (tmp_path / name).write_bytes(b"keep")
+    WRITERS[writer](target)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["t.dat"])
+    assert all((tmp_path / name).read_bytes() == b"keep" for name in kept)
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_the_temporary_is_fsynced_before_the_rename_and_the_directory_after(tmp_path,
+                                                                           monkeypatch,
+                                                                           writer):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        head = b"" if stat.S_ISDIR(st.st_mode) else os.pread(fd, st.st_size, 0)
+        events.append(("fsync", st.st_ino, stat.S_ISDIR(st.st_mode), head))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        events.append(("replace", os.stat(src).st_ino, os.fspath(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "out.dat"
+    WRITERS[writer](path)
+    final = path.read_bytes()
+    inode, dir_inode = os.stat(path).st_ino, os.stat(tmp_path).st_ino
+    renames = [i for i, e in enumerate(events) if e[0] == "replace"]
+    assert len(renames) == 1 and events[renames[0]][1:] == (inode, str(path))
+    before, after = events[:renames[0]], events[renames[0] + 1:]
+    synced = [e[3] for e in before if e[:3] == ("fsync", inode, False)]
+    assert synced, events                        # the temporary, before the rename...
+    if writer == "create_npy":                   # ... with its header (the data is mapped)
+        assert synced[-1][:len(final) - 8] == final[:-8]
+    else:
+        assert synced[-1] == final               # ... complete
+    if os.name == "posix":
+        assert ("fsync", dir_inode, True, b"") in after      # the directory, after it
