@@ -48,6 +48,43 @@
 #define O_NONBLOCK 0
 #endif
 
+/* Linux filesystems whose "regular" files are kernel interfaces, not data: statfs(2) f_type
+ * values from linux/magic.h. Growing one would write into it (glibc's posix_fallocate(3)
+ * emulates a missing fallocate by writing a zero byte per block: into process memory, for
+ * /proc/PID/mem), so they are refused before anything is written. */
+#if defined(__linux__)
+#include <sys/vfs.h>
+static int mm_is_pseudo_fs(int fd) {
+    static const unsigned long magics[] = {
+        0x9fa0UL,     /* PROC_SUPER_MAGIC */
+        0x62656572UL, /* SYSFS_MAGIC */
+        0x64626720UL, /* DEBUGFS_MAGIC */
+        0x74726163UL, /* TRACEFS_MAGIC */
+        0x73636673UL, /* SECURITYFS_MAGIC */
+        0x27e0ebUL,   /* CGROUP_SUPER_MAGIC */
+        0x63677270UL, /* CGROUP2_SUPER_MAGIC */
+        0x62656570UL, /* CONFIGFS_MAGIC */
+        0xcafe4a11UL, /* BPF_FS_MAGIC */
+        0xde5e81e4UL, /* EFIVARFS_MAGIC */
+        0x50495045UL, /* PIPEFS_MAGIC */
+        0x534f434bUL, /* SOCKFS_MAGIC */
+    };
+    struct statfs fs;
+    size_t i;
+    if (fstatfs(fd, &fs) != 0)
+        return 0; /* unknown: the write itself will report what is wrong */
+    for (i = 0; i < sizeof(magics) / sizeof(magics[0]); i++)
+        if ((unsigned long)fs.f_type == magics[i])
+            return 1;
+    return 0;
+}
+#else
+static int mm_is_pseudo_fs(int fd) {
+    (void)fd;
+    return 0;
+}
+#endif
+
 /* fallocate(2) is Linux's; elsewhere its modes report EOPNOTSUPP and the callers fall back
  * (statvfs to check for space, ftruncate then posix_fallocate to reset). */
 #if defined(__linux__) && defined(FALLOC_FL_KEEP_SIZE) && defined(FALLOC_FL_ZERO_RANGE)
@@ -225,6 +262,8 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
         length = size - offset;
     }
     end = offset + length; /* no overflow: checked by the callers, or length = size - offset */
+    if (((flags & MM_TRUNCATE) || ((flags & MM_GROW) && end > size)) && mm_is_pseudo_fs(fd))
+        return mm_fail(err, MM_E_STAT, ENODEV); /* a kernel interface, not a data file */
     if (flags & MM_TRUNCATE) {
         /* st_blocks counts 512-byte units (stat(2)) */
         if (mm_reset(fd, size, end, (uint64_t)st.st_blocks * 512u, err) != MM_OK)

@@ -690,3 +690,157 @@ def test_mappings_alive_at_exit_print_nothing(tmp_path):
     """, timeout=120)
     assert_clean_exit(proc)
     assert proc.stderr == ""
+
+
+# -- found by the hostile review of the fixes above -------------------------------------------
+
+def test_w_plus_racing_w_plus_on_a_new_path_never_deletes_the_winners_file(tmp_path):
+    """The call that lost the race for the reset mark removed the file it had 'created',
+    though the winner had it mapped: the winner's writes went to an unlinked inode."""
+    for i in range(200):
+        path = tmp_path / f"new{i}.bin"
+        results = [None, None]
+        barrier = threading.Barrier(2)
+
+        def create(k, path=path, results=results, barrier=barrier):
+            barrier.wait()
+            try:
+                results[k] = mmarray.open(path, mode="w+", shape=1 << 16)
+            except ValueError as exc:  # lost the race: refused, changes nothing
+                results[k] = exc
+        threads = [threading.Thread(target=create, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners = [r for r in results if isinstance(r, mmarray.Mapping)]
+        assert winners, results
+        assert path.exists(), f"round {i}: the winner's file was removed ({results})"
+        for m in winners:
+            m.close()
+
+
+def test_maps_racing_w_plus_resets_that_shrink_the_file_never_outrun_it(tmp_path):
+    """A map that began just after a reset began registered a view longer than the file the
+    reset left behind: reading its last element was SIGBUS (exit 135)."""
+    path = tmp_path / "shrink.bin"
+    proc = run_python(f"""
+        import threading, time, mmarray
+        path = {str(path)!r}
+        big = 64 << 20
+        mmarray.open(path, mode="w+", shape=big).close()
+        stop = time.monotonic() + 5
+        counts = {{"reads": 0, "refused": 0}}
+        def writer():
+            i = 0
+            while time.monotonic() < stop:
+                i += 1
+                try:
+                    mmarray.open(path, mode="w+", shape=big if i % 2 else 4096).close()
+                except ValueError:
+                    pass
+        def reader():
+            while time.monotonic() < stop:
+                try:
+                    m = mmarray.open(path, mode="r")
+                except (ValueError, OSError):
+                    counts["refused"] += 1
+                    continue
+                a = m.array
+                a[-1]
+                del a
+                m.close()
+                counts["reads"] += 1
+        threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader)
+                                                       for _ in range(3)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(counts["reads"], counts["refused"])
+    """, timeout=120)
+    assert_clean_exit(proc)
+    reads, _ = map(int, proc.stdout.split())
+    assert reads > 0
+
+
+@needs_fork
+def test_fork_during_a_w_plus_reset_leaves_the_child_free_to_map_the_file(tmp_path):
+    """The child inherited the parent thread's 'being reset' mark, which nothing clears there:
+    it could never map the file ('was reset ... 5 times') nor reset it."""
+    path = tmp_path / "forked.bin"
+    proc = run_python(f"""
+        import os, threading, time, warnings, mmarray
+        warnings.simplefilter("ignore", DeprecationWarning)
+        path = {str(path)!r}
+        stop = False
+        def writer():
+            while not stop:
+                mmarray.open(path, mode="w+", shape=16 << 20).close()
+        t = threading.Thread(target=writer)
+        t.start()
+        time.sleep(0.2)
+        for attempt in range(30):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                msg = []
+                try:
+                    mmarray.open(path, mode="r").close()
+                    msg.append("r ok")
+                except Exception as exc:
+                    msg.append(f"r {{type(exc).__name__}}: {{exc}}")
+                try:
+                    mmarray.open(path, mode="w+", shape=10).close()
+                    msg.append("w+ ok")
+                except ValueError as exc:
+                    # a view the parent's writer had open at the fork is inherited, and
+                    # counted: refusing to truncate under it is right; a stale mark is not
+                    msg.append("w+ refused: live" if "live mapping" in str(exc)
+                               else f"w+ ValueError: {{exc}}")
+                os.write(w, "; ".join(msg).encode())
+                os._exit(0)
+            os.close(w)
+            out = os.read(r, 10000).decode()
+            os.close(r)
+            os.waitpid(pid, 0)
+            if not (out.startswith("r ok; ") and out.split("; ")[1] in ("w+ ok",
+                                                                       "w+ refused: live")):
+                print("BAD", attempt, out)
+                break
+        else:
+            print("ok")
+        stop = True
+        t.join()
+    """, timeout=180)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok"
+
+
+def test_bytes_subclass_path_works_in_every_mode(tmp_path):
+    """np.bytes_ paths raised 'TypeError: Expected bytes, got numpy.bytes_' in mode 'w+'."""
+    path = np.bytes_(os.fsencode(str(tmp_path / "b.bin")))
+    with mmarray.open(path, mode="w+", shape=8) as m:
+        m.array[:] = 3
+    for mode in ("r", "r+", "c"):
+        with mmarray.open(path, mode=mode) as m:
+            assert m.array.tolist() == [3] * 8
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+@pytest.mark.parametrize("mode", ["r+", "w+"])
+def test_proc_self_mem_is_never_grown_or_reset(mode):
+    """Growing /proc/self/mem went through glibc's posix_fallocate emulation, which writes a
+    zero byte per block: into this process's memory."""
+    with pytest.raises(OSError, match="not a regular file") as info:
+        mmarray.open("/proc/self/mem", mode=mode, shape=4096, offset=1 << 20)
+    assert info.value.errno == errno.ENODEV
+
+
+def test_asarray_of_a_mapping_follows_numpys_copy_protocol(tmp_path):
+    m = mmarray.open(tmp_path / "a.bin", mode="w+", shape=8)
+    assert m.__array__().dtype == np.uint8
+    with pytest.raises(ValueError, match="without a copy"):
+        m.__array__(np.float64, copy=False)
+    assert m.__array__(np.float64).dtype == np.float64
+    assert not np.shares_memory(m.__array__(copy=True), m.__array__())
+    m.close()

@@ -27,6 +27,7 @@
 
 #define T_ENOENT ERROR_FILE_NOT_FOUND
 #define T_EISDIR 336 /* ERROR_DIRECTORY_NOT_SUPPORTED, as mm.h specifies */
+#define T_ENODEV 50  /* ERROR_NOT_SUPPORTED */
 #define T_SEP "\\"
 
 static wchar_t *t_wide(const char *path) {
@@ -50,6 +51,10 @@ static FILE *t_fopen(const char *path, const char *mode) {
     free(w);
     return f;
 }
+
+/* Windows has no /proc (under wine a path like /proc/self/mem would reach wine's own memory
+ * through the Z: drive): the pseudo-file test is skipped there. */
+static const char *t_proc_mem_path(void) { return NULL; }
 
 /* Windows has no FIFO in the file system: the FIFO test is skipped there. */
 static int t_make_fifo(const char *path) {
@@ -198,6 +203,7 @@ static int t_is_wine(void) {
 
 #define T_ENOENT ENOENT
 #define T_EISDIR EISDIR
+#define T_ENODEV ENODEV
 #define T_SEP "/"
 
 static FILE *t_fopen(const char *path, const char *mode) { return fopen(path, mode); }
@@ -211,6 +217,10 @@ static int64_t t_file_size(const char *path) {
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
         return -1;
     return (int64_t)st.st_size;
+}
+
+static const char *t_proc_mem_path(void) {
+    return t_file_size("/proc/self/mem") < 0 ? NULL : "/proc/self/mem";
 }
 
 static const char *t_default_tmp(void) {
@@ -663,6 +673,22 @@ static void test_truncate_through_a_handle(void) {
     CHECK(t_close(h) == 0);
     CHECK_U64(t_file_size(path), 70000);
     CHECK(t_remove(path) == 0);
+}
+
+/* mm_posix.c: a kernel-interface file (/proc/self/mem) is never grown or reset: glibc's
+ * posix_fallocate emulation would write zero bytes into this process's memory. */
+static void test_pseudo_file_is_never_grown(void) {
+    const char *mem = t_proc_mem_path();
+    mm_view v;
+    mm_error e;
+    if (mem == NULL) {
+        fprintf(stderr, "  (no /proc/self/mem here: check skipped)\n");
+        return;
+    }
+    CHECK_ST(mm_map_path(mem, MM_WRITE, 1 << 20, 4096, MM_GROW, &v, &e), MM_E_STAT, &e);
+    CHECK_U64(e.code, T_ENODEV);
+    CHECK_ST(mm_map_path(mem, MM_WRITE, 0, 4096, MM_CREATE, &v, &e), MM_E_STAT, &e);
+    CHECK(t_view_zeroed(&v));
 }
 
 /* mm.h, MM_E_STAT: a FIFO is refused at once, never waited on (O_NONBLOCK). */
@@ -1264,6 +1290,7 @@ static const t_case t_cases[] = {
     T_CASE(test_failed_reset_keeps_the_file),
     T_CASE(test_truncate_through_a_handle),
     T_CASE(test_fifo_is_refused_without_blocking),
+    T_CASE(test_pseudo_file_is_never_grown),
     T_CASE(test_range_error),
     T_CASE(test_grow),
     T_CASE(test_grow_read_only),

@@ -46,6 +46,7 @@ cdef extern from "mm.h" nogil:
     int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
                           uint64_t window, const uint64_t *consumer, const int *stop,
                           uint64_t idle_limit_us, mm_error *err)
+    void mm_pause(unsigned microseconds)
     int mm_unmap(mm_view *view, mm_error *err)
 
 

@@ -55,8 +55,10 @@ cdef char _empty_byte = 0
 # _live_files: (st_dev, st_ino) -> number of live views. What lets mode 'w+' refuse to
 #   truncate a file whose mapped pages would then fault (SIGBUS) on the next access.
 # _truncating / _truncated_at: files a 'w+' is resetting now, and the epoch at which the last
-#   reset of each began. A map that raced a reset (it began before the reset was marked, its
-#   view may be longer than the file now) sees it when it registers, and maps again.
+#   reset of each ended. A map that raced a reset (it began before the reset ended, so its
+#   view may be longer than the file now) sees it when it registers, and maps again. The
+#   check and the registration are one step (_register_unless_reset): nothing between them
+#   can run a collection, a finalizer or another thread.
 cdef dict _live_files = {}
 cdef dict _truncating = {}
 cdef dict _truncated_at = {}
@@ -66,9 +68,9 @@ cdef Py_ssize_t _in_flight = 0      # maps between their start and their registr
 # How long a populate-ahead loop waits for a consumer that does not move before it gives up
 # (populating is only a head start: the consumer faults in what is left itself).
 cdef uint64_t _POPULATE_IDLE_LIMIT_US = 10 * 1000 * 1000
-cdef int _MAP_ATTEMPTS = 3
+cdef int _MAP_ATTEMPTS = 5
 _FD_MAX = 2**31 - 1  # open(2) returns a C int
-_HANDLE_MAX = (1 << (8 * sizeof(mm_handle) - 1)) - 1  # a Windows HANDLE is pointer-sized
+_HANDLE_MAX = 2**63 - 1 if sizeof(mm_handle) == 8 else 2**31 - 1  # a HANDLE: pointer-sized
 _MAX_DIMS = 64
 _INTP_MAX = int(_np.iinfo(_np.intp).max)
 _INT64_MAX = 2**63 - 1
@@ -365,16 +367,20 @@ cdef class Mapping:
             PyErr_WriteUnraisable(self)
 
     def __array__(self, dtype=None, copy=None):
-        """The mapped array (``np.asarray(m)``).
+        """The mapped bytes for ``np.asarray(m)``, as the buffer protocol gives them.
 
-        numpy tries the buffer protocol first and ignores its errors, so this is what it
+        numpy tries the buffer protocol first (a ``uint8`` array of the region; use
+        :attr:`array` for the typed array) and ignores its errors, so this is what it
         reaches for a closed mapping: raise instead of becoming a 0-d object array.
         """
         if self._closed:
             raise ValueError("mapping is closed")
-        array = self.array
-        if dtype is not None:
-            array = array.astype(dtype, copy=False)
+        array = _np.frombuffer(self, _np.uint8)
+        if dtype is not None and _np.dtype(dtype) != array.dtype:
+            if copy is False:
+                raise ValueError(f"cannot give the mapped bytes as {_np.dtype(dtype)} "
+                                 f"without a copy (copy=False)")
+            return array.astype(dtype)
         return array.copy() if copy else array
 
     def _mapped_length(self):
@@ -671,6 +677,7 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
             raise ValueError(f"an empty mapping (no file) needs a shape of size 0, got "
                              f"{shape!r}")
     elif isinstance(file, bytes):
+        file = bytes(file)           # np.bytes_ and other subclasses: the plain bytes
         if b"\0" in file:
             raise ValueError("embedded null byte")  # as os.open: C would stop at it
         if flags & MM_CREATE:
@@ -736,6 +743,9 @@ cdef int _map_and_register(Mapping m, path_obj, handle_obj, int access, uint64_t
     else:
         handle = handle_obj          # already an OS handle (the callers convert descriptors)
     for attempt in range(_MAP_ATTEMPTS):
+        if attempt:
+            with nogil:
+                mm_pause(1000 * attempt)   # let the reset that raced this map finish
         started = _epoch
         _in_flight += 1
         try:
@@ -749,8 +759,7 @@ cdef int _map_and_register(Mapping m, path_obj, handle_obj, int access, uint64_t
                 _raise(&err, filename, offset, length)
             if m.view.data == NULL:
                 return 0             # length 0: nothing mapped, nothing to register
-            if not _truncated_since(m.view.file_id[0], m.view.file_id[1], started):
-                _register(m)
+            if _register_unless_reset(m, started):
                 return 0
             _drop_view(m)            # raced a 'w+' reset: the view may outrun the file
         finally:
@@ -772,11 +781,12 @@ cdef int _create_and_map(Mapping m, bytes path, int access, uint64_t offset, uin
     cdef int status
     cdef mm_handle handle
     fd, created = _open_to_create(path, filename)
-    st = None
+    owned = False                    # this call holds the reset mark of the file
     try:
         st = _os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         _begin_truncation(key, filename)
+        owned = True
         try:
             handle = _os_handle(fd)
             with nogil:
@@ -791,7 +801,9 @@ cdef int _create_and_map(Mapping m, bytes path, int access, uint64_t offset, uin
     except BaseException:
         _os.close(fd)
         fd = -1
-        if created:
+        # A file this call created goes again, but only while no other call uses it: one
+        # that lost the race for the reset mark leaves the winner's file alone.
+        if created and owned and _live_files.get(key, 0) == 0:
             _remove_created(path, st)
         raise
     finally:
@@ -823,7 +835,7 @@ def _remove_created(bytes path, st):
     """Remove a file this call created, unless the path names another file by now."""
     try:
         now = _os.stat(path)
-        if st is None or (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
             _os.unlink(path)
     except OSError:
         pass
@@ -861,11 +873,19 @@ cdef int _unregister(Mapping m) except -1:
     return 0
 
 
-cdef bint _truncated_since(uint64_t dev, uint64_t ino, unsigned long long started) except -1:
-    if not _truncated_at:
+cdef bint _register_unless_reset(Mapping m, unsigned long long started) except -1:
+    """Register m's view unless a reset of its file ended after ``started`` or is under way.
+
+    One step: after the key tuple is built (its allocation may collect), nothing below
+    allocates a tracked object, so no finalizer and no other thread runs in between."""
+    key = (m.view.file_id[0], m.view.file_id[1])
+    if key in _truncating or _truncated_at.get(key, 0) > started:
         return False
-    key = (dev, ino)
-    return key in _truncating or _truncated_at.get(key, 0) > started
+    _live_files[key] = _live_files.get(key, 0) + 1
+    m._file_dev = m.view.file_id[0]
+    m._file_ino = m.view.file_id[1]
+    m._registered = True
+    return True
 
 
 cdef int _begin_truncation(key, name) except -1:
@@ -883,18 +903,38 @@ cdef int _begin_truncation(key, name) except -1:
 
 
 cdef int _end_truncation(key) except -1:
+    # Stamped at the end: every map that began before now may have seen the old size.
+    global _epoch
+    _epoch += 1
+    _truncated_at[key] = _epoch
     _truncating.pop(key, None)
     _prune_truncations()
     return 0
 
 
 cdef int _prune_truncations() except -1:
-    # With no map in flight, no map can have raced a finished reset: forget those.
+    # With no map in flight, no map can have raced a finished reset: forget those. The list
+    # may collect (and let other threads run), so the condition is checked again per key.
     if _in_flight == 0 and _truncated_at:
         for key in list(_truncated_at):
-            if key not in _truncating:
-                del _truncated_at[key]
+            if _in_flight == 0 and key not in _truncating:
+                _truncated_at.pop(key, None)
     return 0
+
+
+def _reset_after_fork():
+    """In a forked child: the other threads are gone, with their maps and resets in flight.
+
+    Their marks would refuse the file forever; the live views the child inherited stay
+    counted (their mappings are inherited too)."""
+    global _in_flight
+    _in_flight = 0
+    _truncating.clear()
+    _truncated_at.clear()
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def live_views(st_dev, st_ino):
