@@ -702,9 +702,14 @@ def test_hand_made_engine_objects_never_crash():
     """Objects built around the constructors (``__new__``) must fail cleanly, not segfault."""
     proc = run_python("""
         import mmarray
-        from mmarray._engine import Mapping, _ArrayExport, _PopulateAhead
+        from mmarray import Mapping
+        from mmarray._engine import Region, _ArrayExport, _PopulateAhead
         bare = Mapping.__new__(Mapping)
-        calls = [lambda: Mapping(), lambda: _ArrayExport(),
+        region = Region.__new__(Region)
+        calls = [lambda: Mapping(), lambda: Region(), lambda: _ArrayExport(),
+                 lambda: region.array, lambda: memoryview(region), lambda: region._set_shape((1,)),
+                 lambda: region._flush_bytes(0, 1, True), lambda: region._advise_bytes(0, 1, 0),
+                 lambda: region._resident_bytes(0, 1), lambda: _PopulateAhead(region, 0, 1, 1, 1),
                  lambda: memoryview(_ArrayExport.__new__(_ArrayExport)),
                  lambda: bare.array, lambda: memoryview(bare), lambda: bare.flush(),
                  lambda: bare.advise("random"), lambda: bare.resident(), lambda: bare.evict(),
@@ -854,3 +859,47 @@ def test_w_plus_racing_readers_in_threads_never_truncates_under_them(tmp_path):
     """, timeout=120)
     assert_clean_exit(proc)
     assert proc.stdout.startswith("ok")
+
+
+# -- buffer protocol by the book -------------------------------------------------------------
+
+class _PyBuffer(__import__("ctypes").Structure):
+    import ctypes as _c
+    _fields_ = [("buf", _c.c_void_p), ("obj", _c.c_void_p), ("len", _c.c_ssize_t),
+                ("itemsize", _c.c_ssize_t), ("readonly", _c.c_int), ("ndim", _c.c_int),
+                ("format", _c.c_char_p), ("shape", _c.POINTER(_c.c_ssize_t)),
+                ("strides", _c.POINTER(_c.c_ssize_t)),
+                ("suboffsets", _c.POINTER(_c.c_ssize_t)), ("internal", _c.c_void_p)]
+
+
+def _get_buffer(obj, flags):
+    import ctypes
+    view = _PyBuffer()
+    ctypes.pythonapi.PyObject_GetBuffer.argtypes = [ctypes.py_object, ctypes.c_void_p,
+                                                    ctypes.c_int]
+    ctypes.pythonapi.PyBuffer_Release.argtypes = [ctypes.c_void_p]
+    ctypes.pythonapi.PyObject_GetBuffer(obj, ctypes.byref(view), flags)
+    fields = dict(len=view.len, readonly=view.readonly, format=view.format,
+                  shape=view.shape[0] if view.shape else None,
+                  strides=view.strides[0] if view.strides else None)
+    ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+    return fields
+
+
+@pytest.mark.parametrize("source", ["mapping", "export"])
+def test_buffer_request_flags_are_honoured(tmp_path, source):
+    """__getbuffer__ filled format, shape and strides whatever was asked (PyBUF_SIMPLE
+    consumers must get NULL there, as PyBuffer_FillInfo gives)."""
+    SIMPLE, WRITABLE, FORMAT, ND, STRIDES = 0, 0x1, 0x4, 0x8, 0x18
+    m = mmarray.open(tmp_path / "b.bin", mode="w+", shape=64)
+    a = m.array
+    obj = m if source == "mapping" else a.base
+    assert _get_buffer(obj, SIMPLE) == dict(len=64, readonly=0, format=None, shape=None,
+                                            strides=None)
+    assert _get_buffer(obj, FORMAT | WRITABLE)["format"] == b"B"
+    assert _get_buffer(obj, ND)["shape"] == 64 and _get_buffer(obj, ND)["strides"] is None
+    assert _get_buffer(obj, STRIDES)["strides"] == 1
+    assert m.exports == 1  # every request above was released again
+    del a, obj
+    m.close()
+    assert m.exports == 0

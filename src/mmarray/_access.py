@@ -6,9 +6,11 @@ concurrent ``close()`` defers the unmap until the thread is done with the region
 """
 from __future__ import annotations
 
+import operator
 import os
 import threading
 
+from mmarray._engine import _PopulateAhead
 from mmarray._ranges import ADVICE_CODES
 
 _PREFETCH_STEP = 8 << 20  # bytes per step of a prefetch: the stop flag is checked between steps
@@ -24,8 +26,6 @@ class Prefetch:
     """
 
     def __init__(self, mapping, first, length):
-        from mmarray._engine import _PopulateAhead
-
         self._error = None
         # The populate-ahead loop with a window of the whole range: faults it all in, GIL-free.
         loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
@@ -67,10 +67,6 @@ def chunks(mapping, rows, prefetch=True, ahead=2):
     beyond the one the caller is working on, so the caller and the populator never wait for
     each other's GIL.
     """
-    import operator
-
-    from mmarray._engine import _PopulateAhead
-
     rows = operator.index(rows)
     if rows <= 0:
         raise ValueError(f"rows must be a positive number of rows per chunk, got {rows}")

@@ -13,7 +13,8 @@ import sys
 import numpy as np
 
 from mmarray import _engine
-from mmarray._engine import Mapping, _ArrayExport
+from mmarray._engine import Region, _ArrayExport
+from mmarray._mapping import Mapping, _os_handle, map_region  # _os_handle: npy/npz, until the split
 from mmarray._ranges import advice_code
 
 __all__ = ["open", "close", "Mapping", "MODES"]
@@ -34,28 +35,10 @@ _MODE_SPEC = {name: (short, *_MODE_ACCESS[short])
 _INT64_MAX = 2**63 - 1
 _INTP_MAX = int(np.iinfo(np.intp).max)
 _POSIX = os.name != "nt"
-_FS_ENCODING = sys.getfilesystemencoding()
-_FS_ERRORS = sys.getfilesystemencodeerrors()
 _TO_END = _engine.TO_END
 _CREATE = _engine.CREATE
 _POPULATE = _engine.POPULATE
-_map_file = _engine.map_file
 _dtype_cache: dict = {}
-
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _encode_path(path):
-        return os.fsdecode(path).encode("utf-8")
-
-    def _os_handle(fd):
-        return msvcrt.get_osfhandle(fd)
-else:
-    _encode_path = os.fsencode
-
-    def _os_handle(fd):
-        return fd
-
 
 _FD_MAX = 2**31 - 1  # descriptors are C ints (open(2)); Windows CRT descriptors too
 
@@ -264,22 +247,21 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
         shape, length = _check_shape(shape, dt.itemsize)
         _check_end(offset, length)
 
-    if type(file) is str and _POSIX:  # the common case, without the generic calls
+    fd = None
+    if type(file) is str:  # the common case, without the generic calls
         filename = _abspath(file)
-        target = file.encode(_FS_ENCODING, _FS_ERRORS)
-        if not target:
+        if not file:
             raise FileNotFoundError(2, "No such file or directory", file)
     elif isinstance(file, (str, bytes, os.PathLike)):
-        path = os.fspath(file)
-        filename = _abspath(os.fsdecode(path))
-        target = _encode_path(path)
-        if not target:
-            raise FileNotFoundError(2, "No such file or directory", path)
+        file = os.fspath(file)
+        filename = _abspath(os.fsdecode(file))
+        if not file:
+            raise FileNotFoundError(2, "No such file or directory", file)
     elif hasattr(file, "fileno"):
         _check_writable_file(file, mode)
         if hasattr(file, "flush"):
             file.flush()  # numpy.memmap's seek() does the same: buffered writes reach the file
-        target = _os_handle(fileno_of(file))
+        fd, file = fileno_of(file), None
         filename = None
         flags &= ~_CREATE
     else:
@@ -287,13 +269,8 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
                         f"fileno(), got {type(file).__name__}")
 
     # length 0 maps nothing; the engine still checks, creates or grows the file as for data
-    m = _map_file(target, access, offset, length, flags, dt, shape, order, mode, filename)
-    if shape is None and m.shape is None:  # the engine infers a 1-D shape when it divides
-        nbytes = m._mapped_length()
-        m.close()
-        raise ValueError(
-            f"{nbytes} bytes after offset {offset} in {filename!r} are not a multiple of "
-            f"the itemsize {dt.itemsize} of dtype {dt}; give a shape")
+    m = map_region(path=file, fd=fd, access=access, offset=offset, length=length, flags=flags,
+                   dtype=dt, shape=shape, order=order, mode=mode, filename=filename)
     if advise is not None:
         try:
             m.advise(advise)
@@ -365,7 +342,7 @@ def mapping_of(array):
     while obj is not None:
         if isinstance(obj, _ArrayExport):
             return obj.mapping
-        if isinstance(obj, Mapping):
+        if isinstance(obj, Region):
             return obj
         if isinstance(obj, memoryview):
             obj = obj.obj

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import operator
 import os
-import sys
 
 import numpy as np
 
@@ -24,11 +23,10 @@ from mmarray._api import (
     _check_order,
     _check_shape,
     _check_writable_file,
-    _encode_path,
-    _os_handle,
     fileno_of,
 )
-from mmarray._engine import Mapping
+from mmarray._errors import SizeNotMultipleError
+from mmarray._mapping import Mapping, map_region
 
 try:  # numpy >= 2.0 keeps the header helpers private here
     from numpy.lib import _format_impl as _npy_format
@@ -42,11 +40,7 @@ _ndarray_getitem = np.ndarray.__getitem__
 _ndarray_array_wrap = np.ndarray.__array_wrap__
 _may_share_memory = np.may_share_memory
 _TO_END = _engine.TO_END
-_map_file = _engine.map_file
 _fspath = os.fspath
-_POSIX = os.name != "nt"
-_FS_ENCODING = sys.getfilesystemencoding()
-_FS_ERRORS = sys.getfilesystemencodeerrors()
 # mode (numpy's short and long names) -> (short mode, engine access, engine flags)
 _MODES = _MODE_SPEC  # mode (numpy's short and long names) -> (short mode, access, flags)
 _MISSING = object()
@@ -185,23 +179,23 @@ class memmap(np.memmap):
             _check_end(offset, length)
 
         # The file: numpy.memmap's rules for what is a file object and what `filename` becomes.
-        if type(filename) is str and _POSIX:  # the common case, without the generic calls
-            target = filename.encode(_FS_ENCODING, _FS_ERRORS)
-            if not target:
+        path = fd = None
+        if type(filename) is str:  # the common case, without the generic calls
+            if not filename:
                 raise FileNotFoundError(2, "No such file or directory", filename)
+            path = filename
             attr_name = error_name = _abspath(filename)
         elif hasattr(filename, "read"):
             _check_writable_file(filename, mode)
             if hasattr(filename, "flush"):
                 filename.flush()  # buffered writes must reach the file before it is sized
-            target = _os_handle(fileno_of(filename))
+            fd = fileno_of(filename)
             name = getattr(filename, "name", None)
             attr_name = error_name = _abspath(name) if isinstance(name, str) else None
             flags &= ~_engine.CREATE  # mode 'w+' on a file object grows it, never truncates
         else:
             path = _fspath(filename)
-            target = _encode_path(path)
-            if not target:
+            if not path:
                 raise FileNotFoundError(2, "No such file or directory", path)
             if isinstance(filename, str):
                 attr_name = error_name = _abspath(path)
@@ -212,31 +206,34 @@ class memmap(np.memmap):
                 attr_name = None  # numpy.memmap gives None for a bytes path
                 error_name = os.fsdecode(path)
 
+        def map_it(length, shape):
+            return map_region(path=path, fd=fd, access=access, offset=offset, length=length,
+                              flags=flags, dtype=dt, shape=shape, order=order, mode=mode,
+                              filename=error_name)
+
+        def map_empty(shape):
+            # numpy gives an empty array, or an error for an empty file in mode 'r'/'c'. The
+            # engine still checks, creates or grows the file as for data.
+            if mode in ("r", "c") and _file_size(path, fd) == 0:
+                raise ValueError(_EMPTY_FILE)
+            return map_it(0, shape)
+
         if length == 0:
-            mapping = _map_empty(target, access, flags, mode, offset, dt, shape, order,
-                                 error_name)
+            mapping = map_empty(shape)
         else:
             try:
-                mapping = _map_file(target, access, offset, length, flags, dt, shape, order,
-                                    mode, error_name)
+                mapping = map_it(length, shape)
+            except SizeNotMultipleError as exc:
+                raise ValueError(
+                    f"Size of available data is not a multiple of the data-type size: "
+                    f"{exc.nbytes} bytes after offset {offset} in {error_name!r}, itemsize "
+                    f"{dt.itemsize} of dtype {dt}; give a shape") from None
             except ValueError:
-                if shape is not None:
+                # Nothing after offset (the engine's E_EMPTY): an empty memmap as numpy makes
+                # one. Anything else re-raises the engine's error.
+                if shape is not None or _file_size(path, fd) != offset:
                     raise
-                # Nothing after offset: numpy gives an empty array, or an error for an empty
-                # file in mode 'r'/'c'. Anything else re-raises the engine's error.
-                if _file_size(target) != offset:
-                    raise
-                mapping = _map_empty(target, access, flags, mode, offset, dt, (0,), order,
-                                     error_name)
-            if shape is None:
-                shape = mapping.shape  # inferred by the engine, None if it does not divide
-                if shape is None:
-                    nbytes = mapping._mapped_length()
-                    mapping.close()
-                    raise ValueError(
-                        f"Size of available data is not a multiple of the data-type size: "
-                        f"{nbytes} bytes after offset {offset} in {error_name!r}, itemsize "
-                        f"{dt.itemsize} of dtype {dt}; give a shape")
+                mapping = map_empty((0,))
 
         self = mapping._array_of(subtype)  # shape, dtype and order are the mapping's
         self._mmap = mapping
@@ -385,24 +382,12 @@ def _resolved_path(path):
         return pathlib.Path(_fspath(path)).resolve()
 
 
-def _file_size(target):
-    """Size of the file behind an encoded path or an OS handle (-1 if it cannot be known)."""
+def _file_size(path, fd):
+    """Size of the file at ``path`` or behind descriptor ``fd`` (-1 if it cannot be known)."""
     try:
-        if isinstance(target, bytes):
-            return os.stat(target).st_size
-        if os.name == "nt":  # pragma: no cover - an OS handle, not a descriptor
-            return -1
-        return os.fstat(target).st_size
-    except OSError:
+        return os.stat(path).st_size if path is not None else os.fstat(fd).st_size
+    except (OSError, ValueError):  # ValueError: a NUL byte, which the engine reports
         return -1
-
-
-def _map_empty(target, access, flags, mode, offset, dt, shape, order, error_name):
-    """A zero-size memmap: checks the file as numpy.memmap does, then maps nothing (the
-    engine still checks, creates or grows the file as for data)."""
-    if mode in ("r", "c") and _file_size(target) == 0:
-        raise ValueError(_EMPTY_FILE)
-    return _map_file(target, access, offset, 0, flags, dt, shape, order, mode, error_name)
 
 
 def _write_npy_header(path, header, version):

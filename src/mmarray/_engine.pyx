@@ -18,13 +18,15 @@ Lifetime rules
   the GIL is released to unmap, so racing threads cannot unmap twice or use a stale view.
 """
 cimport cython
-from cpython.buffer cimport PyBUF_WRITABLE
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE
 from cpython.exc cimport PyErr_WriteUnraisable
 from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport memset
 
 cimport numpy as cnp
 from cpython.ref cimport Py_INCREF
+
+from mmarray._mm cimport *
 
 import os as _os
 
@@ -38,7 +40,6 @@ cdef extern from "numpy/arrayobject.h":
     object PyArray_NewFromDescr(object subtype, cnp.dtype descr, int nd, cnp.npy_intp *dims,
                                 cnp.npy_intp *strides, void *data, int flags, object obj)
 
-from mmarray import _access, _errors, _ranges
 
 cdef object _ndarray = _np.ndarray
 # A valid address for empty mappings: buffers must not carry NULL (an empty region has no view).
@@ -83,6 +84,8 @@ else:
     def _os_handle(fd):
         return fd
 
+# The C layer's constants, exported so that the Python modules name them without mirroring
+# csrc/mm.h by hand.
 ALIGNMENT = mm_alignment()
 PAGE_SIZE = mm_page_size()
 TO_END = MM_TO_END
@@ -93,9 +96,19 @@ CREATE = MM_CREATE
 GROW = MM_GROW
 POPULATE = MM_POPULATE
 TRUNCATE = MM_TRUNCATE
+#: mm_status: name -> value (MM_OK is 0; E_* are errors).
+STATUS = {"OK": MM_OK, "E_ARG": MM_E_ARG, "E_OPEN": MM_E_OPEN, "E_STAT": MM_E_STAT,
+          "E_RANGE": MM_E_RANGE, "E_GROW": MM_E_GROW, "E_MAP": MM_E_MAP,
+          "E_FLUSH": MM_E_FLUSH, "E_UNMAP": MM_E_UNMAP, "E_ADVISE": MM_E_ADVISE,
+          "E_QUERY": MM_E_QUERY, "E_EMPTY": MM_E_EMPTY}
+#: mm_advice: advice name (as Mapping.advise takes it) -> value.
+ADVICE = {"normal": MM_ADV_NORMAL, "sequential": MM_ADV_SEQUENTIAL, "random": MM_ADV_RANDOM,
+          "willneed": MM_ADV_WILLNEED, "dontneed": MM_ADV_DONTNEED,
+          "hugepage": MM_ADV_HUGEPAGE, "nohugepage": MM_ADV_NOHUGEPAGE,
+          "populate_read": MM_ADV_POPULATE_READ, "populate_write": MM_ADV_POPULATE_WRITE}
 
 
-cdef object _new_array(Mapping m, type subtype, object export):
+cdef object _new_array(Region m, type subtype, object export):
     """An array of ``subtype`` over the mapped region, based on ``export`` (which holds the
     export for the array's lifetime). The C API call that ``ndarray.__new__(buffer=...)``
     ends in, without parsing its arguments (measured: ~0.4 us less per array)."""
@@ -121,32 +134,49 @@ cdef object _new_array(Mapping m, type subtype, object export):
     return array
 
 
+#: Refusals the engine makes itself, reported through the error factory as negative statuses
+#: beside the C layer's: a reset ('w+') of a file this process maps (code: the live views), of
+#: a file another thread is resetting, and a map that kept racing resets.
+REFUSED_MAPPED = -1
+REFUSED_RESETTING = -2
+RACED_RESETS = -3
+
+
+def _default_error(status, code, file_size, filename, offset, length):
+    if code > 0:
+        return OSError(code, f"mapping layer status {status}: {_os.strerror(code)}", filename)
+    return OSError(f"mapping layer status {status} for {filename!r}")
+
+
+# Turns (status, code, file size, file name, offset, length) into the exception to raise.
+# The Python layer installs its own (mmarray._errors.from_status): the engine imports no
+# module of the package, so the policy of naming errors is handed to it, not fetched.
+cdef object _error_factory = _default_error
+
+
+def set_error_factory(factory):
+    """Install the callable that builds the exceptions the engine raises."""
+    global _error_factory
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    _error_factory = factory
+
+
 cdef int _raise(const mm_error *err, object filename, uint64_t offset, uint64_t length) except -1:
-    raise _errors.from_status(err.status, err.code, err.file_size, filename, offset, length)
+    raise _error_factory(err.status, err.code, err.file_size, filename, offset, length)
+
+
+cdef int _refuse(int status, Py_ssize_t code, object filename) except -1:
+    raise _error_factory(status, code, 0, filename, 0, 0)
 
 
 @cython.auto_pickle(False)
-cdef class Mapping:
-    """A mapped byte range of a file, viewed as an array of one dtype and shape.
+cdef class Region:
+    """The engine's mapped region: a byte range of a file, its exports and its lifetime.
 
-    Do not construct directly: use :func:`mmarray.open` (or :func:`mmarray.load`). A Mapping
-    supports the buffer protocol (read-only for mode ``'r'``), hands out plain
-    :class:`numpy.ndarray` objects through :attr:`array`, and can be closed at any time
-    without leaving any array dangling.
-
-    Examples
-    --------
-    >>> import mmarray, numpy as np, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "demo.bin")
-    >>> with mmarray.open(path, dtype="float32", mode="w+", shape=(2, 3)) as m:
-    ...     a = m.array
-    ...     a[:] = 1.5
-    ...     m.flush()
-    >>> m.closed
-    True
-    >>> float(a.sum())          # the array outlived the Mapping's close: still valid
-    9.0
-    >>> del a                   # the region is unmapped now
+    The base of :class:`mmarray.Mapping` (``mmarray/_mapping.py``), which adds the policy:
+    row ranges, advice names, modes, prefetching and scans. This type holds none: it maps,
+    counts the buffers it hands out, and unmaps once closed and no longer used.
     """
 
     def __init__(self, *args, **kwargs):
@@ -358,7 +388,7 @@ cdef class Mapping:
             raise BufferError("mapping is read-only (mode 'r')")
         self._acquire()
         self._raw_exported = True  # see _unmap_now: the consumer may outlive its export
-        _fill_buffer(self, buffer, self)
+        _fill_buffer(self, buffer, self, flags)
 
     def __releasebuffer__(self, Py_buffer *buffer):
         try:
@@ -383,143 +413,21 @@ cdef class Mapping:
             return array.astype(dtype)
         return array.copy() if copy else array
 
+    def _set_shape(self, tuple shape):
+        """Give a region mapped to the end of its file its shape, once, before any export."""
+        if self._closed:
+            raise ValueError("mapping is closed")
+        if self._shape is not None or self._exports:
+            raise ValueError("the shape of a region is set once, before any array is made")
+        shape, nbytes = _shape_nbytes(shape, self._dtype.itemsize)
+        if <uint64_t>nbytes != self._mapped_length():
+            raise ValueError(f"shape {shape} of dtype {self._dtype} is {nbytes} bytes, but "
+                             f"{self._mapped_length()} bytes are mapped")
+        self._shape = shape
+
     def _mapped_length(self):
         """Bytes mapped (0 once unmapped)."""
         return self.view.length if self.view.data != &_empty_byte else 0
-
-    # -- region operations --------------------------------------------------------------------
-
-    def _byte_range(self, start, stop):
-        return _ranges.byte_range(self._shape, self._order, self._dtype.itemsize, start, stop)
-
-    def flush(self, start=None, stop=None, sync=True):
-        """Write changes back to the file.
-
-        Parameters
-        ----------
-        start, stop : int, optional
-            Flush only rows ``[start, stop)`` (along the first axis for C order, the last for
-            Fortran order; elements for 1-D). Python slicing rules; default: everything.
-        sync : bool, optional
-            True (default): durable, returns after the data reached storage
-            (``msync(MS_SYNC)``; Windows ``FlushViewOfFile`` + ``FlushFileBuffers``).
-            False: schedule the write-back and return at once.
-
-        A no-op for modes ``'r'`` and ``'c'``.
-
-        Raises
-        ------
-        ValueError
-            The mapping is closed.
-        OSError
-            The write-back failed (for example EIO).
-        """
-        if self._closed:
-            raise ValueError("mapping is closed")
-        if self._mode == "r" or self._mode == "c":
-            return
-        first, length = self._byte_range(start, stop)
-        self._flush_bytes(first, length, sync)
-
-    def advise(self, advice, start=None, stop=None):
-        """Tell the kernel how rows ``[start, stop)`` will be used (``madvise``).
-
-        Parameters
-        ----------
-        advice : str
-            One of ``"normal"``, ``"sequential"``, ``"random"``, ``"willneed"``,
-            ``"dontneed"``, ``"hugepage"``, ``"nohugepage"``, ``"populate_read"``,
-            ``"populate_write"``. On Windows ``willneed``/``populate_*`` prefetch
-            (``PrefetchVirtualMemory``) and the others are no-ops.
-        start, stop : int, optional
-            Row range as for :meth:`flush`.
-
-        Examples
-        --------
-        >>> import mmarray, tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "adv.bin")
-        >>> with mmarray.open(path, mode="w+", shape=1 << 16) as m:
-        ...     m.advise("random")
-        ...     m.advise("willneed", 0, 4096)
-        """
-        code = _ranges.advice_code(advice)
-        if self._closed:
-            raise ValueError("mapping is closed")
-        if code == _ranges.ADVICE_CODES["dontneed"] and self._mode == "c":
-            raise ValueError("advice 'dontneed' on a copy-on-write mapping (mode 'c') would "
-                             "discard its private changes; expected mode 'r', 'r+' or 'w+'")
-        if code == 8 and self._readonly:
-            raise ValueError("advice 'populate_write' needs a writable mapping (mode 'r+', "
-                             "'w+' or 'c'), this one has mode 'r'")
-        first, length = self._byte_range(start, stop)
-        self._advise_bytes(first, length, code)
-
-    def resident(self, start=None, stop=None):
-        """Fraction (0.0 to 1.0) of the pages of rows ``[start, stop)`` that are in memory.
-
-        Uses ``mincore`` (Windows: ``QueryWorkingSetEx``, which sees only this process's
-        working set). An empty range gives 1.0.
-        """
-        if self._closed:
-            raise ValueError("mapping is closed")
-        first, length = self._byte_range(start, stop)
-        resident, total = self._resident_bytes(first, length)
-        return resident / total if total else 1.0
-
-    def evict(self, start=None, stop=None):
-        """Give the memory of rows ``[start, stop)`` back: the "free this" call.
-
-        Flushes the range (modes ``'r+'``/``'w+'``), drops it from this process
-        (``madvise(MADV_DONTNEED)``) and from the page cache where the OS allows
-        (``posix_fadvise(POSIX_FADV_DONTNEED)`` on the file, reopened by name; skipped for
-        mappings of file objects and on Windows). The data stays readable: the next access
-        reads it from the file again.
-
-        Raises
-        ------
-        ValueError
-            Mode ``'c'`` (evicting would discard the private changes), or the mapping is closed.
-        """
-        _access.evict(self, start, stop)
-
-    def prefetch(self, start=None, stop=None):
-        """Fault rows ``[start, stop)`` in from a background thread and return at once.
-
-        The thread runs a C loop without the GIL (one read per 64 KiB fault-around window,
-        about twice as fast as ``madvise(MADV_POPULATE_READ)``), overlapping I/O
-        and page faults with the caller's work. Returns a handle with ``wait()`` and
-        ``done``. Closing the mapping meanwhile is safe: the unmap waits for the thread.
-
-        Examples
-        --------
-        >>> import mmarray, tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "p.bin")
-        >>> m = mmarray.open(path, mode="w+", shape=1 << 20)
-        >>> m.prefetch().wait()
-        True
-        """
-        first, length = self._byte_range(start, stop)
-        if self._closed:
-            raise ValueError("mapping is closed")
-        return _access.Prefetch(self, first, length)
-
-    def chunks(self, rows, prefetch=True, ahead=2):
-        """Iterate over views of ``rows`` rows each; the way to scan a mapping fast.
-
-        With ``prefetch`` (default) a background thread populates up to ``ahead`` chunks
-        beyond the one the caller is working on, so page faults and disk reads overlap the
-        caller's computation instead of stalling it.
-
-        Examples
-        --------
-        >>> import mmarray, numpy as np, tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "s.f64")
-        >>> with mmarray.open(path, dtype="f8", mode="w+", shape=(1000, 8)) as m:
-        ...     m.array[:] = 1.0
-        ...     float(sum(chunk.sum() for chunk in m.chunks(128)))
-        8000.0
-        """
-        return _access.chunks(self, rows, prefetch, ahead)
 
     # -- region operations (byte ranges relative to the array's first byte) -----------------
 
@@ -584,16 +492,21 @@ cdef class Mapping:
                         "or reopen the file by name")
 
 
-cdef inline void _fill_buffer(Mapping m, Py_buffer *buffer, object owner):
+cdef char *_BYTE_FORMAT = "B"   # struct's format of an unsigned byte, static storage
+
+
+cdef inline void _fill_buffer(Region m, Py_buffer *buffer, object owner, int flags):
+    # PyBuffer_FillInfo's semantics (not the call: Cython owns buffer.obj's reference): a
+    # one-dimensional unsigned-byte buffer; format, shape and strides only when requested.
     buffer.buf = m.view.data
     buffer.obj = owner
     buffer.len = <Py_ssize_t>m.view.length
     buffer.readonly = m._readonly
     buffer.itemsize = 1
-    buffer.format = "B"
+    buffer.format = _BYTE_FORMAT if (flags & PyBUF_FORMAT) == PyBUF_FORMAT else NULL
     buffer.ndim = 1
-    buffer.shape = &buffer.len
-    buffer.strides = &buffer.itemsize
+    buffer.shape = &buffer.len if (flags & PyBUF_ND) == PyBUF_ND else NULL
+    buffer.strides = &buffer.itemsize if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
     buffer.suboffsets = NULL
     buffer.internal = NULL
 
@@ -615,7 +528,7 @@ cdef class _ArrayExport:
             raise ValueError("export is not attached to a mapping")
         if (flags & PyBUF_WRITABLE) and self.mapping._readonly:
             raise BufferError("mapping is read-only (mode 'r')")
-        _fill_buffer(self.mapping, buffer, self)
+        _fill_buffer(self.mapping, buffer, self, flags)
 
     def __releasebuffer__(self, Py_buffer *buffer):
         pass
@@ -638,22 +551,22 @@ cdef class _ArrayExport:
 
 
 def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtype, shape,
-             order, mode, filename, type cls=Mapping):
+             order, mode, filename, type cls=Region):
     """Map ``[offset, offset + length)`` of ``file`` and return a ``cls`` (a Mapping).
 
     ``file`` is ``bytes`` (an encoded path), an ``int`` (an OS handle: fd or HANDLE) or None
     (an empty mapping: no OS call; ``shape`` must then be of size 0). ``length`` may be
-    ``TO_END``; ``shape`` None then becomes 1-D over the mapped length when it is a multiple
-    of the itemsize, and stays None (for the caller to refuse) when it is not. ``length`` 0
+    ``TO_END`` with ``shape`` None: the caller then gives the shape with ``_set_shape`` (or
+    closes the region) before any array is made. ``length`` 0
     maps nothing but checks, creates or grows the file as for data. Otherwise ``shape`` must
     describe exactly ``length`` bytes: the engine never builds an array larger than what it
     mapped, whatever the caller passes. ``CREATE`` (a path only) resets an existing file
     after proving, on the open descriptor, that this process maps no view of it.
     """
-    cdef Mapping m
+    cdef Region m
     cdef Py_ssize_t nbytes = 0
-    if not issubclass(cls, Mapping):
-        raise TypeError(f"cls must be Mapping or a subclass of it, got {cls!r}")
+    if not issubclass(cls, Region):
+        raise TypeError(f"cls must be Region or a subclass of it, got {cls!r}")
     if not isinstance(dtype, _np.dtype):
         raise TypeError(f"dtype must be a numpy.dtype, got {type(dtype).__name__}")
     if dtype.hasobject or dtype.itemsize == 0:
@@ -697,8 +610,6 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     if m.view.data == NULL:          # nothing mapped (length 0): a valid, empty buffer
         m.view.data = &_empty_byte
         m.view.length = 0
-    if shape is None and m.view.length % dtype.itemsize == 0:
-        shape = (m.view.length // dtype.itemsize,)   # 1-D over what was mapped
     m._closed = False
     m._readonly = access == MM_READ
     m._dtype = dtype
@@ -729,7 +640,7 @@ def _shape_nbytes(shape, Py_ssize_t itemsize):
     return shape, total
 
 
-cdef int _map_and_register(Mapping m, path_obj, handle_obj, int access, uint64_t offset,
+cdef int _map_and_register(Region m, path_obj, handle_obj, int access, uint64_t offset,
                            uint64_t length, int flags, filename) except -1:
     """Map by path (``path_obj`` bytes) or by descriptor, and register the view."""
     global _in_flight
@@ -765,12 +676,10 @@ cdef int _map_and_register(Mapping m, path_obj, handle_obj, int access, uint64_t
         finally:
             _in_flight -= 1
             _prune_truncations()
-    raise ValueError(f"{filename!r} was reset (mode 'w+') by another thread of this process "
-                     f"while it was being mapped, {_MAP_ATTEMPTS} times; map it once the "
-                     f"writer is done")
+    _refuse(RACED_RESETS, _MAP_ATTEMPTS, filename)
 
 
-cdef int _create_and_map(Mapping m, bytes path, int access, uint64_t offset, uint64_t length,
+cdef int _create_and_map(Region m, bytes path, int access, uint64_t offset, uint64_t length,
                          int flags, filename) except -1:
     """Mode 'w+': create the file or reset it in place, never one this process maps.
 
@@ -841,7 +750,7 @@ def _remove_created(bytes path, st):
         pass
 
 
-cdef int _drop_view(Mapping m) except -1:
+cdef int _drop_view(Region m) except -1:
     cdef mm_error err
     with nogil:
         mm_unmap(&m.view, &err)
@@ -849,7 +758,7 @@ cdef int _drop_view(Mapping m) except -1:
     return 0
 
 
-cdef int _register(Mapping m) except -1:
+cdef int _register(Region m) except -1:
     key = (m.view.file_id[0], m.view.file_id[1])   # built first: see the registry's comment
     _live_files[key] = _live_files.get(key, 0) + 1
     m._file_dev = m.view.file_id[0]
@@ -858,7 +767,7 @@ cdef int _register(Mapping m) except -1:
     return 0
 
 
-cdef int _unregister(Mapping m) except -1:
+cdef int _unregister(Region m) except -1:
     if not m._registered:
         return 0
     m._registered = False
@@ -873,7 +782,7 @@ cdef int _unregister(Mapping m) except -1:
     return 0
 
 
-cdef bint _register_unless_reset(Mapping m, unsigned long long started) except -1:
+cdef bint _register_unless_reset(Region m, unsigned long long started) except -1:
     """Register m's view unless a reset of its file ended after ``started`` or is under way.
 
     One step: after the key tuple is built (its allocation may collect), nothing below
@@ -892,10 +801,9 @@ cdef int _begin_truncation(key, name) except -1:
     global _epoch
     n = _live_files.get(key, 0)
     if n:
-        raise _errors.truncation_refused(name, n)
+        _refuse(REFUSED_MAPPED, n, name)
     if key in _truncating:
-        raise ValueError(f"{name!r} is being reset (mode 'w+') by another thread of this "
-                         f"process; expected one writer at a time")
+        _refuse(REFUSED_RESETTING, 0, name)
     _epoch += 1
     _truncating[key] = True
     _truncated_at[key] = _epoch
@@ -965,7 +873,7 @@ cdef class _PopulateAhead:
     consumer. ``run()`` loops in C without the GIL (call it from a thread); the consumer calls
     ``advance(pos)`` as it goes and ``cancel()`` when it stops early."""
 
-    def __cinit__(self, Mapping mapping not None, uint64_t start, uint64_t end, uint64_t step,
+    def __cinit__(self, Region mapping not None, uint64_t start, uint64_t end, uint64_t step,
                   uint64_t window):
         if mapping._closed:
             raise ValueError("mapping is closed")

@@ -1,12 +1,28 @@
-"""Turn the C layer's status codes into Python exceptions: the one place that does it."""
+"""Turn the C layer's status codes into Python exceptions: the one place that does it.
+
+The engine raises whatever :func:`from_status` returns; :func:`install` hands it over (the
+engine imports no module of the package).
+"""
 from __future__ import annotations
 
 import errno
 import os
 
-# Mirrors enum mm_status in csrc/mm.h.
-OK, E_ARG, E_OPEN, E_STAT, E_RANGE, E_GROW, E_MAP, E_FLUSH, E_UNMAP, E_ADVISE, E_QUERY, \
-    E_EMPTY = range(12)
+from mmarray import _engine
+
+# enum mm_status of csrc/mm.h, as the engine exports it.
+E_ARG, E_OPEN, E_STAT, E_RANGE, E_GROW, E_MAP, E_FLUSH, E_UNMAP, E_ADVISE, E_QUERY, E_EMPTY = (
+    _engine.STATUS[name] for name in ("E_ARG", "E_OPEN", "E_STAT", "E_RANGE", "E_GROW",
+                                      "E_MAP", "E_FLUSH", "E_UNMAP", "E_ADVISE", "E_QUERY",
+                                      "E_EMPTY"))
+
+
+class SizeNotMultipleError(ValueError):
+    """The data after ``offset`` is not a whole number of items (no shape was given)."""
+
+    def __init__(self, message, nbytes):
+        super().__init__(message)
+        self.nbytes = nbytes
 
 _WHAT = {
     E_ARG: "invalid argument",
@@ -24,13 +40,27 @@ _WHAT = {
 _WINDOWS_DIRECTORY_CODES = (267, 336)
 
 
+def install() -> None:
+    """Make the engine raise the exceptions of :func:`from_status`."""
+    _engine.set_error_factory(from_status)
+
+
 def from_status(status: int, code: int, file_size: int, filename, offset: int,
                 length: int) -> Exception:
-    """Return the exception for a failed C call.
+    """Return the exception for a failed C call, or for a refusal of the engine's own.
 
     ``code`` is errno on POSIX and GetLastError() on Windows; OSError then picks the subclass
     (FileNotFoundError, PermissionError, ...) as it does for the os module's own calls.
     """
+    if status == _engine.REFUSED_MAPPED:
+        return truncation_refused(filename, code)
+    if status == _engine.REFUSED_RESETTING:
+        return ValueError(f"{filename!r} is being reset (mode 'w+') by another thread of this "
+                          f"process; expected one writer at a time")
+    if status == _engine.RACED_RESETS:
+        return ValueError(f"{filename!r} was reset (mode 'w+') by another thread of this "
+                          f"process while it was being mapped, {code} times; map it once the "
+                          f"writer is done")
     if status == E_RANGE:
         return ValueError(
             f"offset {offset} + {length} bytes = {offset + length} lies past the end of "

@@ -25,6 +25,7 @@ import stat
 import numpy as np
 from numpy.lib import format as _format
 
+from mmarray._mapping import Mapping as _Mapping
 from mmarray import _api, _engine
 
 try:  # numpy >= 2.0 keeps the implementation in a private module
@@ -35,6 +36,14 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.lib.format import _write_array_header as _np_write_array_header
 
 __all__ = ["load", "create_npy"]
+
+
+def _map_file(*args):
+    """The engine's map_file with the public Mapping as the class (until the npy/npz split
+    routes every map through mmarray._mapping.map_region)."""
+    if len(args) == 10:
+        args += (_Mapping,)
+    return _engine.map_file(*args)
 
 MAGIC = b"\x93NUMPY"
 _MAGIC_V1 = MAGIC + b"\x01\x00"
@@ -387,7 +396,7 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
                 hit = _header_cache.get(hb) or _parse_fast(hb, repr(path))
             if hit is not None and hit[3]:
                 try:
-                    return _engine.map_file(fd if _POSIX else _api._os_handle(fd), access, end,
+                    return _map_file(fd if _POSIX else _api._os_handle(fd), access, end,
                                             hit[3], 0, hit[0], hit[1], hit[2], mode,
                                             _abspath(path))
                 except ValueError:
@@ -458,10 +467,10 @@ def _map_npy(fd, base, first, mode, access, rows, filename, name, max_header_siz
     offset = base + hlen
     if rows is None:
         if nbytes == 0:
-            m = _engine.map_file(None, access, offset, 0, 0, dt, shape, order, mode, filename)
+            m = _map_file(None, access, offset, 0, 0, dt, shape, order, mode, filename)
         else:
             try:
-                m = _engine.map_file(_api._os_handle(fd), access, offset, nbytes, 0, dt,
+                m = _map_file(_api._os_handle(fd), access, offset, nbytes, 0, dt,
                                      shape, order, mode, filename)
             except ValueError:  # E_RANGE: the data runs past the end of the file
                 _check_size(fd, offset, nbytes, dt, shape, name)
@@ -473,10 +482,10 @@ def _map_npy(fd, base, first, mode, access, rows, filename, name, max_header_siz
         sub = shape[:axis] + (hi - lo,) + shape[axis + 1:]
         length = (hi - lo) * per
         if length == 0:
-            m = _engine.map_file(None, access, offset + lo * per, 0, 0, dt, sub, order, mode,
+            m = _map_file(None, access, offset + lo * per, 0, 0, dt, sub, order, mode,
                                  filename)
         else:
-            m = _engine.map_file(_api._os_handle(fd), access, offset + lo * per, length, 0,
+            m = _map_file(_api._os_handle(fd), access, offset + lo * per, length, 0,
                                  dt, sub, order, mode, filename)
     return m, offset + nbytes
 
@@ -704,10 +713,10 @@ def create_npy(file, dtype, shape, fortran_order=False):
             os.chmod(tmp, perms)
         write_all(fd, header)
         if nbytes:
-            m = _engine.map_file(_api._os_handle(fd), _engine.WRITE, len(header), nbytes,
+            m = _map_file(_api._os_handle(fd), _engine.WRITE, len(header), nbytes,
                                  _engine.GROW, dt, shape, order, "w+", filename)
         else:
-            m = _engine.map_file(None, _engine.WRITE, len(header), 0, 0, dt, shape, order,
+            m = _map_file(None, _engine.WRITE, len(header), 0, 0, dt, shape, order,
                                  "w+", filename)
         os.fsync(fd)  # the header (and the allocation); the data is the caller's to flush
         os.close(fd)

@@ -37,9 +37,18 @@ import numpy as np
 from numpy.lib import format as _format
 
 from mmarray import _api, _engine, _npy, _ranges
-from mmarray._engine import Mapping
+from mmarray._mapping import Mapping
+_Mapping = Mapping
 
 __all__ = ["NpzMapping", "InMemoryMember", "CompressedMemberWarning", "save_npz"]
+
+
+def _map_file(*args):
+    """The engine's map_file with the public Mapping as the class (until the npy/npz split
+    routes every map through mmarray._mapping.map_region)."""
+    if len(args) == 10:
+        args += (_Mapping,)
+    return _engine.map_file(*args)
 
 
 class CompressedMemberWarning(UserWarning):
@@ -517,10 +526,10 @@ class NpzMapping(collections.abc.Mapping):
             else:
                 crc.check(fd)
         if nbytes == 0:
-            m = _engine.map_file(None, access, offset, 0, 0, dt, shape, order, mode,
+            m = _map_file(None, access, offset, 0, 0, dt, shape, order, mode,
                                  self._filename, cls)
         else:
-            m = _engine.map_file(_api._os_handle(fd), access, offset, nbytes, 0, dt, shape,
+            m = _map_file(_api._os_handle(fd), access, offset, nbytes, 0, dt, shape,
                                  order, mode, self._filename, cls)
         if cls is _NpzMember:
             m._crc = crc

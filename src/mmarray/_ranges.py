@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import operator
 
-#: Advice names accepted by Mapping.advise, in the order of enum mm_advice (csrc/mm.h).
-ADVICE = ("normal", "sequential", "random", "willneed", "dontneed", "hugepage", "nohugepage",
-          "populate_read", "populate_write")
-ADVICE_CODES = {name: code for code, name in enumerate(ADVICE)}
+from mmarray import _engine
+
+#: Advice name accepted by Mapping.advise -> its enum mm_advice value, as the engine exports.
+ADVICE_CODES = dict(_engine.ADVICE)
+ADVICE = tuple(ADVICE_CODES)
 
 
 def advice_code(advice):

@@ -1,0 +1,74 @@
+# The C contract (csrc/mm.h): its externs alone, as h5py's defs.pxd and uvloop's includes
+# keep them, apart from the engine's extension types (_engine.pxd).
+from libc.stdint cimport int64_t, intptr_t, uint64_t
+
+
+cdef extern from "mm.h" nogil:
+    ctypedef struct mm_view:
+        char *data
+        uint64_t length
+        int access
+        uint64_t file_id[2]
+
+    ctypedef struct mm_error:
+        int status
+        int64_t code
+        uint64_t file_size
+
+    ctypedef intptr_t mm_handle
+
+    enum:
+        # mm_access
+        MM_READ
+        MM_WRITE
+        MM_COPY
+        # flags
+        MM_CREATE
+        MM_GROW
+        MM_POPULATE
+        MM_TRUNCATE
+        # mm_status
+        MM_OK
+        MM_E_ARG
+        MM_E_OPEN
+        MM_E_STAT
+        MM_E_RANGE
+        MM_E_GROW
+        MM_E_MAP
+        MM_E_FLUSH
+        MM_E_UNMAP
+        MM_E_ADVISE
+        MM_E_QUERY
+        MM_E_EMPTY
+        # mm_advice
+        MM_ADV_NORMAL
+        MM_ADV_SEQUENTIAL
+        MM_ADV_RANDOM
+        MM_ADV_WILLNEED
+        MM_ADV_DONTNEED
+        MM_ADV_HUGEPAGE
+        MM_ADV_NOHUGEPAGE
+        MM_ADV_POPULATE_READ
+        MM_ADV_POPULATE_WRITE
+
+    uint64_t MM_TO_END
+
+    uint64_t mm_alignment()
+    uint64_t mm_page_size()
+    uint64_t mm_align_down(uint64_t value, uint64_t alignment)
+    int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
+                    mm_view *view, mm_error *err)
+    int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
+                      mm_view *view, mm_error *err)
+    int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err)
+    int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice,
+                  mm_error *err)
+    int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
+                    uint64_t *total, mm_error *err)
+    # mm.h declares consumer and stop `const volatile`: another thread writes them while the
+    # loop runs, and volatile keeps the C compiler re-reading them.
+    int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
+                          uint64_t window, const volatile uint64_t *consumer,
+                          const volatile int *stop, uint64_t idle_limit_us, mm_error *err)
+    void mm_pause(unsigned microseconds)
+    int mm_unmap(mm_view *view, mm_error *err)
