@@ -156,6 +156,7 @@ static void mm_restore_size(int fd, uint64_t size) {
  * size as it allocates). ESPIPE/ENODEV (procfs and other files that only look regular) are
  * reported as MM_E_STAT/ENODEV: not a file that can be mapped. */
 static int mm_grow(int fd, uint64_t old_size, uint64_t size, mm_error *err) {
+    struct stat st;
     int rc;
     if ((uint64_t)(off_t)size != size || (off_t)size < 0)
         return mm_fail(err, MM_E_GROW, EFBIG);
@@ -164,15 +165,21 @@ static int mm_grow(int fd, uint64_t old_size, uint64_t size, mm_error *err) {
     } while (rc == EINTR);
     if (rc == 0)
         return MM_OK;
-    if (!mm_cannot_preallocate(rc) || ftruncate(fd, (off_t)size) != 0) {
-        if (mm_cannot_preallocate(rc))
-            rc = errno;
+    if (mm_cannot_preallocate(rc)) {
+        if (ftruncate(fd, (off_t)size) == 0)
+            return MM_OK;
+        rc = errno; /* ftruncate(2) only grows here: nothing to undo */
+    } else if ((rc == ENOSPC || rc == EDQUOT) && fstat(fd, &st) == 0 &&
+               (uint64_t)st.st_size > old_size) {
+        /* Out of space part of the way: only these errors leave a partial extension
+         * (EFBIG, EINVAL and the like fail before allocating). Undone, though a grow of the
+         * same file by another thread in between would be undone with it: see the README's
+         * safety notes. */
         mm_restore_size(fd, old_size);
-        if (rc == ESPIPE || rc == ENODEV)
-            return mm_fail(err, MM_E_STAT, ENODEV);
-        return mm_fail(err, MM_E_GROW, rc);
     }
-    return MM_OK;
+    if (rc == ESPIPE || rc == ENODEV)
+        return mm_fail(err, MM_E_STAT, ENODEV);
+    return mm_fail(err, MM_E_GROW, rc);
 }
 
 /* Whether the filesystem lacks room for `needed` more bytes, where fallocate(2) cannot
@@ -226,16 +233,12 @@ static int mm_reset(int fd, uint64_t old_size, uint64_t end, uint64_t old_blocks
 
 /* Fault a copy-on-write view in for reading: MAP_POPULATE on a private writable mapping
  * write-faults every page (a private copy of the whole range), MADV_POPULATE_READ (Linux
- * 5.14, madvise(2)) maps the page-cache pages read-only until written. Older kernels: read
- * one byte per page. Best effort, as MAP_POPULATE is. */
+ * 5.14, madvise(2)) maps the page-cache pages read-only until written. Best effort, as
+ * MAP_POPULATE is: where the kernel lacks it nothing is prefaulted. Never by touching the
+ * pages: the view is not registered yet, and a page past a concurrently shrunk end of file
+ * would fault with SIGBUS where madvise reports EFAULT. */
 static void mm_populate_for_reading(char *base, size_t length) {
-    if (madvise(base, length, MADV_POPULATE_READ) != 0) {
-        volatile char sink = 0;
-        size_t i, page = (size_t)mm_page_size();
-        for (i = 0; i < length; i += page)
-            sink ^= base[i]; /* i < length: inside [base, base + length) */
-        (void)sink;
-    }
+    (void)madvise(base, length, MADV_POPULATE_READ);
 }
 
 /* The shared tail of map_path and map_handle: size, range check, grow or reset, mmap. Does

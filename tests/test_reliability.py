@@ -844,3 +844,112 @@ def test_asarray_of_a_mapping_follows_numpys_copy_protocol(tmp_path):
     assert m.__array__(np.float64).dtype == np.float64
     assert not np.shares_memory(m.__array__(copy=True), m.__array__())
     m.close()
+
+
+# -- found by the second hostile review ---------------------------------------------------------
+
+def test_copy_on_write_populate_racing_a_shrinking_w_plus_never_faults(tmp_path):
+    """populate=True in mode 'c' read one byte per page (after MADV_POPULATE_READ failed with
+    EFAULT past a concurrently shrunk end of file) before the view was registered: SIGBUS."""
+    path = tmp_path / "cow.bin"
+    proc = run_python(f"""
+        import threading, time, mmarray
+        path = {str(path)!r}
+        big = 64 << 20
+        mmarray.open(path, mode="w+", shape=big).close()
+        stop = time.monotonic() + 6
+        def reader():
+            while time.monotonic() < stop:
+                try:
+                    mmarray.open(path, mode="c", populate=True).close()
+                except (ValueError, OSError):
+                    pass
+        def writer():
+            while time.monotonic() < stop:
+                for n in (4096, big):
+                    try:
+                        mmarray.open(path, mode="w+", shape=n).close()
+                    except (ValueError, OSError):
+                        pass
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        threads.append(threading.Thread(target=writer))
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+
+
+def test_a_failed_grow_never_shrinks_a_file_another_thread_grew_and_maps(tmp_path):
+    """A grow failing with EFBIG 'restored' the size it had read before, truncating under the
+    array of another thread that had grown the file meanwhile: SIGBUS."""
+    path = tmp_path / "grow.bin"
+    path.write_bytes(bytes(4096))
+    proc = run_python(f"""
+        import threading, time, mmarray
+        path = {str(path)!r}
+        stop = time.monotonic() + 5
+        def grower():
+            while time.monotonic() < stop:
+                try:
+                    m = mmarray.open(path, mode="r+", shape=4 << 20)
+                except (ValueError, OSError):
+                    continue
+                a = m.array
+                int(a[-1])
+                del a
+                m.close()
+        def failer():
+            while time.monotonic() < stop:
+                try:
+                    mmarray.open(path, mode="r+", shape=1 << 45)
+                except OSError:
+                    pass
+        def resetter():
+            while time.monotonic() < stop:
+                try:
+                    mmarray.open(path, mode="w+", shape=4096).close()
+                except (ValueError, OSError):
+                    pass
+                time.sleep(0.001)
+        threads = [threading.Thread(target=f) for f in (grower, failer, resetter)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+
+
+@needs_fork
+def test_fork_during_a_flush_in_another_thread_lets_the_child_close_and_reset(tmp_path):
+    """The export a flush holds in another thread was inherited by the child, where no thread
+    would ever release it: the region stayed mapped and registered, and 'w+' was refused."""
+    path = tmp_path / "flush.bin"
+    with open(path, "wb") as f:
+        f.truncate(256 << 20)
+    proc = run_python(f"""
+        import gc, os, threading, time, warnings, mmarray
+        warnings.simplefilter("ignore", DeprecationWarning)
+        path = {str(path)!r}
+        st = os.stat(path)
+        m = mmarray.open(path, mode="r+")
+        m.array[::4096] = 1                     # dirty every page: the flush takes a while
+        t = threading.Thread(target=m.flush)
+        t.start()
+        time.sleep(0.02)
+        pid = os.fork()
+        if pid == 0:
+            m.close(); del m; gc.collect()
+            views = mmarray._engine.live_views(st.st_dev, st.st_ino)
+            try:
+                mmarray.open(path, mode="w+", shape=16).close()
+                reset = "ok"
+            except ValueError as exc:
+                reset = str(exc)
+            print(views, reset, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        t.join()
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split(None, 1) == ["0", "ok\n"]

@@ -10,6 +10,7 @@ from mmarray._mm cimport mm_error, mm_view
 cdef class Region:
     cdef mm_view view          # the mapped region; view.data is NULL once unmapped or if empty
     cdef Py_ssize_t _exports   # live buffer exports: arrays (through _ArrayExport) and memoryviews
+    cdef Py_ssize_t _busy      # of those, held by operations running without the GIL
     cdef bint _closed          # close() was called; unmap happens when _exports drops to 0
     cdef bint _readonly
     cdef bint _raw_exported    # handed out a raw buffer: unmap waits for __dealloc__
@@ -28,6 +29,8 @@ cdef class Region:
 
     cdef int _acquire(self) except -1
     cdef int _release(self) except -1
+    cdef int _acquire_busy(self) except -1
+    cdef int _release_busy(self) except -1
     cdef int _unmap_now(self) except -1
 
 

@@ -65,6 +65,7 @@ cdef dict _truncating = {}
 cdef dict _truncated_at = {}
 cdef unsigned long long _epoch = 0
 cdef Py_ssize_t _in_flight = 0      # maps between their start and their registration
+cdef dict _busy_regions = {}        # id -> Region with an operation running without the GIL
 
 # How long a populate-ahead loop waits for a consumer that does not move before it gives up
 # (populating is only a head start: the consumer faults in what is left itself).
@@ -213,6 +214,23 @@ cdef class Region:
         if self._exports == 0 and self._closed:
             self._unmap_now()
         return 0
+
+    # An operation that uses the region without the GIL (flush, advise, resident, a
+    # populating loop) holds an export for its duration, counted as "busy" too: a child
+    # forked meanwhile has no thread to release it, and drops it (_reset_after_fork).
+    cdef int _acquire_busy(self) except -1:
+        self._acquire()
+        self._busy += 1
+        _busy_regions[id(self)] = self
+        return 0
+
+    cdef int _release_busy(self) except -1:
+        if self._busy == 0:          # dropped by a fork in between: nothing left to release
+            return 0
+        self._busy -= 1
+        if self._busy == 0:
+            _busy_regions.pop(id(self), None)
+        return self._release()
 
     cdef int _unmap_now(self) except -1:
         cdef mm_view view = self.view
@@ -438,14 +456,14 @@ cdef class Region:
             if self._closed:
                 raise ValueError("mapping is closed")
             return
-        self._acquire()
+        self._acquire_busy()
         try:
             with nogil:
                 status = mm_flush(&self.view, start, length, sync, &err)
             if status != MM_OK:
                 _raise(&err, self._filename, start, length)
         finally:
-            self._release()
+            self._release_busy()
 
     def _advise_bytes(self, uint64_t start, uint64_t length, int advice):
         cdef mm_error err
@@ -454,14 +472,14 @@ cdef class Region:
             if self._closed:
                 raise ValueError("mapping is closed")
             return
-        self._acquire()
+        self._acquire_busy()
         try:
             with nogil:
                 status = mm_advise(&self.view, start, length, advice, &err)
             if status != MM_OK:
                 _raise(&err, self._filename, start, length)
         finally:
-            self._release()
+            self._release_busy()
 
     def _resident_bytes(self, uint64_t start, uint64_t length):
         cdef mm_error err
@@ -471,14 +489,14 @@ cdef class Region:
             if self._closed:
                 raise ValueError("mapping is closed")
             return 0, 0
-        self._acquire()
+        self._acquire_busy()
         try:
             with nogil:
                 status = mm_resident(&self.view, start, length, &resident, &total, &err)
             if status != MM_OK:
                 _raise(&err, self._filename, start, length)
         finally:
-            self._release()
+            self._release_busy()
         return resident, total
 
     def __repr__(self):
@@ -831,14 +849,27 @@ cdef int _prune_truncations() except -1:
 
 
 def _reset_after_fork():
-    """In a forked child: the other threads are gone, with their maps and resets in flight.
+    """In a forked child: the other threads are gone, with their maps, resets and region
+    operations in flight.
 
-    Their marks would refuse the file forever; the live views the child inherited stay
-    counted (their mappings are inherited too)."""
+    Their marks would refuse the file forever, and the exports their operations held would
+    keep closed regions mapped (and registered) forever: both are dropped. The live views the
+    child inherited stay counted (their mappings are inherited too)."""
     global _in_flight
+    cdef Region region
     _in_flight = 0
     _truncating.clear()
     _truncated_at.clear()
+    busy = list(_busy_regions.values())
+    _busy_regions.clear()
+    for region in busy:
+        region._exports -= region._busy
+        region._busy = 0
+        if region._exports == 0 and region._closed:
+            try:
+                region._unmap_now()
+            except Exception:
+                pass
 
 
 if hasattr(_os, "register_at_fork"):
@@ -904,7 +935,7 @@ cdef class _PopulateAhead:
         a head start only); raises the C layer's error, ValueError if closed."""
         cdef mm_error err
         cdef int status
-        self.mapping._acquire()      # the region stays mapped while the loop runs
+        self.mapping._acquire_busy()      # the region stays mapped while the loop runs
         try:
             with nogil:
                 status = mm_populate_ahead(&self.mapping.view, self.start, self.end, self.step,
@@ -913,4 +944,4 @@ cdef class _PopulateAhead:
             if status != MM_OK:
                 _raise(&err, self.mapping._filename, self.start, self.end - self.start)
         finally:
-            self.mapping._release()
+            self.mapping._release_busy()
