@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from numpy.lib import format as npformat
 
 import mmarray
-from mmarray import _engine, _npy
+from mmarray import _engine, _npyformat
 from _npy_helpers import GIB, npy_bytes, npy_header, write_sparse_npy
 from helpers import mapped_bytes, mapped_regions, needs_proc_maps
 
@@ -81,7 +81,7 @@ def test_load_reads_a_header_longer_than_the_first_read(tmp_path):
     dt = np.dtype([(f"field_{i:03d}", "<i2") for i in range(300)])
     arr = sample(dt, (3,))
     path = save(tmp_path, arr)
-    assert len(path.read_bytes()) - arr.nbytes > _npy.FIRST_READ
+    assert len(path.read_bytes()) - arr.nbytes > _npyformat.FIRST_READ
     with mmarray.load(path, max_header_size=100000) as m:
         assert_same(m.array, np.load(path, max_header_size=100000))
 
@@ -258,7 +258,7 @@ _shapes = st.lists(st.integers(0, 10**12), max_size=5).map(tuple)
        version=st.sampled_from([(1, 0), (2, 0), (3, 0)]))
 def test_fast_header_parser_agrees_with_numpys_parser(descr, fortran, shape, version):
     header = npy_header(_header_text(descr, fortran, shape), version)
-    _npy._header_cache.clear()
+    _npyformat.header_cache.clear()
     want_shape, want_fortran, want_dt = np_read_array_header(io.BytesIO(header[8:]), version)
     # numpy makes no array whose nonzero dimensions span more bytes than intp holds, even if
     # another dimension is 0 (np.empty((0, 2**30, 2**30), "<f8") is "too big")
@@ -266,14 +266,14 @@ def test_fast_header_parser_agrees_with_numpys_parser(descr, fortran, shape, ver
     if span > np.iinfo(np.intp).max:
         with pytest.raises(ValueError, match="more than any file can hold|more than numpy "
                                              "allows"):
-            _npy.parse_header(header, None, len(header), "h")
+            _npyformat.parse_header(header, None, len(header), "h")
         return
     start = 10 if version == (1, 0) else 12
-    got = _npy.parse_header(header, None, len(header), "h")
-    assert header[start:] in _npy._header_cache, "numpy-written headers take the fast path"
+    got = _npyformat.parse_header(header, None, len(header), "h")
+    assert header[start:] in _npyformat.header_cache, "numpy-written headers take the fast path"
     assert got == (len(header), want_dt, want_shape, "F" if want_fortran else "C",
                    int(np.prod(want_shape, dtype=object)) * want_dt.itemsize)
-    assert _npy.parse_header(header, None, len(header), "h") == got  # from the cache
+    assert _npyformat.parse_header(header, None, len(header), "h") == got  # from the cache
 
 
 @pytest.mark.parametrize("text", [

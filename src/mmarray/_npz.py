@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
-import io
 import operator
 import os
 import struct
@@ -36,7 +35,8 @@ import zlib
 import numpy as np
 from numpy.lib import format as _format
 
-from mmarray import _api, _engine, _npy, _ranges
+from mmarray import _api, _engine, _ranges
+from mmarray import _npyformat as _fmt
 from mmarray._engine import Mapping
 
 __all__ = ["NpzMapping", "InMemoryMember", "CompressedMemberWarning", "save_npz"]
@@ -74,7 +74,6 @@ _ZIP_FILECOUNT_LIMIT = (1 << 16) - 1
 ALIGN = 64
 _ALIGN_EXTRA_ID = 0xD935          # the extra field Android's zipalign pads with
 _DOS_DATE, _DOS_TIME = (0 << 9) | (1 << 5) | 1, 0   # 1980-01-01 00:00: reproducible archives
-_CHUNK = 64 << 20
 #: Largest uncompressed size a member may claim: what ``zlib``'s output length can be.
 _MAX_USIZE = sys.maxsize - 1
 
@@ -121,7 +120,7 @@ def _read_directory(fd, first, size, name):
             return first[pos:pos + n]
         if tail_start <= pos and pos + n <= tail_start + len(tail):
             return tail[pos - tail_start:pos - tail_start + n]
-        return _npy.read_at(fd, pos, n)
+        return _fmt.read_at(fd, pos, n)
 
     if size < 22:
         raise _bad(name, f"not a zip archive: {size} bytes, fewer than the 22-byte "
@@ -130,11 +129,11 @@ def _read_directory(fd, first, size, name):
         tail_start, tail = 0, first
     else:
         tail_start = max(0, size - _TAIL)
-        tail = _npy.read_at(fd, tail_start, size - tail_start)
+        tail = _fmt.read_at(fd, tail_start, size - tail_start)
     pos = _find_eocd(tail, size - tail_start)
     if pos < 0 and tail_start > 0:
         tail_start = max(0, size - _MAX_TAIL)
-        tail = _npy.read_at(fd, tail_start, size - tail_start)
+        tail = _fmt.read_at(fd, tail_start, size - tail_start)
         pos = _find_eocd(tail, len(tail))
     if pos < 0:
         raise _bad(name, "not a zip archive: no end-of-central-directory record (truncated "
@@ -449,14 +448,14 @@ class NpzMapping(collections.abc.Mapping):
         example by `save_npz` to the same path, which renames a new file over it): the
         directory read at load time does not describe it.
         """
-        flags = _npy._O_WRITE if self._access == _engine.WRITE else _npy._O_READ
+        flags = _fmt.O_WRITE if self._access == _engine.WRITE else _fmt.O_READ
         return _reopen(self._target, self._id, flags, label, "reload it with mmarray.load")
 
     def _read(self, fd, pos, n):
         prefix = self._prefix
         if pos + n <= len(prefix):
             return prefix[pos:pos + n]
-        return _npy.read_at(fd, pos, n)
+        return _fmt.read_at(fd, pos, n)
 
     def _open(self, e):
         label = f"{self._name} member {e.key!r}"
@@ -495,9 +494,9 @@ class NpzMapping(collections.abc.Mapping):
         if data + min(e.csize, 256) <= len(prefix):  # the header is (most likely) at hand
             first = prefix[data:data + e.csize]
         else:
-            first = _npy.read_at(fd, data, min(e.csize, 1024))
-        if first[:6] == _npy.MAGIC:
-            hlen, dt, shape, order, nbytes = _npy.parse_header(
+            first = _fmt.read_at(fd, data, min(e.csize, 1024))
+        if first[:6] == _fmt.MAGIC:
+            hlen, dt, shape, order, nbytes = _fmt.parse_header(
                 first, lambda pos, n: self._read(fd, data + pos, min(n, e.csize - pos)),
                 e.csize, label, self._max_header_size)
             if hlen + nbytes > e.csize:
@@ -516,12 +515,8 @@ class NpzMapping(collections.abc.Mapping):
                 self._crcs[e.key] = crc
             else:
                 crc.check(fd)
-        if nbytes == 0:
-            m = _engine.map_file(None, access, offset, 0, 0, dt, shape, order, mode,
-                                 self._filename, cls)
-        else:
-            m = _engine.map_file(_api._os_handle(fd), access, offset, nbytes, 0, dt, shape,
-                                 order, mode, self._filename, cls)
+        m = _fmt.map_region(fd, access, offset, nbytes, dt, shape, order, mode, self._filename,
+                            cls)
         if cls is _NpzMember:
             m._crc = crc
             m._finalizer = weakref.finalize(m, _final_crc, crc)
@@ -599,8 +594,8 @@ class NpzMapping(collections.abc.Mapping):
         if zlib.crc32(out) != e.crc:
             raise ValueError(f"{label}: Bad CRC-32 ({zlib.crc32(out):#010x}, the directory "
                              f"says {e.crc:#010x})")
-        if out[:6] == _npy.MAGIC:
-            hlen, dt, shape, order, nbytes = _npy.parse_header(
+        if out[:6] == _fmt.MAGIC:
+            hlen, dt, shape, order, nbytes = _fmt.parse_header(
                 out, lambda pos, n: out[pos:pos + n], len(out), label, self._max_header_size)
             if hlen + nbytes > len(out):
                 raise ValueError(f"{label}: the header says {_api._short_repr(shape)} x {dt} = "
@@ -696,7 +691,7 @@ class _Crc:
         if size < self.size:
             return f"the file has {size} bytes, the member and its records need {self.size}"
         for pos, want in self.proof:
-            if _npy.read_at(fd, pos, len(want)) != want:
+            if _fmt.read_at(fd, pos, len(want)) != want:
                 return f"the {len(want)} bytes at offset {pos} are not those of the member"
         return None
 
@@ -709,12 +704,12 @@ class _Crc:
 
     def stored(self, fd):
         """The CRC-32 values the archive holds now, one per position."""
-        return [struct.unpack("<L", _npy.read_at(fd, p, 4))[0] for p in self.positions]
+        return [struct.unpack("<L", _fmt.read_at(fd, p, 4))[0] for p in self.positions]
 
     def crc_from_file(self, fd, pos, crc):
         """Continue ``crc`` over the stored bytes from ``pos`` to the member's end."""
         while pos < self.end:
-            chunk = _npy.read_at(fd, pos, min(_CHUNK, self.end - pos))
+            chunk = _fmt.read_at(fd, pos, min(_fmt.CHUNK, self.end - pos))
             if not chunk:
                 raise ValueError(f"{self.label}: the archive was truncated")
             crc = zlib.crc32(chunk, crc)
@@ -740,7 +735,7 @@ class _Crc:
             self._update(member, sync)
 
     def _update(self, member, sync):
-        fd, owned = _reopen(self.target, self.id, _npy._O_WRITE, self.label,
+        fd, owned = _reopen(self.target, self.id, _fmt.O_WRITE, self.label,
                             "its CRC-32 is not updated")
         try:
             why = self.moved(fd)  # before reading the mapping: past a truncation it SIGBUSes
@@ -761,7 +756,7 @@ class _Crc:
             packed, written = struct.pack("<L", crc), False
             for p, old in zip(self.positions, self.stored(fd)):
                 if old != crc:
-                    _pwrite(fd, packed, p)
+                    _fmt.pwrite(fd, packed, p)
                     written = True
             if written and sync:
                 os.fsync(fd)
@@ -782,16 +777,6 @@ def _new_locks_after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_locks_after_fork)
-
-
-if hasattr(os, "pwrite"):
-    def _pwrite(fd, data, pos):
-        if os.pwrite(fd, data, pos) != len(data):  # pragma: no cover - 4 bytes
-            raise OSError(f"short write of the CRC-32 at offset {pos}")
-else:  # pragma: no cover - Windows
-    def _pwrite(fd, data, pos):
-        os.lseek(fd, pos, os.SEEK_SET)
-        _npy.write_all(fd, data)
 
 
 def _final_crc(crc):
@@ -991,13 +976,12 @@ def save_npz(file, /, **arrays):
         if arr.dtype.itemsize == 0:
             raise ValueError(f"array {key!r} has dtype {arr.dtype} of itemsize 0, which cannot "
                              f"be mapped")
-        buf = io.BytesIO()
-        _npy._np_write_array_header(buf, _format.header_data_from_array_1_0(arr), None)
-        members.append((key + ".npy", arr, buf.getvalue()))
+        members.append((key + ".npy", arr,
+                        _fmt.header_bytes(_format.header_data_from_array_1_0(arr))))
 
     if isinstance(file, (str, bytes, os.PathLike)):
-        path, perms = _npy.replace_target(file)
-        fd, tmp = _npy.temp_sibling(path)
+        path, perms = _fmt.replace_target(file)
+        fd, tmp = _fmt.temp_sibling(path)
         try:
             if perms is not None:
                 os.chmod(tmp, perms)
@@ -1005,9 +989,9 @@ def save_npz(file, /, **arrays):
                 _write_archive(fp, members)
                 fp.flush()
                 os.fsync(fd)
-            _npy.replace_durably(tmp, path)
+            _fmt.replace_durably(tmp, path)
         except BaseException:
-            _npy.discard(tmp)
+            _fmt.discard(tmp)
             raise
         return
     if not (hasattr(file, "write") and hasattr(file, "seek") and hasattr(file, "tell")):
@@ -1071,13 +1055,13 @@ def _write_data(fp, arr, crc):
     """Write ``arr``'s data in the order its header says; return the running CRC-32."""
     if arr.flags.c_contiguous or arr.flags.f_contiguous:
         flat = (arr if arr.flags.c_contiguous else arr.T).reshape(-1).view(_U8)
-        for start in range(0, flat.size, _CHUNK):
-            chunk = flat[start:start + _CHUNK]
+        for start in range(0, flat.size, _fmt.CHUNK):
+            chunk = flat[start:start + _fmt.CHUNK]
             crc = zlib.crc32(chunk, crc)
             fp.write(chunk)
         return crc
     for chunk in np.nditer(arr, flags=["external_loop", "buffered", "zerosize_ok"],
-                           buffersize=max(_CHUNK // arr.itemsize, 1), order="C"):
+                           buffersize=max(_fmt.CHUNK // arr.itemsize, 1), order="C"):
         data = chunk.tobytes("C")
         crc = zlib.crc32(data, crc)
         fp.write(data)
