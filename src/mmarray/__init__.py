@@ -10,7 +10,8 @@
 """
 from mmarray._api import MODES, Mapping, close, mapping_of, open
 from mmarray._compat import memmap, open_memmap
-from mmarray._npy import create_npy, load
+from mmarray._load import load
+from mmarray._npy import create_npy
 from mmarray._npz import CompressedMemberWarning, InMemoryMember, NpzMapping
 from mmarray._npzwrite import save_npz
 

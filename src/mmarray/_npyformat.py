@@ -80,7 +80,6 @@ def read_at(fd, offset, n):
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-
 def write_all(fd, data):
     """Write all of ``data`` at the descriptor's position."""
     view = memoryview(data)

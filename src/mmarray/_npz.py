@@ -60,8 +60,8 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     npz = NpzMapping.__new__(NpzMapping)
     npz._entries = by_key
     npz._members = {}
-    npz._crcs = {}  # key -> _npzcrc._Crc, one per member for the archive's life (reopens
-                    # share it)
+    # key -> _npzcrc._Crc, one per member for the archive's life (reopens share it)
+    npz._crcs = {}
     npz._closed = False
     npz._target = target if filename is None else filename
     npz._filename = filename
