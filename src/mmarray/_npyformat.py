@@ -6,13 +6,15 @@ Used by both the ``.npy`` side (``_npy``) and the ``.npz`` side (``_npz``, ``_np
 
 Header parsing
 --------------
-numpy's parser (``numpy.lib.format``'s ``_read_array_header``, built on ``ast.literal_eval``)
-costs about 19 us per header, several times what mapping the data costs. Headers that numpy
-itself wrote -- ``{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }`` with a plain
-string descr -- are therefore parsed by one anchored regular expression (well under 1 us) and
-remembered by their exact bytes. Every other header (structured dtypes, Python 2 era headers,
-anything unusual) goes to numpy's parser, which stays the reference: the tests check that
-both agree.
+numpy's parser (``numpy.lib.format.read_array_header_1_0`` and ``_2_0``, built on
+``ast.literal_eval``) costs about 19 us per header, several times what mapping the data
+costs. Headers that numpy itself wrote -- ``{'descr': '<f8', 'fortran_order': False, 'shape':
+(3, 4), }`` with a plain string descr -- are therefore parsed by one anchored regular
+expression (well under 1 us) and remembered by their exact bytes. Every other header
+(structured dtypes, Python 2 era headers, anything unusual) goes to numpy's parser, which
+stays the reference: the tests check that both agree. numpy has public readers and writers
+for versions 1.0 and 2.0 only; those for 3.0 (`read_array_header_3_0`, `_header_3_0`) are
+numpy's own steps, and the tests hold them to numpy's private functions.
 """
 from __future__ import annotations
 
@@ -23,19 +25,16 @@ import os
 import re
 import stat
 
+import ast
+import warnings
+
 import numpy as np
+from numpy.lib import format as _format
 
 from mmarray import _api, _engine
 
-try:  # numpy >= 2.0 keeps the implementation in a private module
-    from numpy.lib._format_impl import _read_array_header as _np_read_array_header
-    from numpy.lib._format_impl import _write_array_header as _np_write_array_header
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.lib.format import _read_array_header as _np_read_array_header
-    from numpy.lib.format import _write_array_header as _np_write_array_header
-
-MAGIC = b"\x93NUMPY"
-MAGIC_V1 = MAGIC + b"\x01\x00"
+MAGIC = _format.MAGIC_PREFIX  # b"\x93NUMPY"
+MAGIC_V1 = _format.magic(1, 0)
 #: Bytes read at open: the magic, the header and usually all of a small .npz's directory.
 FIRST_READ = 4096
 #: numpy's default limit on the header length (``np.load(max_header_size=...)``).
@@ -196,11 +195,59 @@ def parse_fast(hb, name):
     return result
 
 
+def read_array_header_3_0(fp, max_header_size=MAX_HEADER_SIZE):
+    """Read a version 3.0 header from the file object ``fp`` (positioned after the magic), as
+    numpy's ``read_array_header_1_0``/``_2_0`` read theirs: ``(shape, fortran_order, dtype)``.
+
+    numpy has no public reader for 3.0, whose header is UTF-8 (for non-latin-1 field names)
+    with a 4-byte length; this is numpy's reader for it, step for step and with its messages
+    (the tests hold the two to the same results). Version 3.0 headers never went through
+    Python 2, so there is no ``L`` suffix to filter.
+    """
+    hlen = int.from_bytes(_read_exactly(fp, 4, "array header length"), "little")
+    header = _read_exactly(fp, hlen, "array header").decode("utf-8")
+    if len(header) > max_header_size:
+        raise ValueError(
+            f"Header info length ({len(header)}) is large and may not be safe to load "
+            "securely.\nTo allow loading, adjust `max_header_size` or fully trust the `.npy` "
+            "file using `allow_pickle=True`.\nFor safety against large resource use or "
+            "crashes, sandboxing may be necessary.")
+    try:
+        d = ast.literal_eval(header)
+    except SyntaxError as exc:
+        raise ValueError(f"Cannot parse header: {header!r}") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"Header is not a dictionary: {d!r}")
+    if _format.EXPECTED_KEYS != d.keys():
+        raise ValueError(f"Header does not contain the correct keys: {sorted(d.keys())!r}")
+    shape, fortran_order = d["shape"], d["fortran_order"]
+    if not isinstance(shape, tuple) or not all(isinstance(x, int) for x in shape):
+        raise ValueError(f"shape is not valid: {shape!r}")
+    if not isinstance(fortran_order, bool):
+        raise ValueError(f"fortran_order is not a valid bool: {fortran_order!r}")
+    try:
+        dtype = _format.descr_to_dtype(d["descr"])
+    except TypeError as exc:
+        raise ValueError(f"descr is not a valid dtype descriptor: {d['descr']!r}") from exc
+    return shape, fortran_order, dtype
+
+
+def _read_exactly(fp, n, what):
+    data = fp.read(n)
+    if len(data) != n:
+        raise ValueError(f"EOF: reading {what}, expected {n} bytes got {len(data)}")
+    return data
+
+
+_READERS = {(1, 0): _format.read_array_header_1_0, (2, 0): _format.read_array_header_2_0,
+            (3, 0): read_array_header_3_0}
+
+
 def _parse_numpy(raw, version, name, max_header_size):
     """Parse with numpy's reader; ``raw`` starts at the header-length field."""
     try:
-        shape, fortran, dt = _np_read_array_header(io.BytesIO(raw), version,
-                                                   max_header_size=max_header_size)
+        shape, fortran, dt = _READERS[version](io.BytesIO(raw),
+                                               max_header_size=max_header_size)
     except ValueError as exc:
         raise ValueError(f"{name}: {_clipped(exc)}") from exc
     except Exception as exc:  # literal_eval's RecursionError, MemoryError, ...: a bad header
@@ -308,10 +355,45 @@ def row_bounds(rows, shape, order):
 
 def header_bytes(d):
     """The complete .npy header (magic to newline) numpy writes for the header dict ``d``
-    (``descr``, ``fortran_order``, ``shape``), in the oldest format version that holds it."""
+    (``descr``, ``fortran_order``, ``shape``), in the oldest format version that holds it.
+
+    As ``np.save`` chooses: 1.0 unless the header is longer than its 16-bit length field
+    allows or not latin-1, then 2.0 (4-byte length), then 3.0 (UTF-8), with numpy's warning
+    for either. numpy's public writers give the 1.0 and 2.0 bytes; `_header_3_0` the 3.0 ones.
+    """
     buf = io.BytesIO()
-    _np_write_array_header(buf, d, None)
-    return buf.getvalue()
+    try:
+        _format.write_array_header_1_0(buf, d)
+        return buf.getvalue()
+    except ValueError:  # too long for 1.0, or not latin-1 (UnicodeEncodeError)
+        pass
+    buf = io.BytesIO()
+    try:
+        _format.write_array_header_2_0(buf, d)
+    except UnicodeEncodeError:
+        header = _header_3_0(d)
+        message = "Stored array in format 3.0. It can only be read by NumPy >= 1.17"
+    else:
+        header = buf.getvalue()
+        message = "Stored array in format 2.0. It can only beread by NumPy >= 1.9"  # numpy's
+    warnings.warn(message, UserWarning, stacklevel=3)  # the caller of create_npy, save_npz
+    return header
+
+
+def _header_3_0(d):
+    """The 3.0 header numpy writes for ``d``: its 2.0 header, but UTF-8 (numpy has no public
+    writer for 3.0)."""
+    text = "{" + "".join(f"'{key}': {value!r}, " for key, value in sorted(d.items())) + "}"
+    shape = d["shape"]
+    if shape:  # spare room for the growing axis, as numpy leaves (to append in place)
+        text += " " * (_format.GROWTH_AXIS_MAX_DIGITS
+                       - len(repr(shape[-1 if d["fortran_order"] else 0])))
+    raw = text.encode("utf-8")
+    hlen = len(raw) + 1  # and the newline
+    pad = _format.ARRAY_ALIGN - (_format.MAGIC_LEN + 4 + hlen) % _format.ARRAY_ALIGN
+    if hlen + pad > 0xFFFFFFFF:
+        raise ValueError(f"Header length {hlen} too big for version=(3, 0)")
+    return _format.magic(3, 0) + (hlen + pad).to_bytes(4, "little") + raw + b" " * pad + b"\n"
 
 
 # -- temporary files, replaced durably --------------------------------------------------------
