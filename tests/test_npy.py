@@ -4,6 +4,7 @@ import os
 import pickle
 import stat
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -12,14 +13,17 @@ from hypothesis import strategies as st
 from numpy.lib import format as npformat
 
 import mmarray
-from mmarray import _engine, _npy
+from mmarray import _engine, _npyformat
 from _npy_helpers import GIB, npy_bytes, npy_header, write_sparse_npy
 from helpers import mapped_bytes, mapped_regions, needs_proc_maps
 
+# numpy's private reader and writer: the references for mmarray's header code, here only
 try:
     from numpy.lib._format_impl import _read_array_header as np_read_array_header
+    from numpy.lib._format_impl import _write_array_header as np_write_array_header
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.lib.format import _read_array_header as np_read_array_header
+    from numpy.lib.format import _write_array_header as np_write_array_header
 
 DTYPES = ["<f8", ">i4", "u1", "?", "<c16", "<U5", "S3", "<M8[s]", "<m8[ms]", "<f2",
           [("a", "<i2"), ("b", "<f8", (2,))], np.dtype({"names": ["x"], "formats": ["<i4"],
@@ -81,7 +85,7 @@ def test_load_reads_a_header_longer_than_the_first_read(tmp_path):
     dt = np.dtype([(f"field_{i:03d}", "<i2") for i in range(300)])
     arr = sample(dt, (3,))
     path = save(tmp_path, arr)
-    assert len(path.read_bytes()) - arr.nbytes > _npy.FIRST_READ
+    assert len(path.read_bytes()) - arr.nbytes > _npyformat.FIRST_READ
     with mmarray.load(path, max_header_size=100000) as m:
         assert_same(m.array, np.load(path, max_header_size=100000))
 
@@ -258,7 +262,7 @@ _shapes = st.lists(st.integers(0, 10**12), max_size=5).map(tuple)
        version=st.sampled_from([(1, 0), (2, 0), (3, 0)]))
 def test_fast_header_parser_agrees_with_numpys_parser(descr, fortran, shape, version):
     header = npy_header(_header_text(descr, fortran, shape), version)
-    _npy._header_cache.clear()
+    _npyformat.header_cache.clear()
     want_shape, want_fortran, want_dt = np_read_array_header(io.BytesIO(header[8:]), version)
     # numpy makes no array whose nonzero dimensions span more bytes than intp holds, even if
     # another dimension is 0 (np.empty((0, 2**30, 2**30), "<f8") is "too big")
@@ -266,14 +270,14 @@ def test_fast_header_parser_agrees_with_numpys_parser(descr, fortran, shape, ver
     if span > np.iinfo(np.intp).max:
         with pytest.raises(ValueError, match="more than any file can hold|more than numpy "
                                              "allows"):
-            _npy.parse_header(header, None, len(header), "h")
+            _npyformat.parse_header(header, None, len(header), "h")
         return
     start = 10 if version == (1, 0) else 12
-    got = _npy.parse_header(header, None, len(header), "h")
-    assert header[start:] in _npy._header_cache, "numpy-written headers take the fast path"
+    got = _npyformat.parse_header(header, None, len(header), "h")
+    assert header[start:] in _npyformat.header_cache, "numpy-written headers take the fast path"
     assert got == (len(header), want_dt, want_shape, "F" if want_fortran else "C",
                    int(np.prod(want_shape, dtype=object)) * want_dt.itemsize)
-    assert _npy.parse_header(header, None, len(header), "h") == got  # from the cache
+    assert _npyformat.parse_header(header, None, len(header), "h") == got  # from the cache
 
 
 @pytest.mark.parametrize("text", [
@@ -315,6 +319,107 @@ def test_fast_path_does_not_accept_what_numpy_rejects(tmp_path, shape):
     else:
         with mmarray.load(path) as m:
             assert_same(m.array, want)
+
+
+# -- header reading and writing with numpy's public API, against numpy's private functions ----
+
+def _outcome(call):
+    """What ``call()`` returns or raises, and the warnings it emits, comparable with ==."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = ("ok", call())
+        except Exception as exc:
+            cause = exc.__cause__
+            result = ("raised", type(exc), str(exc), type(cause), str(cause))
+    return result, [(w.category, str(w.message)) for w in caught]
+
+
+_WIDE = np.dtype([(f"field_{i}", "<f8") for i in range(4000)])  # header past 64 KiB: 2.0
+_HEADER_DTYPES = DTYPES + [
+    _WIDE, np.dtype([("\u00e9t\u00e9", "<i4")]),                   # latin-1 name: 1.0
+    np.dtype([("\u03b1", "<f4"), ("b", ">u2")]),                      # beyond latin-1: 3.0
+    np.dtype([("\u6570", "<i8", (2, 3))]),
+    np.dtype([(("title", "t"), "<i4"), ("u", "<f8")])]
+_HEADER_SHAPES = [(), (0,), (5,), (3, 4), (2, 0, 7), (2**40, 3), (1, 2**62)]
+
+
+@pytest.mark.parametrize("dtype", _HEADER_DTYPES, ids=lambda dt: str(np.dtype(dt))[:30])
+@pytest.mark.parametrize("fortran", [False, True])
+def test_header_bytes_are_what_numpys_writer_writes(dtype, fortran):
+    """Public writers for 1.0 and 2.0, mmarray's for 3.0, numpy's version choice and
+    warnings: byte for byte what numpy's private _write_array_header(version=None) does."""
+    for shape in _HEADER_SHAPES:
+        d = {"descr": npformat.dtype_to_descr(np.dtype(dtype)), "fortran_order": fortran,
+             "shape": shape}
+
+        def reference():
+            buf = io.BytesIO()
+            np_write_array_header(buf, d, None)
+            return buf.getvalue()
+
+        want = _outcome(reference)
+        assert _outcome(lambda: _npyformat.header_bytes(d)) == want
+        assert want[0][0] == "ok"
+
+
+def test_header_bytes_cover_every_version():
+    versions = set()
+    for dtype in _HEADER_DTYPES:
+        d = {"descr": npformat.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+             "shape": (3,)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            versions.add(_npyformat.header_bytes(d)[6:8])
+    assert versions == {b"\x01\x00", b"\x02\x00", b"\x03\x00"}
+
+
+def _numpy_written(dtype, shape, fortran, version):
+    d = {"descr": npformat.dtype_to_descr(np.dtype(dtype)), "fortran_order": fortran,
+         "shape": shape}
+    buf = io.BytesIO()
+    np_write_array_header(buf, d, version)
+    return buf.getvalue()
+
+
+_BAD_HEADERS = [
+    "{'descr': '<i4', 'fortran_order': False, 'shape': (3L,), }",   # Python 2: 1.0/2.0 only
+    "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), 'x': 1}",
+    "{'descr': '<i4', 'fortran_order': 0, 'shape': (3,), }",
+    "{'descr': '<i4', 'fortran_order': False, 'shape': [3], }",
+    "{'descr': '<i4', 'fortran_order': False, 'shape': (3.0,), }",
+    "{'descr': 'nonsense', 'fortran_order': False, 'shape': (3,), }",
+    "{'descr': 5, 'fortran_order': False, 'shape': (3,), }",
+    "{'descr': [('a', '<i4', 'x')], 'fortran_order': False, 'shape': (3,), }",
+    "{1: 2, 'a': 3, 'b': 4}",
+    "[1, 2, 3]",
+    "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), ",
+    "{'descr': '\u03b1', 'fortran_order': False, 'shape': (3,), }",
+    "{'descr': '<i4', 'fortran_order': False, 'shape': (" + "1, " * 3000 + "), }",
+]
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_header_readers_give_what_numpys_reader_gives(version):
+    """numpy's public readers (1.0, 2.0) and mmarray's read_array_header_3_0, as mmarray
+    calls them, against numpy's private _read_array_header: results, errors, warnings."""
+    read = _npyformat._READERS[version]
+    raws = []
+    for make, args in ([(_numpy_written, (dtype, shape, fortran, version))
+                        for dtype in _HEADER_DTYPES for shape in _HEADER_SHAPES[:4]
+                        for fortran in (False, True)] +
+                       [(npy_header, (text, version)) for text in _BAD_HEADERS]):
+        try:
+            raws.append(make(*args)[8:])
+        except ValueError:  # too long for 1.0, or not latin-1 (1.0, 2.0)
+            pass
+    assert len(set(raws)) == len(raws) > 50
+    raws += [raws[0][:3], raws[0][:20]]  # truncated: EOF
+    for raw in raws:
+        for limit in (10000, 50):
+            want = _outcome(lambda: np_read_array_header(io.BytesIO(raw), version,
+                                                         max_header_size=limit))
+            assert _outcome(lambda: read(io.BytesIO(raw), max_header_size=limit)) == want, raw
 
 
 # -- rows -------------------------------------------------------------------------------------
@@ -572,7 +677,7 @@ def test_create_npy_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_engine, "map_file", fail)
+    monkeypatch.setattr(_npyformat, "map_region", fail)
     with pytest.raises(OSError, match="No space"):
         mmarray.create_npy(tmp_path / "fail.npy", "f8", 100)
     assert os.listdir(tmp_path) == []
@@ -581,7 +686,7 @@ def test_create_npy_failure_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_create_npy_failure_leaves_an_existing_file_untouched(tmp_path, monkeypatch):
     path = save(tmp_path, np.arange(3))
     before = path.read_bytes()
-    monkeypatch.setattr(_engine, "map_file", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(_npyformat, "map_region", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         mmarray.create_npy(path, "f8", 100)
     assert path.read_bytes() == before

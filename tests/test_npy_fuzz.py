@@ -53,7 +53,7 @@ def _child(target, workdir):  # pragma: no cover - runs in the subprocess
     from numpy.lib import format as npformat
 
     import mmarray
-    from mmarray import _npz
+    from mmarray import _npzwrite as _npz
     from _npy_helpers import write_npz_with_descriptors  # tests/ is sys.path[0] here
 
     warnings.simplefilter("ignore")

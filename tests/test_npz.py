@@ -13,7 +13,7 @@ import pytest
 from numpy.lib import format as npformat
 
 import mmarray
-from mmarray import _npz
+from mmarray import _npzwrite
 from _npy_helpers import GIB, npy_bytes, write_npz_with_descriptors, zip64_archive, zip_layout
 from helpers import assert_clean_exit, mapped_bytes, mapped_regions, needs_proc_maps, run_python
 
@@ -609,7 +609,7 @@ def test_save_npz_failure_leaves_nothing_and_an_existing_file_untouched(tmp_path
     def boom(fp, arr, crc):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_npz, "_write_data", boom)
+    monkeypatch.setattr(_npzwrite, "_write_data", boom)
     with pytest.raises(OSError, match="No space"):
         mmarray.save_npz(path, x=np.arange(5))
     assert os.listdir(tmp_path) == ["s.npz"] and path.read_bytes() == before
@@ -630,8 +630,8 @@ def test_save_npz_over_a_mapped_archive_keeps_the_old_mapping_valid(tmp_path):
 
 
 def test_save_npz_uses_zip64_when_sizes_need_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(_npz, "_ZIP64_LIMIT", 100)
-    monkeypatch.setattr(_npz, "_ZIP_FILECOUNT_LIMIT", 2)
+    monkeypatch.setattr(_npzwrite, "_ZIP64_LIMIT", 100)
+    monkeypatch.setattr(_npzwrite, "_ZIP_FILECOUNT_LIMIT", 2)
     path = tmp_path / "z64.npz"
     arrays = {f"m{i}": np.arange(30 + i) for i in range(4)}
     mmarray.save_npz(path, **arrays)
@@ -815,7 +815,7 @@ def test_zip64_extra_missing_is_a_value_error(archive):
 
 @pytest.fixture
 def zip64_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(_npz, "_ZIP_FILECOUNT_LIMIT", 0)
+    monkeypatch.setattr(_npzwrite, "_ZIP_FILECOUNT_LIMIT", 0)
     path = tmp_path / "z.npz"
     mmarray.save_npz(path, x=np.arange(4))
     return path

@@ -10,8 +10,10 @@
 """
 from mmarray._api import MODES, Mapping, close, mapping_of, open
 from mmarray._compat import memmap, open_memmap
-from mmarray._npy import create_npy, load
-from mmarray._npz import CompressedMemberWarning, InMemoryMember, NpzMapping, save_npz
+from mmarray._load import load
+from mmarray._npy import create_npy
+from mmarray._npz import CompressedMemberWarning, InMemoryMember, NpzMapping
+from mmarray._npzwrite import save_npz
 
 __all__ = ["open", "close", "mapping_of", "Mapping", "MODES", "memmap", "open_memmap",
            "load", "create_npy", "save_npz", "NpzMapping", "InMemoryMember",

@@ -14,7 +14,7 @@ import numpy as np
 
 from mmarray import _engine
 from mmarray._engine import Region, _ArrayExport
-from mmarray._mapping import Mapping, _os_handle, map_region  # _os_handle: npy/npz, until the split
+from mmarray._mapping import Mapping, map_region
 from mmarray._ranges import advice_code
 
 __all__ = ["open", "close", "Mapping", "MODES"]
