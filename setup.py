@@ -1,5 +1,4 @@
 """Build the Cython engine against the C mapping layer; the platform picks the C file."""
-import os
 import sys
 
 import numpy
@@ -8,7 +7,8 @@ from setuptools import Extension, setup
 
 # One contract (csrc/mm.h), one implementation per platform: no #ifdef in function bodies.
 MM_SOURCE = "csrc/mm_win32.c" if sys.platform == "win32" else "csrc/mm_posix.c"
-define_macros = [] if sys.platform == "win32" else [("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", None)]
+define_macros = ([] if sys.platform == "win32"
+                 else [("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", None)])
 
 engine = Extension(
     "mmarray._engine",

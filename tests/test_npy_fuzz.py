@@ -10,7 +10,6 @@ directory, the local header and numpy.lib.format for .npz members).
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -21,10 +20,10 @@ HERE = os.path.abspath(__file__)
 EXAMPLES = dict.fromkeys(("npy", "npz"), int(os.environ.get("MMARRAY_FUZZ_EXAMPLES", 3000)))
 
 
+@pytest.mark.slow
 def test_mutated_npy_and_npz_files_load_or_fail_cleanly_in_a_subprocess(tmp_path):
     pytest.importorskip("hypothesis")
     env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONHASHSEED="0")
-    start = time.monotonic()
     procs = {t: subprocess.Popen([sys.executable, HERE, t, str(tmp_path)], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for t in EXAMPLES}
@@ -33,7 +32,6 @@ def test_mutated_npy_and_npz_files_load_or_fail_cleanly_in_a_subprocess(tmp_path
         assert p.returncode == 0, (f"fuzzing {t} exited with {p.returncode} (negative: killed "
                                    f"by a signal, i.e. a crash)\n{outputs[t][-6000:]}")
         assert "no crash, no wrong data" in outputs[t], outputs[t][-2000:]
-    assert time.monotonic() - start < 300
 
 
 # -- the child process ------------------------------------------------------------------------

@@ -173,6 +173,7 @@ def _format_tests_using_open_memmap(module):
     return sorted(names)
 
 
+@pytest.mark.slow
 def test_numpy_memmap_suite_passes_against_mmarray_memmap(tmp_path):
     test_memmap = _import_numpy_test_module("numpy._core.tests.test_memmap")
     expected = sorted(n for n in dir(test_memmap.TestMemmap) if n.startswith("test"))
@@ -192,6 +193,7 @@ def test_numpy_memmap_suite_passes_against_mmarray_memmap(tmp_path):
     assert all(report["memmap_patched"].values()), report["memmap_patched"]
 
 
+@pytest.mark.slow
 def test_numpy_format_open_memmap_tests_pass_against_mmarray_open_memmap(tmp_path):
     test_format = _import_numpy_test_module("numpy.lib.tests.test_format")
     users = _format_tests_using_open_memmap(test_format)

@@ -4,7 +4,7 @@ import sys
 USAGE = """usage: python -m mmarray <command> [options]
 
 commands:
-  bench    run the benchmarks (from the repository root; see `python -m mmarray bench --help`)
+  bench    run the benchmarks against numpy.memmap (see `python -m mmarray bench --help`)
 """
 
 

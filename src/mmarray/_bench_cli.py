@@ -1,9 +1,9 @@
-"""``python -m mmarray bench``: run the benchmark cases of the repository's ``benchmarks/``.
+"""``python -m mmarray bench``: run the benchmark cases installed with the package
+(``mmarray.bench``), from any directory.
 
-The cases are not installed with the package: they live in ``benchmarks/`` at the repository
-root, and this module finds that directory (``--bench-dir``, ``$MMARRAY_BENCH_DIR``, the
-current directory or one of its parents, or next to an in-place/editable install) and imports
-it under a private package name. Run it from the repository root, as the README does.
+``--bench-dir DIR`` runs the cases of another directory laid out like ``mmarray/bench``
+(``__init__.py``, ``cases.py``, ``_timing.py``, ``floor.c``) instead, for example a newer set of
+cases against an older installed mmarray; it is imported under a private package name.
 """
 from __future__ import annotations
 
@@ -30,68 +30,37 @@ class SetupError(Exception):
     """A problem the user can fix (printed without a traceback, exit status 2)."""
 
 
-# -- finding and loading benchmarks/ --------------------------------------------------------------
+# -- the cases: installed, or from --bench-dir -----------------------------------------------------
 
 def _is_bench_dir(path):
     return all(os.path.isfile(os.path.join(path, m)) for m in _MARKERS)
 
 
-def find_bench_dir(explicit=None):
-    """Return the benchmarks directory, or raise SetupError saying where it was looked for."""
-    looked = []
-    if explicit:
-        path = os.path.abspath(explicit)
-        if _is_bench_dir(path):
-            return path
-        raise SetupError(f"--bench-dir {explicit!r} is not mmarray's benchmarks directory "
-                         f"(expected {', '.join(_MARKERS)} in it)")
-    env = os.environ.get("MMARRAY_BENCH_DIR")
-    if env:
-        if _is_bench_dir(env):
-            return os.path.abspath(env)
-        raise SetupError(f"MMARRAY_BENCH_DIR={env!r} is not mmarray's benchmarks directory "
-                         f"(expected {', '.join(_MARKERS)} in it)")
-    here = os.path.abspath(os.getcwd())
-    while True:
-        cand = os.path.join(here, "benchmarks")
-        looked.append(cand)
-        if _is_bench_dir(cand):
-            return cand
-        parent = os.path.dirname(here)
-        if parent == here:
-            break
-        here = parent
-    # An editable or in-place install: src/mmarray/ -> repo root.
-    pkg = os.path.dirname(os.path.abspath(__file__))
-    cand = os.path.join(os.path.dirname(os.path.dirname(pkg)), "benchmarks")
-    looked.append(cand)
-    if _is_bench_dir(cand):
-        return cand
-    raise SetupError(
-        "cannot find mmarray's benchmarks/ directory: the benchmark cases are not installed "
-        "with the package. Run `python -m mmarray bench` from the root of an mmarray checkout "
-        "(the directory holding benchmarks/), or pass --bench-dir PATH or set "
-        f"MMARRAY_BENCH_DIR. Looked in: {', '.join(looked[:3])}"
-        f"{' ...' if len(looked) > 3 else ''}")
+def load_benchmarks(bench_dir=None):
+    """Return ``(cases, _timing, directory)``: the installed ``mmarray.bench`` modules, or
+    ``bench_dir`` imported as the private package ``_mmarray_benchmarks``."""
+    if bench_dir is None:
+        from mmarray.bench import _timing, cases
 
-
-def load_benchmarks(bench_dir):
-    """Import ``bench_dir`` as the private package ``_mmarray_benchmarks``; return its
-    ``cases`` module."""
-    bench_dir = os.path.abspath(bench_dir)
+        return cases, _timing, os.path.dirname(os.path.abspath(cases.__file__))
+    path = os.path.abspath(bench_dir)
+    if not _is_bench_dir(path):
+        raise SetupError(f"--bench-dir {bench_dir!r} is not a benchmarks directory "
+                         f"(expected {', '.join(_MARKERS)} in it)")
     mod = sys.modules.get(_PKG)
-    if mod is None or os.path.abspath(os.path.dirname(mod.__file__)) != bench_dir:
+    if mod is None or os.path.abspath(os.path.dirname(mod.__file__)) != path:
         for name in [n for n in sys.modules if n == _PKG or n.startswith(_PKG + ".")]:
             del sys.modules[name]
         spec = importlib.util.spec_from_file_location(
-            _PKG, os.path.join(bench_dir, "__init__.py"), submodule_search_locations=[bench_dir])
+            _PKG, os.path.join(path, "__init__.py"), submodule_search_locations=[path])
         mod = importlib.util.module_from_spec(spec)
         sys.modules[_PKG] = mod
         spec.loader.exec_module(mod)
-    return importlib.import_module(_PKG + ".cases")
+    return (importlib.import_module(_PKG + ".cases"), importlib.import_module(_PKG + "._timing"),
+            path)
 
 
-# -- progress ---------------------------------------------------------------------------------------
+# -- progress --------------------------------------------------------------------------------------
 
 class Progress:
     """Progress lines on stderr: rewritten in place on a terminal, throttled otherwise."""
@@ -136,7 +105,7 @@ class Progress:
             self._dirty = False
 
 
-# -- formatting ---------------------------------------------------------------------------------------
+# -- formatting ------------------------------------------------------------------------------------
 
 def _num(v):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -173,6 +142,8 @@ def format_table(report):
     lines.append("ratios are speed ratios, median of per-round ratios (contenders run "
                  "interleaved): >1× = faster than (or, for counts, more than) the NumPy way / "
                  "the limit")
+    if meta.get("c_floor_note"):
+        lines.append(f"note: {meta['c_floor_note']}")
     w = 38
     for case in report["cases"]:
         lines.append("")
@@ -249,7 +220,7 @@ def summarize(cases):
     return {"targets": counts, "errors": errors}
 
 
-# -- plotting -----------------------------------------------------------------------------------------
+# -- plotting --------------------------------------------------------------------------------------
 
 _PLOT_HELP = ("--plot needs matplotlib, which is not installed: "
               "pip install matplotlib (or pip install 'mmarray[plot]')")
@@ -300,31 +271,44 @@ def plot(report, path):
     plt.close(fig)
 
 
-# -- main ---------------------------------------------------------------------------------------------
+# -- main ------------------------------------------------------------------------------------------
 
 def build_parser():
+    from mmarray.bench._timing import format_bytes
+    from mmarray.bench.cases import MODES
+
+    def length_help(mode):
+        m = MODES[mode]
+        return (f"{format_bytes(m['size'])} big file, {m['rounds']} rounds ({m['micro_rounds']} "
+                f"for micro cases): about {m['about']} on a 2-core machine")
+
     p = argparse.ArgumentParser(
         prog="python -m mmarray bench",
         description="Benchmark mmarray against numpy.memmap, np.load, stdlib mmap and each "
                     "case's limit, on files generated in a temporary directory. Progress goes "
-                    "to stderr, the table to stdout.")
-    p.add_argument("--quick", action="store_true",
-                   help="small files and few rounds: finishes in well under a minute")
-    p.add_argument("--size", help="size of the big file (default 1G, --quick 128M); "
+                    "to stderr, the table to stdout. The default run: "
+                    f"{length_help('default')}.")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--quick", action="store_const", dest="mode", const="quick",
+                        help=length_help("quick"))
+    length.add_argument("--full", action="store_const", dest="mode", const="full",
+                        help=length_help("full"))
+    p.set_defaults(mode="default")
+    p.add_argument("--size", help="size of the big file (default: see --quick and --full); "
                                   "binary units: 512M, 2G")
     p.add_argument("--json", metavar="FILE", help="write the full results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a bar chart (needs matplotlib)")
     p.add_argument("--cases", metavar="PATTERNS",
                    help="comma-separated case names or glob patterns (see --list)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
-    p.add_argument("--rounds", type=int, help="rounds for the big-file cases (default 7, "
-                                              "--quick 3)")
-    p.add_argument("--micro-rounds", type=int, help="rounds for the micro cases (default 25, "
-                                                    "--quick 9)")
+    p.add_argument("--rounds", type=int, help="rounds for the big-file cases (default: see "
+                                              "--quick and --full)")
+    p.add_argument("--micro-rounds", type=int, help="rounds for the micro cases (default: see "
+                                                    "--quick and --full)")
     p.add_argument("--dir", help="parent of the temporary directory (default: the system's "
                                  "temp dir); must be on a disk, not tmpfs, for the cold cases")
-    p.add_argument("--bench-dir", help="the benchmarks/ directory (default: found from the "
-                                       "current directory)")
+    p.add_argument("--bench-dir", help="run the cases of this directory (laid out like "
+                                       "mmarray/bench) instead of the installed ones")
     p.add_argument("--from-json", metavar="FILE",
                    help="do not run: print the table (and --plot) of a saved --json file")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
@@ -378,9 +362,7 @@ def _check_resources(workdir, size):
 def run(args, progress):
     from mmarray import __version__
 
-    bench_dir = find_bench_dir(args.bench_dir)
-    cases_mod = load_benchmarks(bench_dir)
-    T = importlib.import_module(_PKG + "._timing")
+    cases_mod, T, bench_dir = load_benchmarks(args.bench_dir)
     if args.list:
         names = getattr(cases_mod, "RESULT_NAMES", {})
         for name, _, desc in cases_mod.CASES:
@@ -404,12 +386,14 @@ def run(args, progress):
     results = []
     try:
         try:
-            ctx = cases_mod.Context(workdir, quick=args.quick, size=size, rounds=args.rounds,
+            ctx = cases_mod.Context(workdir, mode=args.mode, size=size, rounds=args.rounds,
                                     micro_rounds=args.micro_rounds, progress=progress)
         except ValueError as exc:
             raise SetupError(str(exc)) from None
         _check_resources(workdir, ctx.size)
-        progress.line(f"mmarray {__version__} bench ({'quick' if args.quick else 'full'}): "
+        about = getattr(cases_mod, "MODES", {}).get(args.mode, {}).get("about")
+        expect = f", about {about}" if about and not args.cases else ""
+        progress.line(f"mmarray {__version__} bench ({args.mode} run{expect}): "
                       f"{len(selected)} case(s), big file {T.format_bytes(ctx.size)}, work dir "
                       f"{workdir} ({ctx.fs_type or 'unknown fs'}), cases from {bench_dir}")
         if ctx.fs_type in ("tmpfs", "ramfs"):
@@ -433,11 +417,11 @@ def run(args, progress):
                 r["seconds"] = time.perf_counter() - tc
             results.extend(out)
         progress.close()
-        meta = {"schema": SCHEMA, "mmarray": __version__, "mode": "quick" if args.quick else "full",
+        floor, floor_note = ctx._floor or (None, None)
+        meta = {"schema": SCHEMA, "mmarray": __version__, "mode": args.mode,
                 "size": ctx.size, "size_human": T.format_bytes(ctx.size), "rounds": ctx.rounds,
                 "micro_rounds": ctx.micro_rounds, "fs_type": ctx.fs_type,
-                "c_floor": (ctx._floor[0].compiler if ctx._floor and ctx._floor[0]
-                            else (ctx._floor[1] if ctx._floor else None)),
+                "c_floor": floor.compiler if floor else None, "c_floor_note": floor_note,
                 "bench_dir": bench_dir, "argv": sys.argv[1:],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "machine": T.machine_info(), "seconds": time.perf_counter() - t0}

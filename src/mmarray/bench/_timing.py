@@ -205,7 +205,8 @@ def fs_type(path):
                 if len(parts) < 3:
                     continue
                 mnt = parts[1].replace("\\040", " ")
-                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
                     best, kind = mnt, parts[2]
         return kind
     except OSError:
@@ -357,7 +358,7 @@ def write_file(path, buffer, chunk=8 << 20):
 # -- the C floor -----------------------------------------------------------------------------
 
 class Floor:
-    """The compiled C floor library (benchmarks/floor.c), loaded with ctypes.
+    """The compiled C floor library (mmarray/bench/floor.c), loaded with ctypes.
 
     Each function runs its whole loop in C and returns the elapsed nanoseconds (or -errno), so
     the one ctypes call per batch costs nothing next to thousands of iterations.
