@@ -353,13 +353,13 @@ def test_header_bytes_are_what_numpys_writer_writes(dtype, fortran):
         d = {"descr": npformat.dtype_to_descr(np.dtype(dtype)), "fortran_order": fortran,
              "shape": shape}
 
-        def reference():
+        def reference(d=d):
             buf = io.BytesIO()
             np_write_array_header(buf, d, None)
             return buf.getvalue()
 
         want = _outcome(reference)
-        assert _outcome(lambda: _npyformat.header_bytes(d)) == want
+        assert _outcome(lambda d=d: _npyformat.header_bytes(d)) == want
         assert want[0][0] == "ok"
 
 
@@ -417,9 +417,10 @@ def test_header_readers_give_what_numpys_reader_gives(version):
     raws += [raws[0][:3], raws[0][:20]]  # truncated: EOF
     for raw in raws:
         for limit in (10000, 50):
-            want = _outcome(lambda: np_read_array_header(io.BytesIO(raw), version,
-                                                         max_header_size=limit))
-            assert _outcome(lambda: read(io.BytesIO(raw), max_header_size=limit)) == want, raw
+            want = _outcome(lambda raw=raw, limit=limit: np_read_array_header(
+                io.BytesIO(raw), version, max_header_size=limit))
+            assert _outcome(lambda raw=raw, limit=limit: read(
+                io.BytesIO(raw), max_header_size=limit)) == want, raw
 
 
 # -- rows -------------------------------------------------------------------------------------

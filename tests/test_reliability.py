@@ -7,9 +7,7 @@ import errno
 import gc
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import operator
 import os
-import sys
 
 import numpy as np
 

@@ -18,14 +18,13 @@ numpy's own steps, and the tests hold them to numpy's private functions.
 """
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import operator
 import os
 import re
 import stat
-
-import ast
 import warnings
 
 import numpy as np

@@ -14,9 +14,8 @@ import zlib
 
 import numpy as np
 
-from mmarray import _api, _engine, _ranges
+from mmarray import _api, _engine, _npzcrc, _ranges, _zipdir
 from mmarray import _npyformat as _fmt
-from mmarray import _npzcrc, _zipdir
 from mmarray._mapping import Mapping
 
 __all__ = ["NpzMapping", "InMemoryMember", "CompressedMemberWarning"]

@@ -173,7 +173,8 @@ def _final_crc(crc):
     try:
         crc.update(None, False)
     except Exception as exc:  # a finalizer must not raise; say what went wrong
-        warnings.warn(f"could not update the CRC-32 of {crc.label}: {exc}", RuntimeWarning)
+        warnings.warn(f"could not update the CRC-32 of {crc.label}: {exc}", RuntimeWarning,
+                      stacklevel=2)
 
 
 class NpzMember(Mapping):

@@ -9,8 +9,22 @@ import numpy as np
 from numpy.lib import format as _format
 
 from mmarray import _npyformat as _fmt
-from mmarray._zipdir import (CDIR, EOCD, EOCD64, FFFF, FFFFFFFF, FLAG_UTF8, LOC64, LOCAL,
-                             SIG_CDIR, SIG_EOCD, SIG_EOCD64, SIG_LOC64, SIG_LOCAL, STORED)
+from mmarray._zipdir import (
+    CDIR,
+    EOCD,
+    EOCD64,
+    FFFF,
+    FFFFFFFF,
+    FLAG_UTF8,
+    LOC64,
+    LOCAL,
+    SIG_CDIR,
+    SIG_EOCD,
+    SIG_EOCD64,
+    SIG_LOC64,
+    SIG_LOCAL,
+    STORED,
+)
 
 __all__ = ["save_npz"]
 
