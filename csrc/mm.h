@@ -16,8 +16,14 @@
  *  - Errors are a status code (mm_status) plus the OS error code saved at the failing call
  *    (errno on POSIX, GetLastError() on Windows) in an mm_error the caller owns. Nothing is
  *    printed, nothing global is written.
+ *  - `err` may be NULL in every function: the status is still returned, the details are
+ *    dropped. Every other pointer parameter (view, path, resident, total, consumer, stop) must
+ *    not be NULL: a NULL one is MM_E_ARG.
+ *  - The rules both files share (argument checks and their order) are written once, in the
+ *    private header mm_internal.h.
  *  - Byte ranges passed to flush/advise/resident are relative to `data` and must lie inside
- *    [0, length); the layer aligns them to pages itself.
+ *    [0, length); the layer aligns them to pages itself. A view with nothing mapped (zeroed,
+ *    or made with length 0) has no range: MM_E_ARG.
  */
 #ifndef MM_H
 #define MM_H
@@ -58,7 +64,7 @@ enum {
 
 typedef enum mm_status {
     MM_OK = 0,
-    MM_E_ARG = 1,    /* a bad argument (no OS call made); code = 0 */
+    MM_E_ARG = 1,    /* a bad argument (found before any OS call); code = 0 */
     MM_E_OPEN = 2,   /* open / CreateFileW failed */
     MM_E_STAT = 3,   /* fstat / GetFileSizeEx failed, or the path is not a regular file:
                         code = EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory,
@@ -131,6 +137,12 @@ static inline uint64_t mm_align_down(uint64_t value, uint64_t alignment) {
  * `length == 0` maps nothing: the file is opened, checked, created, reset or grown to
  * `offset` as it would be for data, and the call returns MM_OK with view->data == NULL and
  * view->file_id set (mm_unmap of it is a no-op).
+ * Arguments are checked before any OS call, in this order, each failing with MM_E_ARG: view
+ * NULL; path NULL (mm_map_handle: an invalid handle, or MM_CREATE); access; unknown flags;
+ * MM_TO_END with MM_CREATE or MM_TRUNCATE; offset, or offset + length, past INT64_MAX (no
+ * file ends there: off_t and LARGE_INTEGER are signed 64-bit). Only then is the file opened:
+ * a file that cannot be opened (missing: ENOENT / ERROR_FILE_NOT_FOUND) is MM_E_OPEN
+ * whatever the offset, length and flags, and so is an empty path.
  * On success fills *view and err->file_size (the size after any growth) and returns MM_OK.
  * On failure *view is zeroed, the returned status is also in err->status, and the file has
  * the size and content it had before the call (a file the call created is removed). */

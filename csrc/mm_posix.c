@@ -14,6 +14,7 @@
 #endif
 
 #include "mm.h"
+#include "mm_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -119,18 +120,6 @@ uint64_t mm_page_size(void) {
 
 /* mmap(2): "offset must be a multiple of the page size as returned by sysconf(_SC_PAGE_SIZE)". */
 uint64_t mm_alignment(void) { return mm_page_size(); }
-
-static int mm_fail(mm_error *err, int status, int64_t code) {
-    err->status = status;
-    err->code = code;
-    return status;
-}
-
-static int mm_ok(mm_error *err) {
-    err->status = MM_OK;
-    err->code = 0;
-    return MM_OK;
-}
 
 /* posix_fallocate(3) and fallocate(2): these errors mean "this filesystem cannot
  * preallocate", not "no space". */
@@ -310,18 +299,6 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
     return mm_ok(err);
 }
 
-static int mm_check_args(int access, int flags, mm_view *view, mm_error *err) {
-    memset(view, 0, sizeof(*view));
-    err->status = MM_OK;
-    err->code = 0;
-    err->file_size = 0;
-    if (access != MM_READ && access != MM_WRITE && access != MM_COPY)
-        return mm_fail(err, MM_E_ARG, 0);
-    if ((flags & ~(MM_CREATE | MM_GROW | MM_POPULATE | MM_TRUNCATE)) != 0)
-        return mm_fail(err, MM_E_ARG, 0);
-    return MM_OK;
-}
-
 static void mm_close_keep_errno(int fd) {
     int saved = errno;
     close(fd); /* read-only use of fd is over; a close error cannot lose data here */
@@ -331,16 +308,11 @@ static void mm_close_keep_errno(int fd) {
 int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
                 mm_view *view, mm_error *err) {
     int fd, created = 0, oflags, status;
+    mm_error spare;
 
-    if (mm_check_args(access, flags, view, err) != MM_OK)
+    err = mm_err_or(err, &spare);
+    if (mm_map_begin(view, access, offset, length, flags, path == NULL, err) != MM_OK)
         return err->status;
-    if (path == NULL || path[0] == '\0')
-        return mm_fail(err, MM_E_OPEN, ENOENT);
-
-    if (length != MM_TO_END && offset > UINT64_MAX - length)
-        return mm_fail(err, MM_E_ARG, 0); /* offset + length overflows: refused before open */
-    if ((flags & (MM_CREATE | MM_TRUNCATE)) && length == MM_TO_END)
-        return mm_fail(err, MM_E_ARG, 0); /* no size to create or reset the file to */
     /* Growing, creating or resetting writes to the file even for a read-only or private
      * view. open(2) O_NONBLOCK: a FIFO opens at once (and is refused by mm_map_fd) instead of
      * waiting for a writer; it changes nothing for a regular file's mapping. */
@@ -375,16 +347,13 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
 
 int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
                   mm_view *view, mm_error *err) {
-    if (mm_check_args(access, flags, view, err) != MM_OK)
+    mm_error spare;
+    /* a descriptor is an int >= 0 (open(2)) */
+    int bad_handle = handle < 0 || handle > INT32_MAX || (flags & MM_CREATE);
+
+    err = mm_err_or(err, &spare);
+    if (mm_map_begin(view, access, offset, length, flags, bad_handle, err) != MM_OK)
         return err->status;
-    if (flags & MM_CREATE)
-        return mm_fail(err, MM_E_ARG, 0);
-    if (handle < 0 || handle > INT32_MAX)
-        return mm_fail(err, MM_E_ARG, 0);
-    if (length != MM_TO_END && offset > UINT64_MAX - length)
-        return mm_fail(err, MM_E_ARG, 0);
-    if ((flags & MM_TRUNCATE) && length == MM_TO_END)
-        return mm_fail(err, MM_E_ARG, 0);
     return mm_map_fd((int)handle, access, offset, length, flags, view, err);
 }
 
@@ -393,7 +362,7 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
 static int mm_page_range(const mm_view *view, uint64_t start, uint64_t length, char **addr,
                          size_t *len) {
     uint64_t delta, first, last;
-    if (view->base == NULL || start > view->length || length > view->length - start)
+    if (view == NULL || view->base == NULL || start > view->length || length > view->length - start)
         return -1;
     if (length == 0) { /* an empty range touches no page */
         *addr = (char *)view->base;
@@ -413,6 +382,8 @@ static int mm_page_range(const mm_view *view, uint64_t start, uint64_t length, c
 int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err) {
     char *addr;
     size_t len;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
     if (mm_page_range(view, start, length, &addr, &len) != 0)
         return mm_fail(err, MM_E_ARG, 0);
     if (view->access != MM_WRITE || len == 0)
@@ -430,6 +401,8 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     char *addr;
     size_t len;
     int native;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
     if (advice < 0 || advice >= (int)(sizeof(table) / sizeof(table[0])))
         return mm_fail(err, MM_E_ARG, 0);
     if (mm_page_range(view, start, length, &addr, &len) != 0)
@@ -472,6 +445,10 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     char *addr;
     size_t len, pages, done, chunk, i, page = (size_t)mm_page_size();
     uint64_t count = 0;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    if (resident == NULL || total == NULL)
+        return mm_fail(err, MM_E_ARG, 0);
     *resident = 0;
     *total = 0;
     if (mm_page_range(view, start, length, &addr, &len) != 0)
@@ -499,8 +476,14 @@ void mm_pause(unsigned microseconds) {
 }
 
 int mm_unmap(mm_view *view, mm_error *err) {
-    void *base = view->base;
-    size_t len = (size_t)view->base_length;
+    void *base;
+    size_t len;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    if (view == NULL)
+        return mm_fail(err, MM_E_ARG, 0);
+    base = view->base;
+    len = (size_t)view->base_length;
     memset(view, 0, sizeof(*view));
     if (base == NULL)
         return mm_ok(err);

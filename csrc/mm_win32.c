@@ -41,14 +41,13 @@
 #include <string.h>
 
 #include "mm.h"
+#include "mm_internal.h"
 
 /* Not in every SDK's winerror.h (mingw-w64 lacks it). */
 #ifndef ERROR_DIRECTORY_NOT_SUPPORTED
 #define ERROR_DIRECTORY_NOT_SUPPORTED 336L
 #endif
 
-#define MM_WIN_KNOWN_FLAGS (MM_CREATE | MM_GROW | MM_POPULATE | MM_TRUNCATE)
-#define MM_WIN_INT64_MAX ((uint64_t)INT64_MAX)
 
 /* Same layout as WIN32_MEMORY_RANGE_ENTRY, which older SDK targets do not declare
  * ("WIN32_MEMORY_RANGE_ENTRY structure (memoryapi.h)"). */
@@ -69,15 +68,7 @@ static const DWORD mm_win_view_access[3] = {FILE_MAP_READ, FILE_MAP_WRITE, FILE_
 #define MM_WIN_QUERY_CHUNK 256
 
 static int mm_win_error(mm_error *err, int status, DWORD code) {
-    err->status = status;
-    err->code = (int64_t)code;
-    return status;
-}
-
-static int mm_win_ok(mm_error *err) {
-    err->status = MM_OK;
-    err->code = 0;
-    return MM_OK;
+    return mm_fail(err, status, (int64_t)code);
 }
 
 static FARPROC mm_win_kernel32(const char *name) {
@@ -97,22 +88,6 @@ uint64_t mm_page_size(void) {
     SYSTEM_INFO info;
     GetSystemInfo(&info);
     return (uint64_t)info.dwPageSize;
-}
-
-/* Checks shared by mm_map_path and mm_map_handle that need no OS call. */
-static int mm_win_check_args(int access, uint64_t offset, uint64_t length, int flags,
-                             mm_error *err) {
-    if (access != MM_READ && access != MM_WRITE && access != MM_COPY)
-        return mm_win_error(err, MM_E_ARG, 0);
-    if ((flags & ~MM_WIN_KNOWN_FLAGS) != 0)
-        return mm_win_error(err, MM_E_ARG, 0);
-    if ((flags & (MM_CREATE | MM_TRUNCATE)) && length == MM_TO_END)
-        return mm_win_error(err, MM_E_ARG, 0); /* no size to create or reset the file to */
-    if (offset > MM_WIN_INT64_MAX)
-        return mm_win_error(err, MM_E_ARG, 0);
-    if (length != MM_TO_END && length > MM_WIN_INT64_MAX - offset)
-        return mm_win_error(err, MM_E_ARG, 0);
-    return MM_OK;
 }
 
 /* Set the end of file to `size` ("SetEndOfFile function (fileapi.h)": the end of file
@@ -206,7 +181,7 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
             return mm_win_error(err, MM_E_EMPTY, 0);
         length = size - offset;
     }
-    end = offset + length; /* no overflow: mm_win_check_args bounded both by INT64_MAX */
+    end = offset + length; /* no overflow: mm_map_begin bounded both by INT64_MAX */
 
     if (flags & MM_TRUNCATE) {
         code = mm_win_reset(file, size, end);
@@ -227,7 +202,7 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
     view->file_id[0] = info.dwVolumeSerialNumber; /* os.stat's st_dev on Windows */
     view->file_id[1] = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow; /* st_ino */
     if (length == 0)
-        return mm_win_ok(err); /* nothing to map: the file is checked, created or grown */
+        return mm_ok(err); /* nothing to map: the file is checked, created or grown */
 
     /* "MapViewOfFile function (memoryapi.h)": the file offset must be a multiple of the
      * allocation granularity ("SYSTEM_INFO structure (sysinfoapi.h)",
@@ -268,7 +243,7 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
         if (prefetch != NULL)
             (void)prefetch(GetCurrentProcess(), 1, &range, 0);
     }
-    return mm_win_ok(err);
+    return mm_ok(err);
 }
 
 /* UTF-8 -> newly allocated NUL-terminated wide string, or NULL with *code set. */
@@ -312,23 +287,15 @@ static int mm_win_open_error(const wchar_t *wpath, DWORD code, mm_error *err) {
 
 int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
                 mm_view *view, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     wchar_t *wpath;
     HANDLE file;
     DWORD desired, code = 0;
     int created = 0, status;
 
-    if (err == NULL)
-        err = &local;
-    err->status = MM_OK;
-    err->code = 0;
-    err->file_size = 0;
-    if (view == NULL || path == NULL)
-        return mm_win_error(err, MM_E_ARG, 0);
-    memset(view, 0, sizeof *view);
-    status = mm_win_check_args(access, offset, length, flags, err);
-    if (status != MM_OK)
-        return status;
+    err = mm_err_or(err, &spare);
+    if (mm_map_begin(view, access, offset, length, flags, path == NULL, err) != MM_OK)
+        return err->status;
 
     wpath = mm_win_widen(path, &code);
     if (wpath == NULL)
@@ -377,22 +344,13 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
 
 int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
                   mm_view *view, mm_error *err) {
-    mm_error local;
-    int status;
+    mm_error spare;
+    int status, bad_handle = (HANDLE)handle == NULL || (HANDLE)handle == INVALID_HANDLE_VALUE ||
+                             (flags & MM_CREATE);
 
-    if (err == NULL)
-        err = &local;
-    err->status = MM_OK;
-    err->code = 0;
-    err->file_size = 0;
-    if (view == NULL)
-        return mm_win_error(err, MM_E_ARG, 0);
-    memset(view, 0, sizeof *view);
-    if ((HANDLE)handle == NULL || (HANDLE)handle == INVALID_HANDLE_VALUE || (flags & MM_CREATE))
-        return mm_win_error(err, MM_E_ARG, 0);
-    status = mm_win_check_args(access, offset, length, flags, err);
-    if (status != MM_OK)
-        return status;
+    err = mm_err_or(err, &spare);
+    if (mm_map_begin(view, access, offset, length, flags, bad_handle, err) != MM_OK)
+        return err->status;
     status = mm_win_map_file((HANDLE)handle, access, offset, length, flags, view, err);
     if (status != MM_OK)
         memset(view, 0, sizeof *view);
@@ -417,19 +375,18 @@ static int mm_win_page_range(const mm_view *view, uint64_t start, uint64_t lengt
 }
 
 int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     uint64_t first, last;
     HANDLE file;
     DWORD code;
     int status;
 
-    if (err == NULL)
-        err = &local;
+    err = mm_err_or(err, &spare);
     status = mm_win_page_range(view, start, length, &first, &last, err);
     if (status != MM_OK)
         return status;
     if (view->access != MM_WRITE || first == last)
-        return mm_win_ok(err);
+        return mm_ok(err);
     /* Stop at the end of the view: the rounded-up last page may reach past base_length. */
     if (last > view->base_length)
         last = view->base_length;
@@ -439,7 +396,7 @@ int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_
     if (!FlushViewOfFile((char *)view->base + first, (SIZE_T)(last - first)))
         return mm_win_error(err, MM_E_FLUSH, GetLastError());
     if (!sync || view->reopen == NULL)
-        return mm_win_ok(err);
+        return mm_ok(err);
     /* Same doc: for durability follow with FlushFileBuffers, which needs a handle with
      * GENERIC_WRITE ("FlushFileBuffers function (fileapi.h)"). */
     file = mm_win_open((const wchar_t *)view->reopen, GENERIC_WRITE, OPEN_EXISTING);
@@ -449,25 +406,24 @@ int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_
     CloseHandle(file);
     if (code != 0)
         return mm_win_error(err, MM_E_FLUSH, code);
-    return mm_win_ok(err);
+    return mm_ok(err);
 }
 
 int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     uint64_t first, last;
     mm_win_prefetch_fn prefetch;
     mm_win_range_entry range;
     int status;
 
-    if (err == NULL)
-        err = &local;
+    err = mm_err_or(err, &spare);
     if (advice < MM_ADV_NORMAL || advice > MM_ADV_POPULATE_WRITE)
         return mm_win_error(err, MM_E_ARG, 0);
     status = mm_win_page_range(view, start, length, &first, &last, err);
     if (status != MM_OK)
         return status;
     if (first == last)
-        return mm_win_ok(err); /* empty range */
+        return mm_ok(err); /* empty range */
     if (advice == MM_ADV_DONTNEED) {
         /* "VirtualUnlock function (memoryapi.h)": unlocking a range that is not locked
          * removes its pages from the process's working set, and fails with
@@ -476,34 +432,33 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
         if (!VirtualUnlock((char *)view->base + first, (SIZE_T)(last - first)) &&
             GetLastError() != ERROR_NOT_LOCKED)
             return mm_win_error(err, MM_E_ADVISE, GetLastError());
-        return mm_win_ok(err);
+        return mm_ok(err);
     }
     if (advice != MM_ADV_WILLNEED && advice != MM_ADV_POPULATE_READ &&
         advice != MM_ADV_POPULATE_WRITE)
-        return mm_win_ok(err); /* no Windows equivalent: documented no-op */
+        return mm_ok(err); /* no Windows equivalent: documented no-op */
     prefetch = (mm_win_prefetch_fn)(void (*)(void))mm_win_kernel32("PrefetchVirtualMemory");
     if (prefetch == NULL)
-        return mm_win_ok(err); /* before Windows 8: documented no-op */
+        return mm_ok(err); /* before Windows 8: documented no-op */
     /* base + first: first <= delta + start < base_length, inside the view; the range ends
      * at the page holding the last requested byte, and views are made of whole pages. */
     range.VirtualAddress = (char *)view->base + first;
     range.NumberOfBytes = (SIZE_T)(last - first);
     if (!prefetch(GetCurrentProcess(), 1, &range, 0))
         return mm_win_error(err, MM_E_ADVISE, GetLastError());
-    return mm_win_ok(err);
+    return mm_ok(err);
 }
 
 int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
                 uint64_t *total, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     PSAPI_WORKING_SET_EX_INFORMATION info[MM_WIN_QUERY_CHUNK];
     uint64_t first, last, page = mm_page_size(), at, count = 0;
     mm_win_query_ws_fn query;
     size_t i, n;
     int status;
 
-    if (err == NULL)
-        err = &local;
+    err = mm_err_or(err, &spare);
     if (resident == NULL || total == NULL)
         return mm_win_error(err, MM_E_ARG, 0);
     *resident = 0;
@@ -534,7 +489,7 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     }
     *resident = count;
     *total = (last - first) / page;
-    return mm_win_ok(err);
+    return mm_ok(err);
 }
 
 void mm_pause(unsigned microseconds) {
@@ -544,12 +499,11 @@ void mm_pause(unsigned microseconds) {
 }
 
 int mm_unmap(mm_view *view, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     void *base;
     DWORD code = 0;
 
-    if (err == NULL)
-        err = &local;
+    err = mm_err_or(err, &spare);
     if (view == NULL)
         return mm_win_error(err, MM_E_ARG, 0);
     base = view->base;
@@ -559,5 +513,5 @@ int mm_unmap(mm_view *view, mm_error *err) {
         code = GetLastError();
     if (code != 0)
         return mm_win_error(err, MM_E_UNMAP, code);
-    return mm_win_ok(err);
+    return mm_ok(err);
 }

@@ -857,6 +857,143 @@ static void test_missing_file(void) {
     CHECK(t_file_size(path) < 0); /* MM_GROW does not create */
 }
 
+/* mm.h, mm_map_path: a missing file is MM_E_OPEN whatever the offset, length and flags that
+ * pass the argument checks (length 0 and MM_TO_END included); an empty path too. */
+static void test_missing_file_any_length(void) {
+    static const uint64_t lengths[] = {0, 1, 10, 1u << 20, MM_TO_END};
+    static const int flags[] = {0, MM_GROW, MM_POPULATE, MM_TRUNCATE, MM_GROW | MM_TRUNCATE};
+    static const int access[] = {MM_READ, MM_WRITE, MM_COPY};
+    char path[1100];
+    size_t l, f, a;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "missing-any.bin");
+    for (l = 0; l < sizeof lengths / sizeof lengths[0]; l++)
+        for (f = 0; f < sizeof flags / sizeof flags[0]; f++)
+            for (a = 0; a < sizeof access / sizeof access[0]; a++) {
+                if ((flags[f] & MM_TRUNCATE) && lengths[l] == MM_TO_END)
+                    continue; /* MM_E_ARG: test_arg_errors_come_first */
+                t_poison(&v);
+                CHECK_ST(mm_map_path(path, access[a], 4097, lengths[l], flags[f], &v, &e),
+                         MM_E_OPEN, &e);
+                CHECK_U64(e.code, T_ENOENT);
+                CHECK_U64(e.file_size, 0);
+                CHECK(t_view_zeroed(&v));
+            }
+    CHECK(t_file_size(path) < 0);
+    CHECK_ST(mm_map_path("", MM_READ, 0, 10, 0, &v, &e), MM_E_OPEN, &e);
+    CHECK(e.code != 0);
+    CHECK_ST(mm_map_path("", MM_READ, 0, 0, 0, &v, &e), MM_E_OPEN, &e);
+}
+
+/* mm.h: every MM_E_ARG of mm_map_* is found before any OS call, so it wins over what the
+ * file would have said (missing, a directory, too small) and nothing is created. Offsets
+ * and ends past INT64_MAX name no byte of any file on either system. */
+static void test_arg_errors_come_first(void) {
+    char path[1100], missing[1100];
+    const uint64_t big = UINT64_C(1) << 63;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "args-first.bin");
+    t_path(missing, sizeof missing, "args-first-missing.bin");
+    CHECK(t_write_pattern(path, 1000) == 0);
+    /* an end past INT64_MAX: refused before the file is created, opened or grown */
+    CHECK_ST(mm_map_path(missing, MM_WRITE, big - 1, 1, MM_CREATE, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    CHECK(t_file_size(missing) < 0);
+    CHECK_ST(mm_map_path(missing, MM_READ, big, 0, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(missing, MM_READ, big, MM_TO_END, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(path, MM_READ, big, MM_TO_END, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(e.file_size, 0); /* the file was not sized */
+    CHECK_ST(mm_map_path(path, MM_WRITE, 1, big - 1, MM_GROW, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(path, MM_READ, big - 2, 2, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(t_file_size(path), 1000);
+    /* the largest end that passes reaches the file: too small for it */
+    CHECK_ST(mm_map_path(path, MM_READ, big - 2, 1, 0, &v, &e), MM_E_RANGE, &e);
+    /* bad access, flags or MM_TO_END with a reset beat a missing file and a directory */
+    CHECK_ST(mm_map_path(missing, 7, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(missing, MM_READ, 0, 10, 1 << 10, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(missing, MM_WRITE, 0, MM_TO_END, MM_TRUNCATE, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(t_dir, 7, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(t_dir, MM_READ, big, 1, 0, &v, &e), MM_E_ARG, &e);
+    CHECK(t_file_size(missing) < 0);
+    /* handles: -1 is no handle on either system (a descriptor < 0; INVALID_HANDLE_VALUE) */
+    CHECK_ST(mm_map_handle((mm_handle)-1, MM_READ, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    {
+        mm_handle h = t_open_rw(path);
+        CHECK(h != (mm_handle)-1);
+        CHECK_ST(mm_map_handle(h, MM_READ, big, MM_TO_END, 0, &v, &e), MM_E_ARG, &e);
+        CHECK_ST(mm_map_handle(h, MM_WRITE, 0, big, MM_GROW, &v, &e), MM_E_ARG, &e);
+        CHECK_ST(mm_map_handle(h, MM_WRITE, 0, MM_TO_END, MM_TRUNCATE, &v, &e), MM_E_ARG, &e);
+        CHECK(t_close(h) == 0);
+    }
+    CHECK_U64(t_file_size(path), 1000);
+    CHECK(t_file_matches(path, 0, 1000));
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h: err may be NULL in every function (the status is still returned); a NULL view,
+ * path, resident, total, consumer or stop is MM_E_ARG. */
+static void test_null_err_and_pointers(void) {
+    char path[1100];
+    uint64_t resident = 0, total = 0, consumer = 0;
+    int stop = 0;
+    mm_view v, h;
+    mm_error e;
+    mm_handle fd;
+    t_path(path, sizeof path, "null-err.bin");
+    CHECK(t_write_pattern(path, 3 * mm_alignment()) == 0);
+    /* err == NULL: the same statuses, nothing written through it */
+    CHECK(mm_map_path(path, 7, 0, 10, 0, &v, NULL) == MM_E_ARG);
+    CHECK(mm_map_path(path, MM_READ, 0, 1u << 30, 0, &v, NULL) == MM_E_RANGE);
+    CHECK(mm_map_path(t_dir, MM_READ, 0, 10, 0, &v, NULL) == MM_E_STAT);
+    CHECK(mm_map_path(path, MM_WRITE, 1, MM_TO_END, 0, &v, NULL) == MM_OK);
+    CHECK(t_matches(v.data, 1, 100));
+    CHECK(mm_flush(&v, 0, v.length, 1, NULL) == MM_OK);
+    CHECK(mm_flush(&v, 0, v.length + 1, 1, NULL) == MM_E_ARG);
+    CHECK(mm_advise(&v, 0, v.length, MM_ADV_WILLNEED, NULL) == MM_OK);
+    CHECK(mm_advise(&v, 0, v.length, 99, NULL) == MM_E_ARG);
+    CHECK(mm_resident(&v, 0, v.length, &resident, &total, NULL) == MM_OK);
+    CHECK(resident <= total);
+    CHECK(mm_resident(&v, 1, v.length, &resident, &total, NULL) == MM_E_ARG);
+    CHECK(mm_populate_ahead(&v, 0, v.length, 4096, v.length, &consumer, &stop, 0, NULL) ==
+          MM_OK);
+    CHECK(mm_populate_ahead(&v, 0, v.length, 0, 1, &consumer, &stop, 0, NULL) == MM_E_ARG);
+    fd = t_open_rw(path);
+    CHECK(fd != (mm_handle)-1);
+    CHECK(mm_map_handle(fd, MM_READ, 0, 100, 0, &h, NULL) == MM_OK);
+    CHECK(mm_unmap(&h, NULL) == MM_OK);
+    CHECK(mm_map_handle(fd, MM_READ, 0, 100, MM_CREATE, &h, NULL) == MM_E_ARG);
+    CHECK(t_close(fd) == 0);
+    /* NULL pointers: MM_E_ARG, code 0, through err as well */
+    e.status = -1;
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 10, 0, NULL, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    t_poison(&h);
+    CHECK_ST(mm_map_path(NULL, MM_READ, 0, 10, 0, &h, &e), MM_E_ARG, &e);
+    CHECK(t_view_zeroed(&h));
+    CHECK_ST(mm_map_handle((mm_handle)-1, MM_READ, 0, 10, 0, NULL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_flush(NULL, 0, 0, 1, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_advise(NULL, 0, 0, MM_ADV_NORMAL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(NULL, 0, 0, &resident, &total, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(&v, 0, 1, NULL, &total, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(&v, 0, 1, &resident, NULL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(NULL, 0, 0, 1, 1, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, 1, 1, 1, NULL, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, 1, 1, 1, &consumer, NULL, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_unmap(NULL, &e), MM_E_ARG, &e);
+    CHECK(mm_unmap(NULL, NULL) == MM_E_ARG);
+    /* a view with nothing mapped (zeroed, or made with length 0) has no range to act on */
+    memset(&h, 0, sizeof h);
+    CHECK_ST(mm_flush(&h, 0, 0, 1, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_advise(&h, 0, 0, MM_ADV_NORMAL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(&h, 0, 0, &resident, &total, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&h, 0, 0, 1, 1, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK(mm_unmap(&v, NULL) == MM_OK);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_remove(path) == 0);
+}
+
 static void test_directory(void) {
     char path[1100];
     mm_view v;
@@ -1297,6 +1434,9 @@ static const t_case t_cases[] = {
     T_CASE(test_create),
     T_CASE(test_create_failure_cleanup),
     T_CASE(test_missing_file),
+    T_CASE(test_missing_file_any_length),
+    T_CASE(test_arg_errors_come_first),
+    T_CASE(test_null_err_and_pointers),
     T_CASE(test_directory),
     T_CASE(test_bad_args),
     T_CASE(test_arg_error_code_zero),

@@ -1,0 +1,66 @@
+/*
+ * mm_internal.h -- the rules mm_posix.c and mm_win32.c (and mm_scan.c) share, written once.
+ *
+ * Private to the mapping layer: not part of the contract (mm.h). Static inline functions of
+ * plain arithmetic and argument checks, no OS header and no OS call, so both builds compile
+ * the same code and the C tests (csrc/tests/test_mm.c) check the rules directly, with values
+ * a 64-bit test host cannot produce through the OS (a 32-bit size_t).
+ */
+#ifndef MM_INTERNAL_H
+#define MM_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "mm.h"
+
+/* Every flag mm.h defines for mm_map_path / mm_map_handle. */
+#define MM_KNOWN_FLAGS (MM_CREATE | MM_GROW | MM_POPULATE | MM_TRUNCATE)
+
+/* The largest end of a file either OS can address: off_t (64-bit on POSIX, the build sets
+ * _FILE_OFFSET_BITS=64) and LARGE_INTEGER ("GetFileSizeEx function (fileapi.h)") are signed
+ * 64-bit. An offset or offset + length past it names no byte of any file. */
+#define MM_MAX_FILE_END ((uint64_t)INT64_MAX)
+
+/* mm.h: every function accepts err == NULL. A function keeps a spare mm_error on its stack
+ * and writes there instead: `err = mm_err_or(err, &spare);` */
+static inline mm_error *mm_err_or(mm_error *err, mm_error *spare) {
+    return err != NULL ? err : spare;
+}
+
+static inline int mm_fail(mm_error *err, int status, int64_t code) {
+    err->status = status;
+    err->code = code;
+    return status;
+}
+
+static inline int mm_ok(mm_error *err) { return mm_fail(err, MM_OK, 0); }
+
+/* The start of mm_map_path and mm_map_handle, before any OS call: clear *err, zero *view,
+ * then check the arguments in this order (all MM_E_ARG, code 0). `bad_source` is the
+ * caller's own verdict on its path (NULL) or handle (invalid, or MM_CREATE given). */
+static inline int mm_map_begin(mm_view *view, int access, uint64_t offset, uint64_t length,
+                               int flags, int bad_source, mm_error *err) {
+    err->status = MM_OK;
+    err->code = 0;
+    err->file_size = 0;
+    if (view == NULL)
+        return mm_fail(err, MM_E_ARG, 0);
+    memset(view, 0, sizeof *view);
+    if (bad_source)
+        return mm_fail(err, MM_E_ARG, 0);
+    if (access != MM_READ && access != MM_WRITE && access != MM_COPY)
+        return mm_fail(err, MM_E_ARG, 0);
+    if ((flags & ~MM_KNOWN_FLAGS) != 0)
+        return mm_fail(err, MM_E_ARG, 0);
+    if ((flags & (MM_CREATE | MM_TRUNCATE)) && length == MM_TO_END)
+        return mm_fail(err, MM_E_ARG, 0); /* no size to create or reset the file to */
+    if (offset > MM_MAX_FILE_END)
+        return mm_fail(err, MM_E_ARG, 0);
+    if (length != MM_TO_END && length > MM_MAX_FILE_END - offset)
+        return mm_fail(err, MM_E_ARG, 0); /* offset + length past any file's end */
+    return MM_OK;
+}
+
+#endif /* MM_INTERNAL_H */
