@@ -19,8 +19,8 @@
  *  - `err` may be NULL in every function: the status is still returned, the details are
  *    dropped. Every other pointer parameter (view, path, resident, total, consumer, stop) must
  *    not be NULL: a NULL one is MM_E_ARG.
- *  - The rules both files share (argument checks and their order) are written once, in the
- *    private header mm_internal.h.
+ *  - The rules both files share (argument checks and their order, what a map does to the
+ *    file it has sized) are written once, in the private header mm_internal.h.
  *  - Byte ranges passed to flush/advise/resident are relative to `data` and must lie inside
  *    [0, length); the layer aligns them to pages itself. A view with nothing mapped (zeroed,
  *    or made with length 0) has no range: MM_E_ARG.
@@ -74,7 +74,10 @@ typedef enum mm_status {
     MM_E_RANGE = 4,  /* offset + length lies past the end of the file and MM_GROW was not
                         given; mm_error.file_size holds the size found; code = 0 */
     MM_E_GROW = 5,   /* growing or allocating the file failed (ENOSPC, EFBIG, ...) */
-    MM_E_MAP = 6,    /* mmap / CreateFileMapping / MapViewOfFile failed */
+    MM_E_MAP = 6,    /* mmap / CreateFileMapping / MapViewOfFile failed, or the view is larger
+                        than size_t can hold (32-bit hosts only): code = EOVERFLOW (mmap(2)'s
+                        code for it) / ERROR_ARITHMETIC_OVERFLOW, found after the file is
+                        sized and before it is grown, reset or mapped */
     MM_E_FLUSH = 7,  /* msync / FlushViewOfFile / FlushFileBuffers failed */
     MM_E_UNMAP = 8,  /* munmap / UnmapViewOfFile failed */
     MM_E_ADVISE = 9, /* madvise / PrefetchVirtualMemory failed */
@@ -142,7 +145,9 @@ static inline uint64_t mm_align_down(uint64_t value, uint64_t alignment) {
  * MM_TO_END with MM_CREATE or MM_TRUNCATE; offset, or offset + length, past INT64_MAX (no
  * file ends there: off_t and LARGE_INTEGER are signed 64-bit). Only then is the file opened:
  * a file that cannot be opened (missing: ENOENT / ERROR_FILE_NOT_FOUND) is MM_E_OPEN
- * whatever the offset, length and flags, and so is an empty path.
+ * whatever the offset, length and flags, and so is an empty path. Once the file is sized, and
+ * before it is changed: MM_E_EMPTY, then MM_E_RANGE, then MM_E_MAP for a view too large for
+ * size_t.
  * On success fills *view and err->file_size (the size after any growth) and returns MM_OK.
  * On failure *view is zeroed, the returned status is also in err->status, and the file has
  * the size and content it had before the call (a file the call created is removed). */

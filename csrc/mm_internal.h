@@ -63,4 +63,37 @@ static inline int mm_map_begin(mm_view *view, int access, uint64_t offset, uint6
     return MM_OK;
 }
 
+/* What mm_map_* does to a file of `size` bytes, decided before anything changes it. */
+typedef struct mm_plan {
+    uint64_t length; /* bytes to map: `length`, or size - offset for MM_TO_END */
+    uint64_t end;    /* offset + length: the size the file must have */
+    uint64_t delta;  /* offset - offset aligned down: the view starts this far into its base */
+    int reset;       /* MM_TRUNCATE: make the file `end` bytes of zeros */
+    int grow;        /* extend the file from `size` to `end` (MM_GROW was given) */
+} mm_plan;
+
+/* Fill *plan for a file of `size` bytes, after mm_map_begin accepted the arguments. Returns
+ * MM_OK, MM_E_EMPTY (MM_TO_END from the end of the file or past it), MM_E_RANGE (the range
+ * ends past the file, no MM_GROW or MM_TRUNCATE), or MM_E_MAP when delta + length bytes do
+ * not fit in `size_max` (SIZE_MAX: only on 32-bit hosts, where mmap(2) would fail with
+ * EOVERFLOW and MapViewOfFile cannot be asked, its size being a SIZE_T). */
+static inline int mm_plan_map(uint64_t size, uint64_t offset, uint64_t length, int flags,
+                              uint64_t alignment, uint64_t size_max, mm_plan *plan) {
+    if (length == MM_TO_END) {
+        if (offset >= size)
+            return MM_E_EMPTY;
+        length = size - offset;
+    }
+    plan->length = length;
+    plan->end = offset + length; /* <= MM_MAX_FILE_END: mm_map_begin, or size - offset */
+    plan->delta = offset % alignment;
+    plan->reset = (flags & MM_TRUNCATE) != 0;
+    plan->grow = !plan->reset && plan->end > size;
+    if (plan->grow && !(flags & MM_GROW))
+        return MM_E_RANGE;
+    if (plan->delta > size_max || length > size_max - plan->delta)
+        return MM_E_MAP;
+    return MM_OK;
+}
+
 #endif /* MM_INTERNAL_H */

@@ -108,6 +108,9 @@ static int mm_fallocate_zero(int fd, uint64_t length) {
 }
 #endif
 
+/* off_t must hold every offset up to INT64_MAX (MM_MAX_FILE_END): _FILE_OFFSET_BITS=64. */
+typedef char mm_off_t_is_64_bit[sizeof(off_t) >= 8 ? 1 : -1];
+
 static uint64_t mm_cached_page_size;
 
 uint64_t mm_page_size(void) {
@@ -232,8 +235,9 @@ static void mm_populate_for_reading(char *base, size_t length) {
 static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int flags,
                      mm_view *view, mm_error *err) {
     struct stat st;
-    uint64_t size, end, delta, map_offset;
-    int prot, mflags;
+    uint64_t size, map_offset;
+    mm_plan plan;
+    int prot, mflags, status;
     void *base;
 
     if (fstat(fd, &st) != 0)
@@ -245,56 +249,47 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
     size = (uint64_t)st.st_size;
     err->file_size = size;
 
-    if (length == MM_TO_END) {
-        if (offset >= size)
-            return mm_fail(err, MM_E_EMPTY, 0);
-        length = size - offset;
-    }
-    end = offset + length; /* no overflow: checked by the callers, or length = size - offset */
-    if (((flags & MM_TRUNCATE) || ((flags & MM_GROW) && end > size)) && mm_is_pseudo_fs(fd))
+    /* MM_E_MAP from the plan: the view does not fit in size_t (32-bit hosts), mmap(2)'s
+     * EOVERFLOW; found before the file is changed. */
+    status = mm_plan_map(size, offset, length, flags, mm_alignment(), (uint64_t)SIZE_MAX, &plan);
+    if (status != MM_OK)
+        return mm_fail(err, status, status == MM_E_MAP ? EOVERFLOW : 0);
+    if ((plan.reset || plan.grow) && mm_is_pseudo_fs(fd))
         return mm_fail(err, MM_E_STAT, ENODEV); /* a kernel interface, not a data file */
-    if (flags & MM_TRUNCATE) {
+    if (plan.reset) {
         /* st_blocks counts 512-byte units (stat(2)) */
-        if (mm_reset(fd, size, end, (uint64_t)st.st_blocks * 512u, err) != MM_OK)
+        if (mm_reset(fd, size, plan.end, (uint64_t)st.st_blocks * 512u, err) != MM_OK)
             return err->status;
-        err->file_size = end;
-    } else if (end > size) {
-        if (!(flags & MM_GROW))
-            return mm_fail(err, MM_E_RANGE, 0);
-        if (mm_grow(fd, size, end, err) != MM_OK)
+        err->file_size = plan.end;
+    } else if (plan.grow) {
+        if (mm_grow(fd, size, plan.end, err) != MM_OK)
             return err->status;
-        err->file_size = end;
+        err->file_size = plan.end;
     }
     view->access = access;
     view->file_id[0] = (uint64_t)st.st_dev;
     view->file_id[1] = (uint64_t)st.st_ino;
-    if (length == 0)
+    if (plan.length == 0)
         return mm_ok(err); /* nothing to map: the file is checked, created or grown */
 
-    delta = offset % mm_alignment();
-    map_offset = offset - delta;
-    if (length > (uint64_t)SIZE_MAX - delta || (uint64_t)(off_t)map_offset != map_offset) {
-        memset(view, 0, sizeof(*view));
-        return mm_fail(err, MM_E_MAP, EOVERFLOW); /* mmap(2): EOVERFLOW, on 32-bit hosts */
-    }
-
+    map_offset = offset - plan.delta; /* <= INT64_MAX (mm_map_begin): a valid 64-bit off_t */
     prot = access == MM_READ ? PROT_READ : PROT_READ | PROT_WRITE;
     mflags = access == MM_COPY ? MAP_PRIVATE : MAP_SHARED;
     if ((flags & MM_POPULATE) && access != MM_COPY)
         mflags |= MAP_POPULATE;
-    base = mmap(NULL, (size_t)(delta + length), prot, mflags, fd, (off_t)map_offset);
+    base = mmap(NULL, (size_t)(plan.delta + plan.length), prot, mflags, fd, (off_t)map_offset);
     if (base == MAP_FAILED) {
         memset(view, 0, sizeof(*view));
         return mm_fail(err, MM_E_MAP, errno);
     }
     if ((flags & MM_POPULATE) && access == MM_COPY)
-        mm_populate_for_reading((char *)base, (size_t)(delta + length));
+        mm_populate_for_reading((char *)base, (size_t)(plan.delta + plan.length));
 
     view->base = base;
-    view->base_length = delta + length;
+    view->base_length = plan.delta + plan.length;
     /* delta < alignment <= base_length, so base + delta is inside the mapping. */
-    view->data = (char *)base + delta;
-    view->length = length;
+    view->data = (char *)base + plan.delta;
+    view->length = plan.length;
     view->reopen = NULL;
     return mm_ok(err);
 }

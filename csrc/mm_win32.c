@@ -154,10 +154,12 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
                            mm_view *view, mm_error *err) {
     BY_HANDLE_FILE_INFORMATION info;
     LARGE_INTEGER size_li;
-    uint64_t size, end, aligned, delta, span;
+    uint64_t size, aligned, span;
+    mm_plan plan;
     HANDLE mapping;
     void *base;
     DWORD type, code;
+    int status;
 
     /* "GetFileType function (fileapi.h)": FILE_TYPE_UNKNOWN is an error only when
      * GetLastError() is not NO_ERROR. */
@@ -176,48 +178,39 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
     size = (uint64_t)size_li.QuadPart;
     err->file_size = size;
 
-    if (length == MM_TO_END) {
-        if (offset >= size)
-            return mm_win_error(err, MM_E_EMPTY, 0);
-        length = size - offset;
-    }
-    end = offset + length; /* no overflow: mm_map_begin bounded both by INT64_MAX */
-
-    if (flags & MM_TRUNCATE) {
-        code = mm_win_reset(file, size, end);
+    /* "MapViewOfFile function (memoryapi.h)": the file offset must be a multiple of the
+     * allocation granularity ("SYSTEM_INFO structure (sysinfoapi.h)",
+     * dwAllocationGranularity), not of the page size: mm_alignment(). MM_E_MAP from the
+     * plan: the view does not fit in a SIZE_T (32-bit hosts), ERROR_ARITHMETIC_OVERFLOW
+     * ("System Error Codes (500-999)"); found before the file is changed. */
+    status = mm_plan_map(size, offset, length, flags, mm_alignment(), (uint64_t)(SIZE_T)-1,
+                         &plan);
+    if (status != MM_OK)
+        return mm_win_error(err, status, status == MM_E_MAP ? ERROR_ARITHMETIC_OVERFLOW : 0);
+    if (plan.reset) {
+        code = mm_win_reset(file, size, plan.end);
         if (code != 0)
             return mm_win_error(err, MM_E_GROW, code);
-        size = end;
-        err->file_size = size;
-    } else if (end > size) {
-        if (!(flags & MM_GROW))
-            return mm_win_error(err, MM_E_RANGE, 0);
-        code = mm_win_grow(file, size, end);
+        err->file_size = plan.end;
+    } else if (plan.grow) {
+        code = mm_win_grow(file, size, plan.end);
         if (code != 0)
             return mm_win_error(err, MM_E_GROW, code);
-        size = end;
-        err->file_size = size;
+        err->file_size = plan.end;
     }
     view->access = access;
     view->file_id[0] = info.dwVolumeSerialNumber; /* os.stat's st_dev on Windows */
     view->file_id[1] = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow; /* st_ino */
-    if (length == 0)
+    if (plan.length == 0)
         return mm_ok(err); /* nothing to map: the file is checked, created or grown */
 
-    /* "MapViewOfFile function (memoryapi.h)": the file offset must be a multiple of the
-     * allocation granularity ("SYSTEM_INFO structure (sysinfoapi.h)",
-     * dwAllocationGranularity), not of the page size. */
-    aligned = mm_align_down(offset, mm_alignment());
-    delta = offset - aligned;
-    span = delta + length;
-    if (span > (uint64_t)(SIZE_T)-1) /* only on 32-bit: the view would not fit */
-        return mm_win_error(err, MM_E_ARG, 0);
-
+    aligned = offset - plan.delta;
+    span = plan.delta + plan.length; /* fits in a SIZE_T: mm_plan_map */
     /* Maximum size = end: never larger than the file, so no protection extends it
      * ("CreateFileMappingW function (memoryapi.h)"); end > 0 since length > 0, so the
      * ERROR_FILE_INVALID of mapping an empty file cannot happen. */
-    mapping = CreateFileMappingW(file, NULL, mm_win_protect[access], (DWORD)(end >> 32),
-                                 (DWORD)(end & 0xFFFFFFFFu), NULL);
+    mapping = CreateFileMappingW(file, NULL, mm_win_protect[access], (DWORD)(plan.end >> 32),
+                                 (DWORD)(plan.end & 0xFFFFFFFFu), NULL);
     if (mapping == NULL)
         return mm_win_error(err, MM_E_MAP, GetLastError());
     base = MapViewOfFile(mapping, mm_win_view_access[access], (DWORD)(aligned >> 32),
@@ -230,8 +223,9 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
 
     view->base = base;
     view->base_length = span;
-    view->data = (char *)base + delta; /* delta < span: the requested byte lies in the view */
-    view->length = length;
+    /* delta < span: the requested byte lies in the view */
+    view->data = (char *)base + plan.delta;
+    view->length = plan.length;
     view->reopen = NULL;
 
     if (flags & MM_POPULATE) {

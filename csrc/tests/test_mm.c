@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../mm.h"
+#include "../mm_internal.h" /* the shared rules, tested directly (no OS call in it) */
 
 /* ------------------------------------------------------------------------------------- */
 /* Platform helpers                                                                       */
@@ -422,6 +423,40 @@ static void test_align_down(void) {
     CHECK_U64(mm_align_down(UINT64_MAX, 65536), UINT64_MAX - 65535);
     CHECK_U64(mm_align_down(12345, 1), 12345);
     CHECK_U64(mm_align_down(12345, 1000), 12000); /* not only powers of two */
+}
+
+/* mm_internal.h, mm_plan_map: what both files do with a sized file, in one order; a view
+ * that does not fit in size_t is MM_E_MAP before the file is grown or reset. size_max is a
+ * parameter so that a 64-bit host can check the 32-bit case. */
+static void test_plan_view_must_fit_size_t(void) {
+    const uint64_t four_g = UINT64_C(1) << 32, u32 = UINT32_MAX;
+    mm_plan p;
+    /* MM_TO_END over a 5 GiB file: fits in 64 bits, not in 32 */
+    CHECK_U64(mm_plan_map(5 * four_g, 1, MM_TO_END, 0, 4096, UINT64_MAX, &p), MM_OK);
+    CHECK_U64(p.length, 5 * four_g - 1);
+    CHECK_U64(p.end, 5 * four_g);
+    CHECK_U64(p.delta, 1);
+    CHECK(!p.grow && !p.reset);
+    CHECK_U64(mm_plan_map(5 * four_g, 1, MM_TO_END, 0, 4096, u32, &p), MM_E_MAP);
+    /* the limit counts the alignment delta: 2^32 - 1 bytes fit from an aligned offset only */
+    CHECK_U64(mm_plan_map(5 * four_g, 65536, u32, 0, 65536, u32, &p), MM_OK);
+    CHECK_U64(mm_plan_map(5 * four_g, 65537, u32, 0, 65536, u32, &p), MM_E_MAP);
+    CHECK_U64(mm_plan_map(5 * four_g, 65537, u32 - 1, 0, 65536, u32, &p), MM_OK);
+    /* refused before growing or resetting: the plan asks for neither */
+    CHECK_U64(mm_plan_map(0, 0, four_g, MM_GROW, 4096, u32, &p), MM_E_MAP);
+    CHECK_U64(mm_plan_map(0, 0, four_g, MM_TRUNCATE, 4096, u32, &p), MM_E_MAP);
+    /* order: empty, then range, then size */
+    CHECK_U64(mm_plan_map(10, 10, MM_TO_END, 0, 4096, u32, &p), MM_E_EMPTY);
+    CHECK_U64(mm_plan_map(0, 0, four_g, 0, 4096, u32, &p), MM_E_RANGE);
+    /* what is to be done */
+    CHECK_U64(mm_plan_map(100, 50, 100, MM_GROW, 4096, u32, &p), MM_OK);
+    CHECK(p.grow && !p.reset);
+    CHECK_U64(p.end, 150);
+    CHECK_U64(mm_plan_map(100, 50, 10, MM_GROW, 4096, u32, &p), MM_OK);
+    CHECK(!p.grow && !p.reset);
+    CHECK_U64(mm_plan_map(100, 50, 10, MM_TRUNCATE | MM_GROW, 4096, u32, &p), MM_OK);
+    CHECK(!p.grow && p.reset);
+    CHECK_U64(mm_plan_map(100, 200, 0, 0, 4096, u32, &p), MM_E_RANGE); /* length 0 too */
 }
 
 static void test_alignment_values(void) {
@@ -1418,6 +1453,7 @@ typedef struct t_case {
 static const t_case t_cases[] = {
     T_CASE(test_align_down),
     T_CASE(test_alignment_values),
+    T_CASE(test_plan_view_must_fit_size_t),
     T_CASE(test_read_roundtrip),
     T_CASE(test_unaligned_offsets),
     T_CASE(test_write_roundtrip),
