@@ -20,7 +20,7 @@
  *    dropped. Every other pointer parameter (view, path, resident, total, consumer, stop) must
  *    not be NULL: a NULL one is MM_E_ARG.
  *  - The rules both files share (argument checks and their order, what a map does to the
- *    file it has sized) are written once, in the private header mm_internal.h.
+ *    file it has sized, page ranges) are written once, in the private header mm_internal.h.
  *  - Byte ranges passed to flush/advise/resident are relative to `data` and must lie inside
  *    [0, length); the layer aligns them to pages itself. A view with nothing mapped (zeroed,
  *    or made with length 0) has no range: MM_E_ARG.

@@ -96,4 +96,27 @@ static inline int mm_plan_map(uint64_t size, uint64_t offset, uint64_t length, i
     return MM_OK;
 }
 
+/* [start, start + length) of a view, as offsets from view->base: *first is rounded down to a
+ * page, *last is the end of the range (not rounded; <= base_length). An empty range gives
+ * *first == *last. Returns 0, or -1 for no view (NULL, zeroed, or length 0) or a range that
+ * is not inside [0, view->length]. */
+static inline int mm_view_range(const mm_view *view, uint64_t start, uint64_t length,
+                                uint64_t page, uint64_t *first, uint64_t *last) {
+    uint64_t delta;
+    if (view == NULL || view->base == NULL || view->data == NULL)
+        return -1;
+    if (start > view->length || length > view->length - start)
+        return -1;
+    /* data = base + delta with delta < base_length (mm_map_*): a difference inside the view */
+    delta = (uint64_t)(view->data - (const char *)view->base);
+    *first = mm_align_down(delta + start, page);
+    *last = length == 0 ? *first : delta + start + length; /* <= delta + length = base_length */
+    return 0;
+}
+
+/* Pages holding a byte of [first, last), with first page-aligned. */
+static inline uint64_t mm_pages_between(uint64_t first, uint64_t last, uint64_t page) {
+    return (last - first + page - 1) / page;
+}
+
 #endif /* MM_INTERNAL_H */

@@ -353,22 +353,14 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
 }
 
 /* Turn [start, start + length) of the view into a page-aligned address range inside the
- * mapping. Returns 0 and fills *addr and *len, or -1 for a range outside the view. */
+ * mapping (mm_view_range). Returns 0 and fills *addr and *len (0 for an empty range), or -1
+ * for no view or a range outside it. */
 static int mm_page_range(const mm_view *view, uint64_t start, uint64_t length, char **addr,
                          size_t *len) {
-    uint64_t delta, first, last;
-    if (view == NULL || view->base == NULL || start > view->length || length > view->length - start)
+    uint64_t first, last;
+    if (mm_view_range(view, start, length, mm_page_size(), &first, &last) != 0)
         return -1;
-    if (length == 0) { /* an empty range touches no page */
-        *addr = (char *)view->base;
-        *len = 0;
-        return 0;
-    }
-    delta = (uint64_t)(view->data - (char *)view->base);
-    /* first is page-aligned and >= 0: base itself is page-aligned, so is base + first. */
-    first = mm_align_down(delta + start, mm_page_size());
-    /* last <= base_length: delta + start + length <= delta + view->length = base_length. */
-    last = delta + start + length;
+    /* first <= last <= base_length; base is page-aligned, so base + first is too. */
     *addr = (char *)view->base + first;
     *len = (size_t)(last - first);
     return 0;
@@ -448,7 +440,7 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     *total = 0;
     if (mm_page_range(view, start, length, &addr, &len) != 0)
         return mm_fail(err, MM_E_ARG, 0);
-    pages = (len + page - 1) / page;
+    pages = (size_t)mm_pages_between(0, len, page);
     /* mincore(2) wants one vector byte per page; ask in chunks of sizeof(vec) pages. */
     for (done = 0; done < pages; done += chunk) {
         chunk = pages - done < sizeof(vec) ? pages - done : sizeof(vec);

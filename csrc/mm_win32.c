@@ -351,20 +351,12 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
     return status;
 }
 
-/* Validate [start, start + length) against the view and widen it to whole pages, as
- * offsets from view->base: [*first, *last). An empty range (length 0, start <= view length)
- * is valid and gives first == last. Returns MM_OK, or MM_E_ARG. */
+/* [start, start + length) of the view as offsets from view->base (mm_view_range): *first
+ * page-aligned, *last <= base_length, equal for an empty range. MM_OK, or MM_E_ARG. */
 static int mm_win_page_range(const mm_view *view, uint64_t start, uint64_t length,
                              uint64_t *first, uint64_t *last, mm_error *err) {
-    uint64_t page = mm_page_size(), delta, end;
-    if (view == NULL || view->base == NULL || view->data == NULL)
+    if (mm_view_range(view, start, length, mm_page_size(), first, last) != 0)
         return mm_win_error(err, MM_E_ARG, 0);
-    if (start > view->length || length > view->length - start)
-        return mm_win_error(err, MM_E_ARG, 0);
-    delta = (uint64_t)(view->data - (char *)view->base); /* data = base + delta, mapped */
-    end = delta + start + length; /* <= delta + length = base_length */
-    *first = mm_align_down(delta + start, page);
-    *last = length == 0 ? *first : mm_align_down(end + page - 1, page);
     return MM_OK;
 }
 
@@ -381,12 +373,10 @@ int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_
         return status;
     if (view->access != MM_WRITE || first == last)
         return mm_ok(err);
-    /* Stop at the end of the view: the rounded-up last page may reach past base_length. */
-    if (last > view->base_length)
-        last = view->base_length;
-    /* "FlushViewOfFile function (memoryapi.h)": it starts the write-back and does not wait
-     * for the disk; 0 bytes would mean "to the end of the view", last > first avoids it.
-     * base + first: first <= delta + start < base_length, inside the view. */
+    /* "FlushViewOfFile function (memoryapi.h)": it starts the write-back of the pages holding
+     * the range and does not wait for the disk; 0 bytes would mean "to the end of the view",
+     * last > first avoids it. base + first: first <= delta + start < base_length, inside the
+     * view. */
     if (!FlushViewOfFile((char *)view->base + first, (SIZE_T)(last - first)))
         return mm_win_error(err, MM_E_FLUSH, GetLastError());
     if (!sync || view->reopen == NULL)
@@ -435,7 +425,7 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     if (prefetch == NULL)
         return mm_ok(err); /* before Windows 8: documented no-op */
     /* base + first: first <= delta + start < base_length, inside the view; the range ends
-     * at the page holding the last requested byte, and views are made of whole pages. */
+     * at the last requested byte (last <= base_length). */
     range.VirtualAddress = (char *)view->base + first;
     range.NumberOfBytes = (SIZE_T)(last - first);
     if (!prefetch(GetCurrentProcess(), 1, &range, 0))
@@ -447,7 +437,7 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
                 uint64_t *total, mm_error *err) {
     mm_error spare;
     PSAPI_WORKING_SET_EX_INFORMATION info[MM_WIN_QUERY_CHUNK];
-    uint64_t first, last, page = mm_page_size(), at, count = 0;
+    uint64_t first, last, page = mm_page_size(), pages, done, count = 0;
     mm_win_query_ws_fn query;
     size_t i, n;
     int status;
@@ -465,13 +455,12 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     query = (mm_win_query_ws_fn)(void (*)(void))mm_win_kernel32("K32QueryWorkingSetEx");
     if (query == NULL)
         return mm_win_error(err, MM_E_QUERY, GetLastError());
-    for (at = first; at < last; at += (uint64_t)n * page) {
-        n = (size_t)((last - at) / page);
-        if (n > MM_WIN_QUERY_CHUNK)
-            n = MM_WIN_QUERY_CHUNK;
+    pages = mm_pages_between(first, last, page);
+    for (done = 0; done < pages; done += n) {
+        n = pages - done < MM_WIN_QUERY_CHUNK ? (size_t)(pages - done) : MM_WIN_QUERY_CHUNK;
         for (i = 0; i < n; i++) {
-            /* at + i * page < last: a page holding a requested byte, inside the view. */
-            info[i].VirtualAddress = (char *)view->base + at + (uint64_t)i * page;
+            /* done + i < pages: a page holding a requested byte, inside the view. */
+            info[i].VirtualAddress = (char *)view->base + first + (done + i) * page;
             info[i].VirtualAttributes.Flags = 0;
         }
         if (!query(GetCurrentProcess(), info, (DWORD)(n * sizeof info[0])))
@@ -482,7 +471,7 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
             count += (uint64_t)(info[i].VirtualAttributes.Flags & 1);
     }
     *resident = count;
-    *total = (last - first) / page;
+    *total = pages;
     return mm_ok(err);
 }
 

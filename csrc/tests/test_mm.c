@@ -459,6 +459,40 @@ static void test_plan_view_must_fit_size_t(void) {
     CHECK_U64(mm_plan_map(100, 200, 0, 0, 4096, u32, &p), MM_E_RANGE); /* length 0 too */
 }
 
+/* mm_internal.h, mm_view_range: the one page-range rule of flush, advise and resident. A
+ * made-up view over a plain buffer: base, delta 100, 10000 bytes. */
+static void test_view_range(void) {
+    static char buffer[16384];
+    uint64_t first = 1, last = 1;
+    mm_view v;
+    memset(&v, 0, sizeof v);
+    v.base = buffer;
+    v.base_length = 100 + 10000;
+    v.data = buffer + 100; /* 100 < base_length */
+    v.length = 10000;
+    CHECK(mm_view_range(&v, 0, 10000, 4096, &first, &last) == 0);
+    CHECK_U64(first, 0);
+    CHECK_U64(last, 10100); /* the end, not rounded: never past base_length */
+    CHECK_U64(mm_pages_between(first, last, 4096), 3);
+    CHECK(mm_view_range(&v, 4000, 1, 4096, &first, &last) == 0);
+    CHECK_U64(first, 4096);
+    CHECK_U64(last, 4101);
+    CHECK_U64(mm_pages_between(first, last, 4096), 1);
+    CHECK(mm_view_range(&v, 3995, 2, 4096, &first, &last) == 0); /* across a page boundary */
+    CHECK_U64(first, 0);
+    CHECK_U64(mm_pages_between(first, last, 4096), 2);
+    CHECK(mm_view_range(&v, 10000, 0, 4096, &first, &last) == 0); /* empty, at the end */
+    CHECK_U64(first, last);
+    CHECK_U64(mm_pages_between(first, last, 4096), 0);
+    CHECK(mm_view_range(&v, 10000, 1, 4096, &first, &last) != 0);
+    CHECK(mm_view_range(&v, 1, 10000, 4096, &first, &last) != 0);
+    CHECK(mm_view_range(&v, 1, UINT64_MAX, 4096, &first, &last) != 0);
+    CHECK(mm_view_range(&v, 10001, 0, 4096, &first, &last) != 0);
+    CHECK(mm_view_range(NULL, 0, 0, 4096, &first, &last) != 0);
+    v.data = NULL;
+    CHECK(mm_view_range(&v, 0, 0, 4096, &first, &last) != 0);
+}
+
 static void test_alignment_values(void) {
     uint64_t a = mm_alignment(), p = mm_page_size();
     CHECK(p >= 4096);
@@ -1454,6 +1488,7 @@ static const t_case t_cases[] = {
     T_CASE(test_align_down),
     T_CASE(test_alignment_values),
     T_CASE(test_plan_view_must_fit_size_t),
+    T_CASE(test_view_range),
     T_CASE(test_read_roundtrip),
     T_CASE(test_unaligned_offsets),
     T_CASE(test_write_roundtrip),
