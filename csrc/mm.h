@@ -126,7 +126,9 @@ typedef intptr_t mm_handle;
  * the allocation granularity (64 KiB) on Windows. */
 uint64_t mm_alignment(void);
 
-/* The size of a page (what flush/advise/resident round ranges to). */
+/* The size of a page (what flush/advise/resident round ranges to).
+ * Both values are read from the OS by the first call (sysconf(3); GetSystemInfo) and cached:
+ * threads racing on that first call store the same value. */
 uint64_t mm_page_size(void);
 
 /* The pure alignment arithmetic, shared by both implementations and tested directly. */

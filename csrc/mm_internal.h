@@ -119,4 +119,16 @@ static inline uint64_t mm_pages_between(uint64_t first, uint64_t last, uint64_t 
     return (last - first + page - 1) / page;
 }
 
+/* *slot, filled from load() by the first call. Threads that race on that call all store the
+ * same value: a benign race. 32 bits (a page size or an allocation granularity fits), so a
+ * load or store is one access and no thread can see half a value. */
+static inline uint64_t mm_cached(volatile uint32_t *slot, uint32_t (*load)(void)) {
+    uint32_t value = *slot;
+    if (value == 0) {
+        value = load();
+        *slot = value;
+    }
+    return value;
+}
+
 #endif /* MM_INTERNAL_H */

@@ -111,15 +111,14 @@ static int mm_fallocate_zero(int fd, uint64_t length) {
 /* off_t must hold every offset up to INT64_MAX (MM_MAX_FILE_END): _FILE_OFFSET_BITS=64. */
 typedef char mm_off_t_is_64_bit[sizeof(off_t) >= 8 ? 1 : -1];
 
-static uint64_t mm_cached_page_size;
+static volatile uint32_t mm_page_size_slot; /* 0 until the first call (mm_cached) */
 
-uint64_t mm_page_size(void) {
-    if (mm_cached_page_size == 0) {
-        long size = sysconf(_SC_PAGESIZE);
-        mm_cached_page_size = size > 0 ? (uint64_t)size : 4096;
-    }
-    return mm_cached_page_size;
+static uint32_t mm_load_page_size(void) {
+    long size = sysconf(_SC_PAGESIZE); /* sysconf(3); -1 is an error */
+    return size > 0 ? (uint32_t)size : 4096;
 }
+
+uint64_t mm_page_size(void) { return mm_cached(&mm_page_size_slot, mm_load_page_size); }
 
 /* mmap(2): "offset must be a multiple of the page size as returned by sysconf(_SC_PAGE_SIZE)". */
 uint64_t mm_alignment(void) { return mm_page_size(); }

@@ -78,17 +78,27 @@ static FARPROC mm_win_kernel32(const char *name) {
     return GetProcAddress(kernel32, name);
 }
 
-uint64_t mm_alignment(void) {
+/* "GetSystemInfo function (sysinfoapi.h)", read once per value (mm_cached); both are
+ * DWORDs ("SYSTEM_INFO structure (sysinfoapi.h)"). */
+static volatile uint32_t mm_win_granularity_slot, mm_win_page_size_slot;
+
+static uint32_t mm_win_load_granularity(void) {
     SYSTEM_INFO info;
     GetSystemInfo(&info);
-    return (uint64_t)info.dwAllocationGranularity;
+    return (uint32_t)info.dwAllocationGranularity;
 }
 
-uint64_t mm_page_size(void) {
+static uint32_t mm_win_load_page_size(void) {
     SYSTEM_INFO info;
     GetSystemInfo(&info);
-    return (uint64_t)info.dwPageSize;
+    return (uint32_t)info.dwPageSize;
 }
+
+uint64_t mm_alignment(void) {
+    return mm_cached(&mm_win_granularity_slot, mm_win_load_granularity);
+}
+
+uint64_t mm_page_size(void) { return mm_cached(&mm_win_page_size_slot, mm_win_load_page_size); }
 
 /* Set the end of file to `size` ("SetEndOfFile function (fileapi.h)": the end of file
  * becomes the file pointer). The caller's file pointer is restored, so a handle passed to

@@ -493,6 +493,29 @@ static void test_view_range(void) {
     CHECK(mm_view_range(&v, 0, 0, 4096, &first, &last) != 0);
 }
 
+static int t_loads;
+static uint32_t t_load_granularity(void) {
+    t_loads++;
+    return 65536;
+}
+
+/* mm_internal.h, mm_cached: both files read the page size and the allocation granularity from
+ * the OS once (sysconf(3), GetSystemInfo) and answer later calls from the cache. */
+static void test_sizes_are_cached(void) {
+    static volatile uint32_t slot;
+    uint64_t p = mm_page_size(), a = mm_alignment();
+    int i;
+    t_loads = 0;
+    CHECK_U64(mm_cached(&slot, t_load_granularity), 65536);
+    CHECK_U64(mm_cached(&slot, t_load_granularity), 65536);
+    CHECK_U64(slot, 65536);
+    CHECK(t_loads == 1);
+    for (i = 0; i < 1000; i++) {
+        CHECK_U64(mm_page_size(), p);
+        CHECK_U64(mm_alignment(), a);
+    }
+}
+
 static void test_alignment_values(void) {
     uint64_t a = mm_alignment(), p = mm_page_size();
     CHECK(p >= 4096);
@@ -1487,6 +1510,7 @@ typedef struct t_case {
 static const t_case t_cases[] = {
     T_CASE(test_align_down),
     T_CASE(test_alignment_values),
+    T_CASE(test_sizes_are_cached),
     T_CASE(test_plan_view_must_fit_size_t),
     T_CASE(test_view_range),
     T_CASE(test_read_roundtrip),
