@@ -12,7 +12,12 @@
  *    the requested byte. Unmap uses the aligned base.
  *  - All offsets and lengths are 64-bit.
  *  - A live view holds no file descriptor, file handle or mapping handle: they are closed
- *    as soon as the view exists.
+ *    as soon as the view exists. One exception, on Windows: a MM_WRITE view keeps a duplicate
+ *    of the file handle (view->flush_handle) because "FlushFileBuffers function (fileapi.h)"
+ *    needs a handle for a durable flush, and reopening the file by path could reach another
+ *    file (renamed over it) or none. The duplicate names the file object the view keeps open
+ *    anyway ("UnmapViewOfFile function (memoryapi.h)"), so it changes no sharing or delete
+ *    rule; mm_unmap closes it. POSIX needs none: msync(2) works on the mapping.
  *  - Errors are a status code (mm_status) plus the OS error code saved at the failing call
  *    (errno on POSIX, GetLastError() on Windows) in an mm_error the caller owns. Nothing is
  *    printed, nothing global is written.
@@ -102,8 +107,8 @@ typedef struct mm_view {
     /* ---- private ---- */
     void *base;          /* what the OS returned, aligned to mm_alignment() */
     uint64_t base_length;/* delta + length: what was mapped from base */
-    void *reopen;        /* Windows: owned wide path, reopened by flush for FlushFileBuffers.
-                            POSIX: always NULL. */
+    void *flush_handle;  /* Windows, MM_WRITE views with bytes: an owned duplicate of the file
+                            handle, for FlushFileBuffers. Otherwise (and on POSIX) NULL. */
 } mm_view;
 
 /* Advice for mm_advise. */
@@ -164,7 +169,9 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
 
 /* Write dirty pages of [start, start + length) of the view back to the file.
  * sync != 0: durable, returns after the data reached storage (msync(MS_SYNC);
- * FlushViewOfFile + FlushFileBuffers). sync == 0: schedule the write-back and return.
+ * FlushViewOfFile + FlushFileBuffers), for views made by path or by handle alike, and into
+ * the file the view maps even if its path names another file (or none) by now.
+ * sync == 0: schedule the write-back and return.
  * A no-op returning MM_OK for MM_READ and MM_COPY views. */
 int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err);
 

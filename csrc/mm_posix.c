@@ -289,7 +289,7 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
     /* delta < alignment <= base_length, so base + delta is inside the mapping. */
     view->data = (char *)base + plan.delta;
     view->length = plan.length;
-    view->reopen = NULL;
+    view->flush_handle = NULL; /* msync(2) needs no descriptor */
     return mm_ok(err);
 }
 

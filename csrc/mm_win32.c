@@ -5,16 +5,19 @@
  * mapping handle and the file handle are closed at once: "CreateFileMappingW function
  * (memoryapi.h)" says mapped views of a file mapping object maintain internal references to
  * the object, and "UnmapViewOfFile function (memoryapi.h)" that the system holds the file
- * open until the last view is unmapped. So a live view owns no handle (mm.h rule).
+ * open until the last view is unmapped. The one handle a live view owns is the flush handle
+ * of a MM_WRITE view (mm.h rule, and below).
  *
  * Choices this file documents (all behaviour not spelled out by mm.h):
  *  - A directory is reported as MM_E_STAT with code ERROR_DIRECTORY_NOT_SUPPORTED (336),
  *    the code mm.h names; Python maps it to IsADirectoryError. Another non-disk handle
  *    (pipe, console) is MM_E_STAT with ERROR_NOT_SUPPORTED (50).
  *  - Durable flush needs a file handle ("FlushFileBuffers function (fileapi.h)"). A MM_WRITE
- *    view opened by path keeps its wide path in view->reopen and mm_flush(sync) reopens it
- *    for FlushFileBuffers. A view made by mm_map_handle has no path: its sync flush is
- *    FlushViewOfFile only (the caller owns the handle and can FlushFileBuffers it).
+ *    view (by path or by handle) keeps a duplicate of the handle it was mapped from in
+ *    view->flush_handle ("DuplicateHandle function (handleapi.h)"), as Rust's memmap2 does;
+ *    mm_flush(sync) flushes through it and mm_unmap closes it. It names the file object the
+ *    view already holds open, so it changes no sharing or deletion rule; reopening the path
+ *    instead would flush whatever file the path names by then, or fail if it names none.
  *  - PrefetchVirtualMemory (Windows 8+) and K32QueryWorkingSetEx (Windows 7+) are looked up
  *    in kernel32 with GetProcAddress on each call, so nothing extra is linked (no psapi.lib)
  *    and the module loads where they are missing. A missing PrefetchVirtualMemory makes
@@ -159,14 +162,23 @@ static DWORD mm_win_reset(HANDLE file, uint64_t old_size, uint64_t end) {
     return end > 0 ? mm_win_grow(file, 0, end) : 0;
 }
 
-/* Size, grow and map an open file into *view. The handle is neither closed nor kept. */
+/* Fail with `status` and `code` after closing the flush handle duplicated for the view
+ * (NULL: none yet). `code` is read before the close can change GetLastError(). */
+static int mm_win_fail_dropping(HANDLE flush_handle, mm_error *err, int status, DWORD code) {
+    if (flush_handle != NULL)
+        CloseHandle(flush_handle);
+    return mm_win_error(err, status, code);
+}
+
+/* Size, grow and map an open file into *view. The handle is not closed; a MM_WRITE view
+ * keeps a duplicate of it for durable flushes (see the top of this file). */
 static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t length, int flags,
                            mm_view *view, mm_error *err) {
     BY_HANDLE_FILE_INFORMATION info;
     LARGE_INTEGER size_li;
     uint64_t size, aligned, span;
     mm_plan plan;
-    HANDLE mapping;
+    HANDLE mapping, flush_handle = NULL;
     void *base;
     DWORD type, code;
     int status;
@@ -197,15 +209,23 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
                          &plan);
     if (status != MM_OK)
         return mm_win_error(err, status, status == MM_E_MAP ? ERROR_ARITHMETIC_OVERFLOW : 0);
+    /* "DuplicateHandle function (handleapi.h)": the duplicate refers to the same file object
+     * with the same access (GENERIC_WRITE, which "FlushFileBuffers function (fileapi.h)"
+     * needs) and is not inherited by child processes. Made before the file changes, so a
+     * failure leaves it as it was. */
+    if (access == MM_WRITE && plan.length > 0 &&
+        !DuplicateHandle(GetCurrentProcess(), file, GetCurrentProcess(), &flush_handle, 0, FALSE,
+                         DUPLICATE_SAME_ACCESS))
+        return mm_win_error(err, MM_E_MAP, GetLastError());
     if (plan.reset) {
         code = mm_win_reset(file, size, plan.end);
         if (code != 0)
-            return mm_win_error(err, MM_E_GROW, code);
+            return mm_win_fail_dropping(flush_handle, err, MM_E_GROW, code);
         err->file_size = plan.end;
     } else if (plan.grow) {
         code = mm_win_grow(file, size, plan.end);
         if (code != 0)
-            return mm_win_error(err, MM_E_GROW, code);
+            return mm_win_fail_dropping(flush_handle, err, MM_E_GROW, code);
         err->file_size = plan.end;
     }
     view->access = access;
@@ -222,21 +242,21 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
     mapping = CreateFileMappingW(file, NULL, mm_win_protect[access], (DWORD)(plan.end >> 32),
                                  (DWORD)(plan.end & 0xFFFFFFFFu), NULL);
     if (mapping == NULL)
-        return mm_win_error(err, MM_E_MAP, GetLastError());
+        return mm_win_fail_dropping(flush_handle, err, MM_E_MAP, GetLastError());
     base = MapViewOfFile(mapping, mm_win_view_access[access], (DWORD)(aligned >> 32),
                          (DWORD)(aligned & 0xFFFFFFFFu), (SIZE_T)span);
     code = base == NULL ? GetLastError() : 0;
     /* The view keeps the section alive ("CreateFileMappingW function (memoryapi.h)"). */
     CloseHandle(mapping);
     if (base == NULL)
-        return mm_win_error(err, MM_E_MAP, code);
+        return mm_win_fail_dropping(flush_handle, err, MM_E_MAP, code);
 
     view->base = base;
     view->base_length = span;
     /* delta < span: the requested byte lies in the view */
     view->data = (char *)base + plan.delta;
     view->length = plan.length;
-    view->reopen = NULL;
+    view->flush_handle = flush_handle; /* closed by mm_unmap */
 
     if (flags & MM_POPULATE) {
         mm_win_prefetch_fn prefetch =
@@ -331,19 +351,13 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
 
     status = mm_win_map_file(file, access, offset, length, flags, view, err);
     CloseHandle(file); /* the view keeps the file open (see the top of this file) */
-    if (status != MM_OK) {
-        /* FILE_SHARE_DELETE and the closed handle let the file go at once. */
-        if (created)
-            (void)DeleteFileW(wpath);
-        free(wpath);
+    /* FILE_SHARE_DELETE and the closed handle let a file this call created go at once. */
+    if (status != MM_OK && created)
+        (void)DeleteFileW(wpath);
+    free(wpath);
+    if (status != MM_OK)
         memset(view, 0, sizeof *view);
-        return status;
-    }
-    if (access == MM_WRITE && view->data != NULL)
-        view->reopen = wpath; /* freed by mm_unmap */
-    else
-        free(wpath); /* read-only, private, or nothing mapped (length 0): no flush to come */
-    return MM_OK;
+    return status;
 }
 
 int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
@@ -373,8 +387,6 @@ static int mm_win_page_range(const mm_view *view, uint64_t start, uint64_t lengt
 int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err) {
     mm_error spare;
     uint64_t first, last;
-    HANDLE file;
-    DWORD code;
     int status;
 
     err = mm_err_or(err, &spare);
@@ -389,17 +401,14 @@ int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_
      * view. */
     if (!FlushViewOfFile((char *)view->base + first, (SIZE_T)(last - first)))
         return mm_win_error(err, MM_E_FLUSH, GetLastError());
-    if (!sync || view->reopen == NULL)
+    if (!sync)
         return mm_ok(err);
     /* Same doc: for durability follow with FlushFileBuffers, which needs a handle with
-     * GENERIC_WRITE ("FlushFileBuffers function (fileapi.h)"). */
-    file = mm_win_open((const wchar_t *)view->reopen, GENERIC_WRITE, OPEN_EXISTING);
-    if (file == INVALID_HANDLE_VALUE)
+     * GENERIC_WRITE ("FlushFileBuffers function (fileapi.h)"): the view's duplicate of the
+     * handle it was mapped from, so the file flushed is the file mapped, whatever its path
+     * names now. Every MM_WRITE view with bytes has one (mm_win_map_file). */
+    if (!FlushFileBuffers((HANDLE)view->flush_handle))
         return mm_win_error(err, MM_E_FLUSH, GetLastError());
-    code = FlushFileBuffers(file) ? 0 : GetLastError();
-    CloseHandle(file);
-    if (code != 0)
-        return mm_win_error(err, MM_E_FLUSH, code);
     return mm_ok(err);
 }
 
@@ -494,15 +503,19 @@ void mm_pause(unsigned microseconds) {
 int mm_unmap(mm_view *view, mm_error *err) {
     mm_error spare;
     void *base;
+    HANDLE flush_handle;
     DWORD code = 0;
 
     err = mm_err_or(err, &spare);
     if (view == NULL)
         return mm_win_error(err, MM_E_ARG, 0);
     base = view->base;
-    free(view->reopen);
+    flush_handle = (HANDLE)view->flush_handle;
     memset(view, 0, sizeof *view);
     if (base != NULL && !UnmapViewOfFile(base))
+        code = GetLastError();
+    /* "CloseHandle function (handleapi.h)"; the first error is the one reported */
+    if (flush_handle != NULL && !CloseHandle(flush_handle) && code == 0)
         code = GetLastError();
     if (code != 0)
         return mm_win_error(err, MM_E_UNMAP, code);

@@ -30,6 +30,7 @@
 #define T_EISDIR 336 /* ERROR_DIRECTORY_NOT_SUPPORTED, as mm.h specifies */
 #define T_ENODEV 50  /* ERROR_NOT_SUPPORTED */
 #define T_SEP "\\"
+#define T_WRITE_VIEW_KEEPS_HANDLE 1 /* mm.h: a MM_WRITE view's flush handle */
 
 static wchar_t *t_wide(const char *path) {
     int n = MultiByteToWideChar(CP_UTF8, 0, path, -1, NULL, 0);
@@ -67,6 +68,15 @@ static int t_remove(const char *path) {
     wchar_t *w = t_wide(path);
     int ok = DeleteFileW(w) != 0;
     free(w);
+    return ok ? 0 : -1;
+}
+
+/* Rename, replacing an existing target ("MoveFileExW function (winbase.h)"). */
+static int t_rename(const char *from, const char *to) {
+    wchar_t *wf = t_wide(from), *wt = t_wide(to);
+    int ok = MoveFileExW(wf, wt, MOVEFILE_REPLACE_EXISTING) != 0;
+    free(wf);
+    free(wt);
     return ok ? 0 : -1;
 }
 
@@ -206,11 +216,13 @@ static int t_is_wine(void) {
 #define T_EISDIR EISDIR
 #define T_ENODEV ENODEV
 #define T_SEP "/"
+#define T_WRITE_VIEW_KEEPS_HANDLE 0
 
 static FILE *t_fopen(const char *path, const char *mode) { return fopen(path, mode); }
 static int t_remove(const char *path) { return unlink(path); }
 static int t_make_fifo(const char *path) { return mkfifo(path, 0600); }
 static int t_rmdir(const char *path) { return rmdir(path); }
+static int t_rename(const char *from, const char *to) { return rename(from, to); }
 static int t_mkdir(const char *path) { return mkdir(path, 0700); }
 
 static int64_t t_file_size(const char *path) {
@@ -394,7 +406,7 @@ static int t_file_matches(const char *path, long off, size_t n) {
 
 static int t_view_zeroed(const mm_view *v) {
     return v->data == NULL && v->length == 0 && v->access == 0 && v->base == NULL &&
-           v->base_length == 0 && v->reopen == NULL;
+           v->base_length == 0 && v->flush_handle == NULL;
 }
 
 static void t_poison(mm_view *v) { memset(v, 0xA5, sizeof *v); }
@@ -542,7 +554,7 @@ static void test_read_roundtrip(void) {
     CHECK_U64(v.length, size);
     CHECK_U64(e.file_size, size);
     CHECK(v.access == MM_READ);
-    CHECK(v.reopen == NULL);
+    CHECK(v.flush_handle == NULL);
     CHECK(t_matches(v.data, 0, size));
     CHECK_OK(mm_unmap(&v, &e), &e);
     CHECK(t_view_zeroed(&v));
@@ -623,7 +635,7 @@ static void test_copy_private(void) {
     CHECK(t_write_pattern(path, size) == 0);
     CHECK_OK(mm_map_path(path, MM_COPY, 1, MM_TO_END, 0, &v, &e), &e);
     CHECK(v.access == MM_COPY);
-    CHECK(v.reopen == NULL);
+    CHECK(v.flush_handle == NULL);
     for (i = 0; i < v.length; i++)
         v.data[i] = 0x5A;
     for (i = 0; i < v.length; i++)
@@ -1231,6 +1243,64 @@ static void test_flush(void) {
     CHECK(t_remove(path) == 0);
 }
 
+/* mm.h, mm_flush: a durable flush reaches the file the view maps, whatever its path names
+ * now (msync(2) needs no path; Windows keeps a duplicate of the file handle for
+ * FlushFileBuffers instead of reopening the path, which reached another file or none). */
+static void test_flush_after_the_file_is_replaced(void) {
+    char path[1100], moved[1100], other[1100];
+    uint64_t size = 3 * mm_alignment() + 100, i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "replaced.bin");
+    t_path(moved, sizeof moved, "replaced-moved.bin");
+    t_path(other, sizeof other, "replaced-other.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, 1000, 0, &v, &e), &e);
+    for (i = 0; i < 1000; i++)
+        v.data[i] = 'w';
+    /* renamed away: nothing at the path */
+    CHECK(t_rename(path, moved) == 0);
+    CHECK_OK(mm_flush(&v, 0, 1000, 1, &e), &e);
+    /* another file renamed over the path: flushed views never touch it */
+    CHECK(t_write_pattern(other, 5000) == 0);
+    CHECK(t_rename(other, path) == 0);
+    for (i = 0; i < 1000; i++)
+        v.data[i] = 'x';
+    CHECK_OK(mm_flush(&v, 0, 1000, 1, &e), &e);
+    CHECK_OK(mm_flush(&v, 10, 1, 0, &e), &e);
+    CHECK_U64(t_file_size(path), 5000);
+    CHECK(t_file_matches(path, 0, 5000));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_U64(t_file_size(path), 5000);
+    CHECK(t_file_matches(path, 0, 5000));
+    {
+        unsigned char back[1000];
+        CHECK(t_read_at(moved, 4097, back, sizeof back) == 0);
+        for (i = 0; i < sizeof back; i++)
+            CHECK(back[i] == 'x');
+    }
+    CHECK(t_file_matches(moved, 0, 4097));
+    CHECK_U64(t_file_size(moved), size);
+    /* a view made from a handle flushes durably after its caller closed the handle */
+    {
+        mm_handle h = t_open_rw(moved);
+        CHECK(h != (mm_handle)-1);
+        CHECK_OK(mm_map_handle(h, MM_WRITE, 1, 100, 0, &v, &e), &e);
+        CHECK(t_close(h) == 0);
+        memset(v.data, 'h', 100);
+        CHECK_OK(mm_flush(&v, 0, 100, 1, &e), &e);
+        CHECK_OK(mm_unmap(&v, &e), &e);
+    }
+    {
+        unsigned char back[100];
+        CHECK(t_read_at(moved, 1, back, sizeof back) == 0);
+        for (i = 0; i < sizeof back; i++)
+            CHECK(back[i] == 'h');
+    }
+    CHECK(t_remove(moved) == 0);
+    CHECK(t_remove(path) == 0);
+}
+
 static void test_handle_mapping(void) {
     char path[1100];
     uint64_t size = 100000, i;
@@ -1247,7 +1317,7 @@ static void test_handle_mapping(void) {
     CHECK(t_matches(v.data, 65537, v.length));
     CHECK_OK(mm_unmap(&v, &e), &e);
     CHECK_OK(mm_map_handle(h, MM_WRITE, 4097, 1000, 0, &v, &e), &e);
-    CHECK(v.reopen == NULL);
+    CHECK((v.flush_handle != NULL) == T_WRITE_VIEW_KEEPS_HANDLE);
     for (i = 0; i < 1000; i++)
         v.data[i] = 'h';
     CHECK_OK(mm_flush(&v, 0, 1000, 1, &e), &e);
@@ -1413,7 +1483,7 @@ static void test_unmap_twice(void) {
 
 static void test_no_descriptor_held(void) {
     char path[1100], missing[1100];
-    long before, after;
+    long before, during, after;
     mm_view r, w, c, x;
     mm_error e;
     t_path(path, sizeof path, "fds.bin");
@@ -1426,11 +1496,15 @@ static void test_no_descriptor_held(void) {
         return;
     }
     CHECK_OK(mm_map_path(path, MM_READ, 1, MM_TO_END, 0, &r, &e), &e);
-    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, 1000, 0, &w, &e), &e);
     CHECK_OK(mm_map_path(path, MM_COPY, 65537, 1000, 0, &c, &e), &e);
     after = t_handle_state();
     CHECK_U64(after, before);
-    /* failures close what they opened */
+    /* mm.h: on Windows a MM_WRITE view keeps one handle, for FlushFileBuffers */
+    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, 1000, 0, &w, &e), &e);
+    CHECK((w.flush_handle != NULL) == T_WRITE_VIEW_KEEPS_HANDLE);
+    during = t_handle_state();
+    CHECK(T_WRITE_VIEW_KEEPS_HANDLE ? during != before : during == before);
+    /* failures close what they opened (a MM_WRITE map that fails to grow: its flush handle) */
     CHECK_ST(mm_map_path(missing, MM_READ, 0, 10, 0, &x, &e), MM_E_OPEN, &e);
     CHECK_ST(mm_map_path(path, MM_READ, 0, 100001, 0, &x, &e), MM_E_RANGE, &e);
     CHECK_ST(mm_map_path(path, MM_READ, 100000, MM_TO_END, 0, &x, &e), MM_E_EMPTY, &e);
@@ -1438,8 +1512,9 @@ static void test_no_descriptor_held(void) {
     CHECK_ST(mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 62, MM_CREATE, &x, &e), MM_E_GROW,
              &e);
     CHECK_ST(mm_map_path(t_dir, MM_READ, 0, 10, 0, &x, &e), MM_E_STAT, &e);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 62, MM_GROW, &x, &e), MM_E_GROW, &e);
     after = t_handle_state();
-    CHECK_U64(after, before);
+    CHECK_U64(after, during);
     CHECK_OK(mm_flush(&r, 0, r.length, 1, &e), &e);
     CHECK_OK(mm_flush(&w, 0, w.length, 1, &e), &e);
     CHECK_OK(mm_unmap(&r, &e), &e);
@@ -1537,6 +1612,7 @@ static const t_case t_cases[] = {
     T_CASE(test_arg_error_code_zero),
     T_CASE(test_high_offset),
     T_CASE(test_flush),
+    T_CASE(test_flush_after_the_file_is_replaced),
     T_CASE(test_handle_mapping),
     T_CASE(test_advise),
     T_CASE(test_resident),
