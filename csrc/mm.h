@@ -72,7 +72,8 @@ typedef enum mm_status {
     MM_E_ARG = 1,    /* a bad argument (found before any OS call); code = 0 */
     MM_E_OPEN = 2,   /* open / CreateFileW failed */
     MM_E_STAT = 3,   /* fstat / GetFileSizeEx failed, or the path is not a regular file:
-                        code = EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory,
+                        code = EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory
+                        (whatever the access and flags, also when open refuses it),
                         ENODEV / ERROR_NOT_SUPPORTED for a FIFO, socket, device or a file
                         whose filesystem cannot size it (procfs). Opening never blocks: a
                         FIFO is refused, not waited on (O_NONBLOCK). */

@@ -328,8 +328,9 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
         fd = open(path, oflags);
     }
     if (fd < 0) {
-        /* open(2) on a directory with O_RDWR fails with EISDIR already. */
-        return mm_fail(err, MM_E_OPEN, errno);
+        /* open(2): a directory opened with O_RDWR fails with EISDIR already; it is reported as
+         * fstat would find it (mm.h: MM_E_STAT, EISDIR), as mm_win32.c does for CreateFileW. */
+        return mm_fail(err, errno == EISDIR ? MM_E_STAT : MM_E_OPEN, errno);
     }
 
     status = mm_map_fd(fd, access, offset, length, flags, view, err);
