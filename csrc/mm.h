@@ -177,7 +177,9 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
 int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err);
 
 /* Give the kernel advice about [start, start + length). Advice with no equivalent on a
- * platform is a documented no-op that returns MM_OK. */
+ * platform is a documented no-op that returns MM_OK. Advice never changes the bytes a view
+ * shows: MM_ADV_DONTNEED on a MM_COPY view keeps its private writes (POSIX: MADV_PAGEOUT,
+ * not MADV_DONTNEED, which would drop them; Windows: VirtualUnlock). */
 int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, mm_error *err);
 
 /* Count the pages of [start, start + length) that are resident in memory.

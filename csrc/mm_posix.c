@@ -36,6 +36,13 @@
 #ifndef MADV_NOHUGEPAGE
 #define MADV_NOHUGEPAGE (-1)
 #endif
+#ifndef MADV_PAGEOUT
+#if defined(__linux__)
+#define MADV_PAGEOUT 21 /* Linux 5.4, include/uapi/asm-generic/mman-common.h */
+#else
+#define MADV_PAGEOUT (-1)
+#endif
+#endif
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22 /* Linux 5.14, include/uapi/asm-generic/mman-common.h */
 #endif
@@ -395,17 +402,11 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     if (mm_page_range(view, start, length, &addr, &len) != 0)
         return mm_fail(err, MM_E_ARG, 0);
     native = table[advice];
-    if (advice == MM_ADV_DONTNEED && view->access == MM_COPY) {
-        /* madvise(2): MADV_DONTNEED on a private mapping discards its modified pages. Drop
-         * only pages wholly inside the range, never a neighbour's private writes. */
-        uint64_t delta = (uint64_t)(view->data - (char *)view->base), page = mm_page_size();
-        uint64_t lo = delta + start + page - 1, hi = mm_align_down(delta + start + length, page);
-        lo = mm_align_down(lo, page);
-        if (hi <= lo)
-            return mm_ok(err); /* no whole page inside the range */
-        addr = (char *)view->base + lo; /* lo < hi <= base_length: inside the mapping */
-        len = (size_t)(hi - lo);
-    }
+    if (advice == MM_ADV_DONTNEED && view->access == MM_COPY)
+        /* madvise(2): MADV_DONTNEED on a private mapping discards its modified pages, which
+         * Windows keeps (VirtualUnlock) and mm.h forbids; MADV_PAGEOUT reclaims the range
+         * with "the contents of the pages preserved" (Linux 5.4; EINVAL before: no-op). */
+        native = MADV_PAGEOUT;
     if (len == 0 || native < 0) /* advice this system lacks: documented no-op */
         return mm_ok(err);
     if (advice == MM_ADV_POPULATE_WRITE && view->access == MM_READ)
@@ -413,6 +414,8 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     if (madvise(addr, len, native) != 0) {
         /* MADV_POPULATE_* before Linux 5.14: EINVAL. Fall back to touching one byte per page,
          * which faults the same pages in (only for reads: a write would dirty them). */
+        if (errno == EINVAL && native == MADV_PAGEOUT)
+            return mm_ok(err); /* a kernel without it: documented no-op */
         if (errno == EINVAL && (advice == MM_ADV_POPULATE_READ || advice == MM_ADV_POPULATE_WRITE)) {
             volatile char sink = 0;
             size_t i, page = (size_t)mm_page_size();

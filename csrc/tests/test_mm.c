@@ -1375,6 +1375,36 @@ static void test_advise(void) {
     CHECK(t_remove(path) == 0);
 }
 
+/* mm.h, mm_advise: advice never changes the bytes a view shows. MM_ADV_DONTNEED on a
+ * copy-on-write view keeps its private writes on both systems (madvise(2) MADV_DONTNEED
+ * would drop them on POSIX; VirtualUnlock keeps them on Windows). */
+static void test_dontneed_keeps_private_writes(void) {
+    char path[1100];
+    uint64_t size = 4 * mm_alignment(), i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "dontneed-copy.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_COPY, 0, MM_TO_END, 0, &v, &e), &e);
+    for (i = 0; i < v.length; i++)
+        v.data[i] = 'p';
+    CHECK_OK(mm_advise(&v, 0, v.length, MM_ADV_DONTNEED, &e), &e);
+    CHECK_OK(mm_advise(&v, 100, 3 * mm_page_size(), MM_ADV_DONTNEED, &e), &e);
+    for (i = 0; i < v.length; i++)
+        CHECK(v.data[i] == 'p');
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_file_matches(path, 0, (size_t)size));
+    /* a shared view: the writes are the file's, DONTNEED keeps them too */
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, MM_TO_END, 0, &v, &e), &e);
+    for (i = 0; i < v.length; i++)
+        v.data[i] = 's';
+    CHECK_OK(mm_advise(&v, 0, v.length, MM_ADV_DONTNEED, &e), &e);
+    for (i = 0; i < v.length; i++)
+        CHECK(v.data[i] == 's');
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
 static void test_populate_ahead(void) {
     char path[1100];
     uint64_t page = mm_page_size(), len = 40 * page + 123, resident = 0, total = 0;
@@ -1625,6 +1655,7 @@ static const t_case t_cases[] = {
     T_CASE(test_utf8_path),
     T_CASE(test_zero_length_ranges),
     T_CASE(test_populate_ahead),
+    T_CASE(test_dontneed_keeps_private_writes),
 };
 
 int main(int argc, char **argv) {
