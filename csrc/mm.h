@@ -158,7 +158,11 @@ static inline uint64_t mm_align_down(uint64_t value, uint64_t alignment) {
  * size_t.
  * On success fills *view and err->file_size (the size after any growth) and returns MM_OK.
  * On failure *view is zeroed, the returned status is also in err->status, and the file has
- * the size and content it had before the call (a file the call created is removed). */
+ * the size and content it had before the call (a file the call created is removed). Two
+ * exceptions: a reset (MM_TRUNCATE, or MM_CREATE of an existing file) whose mapping then
+ * fails leaves the file reset; and on Windows, a reset refused because the file is mapped
+ * (MM_E_GROW, ERROR_USER_MAPPED_FILE; POSIX allows it) after it grew the file keeps the
+ * content but may leave the file grown by zeros (mm_win32.c). */
 int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
                 mm_view *view, mm_error *err);
 

@@ -285,6 +285,8 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
         mflags |= MAP_POPULATE;
     base = mmap(NULL, (size_t)(plan.delta + plan.length), prot, mflags, fd, (off_t)map_offset);
     if (base == MAP_FAILED) {
+        if (plan.grow)
+            mm_restore_size(fd, size); /* mm.h: a failed call leaves the old size */
         memset(view, 0, sizeof(*view));
         return mm_fail(err, MM_E_MAP, errno);
     }

@@ -33,8 +33,12 @@
  *  - mm_resident counts pages whose working-set Valid bit is set (QueryWorkingSetEx): pages
  *    mapped in this process, not pages merely cached by the system.
  *  - Windows refuses to truncate a file that has a live mapped view ("SetEndOfFile function
- *    (fileapi.h)"), so MM_CREATE on a file this process still maps fails with MM_E_OPEN
- *    (ERROR_USER_MAPPED_FILE).
+ *    (fileapi.h)"), so MM_TRUNCATE, or MM_CREATE of an existing file, on a file this process
+ *    still maps fails with MM_E_GROW (ERROR_USER_MAPPED_FILE), the file as it was (mm.h).
+ *    A reset that grew the file first (to prove the disk holds the new size) shrinks it back.
+ *    Where that shrink is refused too (wine 8 refuses any shrink of a mapped file; the
+ *    SetEndOfFile doc asks to unmap every view first) the file keeps its content but stays
+ *    grown, zeros added: the one case where a failed call changes the file's size.
  */
 #define WIN32_LEAN_AND_MEAN
 #include <windows.h>
@@ -129,6 +133,13 @@ static BOOL mm_win_allocate(HANDLE file, uint64_t size) {
     return SetFileInformationByHandle(file, FileAllocationInfo, &alloc, sizeof alloc);
 }
 
+/* Put the end of file and the allocation back at old_size after a failed grow, or after a
+ * grow whose mapping failed. Best effort: the caller reports the first error. */
+static void mm_win_restore_size(HANDLE file, uint64_t old_size) {
+    (void)mm_win_set_size(file, old_size);
+    (void)mm_win_allocate(file, old_size);
+}
+
 /* Extend the file from old_size to new_size bytes. The allocation is only a hint: file
  * systems and emulations that refuse it still get the plain SetEndOfFile, which reports a
  * full disk. A failure puts the end of file (and the allocation) back at old_size. */
@@ -136,10 +147,8 @@ static DWORD mm_win_grow(HANDLE file, uint64_t old_size, uint64_t new_size) {
     DWORD code;
     (void)mm_win_allocate(file, new_size);
     code = mm_win_set_size(file, new_size);
-    if (code != 0) {
-        (void)mm_win_set_size(file, old_size);
-        (void)mm_win_allocate(file, old_size);
-    }
+    if (code != 0)
+        mm_win_restore_size(file, old_size);
     return code;
 }
 
@@ -148,7 +157,9 @@ static DWORD mm_win_grow(HANDLE file, uint64_t old_size, uint64_t new_size) {
  * disk (or an impossible size) fails there, and mm_win_grow puts the file back as it was.
  * Only then is the end of file set to 0 and grown to `end` again, into the space just shown
  * to be free (unless another process takes it in between). The allocation alone is no proof:
- * emulations accept FileAllocationInfo without reserving anything. */
+ * emulations accept FileAllocationInfo without reserving anything. Cutting the file to 0
+ * fails with ERROR_USER_MAPPED_FILE while a view of it exists ("SetEndOfFile function
+ * (fileapi.h)"): the grow is undone then, so the file keeps its size and content. */
 static DWORD mm_win_reset(HANDLE file, uint64_t old_size, uint64_t end) {
     DWORD code;
     if (end > old_size) {
@@ -157,8 +168,11 @@ static DWORD mm_win_reset(HANDLE file, uint64_t old_size, uint64_t end) {
             return code;
     }
     code = mm_win_set_size(file, 0);
-    if (code != 0)
+    if (code != 0) {
+        if (end > old_size)
+            mm_win_restore_size(file, old_size);
         return code;
+    }
     return end > 0 ? mm_win_grow(file, 0, end) : 0;
 }
 
@@ -241,15 +255,20 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
      * ERROR_FILE_INVALID of mapping an empty file cannot happen. */
     mapping = CreateFileMappingW(file, NULL, mm_win_protect[access], (DWORD)(plan.end >> 32),
                                  (DWORD)(plan.end & 0xFFFFFFFFu), NULL);
-    if (mapping == NULL)
-        return mm_win_fail_dropping(flush_handle, err, MM_E_MAP, GetLastError());
-    base = MapViewOfFile(mapping, mm_win_view_access[access], (DWORD)(aligned >> 32),
-                         (DWORD)(aligned & 0xFFFFFFFFu), (SIZE_T)span);
-    code = base == NULL ? GetLastError() : 0;
-    /* The view keeps the section alive ("CreateFileMappingW function (memoryapi.h)"). */
-    CloseHandle(mapping);
-    if (base == NULL)
+    base = NULL;
+    code = mapping == NULL ? GetLastError() : 0;
+    if (mapping != NULL) {
+        base = MapViewOfFile(mapping, mm_win_view_access[access], (DWORD)(aligned >> 32),
+                             (DWORD)(aligned & 0xFFFFFFFFu), (SIZE_T)span);
+        code = base == NULL ? GetLastError() : 0;
+        /* The view keeps the section alive ("CreateFileMappingW function (memoryapi.h)"). */
+        CloseHandle(mapping);
+    }
+    if (base == NULL) {
+        if (plan.grow)
+            mm_win_restore_size(file, size); /* mm.h: a failed call leaves the old size */
         return mm_win_fail_dropping(flush_handle, err, MM_E_MAP, code);
+    }
 
     view->base = base;
     view->base_length = span;

@@ -31,6 +31,7 @@
 #define T_ENODEV 50  /* ERROR_NOT_SUPPORTED */
 #define T_SEP "\\"
 #define T_WRITE_VIEW_KEEPS_HANDLE 1 /* mm.h: a MM_WRITE view's flush handle */
+#define T_RESET_UNDER_A_VIEW_FAILS 1 /* mm.h, MM_TRUNCATE: ERROR_USER_MAPPED_FILE */
 
 static wchar_t *t_wide(const char *path) {
     int n = MultiByteToWideChar(CP_UTF8, 0, path, -1, NULL, 0);
@@ -121,6 +122,14 @@ static mm_handle t_open_rw(const char *path) {
     HANDLE h = CreateFileW(w, GENERIC_READ | GENERIC_WRITE,
                            FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
                            OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    free(w);
+    return h == INVALID_HANDLE_VALUE ? (mm_handle)-1 : (mm_handle)h;
+}
+
+static mm_handle t_open_wo(const char *path) {
+    wchar_t *w = t_wide(path);
+    HANDLE h = CreateFileW(w, GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                           NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
     free(w);
     return h == INVALID_HANDLE_VALUE ? (mm_handle)-1 : (mm_handle)h;
 }
@@ -217,6 +226,7 @@ static int t_is_wine(void) {
 #define T_ENODEV ENODEV
 #define T_SEP "/"
 #define T_WRITE_VIEW_KEEPS_HANDLE 0
+#define T_RESET_UNDER_A_VIEW_FAILS 0
 
 static FILE *t_fopen(const char *path, const char *mode) { return fopen(path, mode); }
 static int t_remove(const char *path) { return unlink(path); }
@@ -244,6 +254,7 @@ static const char *t_default_tmp(void) {
 static unsigned long t_pid(void) { return (unsigned long)getpid(); }
 
 static mm_handle t_open_rw(const char *path) { return (mm_handle)open(path, O_RDWR); }
+static mm_handle t_open_wo(const char *path) { return (mm_handle)open(path, O_WRONLY); }
 static int t_close(mm_handle h) { return close((int)h); }
 static int t_seek(mm_handle h, int64_t pos) {
     return lseek((int)h, (off_t)pos, SEEK_SET) == (off_t)pos ? 0 : -1;
@@ -750,6 +761,64 @@ static void test_failed_reset_keeps_the_file(void) {
     CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_CREATE, &v, &e), MM_E_ARG, &e);
     CHECK_U64(t_file_size(path), 20000);
     CHECK(t_remove(path) == 0);
+}
+
+/* mm.h: on failure the file has the size it had before the call, also when the mapping
+ * itself fails after the file was grown: a write-only handle can be grown but not mapped
+ * for reading (mmap(2) EACCES; CreateFileMappingW needs GENERIC_READ). */
+static void test_failed_map_after_grow_keeps_the_size(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    mm_handle h;
+    t_path(path, sizeof path, "grow-then-fail.bin");
+    CHECK(t_write_pattern(path, 5000) == 0);
+    h = t_open_wo(path);
+    CHECK(h != (mm_handle)-1);
+    t_poison(&v);
+    CHECK_ST(mm_map_handle(h, MM_READ, 0, 3 * mm_alignment(), MM_GROW, &v, &e), MM_E_MAP, &e);
+    CHECK(e.code != 0);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_close(h) == 0);
+    CHECK_U64(t_file_size(path), 5000);
+    CHECK(t_file_matches(path, 0, 5000));
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h, MM_TRUNCATE: resetting a file this process maps is allowed on POSIX and refused by
+ * Windows; refused, the file keeps its content, and its size unless the reset had grown it
+ * and the system refuses to shrink a mapped file back (mm.h). */
+static void test_reset_under_a_live_view(void) {
+    static const uint64_t lengths[] = {100, 400000};
+    char path[1100];
+    size_t i;
+    mm_view r, w;
+    mm_error e;
+    t_path(path, sizeof path, "reset-mapped.bin");
+    for (i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+        CHECK(t_write_pattern(path, 300000) == 0);
+        CHECK_OK(mm_map_path(path, MM_READ, 0, 50, 0, &r, &e), &e);
+        if (T_RESET_UNDER_A_VIEW_FAILS) {
+            CHECK_ST(mm_map_path(path, MM_WRITE, 0, lengths[i], MM_CREATE, &w, &e), MM_E_GROW,
+                     &e);
+            CHECK(e.code != 0);
+            CHECK(t_file_matches(path, 0, 300000));
+            CHECK(t_matches(r.data, 0, 50));
+            /* a reset that grew the file first shrinks it back where the system lets it
+             * (wine 8 never does while the file is mapped): old size, or grown by zeros */
+            if (lengths[i] <= 300000)
+                CHECK_U64(t_file_size(path), 300000);
+            else
+                CHECK(t_file_size(path) == 300000 || t_file_size(path) == (int64_t)lengths[i]);
+        } else {
+            CHECK_OK(mm_map_path(path, MM_WRITE, 0, lengths[i], MM_CREATE, &w, &e), &e);
+            CHECK_U64(t_file_size(path), lengths[i]);
+            CHECK(r.data[0] == 0 && r.data[49] == 0); /* the live view sees the reset */
+            CHECK_OK(mm_unmap(&w, &e), &e);
+        }
+        CHECK_OK(mm_unmap(&r, &e), &e);
+        CHECK(t_remove(path) == 0);
+    }
 }
 
 /* MM_TRUNCATE through a handle: the old content becomes zeros of the new size. */
@@ -1629,6 +1698,8 @@ static const t_case t_cases[] = {
     T_CASE(test_zero_length_checks_the_file),
     T_CASE(test_failed_reset_keeps_the_file),
     T_CASE(test_truncate_through_a_handle),
+    T_CASE(test_reset_under_a_live_view),
+    T_CASE(test_failed_map_after_grow_keeps_the_size),
     T_CASE(test_fifo_is_refused_without_blocking),
     T_CASE(test_pseudo_file_is_never_grown),
     T_CASE(test_range_error),
