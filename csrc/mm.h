@@ -4,7 +4,9 @@
  * Plain C99, no Python.h. Two files implement every function declared here with the same
  * behaviour: mm_posix.c (mmap/munmap/msync/madvise/mincore) and mm_win32.c
  * (CreateFileMapping/MapViewOfFile/FlushViewOfFile/UnmapViewOfFile). The build picks one
- * file; no function body contains a platform #ifdef.
+ * file; no function body contains a platform #ifdef. Where the systems themselves differ
+ * (OS error codes, what mm_resident counts, resetting a file that is mapped, the one handle
+ * a Windows MM_WRITE view keeps) this header says so where it applies.
  *
  * Rules every implementation follows:
  *  - Callers never see alignment. A request for [offset, offset + length) is mapped from
@@ -25,7 +27,8 @@
  *    dropped. Every other pointer parameter (view, path, resident, total, consumer, stop) must
  *    not be NULL: a NULL one is MM_E_ARG.
  *  - The rules both files share (argument checks and their order, what a map does to the
- *    file it has sized, page ranges) are written once, in the private header mm_internal.h.
+ *    file it has sized, page ranges, cached sizes) are written once, in the private header
+ *    mm_internal.h.
  *  - Byte ranges passed to flush/advise/resident are relative to `data` and must lie inside
  *    [0, length); the layer aligns them to pages itself. A view with nothing mapped (zeroed,
  *    or made with length 0) has no range: MM_E_ARG.
@@ -142,7 +145,8 @@ static inline uint64_t mm_align_down(uint64_t value, uint64_t alignment) {
     return value - value % alignment;
 }
 
-/* Open the file at `path` (UTF-8; on POSIX the bytes are passed to open() as they are),
+/* Open the file at `path` (UTF-8; on POSIX the bytes are passed to open() as they are; on
+ * Windows a path that is not valid UTF-8 is MM_E_OPEN, ERROR_NO_UNICODE_TRANSLATION),
  * size it, optionally create/grow it, map [offset, offset + length) and close the file.
  * `length == MM_TO_END` maps to the end of the file (MM_E_EMPTY if that is nothing).
  * `length == 0` maps nothing: the file is opened, checked, created, reset or grown to
@@ -187,7 +191,9 @@ int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_
 int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, mm_error *err);
 
 /* Count the pages of [start, start + length) that are resident in memory.
- * Fills *resident and *total (pages). */
+ * Fills *resident and *total (pages). What counts differs with the system: POSIX, pages in
+ * the page cache (mincore(2)); Windows, pages in this process's working set
+ * (QueryWorkingSetEx), so a page prefetched but not yet touched does not count. */
 int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
                 uint64_t *total, mm_error *err);
 
