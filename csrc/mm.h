@@ -4,7 +4,9 @@
  * Plain C99, no Python.h. Two files implement every function declared here with the same
  * behaviour: mm_posix.c (mmap/munmap/msync/madvise/mincore) and mm_win32.c
  * (CreateFileMapping/MapViewOfFile/FlushViewOfFile/UnmapViewOfFile). The build picks one
- * file; no function body contains a platform #ifdef.
+ * file; no function body contains a platform #ifdef. Where the systems themselves differ
+ * (OS error codes, what mm_resident counts, resetting a file that is mapped, the one handle
+ * a Windows MM_WRITE view keeps) this header says so where it applies.
  *
  * Rules every implementation follows:
  *  - Callers never see alignment. A request for [offset, offset + length) is mapped from
@@ -12,12 +14,24 @@
  *    the requested byte. Unmap uses the aligned base.
  *  - All offsets and lengths are 64-bit.
  *  - A live view holds no file descriptor, file handle or mapping handle: they are closed
- *    as soon as the view exists.
+ *    as soon as the view exists. One exception, on Windows: a MM_WRITE view keeps a duplicate
+ *    of the file handle (view->flush_handle) because "FlushFileBuffers function (fileapi.h)"
+ *    needs a handle for a durable flush, and reopening the file by path could reach another
+ *    file (renamed over it) or none. The duplicate names the file object the view keeps open
+ *    anyway ("UnmapViewOfFile function (memoryapi.h)"), so it changes no sharing or delete
+ *    rule; mm_unmap closes it. POSIX needs none: msync(2) works on the mapping.
  *  - Errors are a status code (mm_status) plus the OS error code saved at the failing call
  *    (errno on POSIX, GetLastError() on Windows) in an mm_error the caller owns. Nothing is
  *    printed, nothing global is written.
+ *  - `err` may be NULL in every function: the status is still returned, the details are
+ *    dropped. Every other pointer parameter (view, path, resident, total, consumer, stop) must
+ *    not be NULL: a NULL one is MM_E_ARG.
+ *  - The rules both files share (argument checks and their order, what a map does to the
+ *    file it has sized, page ranges, cached sizes) are written once, in the private header
+ *    mm_internal.h.
  *  - Byte ranges passed to flush/advise/resident are relative to `data` and must lie inside
- *    [0, length); the layer aligns them to pages itself.
+ *    [0, length); the layer aligns them to pages itself. A view with nothing mapped (zeroed,
+ *    or made with length 0) has no range: MM_E_ARG.
  */
 #ifndef MM_H
 #define MM_H
@@ -58,17 +72,21 @@ enum {
 
 typedef enum mm_status {
     MM_OK = 0,
-    MM_E_ARG = 1,    /* a bad argument (no OS call made); code = 0 */
+    MM_E_ARG = 1,    /* a bad argument (found before any OS call); code = 0 */
     MM_E_OPEN = 2,   /* open / CreateFileW failed */
     MM_E_STAT = 3,   /* fstat / GetFileSizeEx failed, or the path is not a regular file:
-                        code = EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory,
+                        code = EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory
+                        (whatever the access and flags, also when open refuses it),
                         ENODEV / ERROR_NOT_SUPPORTED for a FIFO, socket, device or a file
                         whose filesystem cannot size it (procfs). Opening never blocks: a
                         FIFO is refused, not waited on (O_NONBLOCK). */
     MM_E_RANGE = 4,  /* offset + length lies past the end of the file and MM_GROW was not
                         given; mm_error.file_size holds the size found; code = 0 */
     MM_E_GROW = 5,   /* growing or allocating the file failed (ENOSPC, EFBIG, ...) */
-    MM_E_MAP = 6,    /* mmap / CreateFileMapping / MapViewOfFile failed */
+    MM_E_MAP = 6,    /* mmap / CreateFileMapping / MapViewOfFile failed, or the view is larger
+                        than size_t can hold (32-bit hosts only): code = EOVERFLOW (mmap(2)'s
+                        code for it) / ERROR_ARITHMETIC_OVERFLOW, found after the file is
+                        sized and before it is grown, reset or mapped */
     MM_E_FLUSH = 7,  /* msync / FlushViewOfFile / FlushFileBuffers failed */
     MM_E_UNMAP = 8,  /* munmap / UnmapViewOfFile failed */
     MM_E_ADVISE = 9, /* madvise / PrefetchVirtualMemory failed */
@@ -93,8 +111,8 @@ typedef struct mm_view {
     /* ---- private ---- */
     void *base;          /* what the OS returned, aligned to mm_alignment() */
     uint64_t base_length;/* delta + length: what was mapped from base */
-    void *reopen;        /* Windows: owned wide path, reopened by flush for FlushFileBuffers.
-                            POSIX: always NULL. */
+    void *flush_handle;  /* Windows, MM_WRITE views with bytes: an owned duplicate of the file
+                            handle, for FlushFileBuffers. Otherwise (and on POSIX) NULL. */
 } mm_view;
 
 /* Advice for mm_advise. */
@@ -117,7 +135,9 @@ typedef intptr_t mm_handle;
  * the allocation granularity (64 KiB) on Windows. */
 uint64_t mm_alignment(void);
 
-/* The size of a page (what flush/advise/resident round ranges to). */
+/* The size of a page (what flush/advise/resident round ranges to).
+ * Both values are read from the OS by the first call (sysconf(3); GetSystemInfo) and cached:
+ * threads racing on that first call store the same value. */
 uint64_t mm_page_size(void);
 
 /* The pure alignment arithmetic, shared by both implementations and tested directly. */
@@ -125,15 +145,28 @@ static inline uint64_t mm_align_down(uint64_t value, uint64_t alignment) {
     return value - value % alignment;
 }
 
-/* Open the file at `path` (UTF-8; on POSIX the bytes are passed to open() as they are),
+/* Open the file at `path` (UTF-8; on POSIX the bytes are passed to open() as they are; on
+ * Windows a path that is not valid UTF-8 is MM_E_OPEN, ERROR_NO_UNICODE_TRANSLATION),
  * size it, optionally create/grow it, map [offset, offset + length) and close the file.
  * `length == MM_TO_END` maps to the end of the file (MM_E_EMPTY if that is nothing).
  * `length == 0` maps nothing: the file is opened, checked, created, reset or grown to
  * `offset` as it would be for data, and the call returns MM_OK with view->data == NULL and
  * view->file_id set (mm_unmap of it is a no-op).
+ * Arguments are checked before any OS call, in this order, each failing with MM_E_ARG: view
+ * NULL; path NULL (mm_map_handle: an invalid handle, or MM_CREATE); access; unknown flags;
+ * MM_TO_END with MM_CREATE or MM_TRUNCATE; offset, or offset + length, past INT64_MAX (no
+ * file ends there: off_t and LARGE_INTEGER are signed 64-bit). Only then is the file opened:
+ * a file that cannot be opened (missing: ENOENT / ERROR_FILE_NOT_FOUND) is MM_E_OPEN
+ * whatever the offset, length and flags, and so is an empty path. Once the file is sized, and
+ * before it is changed: MM_E_EMPTY, then MM_E_RANGE, then MM_E_MAP for a view too large for
+ * size_t.
  * On success fills *view and err->file_size (the size after any growth) and returns MM_OK.
  * On failure *view is zeroed, the returned status is also in err->status, and the file has
- * the size and content it had before the call (a file the call created is removed). */
+ * the size and content it had before the call (a file the call created is removed). Two
+ * exceptions: a reset (MM_TRUNCATE, or MM_CREATE of an existing file) whose mapping then
+ * fails leaves the file reset; and on Windows, a reset refused because the file is mapped
+ * (MM_E_GROW, ERROR_USER_MAPPED_FILE; POSIX allows it) after it grew the file keeps the
+ * content but may leave the file grown by zeros (mm_win32.c). */
 int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
                 mm_view *view, mm_error *err);
 
@@ -145,16 +178,22 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
 
 /* Write dirty pages of [start, start + length) of the view back to the file.
  * sync != 0: durable, returns after the data reached storage (msync(MS_SYNC);
- * FlushViewOfFile + FlushFileBuffers). sync == 0: schedule the write-back and return.
+ * FlushViewOfFile + FlushFileBuffers), for views made by path or by handle alike, and into
+ * the file the view maps even if its path names another file (or none) by now.
+ * sync == 0: schedule the write-back and return.
  * A no-op returning MM_OK for MM_READ and MM_COPY views. */
 int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err);
 
 /* Give the kernel advice about [start, start + length). Advice with no equivalent on a
- * platform is a documented no-op that returns MM_OK. */
+ * platform is a documented no-op that returns MM_OK. Advice never changes the bytes a view
+ * shows: MM_ADV_DONTNEED on a MM_COPY view keeps its private writes (POSIX: MADV_PAGEOUT,
+ * not MADV_DONTNEED, which would drop them; Windows: VirtualUnlock). */
 int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, mm_error *err);
 
 /* Count the pages of [start, start + length) that are resident in memory.
- * Fills *resident and *total (pages). */
+ * Fills *resident and *total (pages). What counts differs with the system: POSIX, pages in
+ * the page cache (mincore(2)); Windows, pages in this process's working set
+ * (QueryWorkingSetEx), so a page prefetched but not yet touched does not count. */
 int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
                 uint64_t *total, mm_error *err);
 

@@ -14,6 +14,7 @@
 #endif
 
 #include "mm.h"
+#include "mm_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +35,13 @@
 #endif
 #ifndef MADV_NOHUGEPAGE
 #define MADV_NOHUGEPAGE (-1)
+#endif
+#ifndef MADV_PAGEOUT
+#if defined(__linux__)
+#define MADV_PAGEOUT 21 /* Linux 5.4, include/uapi/asm-generic/mman-common.h */
+#else
+#define MADV_PAGEOUT (-1)
+#endif
 #endif
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22 /* Linux 5.14, include/uapi/asm-generic/mman-common.h */
@@ -107,30 +115,20 @@ static int mm_fallocate_zero(int fd, uint64_t length) {
 }
 #endif
 
-static uint64_t mm_cached_page_size;
+/* off_t must hold every offset up to INT64_MAX (MM_MAX_FILE_END): _FILE_OFFSET_BITS=64. */
+typedef char mm_off_t_is_64_bit[sizeof(off_t) >= 8 ? 1 : -1];
 
-uint64_t mm_page_size(void) {
-    if (mm_cached_page_size == 0) {
-        long size = sysconf(_SC_PAGESIZE);
-        mm_cached_page_size = size > 0 ? (uint64_t)size : 4096;
-    }
-    return mm_cached_page_size;
+static volatile uint32_t mm_page_size_slot; /* 0 until the first call (mm_cached) */
+
+static uint32_t mm_load_page_size(void) {
+    long size = sysconf(_SC_PAGESIZE); /* sysconf(3); -1 is an error */
+    return size > 0 ? (uint32_t)size : 4096;
 }
+
+uint64_t mm_page_size(void) { return mm_cached(&mm_page_size_slot, mm_load_page_size); }
 
 /* mmap(2): "offset must be a multiple of the page size as returned by sysconf(_SC_PAGE_SIZE)". */
 uint64_t mm_alignment(void) { return mm_page_size(); }
-
-static int mm_fail(mm_error *err, int status, int64_t code) {
-    err->status = status;
-    err->code = code;
-    return status;
-}
-
-static int mm_ok(mm_error *err) {
-    err->status = MM_OK;
-    err->code = 0;
-    return MM_OK;
-}
 
 /* posix_fallocate(3) and fallocate(2): these errors mean "this filesystem cannot
  * preallocate", not "no space". */
@@ -246,8 +244,9 @@ static void mm_populate_for_reading(char *base, size_t length) {
 static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int flags,
                      mm_view *view, mm_error *err) {
     struct stat st;
-    uint64_t size, end, delta, map_offset;
-    int prot, mflags;
+    uint64_t size, map_offset;
+    mm_plan plan;
+    int prot, mflags, status;
     void *base;
 
     if (fstat(fd, &st) != 0)
@@ -259,70 +258,51 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
     size = (uint64_t)st.st_size;
     err->file_size = size;
 
-    if (length == MM_TO_END) {
-        if (offset >= size)
-            return mm_fail(err, MM_E_EMPTY, 0);
-        length = size - offset;
-    }
-    end = offset + length; /* no overflow: checked by the callers, or length = size - offset */
-    if (((flags & MM_TRUNCATE) || ((flags & MM_GROW) && end > size)) && mm_is_pseudo_fs(fd))
+    /* MM_E_MAP from the plan: the view does not fit in size_t (32-bit hosts), mmap(2)'s
+     * EOVERFLOW; found before the file is changed. */
+    status = mm_plan_map(size, offset, length, flags, mm_alignment(), (uint64_t)SIZE_MAX, &plan);
+    if (status != MM_OK)
+        return mm_fail(err, status, status == MM_E_MAP ? EOVERFLOW : 0);
+    if ((plan.reset || plan.grow) && mm_is_pseudo_fs(fd))
         return mm_fail(err, MM_E_STAT, ENODEV); /* a kernel interface, not a data file */
-    if (flags & MM_TRUNCATE) {
+    if (plan.reset) {
         /* st_blocks counts 512-byte units (stat(2)) */
-        if (mm_reset(fd, size, end, (uint64_t)st.st_blocks * 512u, err) != MM_OK)
+        if (mm_reset(fd, size, plan.end, (uint64_t)st.st_blocks * 512u, err) != MM_OK)
             return err->status;
-        err->file_size = end;
-    } else if (end > size) {
-        if (!(flags & MM_GROW))
-            return mm_fail(err, MM_E_RANGE, 0);
-        if (mm_grow(fd, size, end, err) != MM_OK)
+        err->file_size = plan.end;
+    } else if (plan.grow) {
+        if (mm_grow(fd, size, plan.end, err) != MM_OK)
             return err->status;
-        err->file_size = end;
+        err->file_size = plan.end;
     }
     view->access = access;
     view->file_id[0] = (uint64_t)st.st_dev;
     view->file_id[1] = (uint64_t)st.st_ino;
-    if (length == 0)
+    if (plan.length == 0)
         return mm_ok(err); /* nothing to map: the file is checked, created or grown */
 
-    delta = offset % mm_alignment();
-    map_offset = offset - delta;
-    if (length > (uint64_t)SIZE_MAX - delta || (uint64_t)(off_t)map_offset != map_offset) {
-        memset(view, 0, sizeof(*view));
-        return mm_fail(err, MM_E_MAP, EOVERFLOW); /* mmap(2): EOVERFLOW, on 32-bit hosts */
-    }
-
+    map_offset = offset - plan.delta; /* <= INT64_MAX (mm_map_begin): a valid 64-bit off_t */
     prot = access == MM_READ ? PROT_READ : PROT_READ | PROT_WRITE;
     mflags = access == MM_COPY ? MAP_PRIVATE : MAP_SHARED;
     if ((flags & MM_POPULATE) && access != MM_COPY)
         mflags |= MAP_POPULATE;
-    base = mmap(NULL, (size_t)(delta + length), prot, mflags, fd, (off_t)map_offset);
+    base = mmap(NULL, (size_t)(plan.delta + plan.length), prot, mflags, fd, (off_t)map_offset);
     if (base == MAP_FAILED) {
+        if (plan.grow)
+            mm_restore_size(fd, size); /* mm.h: a failed call leaves the old size */
         memset(view, 0, sizeof(*view));
         return mm_fail(err, MM_E_MAP, errno);
     }
     if ((flags & MM_POPULATE) && access == MM_COPY)
-        mm_populate_for_reading((char *)base, (size_t)(delta + length));
+        mm_populate_for_reading((char *)base, (size_t)(plan.delta + plan.length));
 
     view->base = base;
-    view->base_length = delta + length;
+    view->base_length = plan.delta + plan.length;
     /* delta < alignment <= base_length, so base + delta is inside the mapping. */
-    view->data = (char *)base + delta;
-    view->length = length;
-    view->reopen = NULL;
+    view->data = (char *)base + plan.delta;
+    view->length = plan.length;
+    view->flush_handle = NULL; /* msync(2) needs no descriptor */
     return mm_ok(err);
-}
-
-static int mm_check_args(int access, int flags, mm_view *view, mm_error *err) {
-    memset(view, 0, sizeof(*view));
-    err->status = MM_OK;
-    err->code = 0;
-    err->file_size = 0;
-    if (access != MM_READ && access != MM_WRITE && access != MM_COPY)
-        return mm_fail(err, MM_E_ARG, 0);
-    if ((flags & ~(MM_CREATE | MM_GROW | MM_POPULATE | MM_TRUNCATE)) != 0)
-        return mm_fail(err, MM_E_ARG, 0);
-    return MM_OK;
 }
 
 static void mm_close_keep_errno(int fd) {
@@ -334,16 +314,11 @@ static void mm_close_keep_errno(int fd) {
 int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
                 mm_view *view, mm_error *err) {
     int fd, created = 0, oflags, status;
+    mm_error spare;
 
-    if (mm_check_args(access, flags, view, err) != MM_OK)
+    err = mm_err_or(err, &spare);
+    if (mm_map_begin(view, access, offset, length, flags, path == NULL, err) != MM_OK)
         return err->status;
-    if (path == NULL || path[0] == '\0')
-        return mm_fail(err, MM_E_OPEN, ENOENT);
-
-    if (length != MM_TO_END && offset > UINT64_MAX - length)
-        return mm_fail(err, MM_E_ARG, 0); /* offset + length overflows: refused before open */
-    if ((flags & (MM_CREATE | MM_TRUNCATE)) && length == MM_TO_END)
-        return mm_fail(err, MM_E_ARG, 0); /* no size to create or reset the file to */
     /* Growing, creating or resetting writes to the file even for a read-only or private
      * view. open(2) O_NONBLOCK: a FIFO opens at once (and is refused by mm_map_fd) instead of
      * waiting for a writer; it changes nothing for a regular file's mapping. */
@@ -365,8 +340,9 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
         fd = open(path, oflags);
     }
     if (fd < 0) {
-        /* open(2) on a directory with O_RDWR fails with EISDIR already. */
-        return mm_fail(err, MM_E_OPEN, errno);
+        /* open(2): a directory opened with O_RDWR fails with EISDIR already; it is reported as
+         * fstat would find it (mm.h: MM_E_STAT, EISDIR), as mm_win32.c does for CreateFileW. */
+        return mm_fail(err, errno == EISDIR ? MM_E_STAT : MM_E_OPEN, errno);
     }
 
     status = mm_map_fd(fd, access, offset, length, flags, view, err);
@@ -378,36 +354,25 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
 
 int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
                   mm_view *view, mm_error *err) {
-    if (mm_check_args(access, flags, view, err) != MM_OK)
+    mm_error spare;
+    /* a descriptor is an int >= 0 (open(2)) */
+    int bad_handle = handle < 0 || handle > INT32_MAX || (flags & MM_CREATE);
+
+    err = mm_err_or(err, &spare);
+    if (mm_map_begin(view, access, offset, length, flags, bad_handle, err) != MM_OK)
         return err->status;
-    if (flags & MM_CREATE)
-        return mm_fail(err, MM_E_ARG, 0);
-    if (handle < 0 || handle > INT32_MAX)
-        return mm_fail(err, MM_E_ARG, 0);
-    if (length != MM_TO_END && offset > UINT64_MAX - length)
-        return mm_fail(err, MM_E_ARG, 0);
-    if ((flags & MM_TRUNCATE) && length == MM_TO_END)
-        return mm_fail(err, MM_E_ARG, 0);
     return mm_map_fd((int)handle, access, offset, length, flags, view, err);
 }
 
 /* Turn [start, start + length) of the view into a page-aligned address range inside the
- * mapping. Returns 0 and fills *addr and *len, or -1 for a range outside the view. */
+ * mapping (mm_view_range). Returns 0 and fills *addr and *len (0 for an empty range), or -1
+ * for no view or a range outside it. */
 static int mm_page_range(const mm_view *view, uint64_t start, uint64_t length, char **addr,
                          size_t *len) {
-    uint64_t delta, first, last;
-    if (view->base == NULL || start > view->length || length > view->length - start)
+    uint64_t first, last;
+    if (mm_view_range(view, start, length, mm_page_size(), &first, &last) != 0)
         return -1;
-    if (length == 0) { /* an empty range touches no page */
-        *addr = (char *)view->base;
-        *len = 0;
-        return 0;
-    }
-    delta = (uint64_t)(view->data - (char *)view->base);
-    /* first is page-aligned and >= 0: base itself is page-aligned, so is base + first. */
-    first = mm_align_down(delta + start, mm_page_size());
-    /* last <= base_length: delta + start + length <= delta + view->length = base_length. */
-    last = delta + start + length;
+    /* first <= last <= base_length; base is page-aligned, so base + first is too. */
     *addr = (char *)view->base + first;
     *len = (size_t)(last - first);
     return 0;
@@ -416,6 +381,8 @@ static int mm_page_range(const mm_view *view, uint64_t start, uint64_t length, c
 int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err) {
     char *addr;
     size_t len;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
     if (mm_page_range(view, start, length, &addr, &len) != 0)
         return mm_fail(err, MM_E_ARG, 0);
     if (view->access != MM_WRITE || len == 0)
@@ -433,22 +400,18 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     char *addr;
     size_t len;
     int native;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
     if (advice < 0 || advice >= (int)(sizeof(table) / sizeof(table[0])))
         return mm_fail(err, MM_E_ARG, 0);
     if (mm_page_range(view, start, length, &addr, &len) != 0)
         return mm_fail(err, MM_E_ARG, 0);
     native = table[advice];
-    if (advice == MM_ADV_DONTNEED && view->access == MM_COPY) {
-        /* madvise(2): MADV_DONTNEED on a private mapping discards its modified pages. Drop
-         * only pages wholly inside the range, never a neighbour's private writes. */
-        uint64_t delta = (uint64_t)(view->data - (char *)view->base), page = mm_page_size();
-        uint64_t lo = delta + start + page - 1, hi = mm_align_down(delta + start + length, page);
-        lo = mm_align_down(lo, page);
-        if (hi <= lo)
-            return mm_ok(err); /* no whole page inside the range */
-        addr = (char *)view->base + lo; /* lo < hi <= base_length: inside the mapping */
-        len = (size_t)(hi - lo);
-    }
+    if (advice == MM_ADV_DONTNEED && view->access == MM_COPY)
+        /* madvise(2): MADV_DONTNEED on a private mapping discards its modified pages, which
+         * Windows keeps (VirtualUnlock) and mm.h forbids; MADV_PAGEOUT reclaims the range
+         * with "the contents of the pages preserved" (Linux 5.4; EINVAL before: no-op). */
+        native = MADV_PAGEOUT;
     if (len == 0 || native < 0) /* advice this system lacks: documented no-op */
         return mm_ok(err);
     if (advice == MM_ADV_POPULATE_WRITE && view->access == MM_READ)
@@ -456,6 +419,8 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
     if (madvise(addr, len, native) != 0) {
         /* MADV_POPULATE_* before Linux 5.14: EINVAL. Fall back to touching one byte per page,
          * which faults the same pages in (only for reads: a write would dirty them). */
+        if (errno == EINVAL && native == MADV_PAGEOUT)
+            return mm_ok(err); /* a kernel without it: documented no-op */
         if (errno == EINVAL && (advice == MM_ADV_POPULATE_READ || advice == MM_ADV_POPULATE_WRITE)) {
             volatile char sink = 0;
             size_t i, page = (size_t)mm_page_size();
@@ -475,11 +440,15 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     char *addr;
     size_t len, pages, done, chunk, i, page = (size_t)mm_page_size();
     uint64_t count = 0;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    if (resident == NULL || total == NULL)
+        return mm_fail(err, MM_E_ARG, 0);
     *resident = 0;
     *total = 0;
     if (mm_page_range(view, start, length, &addr, &len) != 0)
         return mm_fail(err, MM_E_ARG, 0);
-    pages = (len + page - 1) / page;
+    pages = (size_t)mm_pages_between(0, len, page);
     /* mincore(2) wants one vector byte per page; ask in chunks of sizeof(vec) pages. */
     for (done = 0; done < pages; done += chunk) {
         chunk = pages - done < sizeof(vec) ? pages - done : sizeof(vec);
@@ -502,8 +471,14 @@ void mm_pause(unsigned microseconds) {
 }
 
 int mm_unmap(mm_view *view, mm_error *err) {
-    void *base = view->base;
-    size_t len = (size_t)view->base_length;
+    void *base;
+    size_t len;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    if (view == NULL)
+        return mm_fail(err, MM_E_ARG, 0);
+    base = view->base;
+    len = (size_t)view->base_length;
     memset(view, 0, sizeof(*view));
     if (base == NULL)
         return mm_ok(err);

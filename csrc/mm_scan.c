@@ -3,6 +3,7 @@
  * this file beside mm_posix.c or mm_win32.c).
  */
 #include "mm.h"
+#include "mm_internal.h"
 
 /* One read per 64 KiB: a read fault maps the whole aligned fault-around window of cached
  * pages (Linux: /sys/kernel/debug/fault_around_bytes, 64 KiB by default), so reading one byte
@@ -24,12 +25,14 @@ static void mm_touch(const char *addr, uint64_t length) {
 int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
                       uint64_t window, const volatile uint64_t *consumer,
                       const volatile int *stop, uint64_t idle_limit_us, mm_error *err) {
-    uint64_t next = start, length, idle = 0, last = *consumer;
+    uint64_t next = start, length, idle = 0, last;
     unsigned wait = 20; /* microseconds; doubles while the consumer is idle, up to 1 ms */
-    err->status = MM_OK;
-    err->code = 0;
-    if (step == 0 || window == 0 || start > end || end > view->length || view->data == NULL)
-        return err->status = MM_E_ARG;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    if (view == NULL || consumer == NULL || stop == NULL || step == 0 || window == 0 ||
+        start > end || view->data == NULL || end > view->length)
+        return mm_fail(err, MM_E_ARG, 0);
+    last = *consumer;
     while (next < end && !*stop) {
         uint64_t reached = *consumer;
         if (reached != last) { /* the consumer moved: it is alive */
@@ -55,5 +58,5 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
         mm_touch(view->data + next, length);
         next += length;
     }
-    return MM_OK;
+    return mm_ok(err);
 }

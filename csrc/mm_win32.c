@@ -5,16 +5,19 @@
  * mapping handle and the file handle are closed at once: "CreateFileMappingW function
  * (memoryapi.h)" says mapped views of a file mapping object maintain internal references to
  * the object, and "UnmapViewOfFile function (memoryapi.h)" that the system holds the file
- * open until the last view is unmapped. So a live view owns no handle (mm.h rule).
+ * open until the last view is unmapped. The one handle a live view owns is the flush handle
+ * of a MM_WRITE view (mm.h rule, and below).
  *
  * Choices this file documents (all behaviour not spelled out by mm.h):
  *  - A directory is reported as MM_E_STAT with code ERROR_DIRECTORY_NOT_SUPPORTED (336),
  *    the code mm.h names; Python maps it to IsADirectoryError. Another non-disk handle
  *    (pipe, console) is MM_E_STAT with ERROR_NOT_SUPPORTED (50).
  *  - Durable flush needs a file handle ("FlushFileBuffers function (fileapi.h)"). A MM_WRITE
- *    view opened by path keeps its wide path in view->reopen and mm_flush(sync) reopens it
- *    for FlushFileBuffers. A view made by mm_map_handle has no path: its sync flush is
- *    FlushViewOfFile only (the caller owns the handle and can FlushFileBuffers it).
+ *    view (by path or by handle) keeps a duplicate of the handle it was mapped from in
+ *    view->flush_handle ("DuplicateHandle function (handleapi.h)"), as Rust's memmap2 does;
+ *    mm_flush(sync) flushes through it and mm_unmap closes it. It names the file object the
+ *    view already holds open, so it changes no sharing or deletion rule; reopening the path
+ *    instead would flush whatever file the path names by then, or fail if it names none.
  *  - PrefetchVirtualMemory (Windows 8+) and K32QueryWorkingSetEx (Windows 7+) are looked up
  *    in kernel32 with GetProcAddress on each call, so nothing extra is linked (no psapi.lib)
  *    and the module loads where they are missing. A missing PrefetchVirtualMemory makes
@@ -30,8 +33,12 @@
  *  - mm_resident counts pages whose working-set Valid bit is set (QueryWorkingSetEx): pages
  *    mapped in this process, not pages merely cached by the system.
  *  - Windows refuses to truncate a file that has a live mapped view ("SetEndOfFile function
- *    (fileapi.h)"), so MM_CREATE on a file this process still maps fails with MM_E_OPEN
- *    (ERROR_USER_MAPPED_FILE).
+ *    (fileapi.h)"), so MM_TRUNCATE, or MM_CREATE of an existing file, on a file this process
+ *    still maps fails with MM_E_GROW (ERROR_USER_MAPPED_FILE), the file as it was (mm.h).
+ *    A reset that grew the file first (to prove the disk holds the new size) shrinks it back.
+ *    Where that shrink is refused too (wine 8 refuses any shrink of a mapped file; the
+ *    SetEndOfFile doc asks to unmap every view first) the file keeps its content but stays
+ *    grown, zeros added: the one case where a failed call changes the file's size.
  */
 #define WIN32_LEAN_AND_MEAN
 #include <windows.h>
@@ -41,14 +48,13 @@
 #include <string.h>
 
 #include "mm.h"
+#include "mm_internal.h"
 
 /* Not in every SDK's winerror.h (mingw-w64 lacks it). */
 #ifndef ERROR_DIRECTORY_NOT_SUPPORTED
 #define ERROR_DIRECTORY_NOT_SUPPORTED 336L
 #endif
 
-#define MM_WIN_KNOWN_FLAGS (MM_CREATE | MM_GROW | MM_POPULATE | MM_TRUNCATE)
-#define MM_WIN_INT64_MAX ((uint64_t)INT64_MAX)
 
 /* Same layout as WIN32_MEMORY_RANGE_ENTRY, which older SDK targets do not declare
  * ("WIN32_MEMORY_RANGE_ENTRY structure (memoryapi.h)"). */
@@ -69,15 +75,7 @@ static const DWORD mm_win_view_access[3] = {FILE_MAP_READ, FILE_MAP_WRITE, FILE_
 #define MM_WIN_QUERY_CHUNK 256
 
 static int mm_win_error(mm_error *err, int status, DWORD code) {
-    err->status = status;
-    err->code = (int64_t)code;
-    return status;
-}
-
-static int mm_win_ok(mm_error *err) {
-    err->status = MM_OK;
-    err->code = 0;
-    return MM_OK;
+    return mm_fail(err, status, (int64_t)code);
 }
 
 static FARPROC mm_win_kernel32(const char *name) {
@@ -87,33 +85,27 @@ static FARPROC mm_win_kernel32(const char *name) {
     return GetProcAddress(kernel32, name);
 }
 
+/* "GetSystemInfo function (sysinfoapi.h)", read once per value (mm_cached); both are
+ * DWORDs ("SYSTEM_INFO structure (sysinfoapi.h)"). */
+static volatile uint32_t mm_win_granularity_slot, mm_win_page_size_slot;
+
+static uint32_t mm_win_load_granularity(void) {
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    return (uint32_t)info.dwAllocationGranularity;
+}
+
+static uint32_t mm_win_load_page_size(void) {
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    return (uint32_t)info.dwPageSize;
+}
+
 uint64_t mm_alignment(void) {
-    SYSTEM_INFO info;
-    GetSystemInfo(&info);
-    return (uint64_t)info.dwAllocationGranularity;
+    return mm_cached(&mm_win_granularity_slot, mm_win_load_granularity);
 }
 
-uint64_t mm_page_size(void) {
-    SYSTEM_INFO info;
-    GetSystemInfo(&info);
-    return (uint64_t)info.dwPageSize;
-}
-
-/* Checks shared by mm_map_path and mm_map_handle that need no OS call. */
-static int mm_win_check_args(int access, uint64_t offset, uint64_t length, int flags,
-                             mm_error *err) {
-    if (access != MM_READ && access != MM_WRITE && access != MM_COPY)
-        return mm_win_error(err, MM_E_ARG, 0);
-    if ((flags & ~MM_WIN_KNOWN_FLAGS) != 0)
-        return mm_win_error(err, MM_E_ARG, 0);
-    if ((flags & (MM_CREATE | MM_TRUNCATE)) && length == MM_TO_END)
-        return mm_win_error(err, MM_E_ARG, 0); /* no size to create or reset the file to */
-    if (offset > MM_WIN_INT64_MAX)
-        return mm_win_error(err, MM_E_ARG, 0);
-    if (length != MM_TO_END && length > MM_WIN_INT64_MAX - offset)
-        return mm_win_error(err, MM_E_ARG, 0);
-    return MM_OK;
-}
+uint64_t mm_page_size(void) { return mm_cached(&mm_win_page_size_slot, mm_win_load_page_size); }
 
 /* Set the end of file to `size` ("SetEndOfFile function (fileapi.h)": the end of file
  * becomes the file pointer). The caller's file pointer is restored, so a handle passed to
@@ -141,6 +133,13 @@ static BOOL mm_win_allocate(HANDLE file, uint64_t size) {
     return SetFileInformationByHandle(file, FileAllocationInfo, &alloc, sizeof alloc);
 }
 
+/* Put the end of file and the allocation back at old_size after a failed grow, or after a
+ * grow whose mapping failed. Best effort: the caller reports the first error. */
+static void mm_win_restore_size(HANDLE file, uint64_t old_size) {
+    (void)mm_win_set_size(file, old_size);
+    (void)mm_win_allocate(file, old_size);
+}
+
 /* Extend the file from old_size to new_size bytes. The allocation is only a hint: file
  * systems and emulations that refuse it still get the plain SetEndOfFile, which reports a
  * full disk. A failure puts the end of file (and the allocation) back at old_size. */
@@ -148,10 +147,8 @@ static DWORD mm_win_grow(HANDLE file, uint64_t old_size, uint64_t new_size) {
     DWORD code;
     (void)mm_win_allocate(file, new_size);
     code = mm_win_set_size(file, new_size);
-    if (code != 0) {
-        (void)mm_win_set_size(file, old_size);
-        (void)mm_win_allocate(file, old_size);
-    }
+    if (code != 0)
+        mm_win_restore_size(file, old_size);
     return code;
 }
 
@@ -160,7 +157,9 @@ static DWORD mm_win_grow(HANDLE file, uint64_t old_size, uint64_t new_size) {
  * disk (or an impossible size) fails there, and mm_win_grow puts the file back as it was.
  * Only then is the end of file set to 0 and grown to `end` again, into the space just shown
  * to be free (unless another process takes it in between). The allocation alone is no proof:
- * emulations accept FileAllocationInfo without reserving anything. */
+ * emulations accept FileAllocationInfo without reserving anything. Cutting the file to 0
+ * fails with ERROR_USER_MAPPED_FILE while a view of it exists ("SetEndOfFile function
+ * (fileapi.h)"): the grow is undone then, so the file keeps its size and content. */
 static DWORD mm_win_reset(HANDLE file, uint64_t old_size, uint64_t end) {
     DWORD code;
     if (end > old_size) {
@@ -169,20 +168,34 @@ static DWORD mm_win_reset(HANDLE file, uint64_t old_size, uint64_t end) {
             return code;
     }
     code = mm_win_set_size(file, 0);
-    if (code != 0)
+    if (code != 0) {
+        if (end > old_size)
+            mm_win_restore_size(file, old_size);
         return code;
+    }
     return end > 0 ? mm_win_grow(file, 0, end) : 0;
 }
 
-/* Size, grow and map an open file into *view. The handle is neither closed nor kept. */
+/* Fail with `status` and `code` after closing the flush handle duplicated for the view
+ * (NULL: none yet). `code` is read before the close can change GetLastError(). */
+static int mm_win_fail_dropping(HANDLE flush_handle, mm_error *err, int status, DWORD code) {
+    if (flush_handle != NULL)
+        CloseHandle(flush_handle);
+    return mm_win_error(err, status, code);
+}
+
+/* Size, grow and map an open file into *view. The handle is not closed; a MM_WRITE view
+ * keeps a duplicate of it for durable flushes (see the top of this file). */
 static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t length, int flags,
                            mm_view *view, mm_error *err) {
     BY_HANDLE_FILE_INFORMATION info;
     LARGE_INTEGER size_li;
-    uint64_t size, end, aligned, delta, span;
-    HANDLE mapping;
+    uint64_t size, aligned, span;
+    mm_plan plan;
+    HANDLE mapping, flush_handle = NULL;
     void *base;
     DWORD type, code;
+    int status;
 
     /* "GetFileType function (fileapi.h)": FILE_TYPE_UNKNOWN is an error only when
      * GetLastError() is not NO_ERROR. */
@@ -201,63 +214,68 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
     size = (uint64_t)size_li.QuadPart;
     err->file_size = size;
 
-    if (length == MM_TO_END) {
-        if (offset >= size)
-            return mm_win_error(err, MM_E_EMPTY, 0);
-        length = size - offset;
-    }
-    end = offset + length; /* no overflow: mm_win_check_args bounded both by INT64_MAX */
-
-    if (flags & MM_TRUNCATE) {
-        code = mm_win_reset(file, size, end);
+    /* "MapViewOfFile function (memoryapi.h)": the file offset must be a multiple of the
+     * allocation granularity ("SYSTEM_INFO structure (sysinfoapi.h)",
+     * dwAllocationGranularity), not of the page size: mm_alignment(). MM_E_MAP from the
+     * plan: the view does not fit in a SIZE_T (32-bit hosts), ERROR_ARITHMETIC_OVERFLOW
+     * ("System Error Codes (500-999)"); found before the file is changed. */
+    status = mm_plan_map(size, offset, length, flags, mm_alignment(), (uint64_t)(SIZE_T)-1,
+                         &plan);
+    if (status != MM_OK)
+        return mm_win_error(err, status, status == MM_E_MAP ? ERROR_ARITHMETIC_OVERFLOW : 0);
+    /* "DuplicateHandle function (handleapi.h)": the duplicate refers to the same file object
+     * with the same access (GENERIC_WRITE, which "FlushFileBuffers function (fileapi.h)"
+     * needs) and is not inherited by child processes. Made before the file changes, so a
+     * failure leaves it as it was. */
+    if (access == MM_WRITE && plan.length > 0 &&
+        !DuplicateHandle(GetCurrentProcess(), file, GetCurrentProcess(), &flush_handle, 0, FALSE,
+                         DUPLICATE_SAME_ACCESS))
+        return mm_win_error(err, MM_E_MAP, GetLastError());
+    if (plan.reset) {
+        code = mm_win_reset(file, size, plan.end);
         if (code != 0)
-            return mm_win_error(err, MM_E_GROW, code);
-        size = end;
-        err->file_size = size;
-    } else if (end > size) {
-        if (!(flags & MM_GROW))
-            return mm_win_error(err, MM_E_RANGE, 0);
-        code = mm_win_grow(file, size, end);
+            return mm_win_fail_dropping(flush_handle, err, MM_E_GROW, code);
+        err->file_size = plan.end;
+    } else if (plan.grow) {
+        code = mm_win_grow(file, size, plan.end);
         if (code != 0)
-            return mm_win_error(err, MM_E_GROW, code);
-        size = end;
-        err->file_size = size;
+            return mm_win_fail_dropping(flush_handle, err, MM_E_GROW, code);
+        err->file_size = plan.end;
     }
     view->access = access;
     view->file_id[0] = info.dwVolumeSerialNumber; /* os.stat's st_dev on Windows */
     view->file_id[1] = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow; /* st_ino */
-    if (length == 0)
-        return mm_win_ok(err); /* nothing to map: the file is checked, created or grown */
+    if (plan.length == 0)
+        return mm_ok(err); /* nothing to map: the file is checked, created or grown */
 
-    /* "MapViewOfFile function (memoryapi.h)": the file offset must be a multiple of the
-     * allocation granularity ("SYSTEM_INFO structure (sysinfoapi.h)",
-     * dwAllocationGranularity), not of the page size. */
-    aligned = mm_align_down(offset, mm_alignment());
-    delta = offset - aligned;
-    span = delta + length;
-    if (span > (uint64_t)(SIZE_T)-1) /* only on 32-bit: the view would not fit */
-        return mm_win_error(err, MM_E_ARG, 0);
-
+    aligned = offset - plan.delta;
+    span = plan.delta + plan.length; /* fits in a SIZE_T: mm_plan_map */
     /* Maximum size = end: never larger than the file, so no protection extends it
      * ("CreateFileMappingW function (memoryapi.h)"); end > 0 since length > 0, so the
      * ERROR_FILE_INVALID of mapping an empty file cannot happen. */
-    mapping = CreateFileMappingW(file, NULL, mm_win_protect[access], (DWORD)(end >> 32),
-                                 (DWORD)(end & 0xFFFFFFFFu), NULL);
-    if (mapping == NULL)
-        return mm_win_error(err, MM_E_MAP, GetLastError());
-    base = MapViewOfFile(mapping, mm_win_view_access[access], (DWORD)(aligned >> 32),
-                         (DWORD)(aligned & 0xFFFFFFFFu), (SIZE_T)span);
-    code = base == NULL ? GetLastError() : 0;
-    /* The view keeps the section alive ("CreateFileMappingW function (memoryapi.h)"). */
-    CloseHandle(mapping);
-    if (base == NULL)
-        return mm_win_error(err, MM_E_MAP, code);
+    mapping = CreateFileMappingW(file, NULL, mm_win_protect[access], (DWORD)(plan.end >> 32),
+                                 (DWORD)(plan.end & 0xFFFFFFFFu), NULL);
+    base = NULL;
+    code = mapping == NULL ? GetLastError() : 0;
+    if (mapping != NULL) {
+        base = MapViewOfFile(mapping, mm_win_view_access[access], (DWORD)(aligned >> 32),
+                             (DWORD)(aligned & 0xFFFFFFFFu), (SIZE_T)span);
+        code = base == NULL ? GetLastError() : 0;
+        /* The view keeps the section alive ("CreateFileMappingW function (memoryapi.h)"). */
+        CloseHandle(mapping);
+    }
+    if (base == NULL) {
+        if (plan.grow)
+            mm_win_restore_size(file, size); /* mm.h: a failed call leaves the old size */
+        return mm_win_fail_dropping(flush_handle, err, MM_E_MAP, code);
+    }
 
     view->base = base;
     view->base_length = span;
-    view->data = (char *)base + delta; /* delta < span: the requested byte lies in the view */
-    view->length = length;
-    view->reopen = NULL;
+    /* delta < span: the requested byte lies in the view */
+    view->data = (char *)base + plan.delta;
+    view->length = plan.length;
+    view->flush_handle = flush_handle; /* closed by mm_unmap */
 
     if (flags & MM_POPULATE) {
         mm_win_prefetch_fn prefetch =
@@ -268,7 +286,7 @@ static int mm_win_map_file(HANDLE file, int access, uint64_t offset, uint64_t le
         if (prefetch != NULL)
             (void)prefetch(GetCurrentProcess(), 1, &range, 0);
     }
-    return mm_win_ok(err);
+    return mm_ok(err);
 }
 
 /* UTF-8 -> newly allocated NUL-terminated wide string, or NULL with *code set. */
@@ -312,23 +330,15 @@ static int mm_win_open_error(const wchar_t *wpath, DWORD code, mm_error *err) {
 
 int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
                 mm_view *view, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     wchar_t *wpath;
     HANDLE file;
     DWORD desired, code = 0;
     int created = 0, status;
 
-    if (err == NULL)
-        err = &local;
-    err->status = MM_OK;
-    err->code = 0;
-    err->file_size = 0;
-    if (view == NULL || path == NULL)
-        return mm_win_error(err, MM_E_ARG, 0);
-    memset(view, 0, sizeof *view);
-    status = mm_win_check_args(access, offset, length, flags, err);
-    if (status != MM_OK)
-        return status;
+    err = mm_err_or(err, &spare);
+    if (mm_map_begin(view, access, offset, length, flags, path == NULL, err) != MM_OK)
+        return err->status;
 
     wpath = mm_win_widen(path, &code);
     if (wpath == NULL)
@@ -360,114 +370,82 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
 
     status = mm_win_map_file(file, access, offset, length, flags, view, err);
     CloseHandle(file); /* the view keeps the file open (see the top of this file) */
-    if (status != MM_OK) {
-        /* FILE_SHARE_DELETE and the closed handle let the file go at once. */
-        if (created)
-            (void)DeleteFileW(wpath);
-        free(wpath);
+    /* FILE_SHARE_DELETE and the closed handle let a file this call created go at once. */
+    if (status != MM_OK && created)
+        (void)DeleteFileW(wpath);
+    free(wpath);
+    if (status != MM_OK)
         memset(view, 0, sizeof *view);
-        return status;
-    }
-    if (access == MM_WRITE && view->data != NULL)
-        view->reopen = wpath; /* freed by mm_unmap */
-    else
-        free(wpath); /* read-only, private, or nothing mapped (length 0): no flush to come */
-    return MM_OK;
+    return status;
 }
 
 int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
                   mm_view *view, mm_error *err) {
-    mm_error local;
-    int status;
+    mm_error spare;
+    int status, bad_handle = (HANDLE)handle == NULL || (HANDLE)handle == INVALID_HANDLE_VALUE ||
+                             (flags & MM_CREATE);
 
-    if (err == NULL)
-        err = &local;
-    err->status = MM_OK;
-    err->code = 0;
-    err->file_size = 0;
-    if (view == NULL)
-        return mm_win_error(err, MM_E_ARG, 0);
-    memset(view, 0, sizeof *view);
-    if ((HANDLE)handle == NULL || (HANDLE)handle == INVALID_HANDLE_VALUE || (flags & MM_CREATE))
-        return mm_win_error(err, MM_E_ARG, 0);
-    status = mm_win_check_args(access, offset, length, flags, err);
-    if (status != MM_OK)
-        return status;
+    err = mm_err_or(err, &spare);
+    if (mm_map_begin(view, access, offset, length, flags, bad_handle, err) != MM_OK)
+        return err->status;
     status = mm_win_map_file((HANDLE)handle, access, offset, length, flags, view, err);
     if (status != MM_OK)
         memset(view, 0, sizeof *view);
     return status;
 }
 
-/* Validate [start, start + length) against the view and widen it to whole pages, as
- * offsets from view->base: [*first, *last). An empty range (length 0, start <= view length)
- * is valid and gives first == last. Returns MM_OK, or MM_E_ARG. */
+/* [start, start + length) of the view as offsets from view->base (mm_view_range): *first
+ * page-aligned, *last <= base_length, equal for an empty range. MM_OK, or MM_E_ARG. */
 static int mm_win_page_range(const mm_view *view, uint64_t start, uint64_t length,
                              uint64_t *first, uint64_t *last, mm_error *err) {
-    uint64_t page = mm_page_size(), delta, end;
-    if (view == NULL || view->base == NULL || view->data == NULL)
+    if (mm_view_range(view, start, length, mm_page_size(), first, last) != 0)
         return mm_win_error(err, MM_E_ARG, 0);
-    if (start > view->length || length > view->length - start)
-        return mm_win_error(err, MM_E_ARG, 0);
-    delta = (uint64_t)(view->data - (char *)view->base); /* data = base + delta, mapped */
-    end = delta + start + length; /* <= delta + length = base_length */
-    *first = mm_align_down(delta + start, page);
-    *last = length == 0 ? *first : mm_align_down(end + page - 1, page);
     return MM_OK;
 }
 
 int mm_flush(const mm_view *view, uint64_t start, uint64_t length, int sync, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     uint64_t first, last;
-    HANDLE file;
-    DWORD code;
     int status;
 
-    if (err == NULL)
-        err = &local;
+    err = mm_err_or(err, &spare);
     status = mm_win_page_range(view, start, length, &first, &last, err);
     if (status != MM_OK)
         return status;
     if (view->access != MM_WRITE || first == last)
-        return mm_win_ok(err);
-    /* Stop at the end of the view: the rounded-up last page may reach past base_length. */
-    if (last > view->base_length)
-        last = view->base_length;
-    /* "FlushViewOfFile function (memoryapi.h)": it starts the write-back and does not wait
-     * for the disk; 0 bytes would mean "to the end of the view", last > first avoids it.
-     * base + first: first <= delta + start < base_length, inside the view. */
+        return mm_ok(err);
+    /* "FlushViewOfFile function (memoryapi.h)": it starts the write-back of the pages holding
+     * the range and does not wait for the disk; 0 bytes would mean "to the end of the view",
+     * last > first avoids it. base + first: first <= delta + start < base_length, inside the
+     * view. */
     if (!FlushViewOfFile((char *)view->base + first, (SIZE_T)(last - first)))
         return mm_win_error(err, MM_E_FLUSH, GetLastError());
-    if (!sync || view->reopen == NULL)
-        return mm_win_ok(err);
+    if (!sync)
+        return mm_ok(err);
     /* Same doc: for durability follow with FlushFileBuffers, which needs a handle with
-     * GENERIC_WRITE ("FlushFileBuffers function (fileapi.h)"). */
-    file = mm_win_open((const wchar_t *)view->reopen, GENERIC_WRITE, OPEN_EXISTING);
-    if (file == INVALID_HANDLE_VALUE)
+     * GENERIC_WRITE ("FlushFileBuffers function (fileapi.h)"): the view's duplicate of the
+     * handle it was mapped from, so the file flushed is the file mapped, whatever its path
+     * names now. Every MM_WRITE view with bytes has one (mm_win_map_file). */
+    if (!FlushFileBuffers((HANDLE)view->flush_handle))
         return mm_win_error(err, MM_E_FLUSH, GetLastError());
-    code = FlushFileBuffers(file) ? 0 : GetLastError();
-    CloseHandle(file);
-    if (code != 0)
-        return mm_win_error(err, MM_E_FLUSH, code);
-    return mm_win_ok(err);
+    return mm_ok(err);
 }
 
 int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     uint64_t first, last;
     mm_win_prefetch_fn prefetch;
     mm_win_range_entry range;
     int status;
 
-    if (err == NULL)
-        err = &local;
+    err = mm_err_or(err, &spare);
     if (advice < MM_ADV_NORMAL || advice > MM_ADV_POPULATE_WRITE)
         return mm_win_error(err, MM_E_ARG, 0);
     status = mm_win_page_range(view, start, length, &first, &last, err);
     if (status != MM_OK)
         return status;
     if (first == last)
-        return mm_win_ok(err); /* empty range */
+        return mm_ok(err); /* empty range */
     if (advice == MM_ADV_DONTNEED) {
         /* "VirtualUnlock function (memoryapi.h)": unlocking a range that is not locked
          * removes its pages from the process's working set, and fails with
@@ -476,34 +454,33 @@ int mm_advise(const mm_view *view, uint64_t start, uint64_t length, int advice, 
         if (!VirtualUnlock((char *)view->base + first, (SIZE_T)(last - first)) &&
             GetLastError() != ERROR_NOT_LOCKED)
             return mm_win_error(err, MM_E_ADVISE, GetLastError());
-        return mm_win_ok(err);
+        return mm_ok(err);
     }
     if (advice != MM_ADV_WILLNEED && advice != MM_ADV_POPULATE_READ &&
         advice != MM_ADV_POPULATE_WRITE)
-        return mm_win_ok(err); /* no Windows equivalent: documented no-op */
+        return mm_ok(err); /* no Windows equivalent: documented no-op */
     prefetch = (mm_win_prefetch_fn)(void (*)(void))mm_win_kernel32("PrefetchVirtualMemory");
     if (prefetch == NULL)
-        return mm_win_ok(err); /* before Windows 8: documented no-op */
+        return mm_ok(err); /* before Windows 8: documented no-op */
     /* base + first: first <= delta + start < base_length, inside the view; the range ends
-     * at the page holding the last requested byte, and views are made of whole pages. */
+     * at the last requested byte (last <= base_length). */
     range.VirtualAddress = (char *)view->base + first;
     range.NumberOfBytes = (SIZE_T)(last - first);
     if (!prefetch(GetCurrentProcess(), 1, &range, 0))
         return mm_win_error(err, MM_E_ADVISE, GetLastError());
-    return mm_win_ok(err);
+    return mm_ok(err);
 }
 
 int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
                 uint64_t *total, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     PSAPI_WORKING_SET_EX_INFORMATION info[MM_WIN_QUERY_CHUNK];
-    uint64_t first, last, page = mm_page_size(), at, count = 0;
+    uint64_t first, last, page = mm_page_size(), pages, done, count = 0;
     mm_win_query_ws_fn query;
     size_t i, n;
     int status;
 
-    if (err == NULL)
-        err = &local;
+    err = mm_err_or(err, &spare);
     if (resident == NULL || total == NULL)
         return mm_win_error(err, MM_E_ARG, 0);
     *resident = 0;
@@ -516,13 +493,12 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
     query = (mm_win_query_ws_fn)(void (*)(void))mm_win_kernel32("K32QueryWorkingSetEx");
     if (query == NULL)
         return mm_win_error(err, MM_E_QUERY, GetLastError());
-    for (at = first; at < last; at += (uint64_t)n * page) {
-        n = (size_t)((last - at) / page);
-        if (n > MM_WIN_QUERY_CHUNK)
-            n = MM_WIN_QUERY_CHUNK;
+    pages = mm_pages_between(first, last, page);
+    for (done = 0; done < pages; done += n) {
+        n = pages - done < MM_WIN_QUERY_CHUNK ? (size_t)(pages - done) : MM_WIN_QUERY_CHUNK;
         for (i = 0; i < n; i++) {
-            /* at + i * page < last: a page holding a requested byte, inside the view. */
-            info[i].VirtualAddress = (char *)view->base + at + (uint64_t)i * page;
+            /* done + i < pages: a page holding a requested byte, inside the view. */
+            info[i].VirtualAddress = (char *)view->base + first + (done + i) * page;
             info[i].VirtualAttributes.Flags = 0;
         }
         if (!query(GetCurrentProcess(), info, (DWORD)(n * sizeof info[0])))
@@ -533,8 +509,8 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
             count += (uint64_t)(info[i].VirtualAttributes.Flags & 1);
     }
     *resident = count;
-    *total = (last - first) / page;
-    return mm_win_ok(err);
+    *total = pages;
+    return mm_ok(err);
 }
 
 void mm_pause(unsigned microseconds) {
@@ -544,20 +520,23 @@ void mm_pause(unsigned microseconds) {
 }
 
 int mm_unmap(mm_view *view, mm_error *err) {
-    mm_error local;
+    mm_error spare;
     void *base;
+    HANDLE flush_handle;
     DWORD code = 0;
 
-    if (err == NULL)
-        err = &local;
+    err = mm_err_or(err, &spare);
     if (view == NULL)
         return mm_win_error(err, MM_E_ARG, 0);
     base = view->base;
-    free(view->reopen);
+    flush_handle = (HANDLE)view->flush_handle;
     memset(view, 0, sizeof *view);
     if (base != NULL && !UnmapViewOfFile(base))
         code = GetLastError();
+    /* "CloseHandle function (handleapi.h)"; the first error is the one reported */
+    if (flush_handle != NULL && !CloseHandle(flush_handle) && code == 0)
+        code = GetLastError();
     if (code != 0)
         return mm_win_error(err, MM_E_UNMAP, code);
-    return mm_win_ok(err);
+    return mm_ok(err);
 }

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../mm.h"
+#include "../mm_internal.h" /* the shared rules, tested directly (no OS call in it) */
 
 /* ------------------------------------------------------------------------------------- */
 /* Platform helpers                                                                       */
@@ -29,6 +30,8 @@
 #define T_EISDIR 336 /* ERROR_DIRECTORY_NOT_SUPPORTED, as mm.h specifies */
 #define T_ENODEV 50  /* ERROR_NOT_SUPPORTED */
 #define T_SEP "\\"
+#define T_WRITE_VIEW_KEEPS_HANDLE 1 /* mm.h: a MM_WRITE view's flush handle */
+#define T_RESET_UNDER_A_VIEW_FAILS 1 /* mm.h, MM_TRUNCATE: ERROR_USER_MAPPED_FILE */
 
 static wchar_t *t_wide(const char *path) {
     int n = MultiByteToWideChar(CP_UTF8, 0, path, -1, NULL, 0);
@@ -66,6 +69,15 @@ static int t_remove(const char *path) {
     wchar_t *w = t_wide(path);
     int ok = DeleteFileW(w) != 0;
     free(w);
+    return ok ? 0 : -1;
+}
+
+/* Rename, replacing an existing target ("MoveFileExW function (winbase.h)"). */
+static int t_rename(const char *from, const char *to) {
+    wchar_t *wf = t_wide(from), *wt = t_wide(to);
+    int ok = MoveFileExW(wf, wt, MOVEFILE_REPLACE_EXISTING) != 0;
+    free(wf);
+    free(wt);
     return ok ? 0 : -1;
 }
 
@@ -110,6 +122,14 @@ static mm_handle t_open_rw(const char *path) {
     HANDLE h = CreateFileW(w, GENERIC_READ | GENERIC_WRITE,
                            FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
                            OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    free(w);
+    return h == INVALID_HANDLE_VALUE ? (mm_handle)-1 : (mm_handle)h;
+}
+
+static mm_handle t_open_wo(const char *path) {
+    wchar_t *w = t_wide(path);
+    HANDLE h = CreateFileW(w, GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                           NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
     free(w);
     return h == INVALID_HANDLE_VALUE ? (mm_handle)-1 : (mm_handle)h;
 }
@@ -205,11 +225,14 @@ static int t_is_wine(void) {
 #define T_EISDIR EISDIR
 #define T_ENODEV ENODEV
 #define T_SEP "/"
+#define T_WRITE_VIEW_KEEPS_HANDLE 0
+#define T_RESET_UNDER_A_VIEW_FAILS 0
 
 static FILE *t_fopen(const char *path, const char *mode) { return fopen(path, mode); }
 static int t_remove(const char *path) { return unlink(path); }
 static int t_make_fifo(const char *path) { return mkfifo(path, 0600); }
 static int t_rmdir(const char *path) { return rmdir(path); }
+static int t_rename(const char *from, const char *to) { return rename(from, to); }
 static int t_mkdir(const char *path) { return mkdir(path, 0700); }
 
 static int64_t t_file_size(const char *path) {
@@ -231,6 +254,7 @@ static const char *t_default_tmp(void) {
 static unsigned long t_pid(void) { return (unsigned long)getpid(); }
 
 static mm_handle t_open_rw(const char *path) { return (mm_handle)open(path, O_RDWR); }
+static mm_handle t_open_wo(const char *path) { return (mm_handle)open(path, O_WRONLY); }
 static int t_close(mm_handle h) { return close((int)h); }
 static int t_seek(mm_handle h, int64_t pos) {
     return lseek((int)h, (off_t)pos, SEEK_SET) == (off_t)pos ? 0 : -1;
@@ -393,7 +417,7 @@ static int t_file_matches(const char *path, long off, size_t n) {
 
 static int t_view_zeroed(const mm_view *v) {
     return v->data == NULL && v->length == 0 && v->access == 0 && v->base == NULL &&
-           v->base_length == 0 && v->reopen == NULL;
+           v->base_length == 0 && v->flush_handle == NULL;
 }
 
 static void t_poison(mm_view *v) { memset(v, 0xA5, sizeof *v); }
@@ -424,6 +448,97 @@ static void test_align_down(void) {
     CHECK_U64(mm_align_down(12345, 1000), 12000); /* not only powers of two */
 }
 
+/* mm_internal.h, mm_plan_map: what both files do with a sized file, in one order; a view
+ * that does not fit in size_t is MM_E_MAP before the file is grown or reset. size_max is a
+ * parameter so that a 64-bit host can check the 32-bit case. */
+static void test_plan_view_must_fit_size_t(void) {
+    const uint64_t four_g = UINT64_C(1) << 32, u32 = UINT32_MAX;
+    mm_plan p;
+    /* MM_TO_END over a 5 GiB file: fits in 64 bits, not in 32 */
+    CHECK_U64(mm_plan_map(5 * four_g, 1, MM_TO_END, 0, 4096, UINT64_MAX, &p), MM_OK);
+    CHECK_U64(p.length, 5 * four_g - 1);
+    CHECK_U64(p.end, 5 * four_g);
+    CHECK_U64(p.delta, 1);
+    CHECK(!p.grow && !p.reset);
+    CHECK_U64(mm_plan_map(5 * four_g, 1, MM_TO_END, 0, 4096, u32, &p), MM_E_MAP);
+    /* the limit counts the alignment delta: 2^32 - 1 bytes fit from an aligned offset only */
+    CHECK_U64(mm_plan_map(5 * four_g, 65536, u32, 0, 65536, u32, &p), MM_OK);
+    CHECK_U64(mm_plan_map(5 * four_g, 65537, u32, 0, 65536, u32, &p), MM_E_MAP);
+    CHECK_U64(mm_plan_map(5 * four_g, 65537, u32 - 1, 0, 65536, u32, &p), MM_OK);
+    /* refused before growing or resetting: the plan asks for neither */
+    CHECK_U64(mm_plan_map(0, 0, four_g, MM_GROW, 4096, u32, &p), MM_E_MAP);
+    CHECK_U64(mm_plan_map(0, 0, four_g, MM_TRUNCATE, 4096, u32, &p), MM_E_MAP);
+    /* order: empty, then range, then size */
+    CHECK_U64(mm_plan_map(10, 10, MM_TO_END, 0, 4096, u32, &p), MM_E_EMPTY);
+    CHECK_U64(mm_plan_map(0, 0, four_g, 0, 4096, u32, &p), MM_E_RANGE);
+    /* what is to be done */
+    CHECK_U64(mm_plan_map(100, 50, 100, MM_GROW, 4096, u32, &p), MM_OK);
+    CHECK(p.grow && !p.reset);
+    CHECK_U64(p.end, 150);
+    CHECK_U64(mm_plan_map(100, 50, 10, MM_GROW, 4096, u32, &p), MM_OK);
+    CHECK(!p.grow && !p.reset);
+    CHECK_U64(mm_plan_map(100, 50, 10, MM_TRUNCATE | MM_GROW, 4096, u32, &p), MM_OK);
+    CHECK(!p.grow && p.reset);
+    CHECK_U64(mm_plan_map(100, 200, 0, 0, 4096, u32, &p), MM_E_RANGE); /* length 0 too */
+}
+
+/* mm_internal.h, mm_view_range: the one page-range rule of flush, advise and resident. A
+ * made-up view over a plain buffer: base, delta 100, 10000 bytes. */
+static void test_view_range(void) {
+    static char buffer[16384];
+    uint64_t first = 1, last = 1;
+    mm_view v;
+    memset(&v, 0, sizeof v);
+    v.base = buffer;
+    v.base_length = 100 + 10000;
+    v.data = buffer + 100; /* 100 < base_length */
+    v.length = 10000;
+    CHECK(mm_view_range(&v, 0, 10000, 4096, &first, &last) == 0);
+    CHECK_U64(first, 0);
+    CHECK_U64(last, 10100); /* the end, not rounded: never past base_length */
+    CHECK_U64(mm_pages_between(first, last, 4096), 3);
+    CHECK(mm_view_range(&v, 4000, 1, 4096, &first, &last) == 0);
+    CHECK_U64(first, 4096);
+    CHECK_U64(last, 4101);
+    CHECK_U64(mm_pages_between(first, last, 4096), 1);
+    CHECK(mm_view_range(&v, 3995, 2, 4096, &first, &last) == 0); /* across a page boundary */
+    CHECK_U64(first, 0);
+    CHECK_U64(mm_pages_between(first, last, 4096), 2);
+    CHECK(mm_view_range(&v, 10000, 0, 4096, &first, &last) == 0); /* empty, at the end */
+    CHECK_U64(first, last);
+    CHECK_U64(mm_pages_between(first, last, 4096), 0);
+    CHECK(mm_view_range(&v, 10000, 1, 4096, &first, &last) != 0);
+    CHECK(mm_view_range(&v, 1, 10000, 4096, &first, &last) != 0);
+    CHECK(mm_view_range(&v, 1, UINT64_MAX, 4096, &first, &last) != 0);
+    CHECK(mm_view_range(&v, 10001, 0, 4096, &first, &last) != 0);
+    CHECK(mm_view_range(NULL, 0, 0, 4096, &first, &last) != 0);
+    v.data = NULL;
+    CHECK(mm_view_range(&v, 0, 0, 4096, &first, &last) != 0);
+}
+
+static int t_loads;
+static uint32_t t_load_granularity(void) {
+    t_loads++;
+    return 65536;
+}
+
+/* mm_internal.h, mm_cached: both files read the page size and the allocation granularity from
+ * the OS once (sysconf(3), GetSystemInfo) and answer later calls from the cache. */
+static void test_sizes_are_cached(void) {
+    static volatile uint32_t slot;
+    uint64_t p = mm_page_size(), a = mm_alignment();
+    int i;
+    t_loads = 0;
+    CHECK_U64(mm_cached(&slot, t_load_granularity), 65536);
+    CHECK_U64(mm_cached(&slot, t_load_granularity), 65536);
+    CHECK_U64(slot, 65536);
+    CHECK(t_loads == 1);
+    for (i = 0; i < 1000; i++) {
+        CHECK_U64(mm_page_size(), p);
+        CHECK_U64(mm_alignment(), a);
+    }
+}
+
 static void test_alignment_values(void) {
     uint64_t a = mm_alignment(), p = mm_page_size();
     CHECK(p >= 4096);
@@ -450,7 +565,7 @@ static void test_read_roundtrip(void) {
     CHECK_U64(v.length, size);
     CHECK_U64(e.file_size, size);
     CHECK(v.access == MM_READ);
-    CHECK(v.reopen == NULL);
+    CHECK(v.flush_handle == NULL);
     CHECK(t_matches(v.data, 0, size));
     CHECK_OK(mm_unmap(&v, &e), &e);
     CHECK(t_view_zeroed(&v));
@@ -531,7 +646,7 @@ static void test_copy_private(void) {
     CHECK(t_write_pattern(path, size) == 0);
     CHECK_OK(mm_map_path(path, MM_COPY, 1, MM_TO_END, 0, &v, &e), &e);
     CHECK(v.access == MM_COPY);
-    CHECK(v.reopen == NULL);
+    CHECK(v.flush_handle == NULL);
     for (i = 0; i < v.length; i++)
         v.data[i] = 0x5A;
     for (i = 0; i < v.length; i++)
@@ -646,6 +761,64 @@ static void test_failed_reset_keeps_the_file(void) {
     CHECK_ST(mm_map_path(path, MM_WRITE, 0, MM_TO_END, MM_CREATE, &v, &e), MM_E_ARG, &e);
     CHECK_U64(t_file_size(path), 20000);
     CHECK(t_remove(path) == 0);
+}
+
+/* mm.h: on failure the file has the size it had before the call, also when the mapping
+ * itself fails after the file was grown: a write-only handle can be grown but not mapped
+ * for reading (mmap(2) EACCES; CreateFileMappingW needs GENERIC_READ). */
+static void test_failed_map_after_grow_keeps_the_size(void) {
+    char path[1100];
+    mm_view v;
+    mm_error e;
+    mm_handle h;
+    t_path(path, sizeof path, "grow-then-fail.bin");
+    CHECK(t_write_pattern(path, 5000) == 0);
+    h = t_open_wo(path);
+    CHECK(h != (mm_handle)-1);
+    t_poison(&v);
+    CHECK_ST(mm_map_handle(h, MM_READ, 0, 3 * mm_alignment(), MM_GROW, &v, &e), MM_E_MAP, &e);
+    CHECK(e.code != 0);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_close(h) == 0);
+    CHECK_U64(t_file_size(path), 5000);
+    CHECK(t_file_matches(path, 0, 5000));
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h, MM_TRUNCATE: resetting a file this process maps is allowed on POSIX and refused by
+ * Windows; refused, the file keeps its content, and its size unless the reset had grown it
+ * and the system refuses to shrink a mapped file back (mm.h). */
+static void test_reset_under_a_live_view(void) {
+    static const uint64_t lengths[] = {100, 400000};
+    char path[1100];
+    size_t i;
+    mm_view r, w;
+    mm_error e;
+    t_path(path, sizeof path, "reset-mapped.bin");
+    for (i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+        CHECK(t_write_pattern(path, 300000) == 0);
+        CHECK_OK(mm_map_path(path, MM_READ, 0, 50, 0, &r, &e), &e);
+        if (T_RESET_UNDER_A_VIEW_FAILS) {
+            CHECK_ST(mm_map_path(path, MM_WRITE, 0, lengths[i], MM_CREATE, &w, &e), MM_E_GROW,
+                     &e);
+            CHECK(e.code != 0);
+            CHECK(t_file_matches(path, 0, 300000));
+            CHECK(t_matches(r.data, 0, 50));
+            /* a reset that grew the file first shrinks it back where the system lets it
+             * (wine 8 never does while the file is mapped): old size, or grown by zeros */
+            if (lengths[i] <= 300000)
+                CHECK_U64(t_file_size(path), 300000);
+            else
+                CHECK(t_file_size(path) == 300000 || t_file_size(path) == (int64_t)lengths[i]);
+        } else {
+            CHECK_OK(mm_map_path(path, MM_WRITE, 0, lengths[i], MM_CREATE, &w, &e), &e);
+            CHECK_U64(t_file_size(path), lengths[i]);
+            CHECK(r.data[0] == 0 && r.data[49] == 0); /* the live view sees the reset */
+            CHECK_OK(mm_unmap(&w, &e), &e);
+        }
+        CHECK_OK(mm_unmap(&r, &e), &e);
+        CHECK(t_remove(path) == 0);
+    }
 }
 
 /* MM_TRUNCATE through a handle: the old content becomes zeros of the new size. */
@@ -857,24 +1030,164 @@ static void test_missing_file(void) {
     CHECK(t_file_size(path) < 0); /* MM_GROW does not create */
 }
 
+/* mm.h, mm_map_path: a missing file is MM_E_OPEN whatever the offset, length and flags that
+ * pass the argument checks (length 0 and MM_TO_END included); an empty path too. */
+static void test_missing_file_any_length(void) {
+    static const uint64_t lengths[] = {0, 1, 10, 1u << 20, MM_TO_END};
+    static const int flags[] = {0, MM_GROW, MM_POPULATE, MM_TRUNCATE, MM_GROW | MM_TRUNCATE};
+    static const int access[] = {MM_READ, MM_WRITE, MM_COPY};
+    char path[1100];
+    size_t l, f, a;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "missing-any.bin");
+    for (l = 0; l < sizeof lengths / sizeof lengths[0]; l++)
+        for (f = 0; f < sizeof flags / sizeof flags[0]; f++)
+            for (a = 0; a < sizeof access / sizeof access[0]; a++) {
+                if ((flags[f] & MM_TRUNCATE) && lengths[l] == MM_TO_END)
+                    continue; /* MM_E_ARG: test_arg_errors_come_first */
+                t_poison(&v);
+                CHECK_ST(mm_map_path(path, access[a], 4097, lengths[l], flags[f], &v, &e),
+                         MM_E_OPEN, &e);
+                CHECK_U64(e.code, T_ENOENT);
+                CHECK_U64(e.file_size, 0);
+                CHECK(t_view_zeroed(&v));
+            }
+    CHECK(t_file_size(path) < 0);
+    CHECK_ST(mm_map_path("", MM_READ, 0, 10, 0, &v, &e), MM_E_OPEN, &e);
+    CHECK(e.code != 0);
+    CHECK_ST(mm_map_path("", MM_READ, 0, 0, 0, &v, &e), MM_E_OPEN, &e);
+}
+
+/* mm.h: every MM_E_ARG of mm_map_* is found before any OS call, so it wins over what the
+ * file would have said (missing, a directory, too small) and nothing is created. Offsets
+ * and ends past INT64_MAX name no byte of any file on either system. */
+static void test_arg_errors_come_first(void) {
+    char path[1100], missing[1100];
+    const uint64_t big = UINT64_C(1) << 63;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "args-first.bin");
+    t_path(missing, sizeof missing, "args-first-missing.bin");
+    CHECK(t_write_pattern(path, 1000) == 0);
+    /* an end past INT64_MAX: refused before the file is created, opened or grown */
+    CHECK_ST(mm_map_path(missing, MM_WRITE, big - 1, 1, MM_CREATE, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    CHECK(t_file_size(missing) < 0);
+    CHECK_ST(mm_map_path(missing, MM_READ, big, 0, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(missing, MM_READ, big, MM_TO_END, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(path, MM_READ, big, MM_TO_END, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(e.file_size, 0); /* the file was not sized */
+    CHECK_ST(mm_map_path(path, MM_WRITE, 1, big - 1, MM_GROW, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(path, MM_READ, big - 2, 2, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_U64(t_file_size(path), 1000);
+    /* the largest end that passes reaches the file: too small for it */
+    CHECK_ST(mm_map_path(path, MM_READ, big - 2, 1, 0, &v, &e), MM_E_RANGE, &e);
+    /* bad access, flags or MM_TO_END with a reset beat a missing file and a directory */
+    CHECK_ST(mm_map_path(missing, 7, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(missing, MM_READ, 0, 10, 1 << 10, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(missing, MM_WRITE, 0, MM_TO_END, MM_TRUNCATE, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(t_dir, 7, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_map_path(t_dir, MM_READ, big, 1, 0, &v, &e), MM_E_ARG, &e);
+    CHECK(t_file_size(missing) < 0);
+    /* handles: -1 is no handle on either system (a descriptor < 0; INVALID_HANDLE_VALUE) */
+    CHECK_ST(mm_map_handle((mm_handle)-1, MM_READ, 0, 10, 0, &v, &e), MM_E_ARG, &e);
+    {
+        mm_handle h = t_open_rw(path);
+        CHECK(h != (mm_handle)-1);
+        CHECK_ST(mm_map_handle(h, MM_READ, big, MM_TO_END, 0, &v, &e), MM_E_ARG, &e);
+        CHECK_ST(mm_map_handle(h, MM_WRITE, 0, big, MM_GROW, &v, &e), MM_E_ARG, &e);
+        CHECK_ST(mm_map_handle(h, MM_WRITE, 0, MM_TO_END, MM_TRUNCATE, &v, &e), MM_E_ARG, &e);
+        CHECK(t_close(h) == 0);
+    }
+    CHECK_U64(t_file_size(path), 1000);
+    CHECK(t_file_matches(path, 0, 1000));
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h: err may be NULL in every function (the status is still returned); a NULL view,
+ * path, resident, total, consumer or stop is MM_E_ARG. */
+static void test_null_err_and_pointers(void) {
+    char path[1100];
+    uint64_t resident = 0, total = 0, consumer = 0;
+    int stop = 0;
+    mm_view v, h;
+    mm_error e;
+    mm_handle fd;
+    t_path(path, sizeof path, "null-err.bin");
+    CHECK(t_write_pattern(path, 3 * mm_alignment()) == 0);
+    /* err == NULL: the same statuses, nothing written through it */
+    CHECK(mm_map_path(path, 7, 0, 10, 0, &v, NULL) == MM_E_ARG);
+    CHECK(mm_map_path(path, MM_READ, 0, 1u << 30, 0, &v, NULL) == MM_E_RANGE);
+    CHECK(mm_map_path(t_dir, MM_READ, 0, 10, 0, &v, NULL) == MM_E_STAT);
+    CHECK(mm_map_path(path, MM_WRITE, 1, MM_TO_END, 0, &v, NULL) == MM_OK);
+    CHECK(t_matches(v.data, 1, 100));
+    CHECK(mm_flush(&v, 0, v.length, 1, NULL) == MM_OK);
+    CHECK(mm_flush(&v, 0, v.length + 1, 1, NULL) == MM_E_ARG);
+    CHECK(mm_advise(&v, 0, v.length, MM_ADV_WILLNEED, NULL) == MM_OK);
+    CHECK(mm_advise(&v, 0, v.length, 99, NULL) == MM_E_ARG);
+    CHECK(mm_resident(&v, 0, v.length, &resident, &total, NULL) == MM_OK);
+    CHECK(resident <= total);
+    CHECK(mm_resident(&v, 1, v.length, &resident, &total, NULL) == MM_E_ARG);
+    CHECK(mm_populate_ahead(&v, 0, v.length, 4096, v.length, &consumer, &stop, 0, NULL) ==
+          MM_OK);
+    CHECK(mm_populate_ahead(&v, 0, v.length, 0, 1, &consumer, &stop, 0, NULL) == MM_E_ARG);
+    fd = t_open_rw(path);
+    CHECK(fd != (mm_handle)-1);
+    CHECK(mm_map_handle(fd, MM_READ, 0, 100, 0, &h, NULL) == MM_OK);
+    CHECK(mm_unmap(&h, NULL) == MM_OK);
+    CHECK(mm_map_handle(fd, MM_READ, 0, 100, MM_CREATE, &h, NULL) == MM_E_ARG);
+    CHECK(t_close(fd) == 0);
+    /* NULL pointers: MM_E_ARG, code 0, through err as well */
+    e.status = -1;
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 10, 0, NULL, &e), MM_E_ARG, &e);
+    CHECK_U64(e.code, 0);
+    t_poison(&h);
+    CHECK_ST(mm_map_path(NULL, MM_READ, 0, 10, 0, &h, &e), MM_E_ARG, &e);
+    CHECK(t_view_zeroed(&h));
+    CHECK_ST(mm_map_handle((mm_handle)-1, MM_READ, 0, 10, 0, NULL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_flush(NULL, 0, 0, 1, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_advise(NULL, 0, 0, MM_ADV_NORMAL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(NULL, 0, 0, &resident, &total, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(&v, 0, 1, NULL, &total, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(&v, 0, 1, &resident, NULL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(NULL, 0, 0, 1, 1, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, 1, 1, 1, NULL, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, 1, 1, 1, &consumer, NULL, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_unmap(NULL, &e), MM_E_ARG, &e);
+    CHECK(mm_unmap(NULL, NULL) == MM_E_ARG);
+    /* a view with nothing mapped (zeroed, or made with length 0) has no range to act on */
+    memset(&h, 0, sizeof h);
+    CHECK_ST(mm_flush(&h, 0, 0, 1, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_advise(&h, 0, 0, MM_ADV_NORMAL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_resident(&h, 0, 0, &resident, &total, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&h, 0, 0, 1, 1, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK(mm_unmap(&v, NULL) == MM_OK);
+    CHECK(t_view_zeroed(&v));
+    CHECK(t_remove(path) == 0);
+}
+
 static void test_directory(void) {
     char path[1100];
     mm_view v;
     mm_error e;
-    int st;
     t_path(path, sizeof path, "a-dir");
     CHECK(t_mkdir(path) == 0);
     t_poison(&v);
     CHECK_ST(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), MM_E_STAT, &e);
     CHECK_U64(e.code, T_EISDIR);
     CHECK(t_view_zeroed(&v));
-    /* opening a directory for writing may already fail at open (EISDIR on POSIX) */
-    st = mm_map_path(path, MM_WRITE, 0, 10, 0, &v, &e);
-    CHECK(st == MM_E_STAT || st == MM_E_OPEN);
-    CHECK(e.status == st);
+    /* mm.h, MM_E_STAT: a directory is MM_E_STAT whatever the access and flags, also where
+     * the open itself refuses it (open(2) O_RDWR: EISDIR; CreateFileW: access denied) */
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, 10, 0, &v, &e), MM_E_STAT, &e);
     CHECK_U64(e.code, T_EISDIR);
-    st = mm_map_path(path, MM_WRITE, 0, 10, MM_CREATE | MM_GROW, &v, &e);
-    CHECK(st == MM_E_STAT || st == MM_E_OPEN);
+    CHECK_ST(mm_map_path(path, MM_READ, 0, 10, MM_GROW, &v, &e), MM_E_STAT, &e);
+    CHECK_U64(e.code, T_EISDIR);
+    CHECK_ST(mm_map_path(path, MM_COPY, 0, 0, 0, &v, &e), MM_E_STAT, &e);
+    CHECK_U64(e.code, T_EISDIR);
+    t_poison(&v);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, 10, MM_CREATE | MM_GROW, &v, &e), MM_E_STAT, &e);
+    CHECK_U64(e.code, T_EISDIR);
     CHECK(t_view_zeroed(&v));
     CHECK(t_rmdir(path) == 0); /* still a directory, still empty */
 }
@@ -1002,6 +1315,64 @@ static void test_flush(void) {
     CHECK(t_remove(path) == 0);
 }
 
+/* mm.h, mm_flush: a durable flush reaches the file the view maps, whatever its path names
+ * now (msync(2) needs no path; Windows keeps a duplicate of the file handle for
+ * FlushFileBuffers instead of reopening the path, which reached another file or none). */
+static void test_flush_after_the_file_is_replaced(void) {
+    char path[1100], moved[1100], other[1100];
+    uint64_t size = 3 * mm_alignment() + 100, i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "replaced.bin");
+    t_path(moved, sizeof moved, "replaced-moved.bin");
+    t_path(other, sizeof other, "replaced-other.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, 1000, 0, &v, &e), &e);
+    for (i = 0; i < 1000; i++)
+        v.data[i] = 'w';
+    /* renamed away: nothing at the path */
+    CHECK(t_rename(path, moved) == 0);
+    CHECK_OK(mm_flush(&v, 0, 1000, 1, &e), &e);
+    /* another file renamed over the path: flushed views never touch it */
+    CHECK(t_write_pattern(other, 5000) == 0);
+    CHECK(t_rename(other, path) == 0);
+    for (i = 0; i < 1000; i++)
+        v.data[i] = 'x';
+    CHECK_OK(mm_flush(&v, 0, 1000, 1, &e), &e);
+    CHECK_OK(mm_flush(&v, 10, 1, 0, &e), &e);
+    CHECK_U64(t_file_size(path), 5000);
+    CHECK(t_file_matches(path, 0, 5000));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_U64(t_file_size(path), 5000);
+    CHECK(t_file_matches(path, 0, 5000));
+    {
+        unsigned char back[1000];
+        CHECK(t_read_at(moved, 4097, back, sizeof back) == 0);
+        for (i = 0; i < sizeof back; i++)
+            CHECK(back[i] == 'x');
+    }
+    CHECK(t_file_matches(moved, 0, 4097));
+    CHECK_U64(t_file_size(moved), size);
+    /* a view made from a handle flushes durably after its caller closed the handle */
+    {
+        mm_handle h = t_open_rw(moved);
+        CHECK(h != (mm_handle)-1);
+        CHECK_OK(mm_map_handle(h, MM_WRITE, 1, 100, 0, &v, &e), &e);
+        CHECK(t_close(h) == 0);
+        memset(v.data, 'h', 100);
+        CHECK_OK(mm_flush(&v, 0, 100, 1, &e), &e);
+        CHECK_OK(mm_unmap(&v, &e), &e);
+    }
+    {
+        unsigned char back[100];
+        CHECK(t_read_at(moved, 1, back, sizeof back) == 0);
+        for (i = 0; i < sizeof back; i++)
+            CHECK(back[i] == 'h');
+    }
+    CHECK(t_remove(moved) == 0);
+    CHECK(t_remove(path) == 0);
+}
+
 static void test_handle_mapping(void) {
     char path[1100];
     uint64_t size = 100000, i;
@@ -1018,7 +1389,7 @@ static void test_handle_mapping(void) {
     CHECK(t_matches(v.data, 65537, v.length));
     CHECK_OK(mm_unmap(&v, &e), &e);
     CHECK_OK(mm_map_handle(h, MM_WRITE, 4097, 1000, 0, &v, &e), &e);
-    CHECK(v.reopen == NULL);
+    CHECK((v.flush_handle != NULL) == T_WRITE_VIEW_KEEPS_HANDLE);
     for (i = 0; i < 1000; i++)
         v.data[i] = 'h';
     CHECK_OK(mm_flush(&v, 0, 1000, 1, &e), &e);
@@ -1070,6 +1441,36 @@ static void test_advise(void) {
     CHECK(t_matches(v.data, 0, v.length));
     CHECK_OK(mm_unmap(&v, &e), &e);
     CHECK(t_file_matches(path, 0, 4097));
+    CHECK(t_remove(path) == 0);
+}
+
+/* mm.h, mm_advise: advice never changes the bytes a view shows. MM_ADV_DONTNEED on a
+ * copy-on-write view keeps its private writes on both systems (madvise(2) MADV_DONTNEED
+ * would drop them on POSIX; VirtualUnlock keeps them on Windows). */
+static void test_dontneed_keeps_private_writes(void) {
+    char path[1100];
+    uint64_t size = 4 * mm_alignment(), i;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "dontneed-copy.bin");
+    CHECK(t_write_pattern(path, size) == 0);
+    CHECK_OK(mm_map_path(path, MM_COPY, 0, MM_TO_END, 0, &v, &e), &e);
+    for (i = 0; i < v.length; i++)
+        v.data[i] = 'p';
+    CHECK_OK(mm_advise(&v, 0, v.length, MM_ADV_DONTNEED, &e), &e);
+    CHECK_OK(mm_advise(&v, 100, 3 * mm_page_size(), MM_ADV_DONTNEED, &e), &e);
+    for (i = 0; i < v.length; i++)
+        CHECK(v.data[i] == 'p');
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_file_matches(path, 0, (size_t)size));
+    /* a shared view: the writes are the file's, DONTNEED keeps them too */
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, MM_TO_END, 0, &v, &e), &e);
+    for (i = 0; i < v.length; i++)
+        v.data[i] = 's';
+    CHECK_OK(mm_advise(&v, 0, v.length, MM_ADV_DONTNEED, &e), &e);
+    for (i = 0; i < v.length; i++)
+        CHECK(v.data[i] == 's');
+    CHECK_OK(mm_unmap(&v, &e), &e);
     CHECK(t_remove(path) == 0);
 }
 
@@ -1184,7 +1585,7 @@ static void test_unmap_twice(void) {
 
 static void test_no_descriptor_held(void) {
     char path[1100], missing[1100];
-    long before, after;
+    long before, during, after;
     mm_view r, w, c, x;
     mm_error e;
     t_path(path, sizeof path, "fds.bin");
@@ -1197,11 +1598,15 @@ static void test_no_descriptor_held(void) {
         return;
     }
     CHECK_OK(mm_map_path(path, MM_READ, 1, MM_TO_END, 0, &r, &e), &e);
-    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, 1000, 0, &w, &e), &e);
     CHECK_OK(mm_map_path(path, MM_COPY, 65537, 1000, 0, &c, &e), &e);
     after = t_handle_state();
     CHECK_U64(after, before);
-    /* failures close what they opened */
+    /* mm.h: on Windows a MM_WRITE view keeps one handle, for FlushFileBuffers */
+    CHECK_OK(mm_map_path(path, MM_WRITE, 4097, 1000, 0, &w, &e), &e);
+    CHECK((w.flush_handle != NULL) == T_WRITE_VIEW_KEEPS_HANDLE);
+    during = t_handle_state();
+    CHECK(T_WRITE_VIEW_KEEPS_HANDLE ? during != before : during == before);
+    /* failures close what they opened (a MM_WRITE map that fails to grow: its flush handle) */
     CHECK_ST(mm_map_path(missing, MM_READ, 0, 10, 0, &x, &e), MM_E_OPEN, &e);
     CHECK_ST(mm_map_path(path, MM_READ, 0, 100001, 0, &x, &e), MM_E_RANGE, &e);
     CHECK_ST(mm_map_path(path, MM_READ, 100000, MM_TO_END, 0, &x, &e), MM_E_EMPTY, &e);
@@ -1209,8 +1614,9 @@ static void test_no_descriptor_held(void) {
     CHECK_ST(mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 62, MM_CREATE, &x, &e), MM_E_GROW,
              &e);
     CHECK_ST(mm_map_path(t_dir, MM_READ, 0, 10, 0, &x, &e), MM_E_STAT, &e);
+    CHECK_ST(mm_map_path(path, MM_WRITE, 0, UINT64_C(1) << 62, MM_GROW, &x, &e), MM_E_GROW, &e);
     after = t_handle_state();
-    CHECK_U64(after, before);
+    CHECK_U64(after, during);
     CHECK_OK(mm_flush(&r, 0, r.length, 1, &e), &e);
     CHECK_OK(mm_flush(&w, 0, w.length, 1, &e), &e);
     CHECK_OK(mm_unmap(&r, &e), &e);
@@ -1281,6 +1687,9 @@ typedef struct t_case {
 static const t_case t_cases[] = {
     T_CASE(test_align_down),
     T_CASE(test_alignment_values),
+    T_CASE(test_sizes_are_cached),
+    T_CASE(test_plan_view_must_fit_size_t),
+    T_CASE(test_view_range),
     T_CASE(test_read_roundtrip),
     T_CASE(test_unaligned_offsets),
     T_CASE(test_write_roundtrip),
@@ -1289,6 +1698,8 @@ static const t_case t_cases[] = {
     T_CASE(test_zero_length_checks_the_file),
     T_CASE(test_failed_reset_keeps_the_file),
     T_CASE(test_truncate_through_a_handle),
+    T_CASE(test_reset_under_a_live_view),
+    T_CASE(test_failed_map_after_grow_keeps_the_size),
     T_CASE(test_fifo_is_refused_without_blocking),
     T_CASE(test_pseudo_file_is_never_grown),
     T_CASE(test_range_error),
@@ -1297,11 +1708,15 @@ static const t_case t_cases[] = {
     T_CASE(test_create),
     T_CASE(test_create_failure_cleanup),
     T_CASE(test_missing_file),
+    T_CASE(test_missing_file_any_length),
+    T_CASE(test_arg_errors_come_first),
+    T_CASE(test_null_err_and_pointers),
     T_CASE(test_directory),
     T_CASE(test_bad_args),
     T_CASE(test_arg_error_code_zero),
     T_CASE(test_high_offset),
     T_CASE(test_flush),
+    T_CASE(test_flush_after_the_file_is_replaced),
     T_CASE(test_handle_mapping),
     T_CASE(test_advise),
     T_CASE(test_resident),
@@ -1311,6 +1726,7 @@ static const t_case t_cases[] = {
     T_CASE(test_utf8_path),
     T_CASE(test_zero_length_ranges),
     T_CASE(test_populate_ahead),
+    T_CASE(test_dontneed_keeps_private_writes),
 };
 
 int main(int argc, char **argv) {
