@@ -15,7 +15,7 @@ engine = Extension(
     sources=["src/mmarray/_engine.pyx", MM_SOURCE, "csrc/mm_scan.c"],
     include_dirs=["csrc", numpy.get_include()],
     define_macros=define_macros + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    depends=["csrc/mm.h", "src/mmarray/_engine.pxd"],
+    depends=["csrc/mm.h", "csrc/mm_internal.h", "src/mmarray/_engine.pxd", "src/mmarray/_mm.pxd"],
 )
 
 setup(
