@@ -9,9 +9,17 @@ from __future__ import annotations
 import operator
 import os
 import threading
+from typing import TYPE_CHECKING, Any, Optional, SupportsIndex
 
 from mmarray._engine import _PopulateAhead
-from mmarray._ranges import ADVICE_CODES
+from mmarray._ranges import ADVICE_CODES, RowIndex
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
+
+    from mmarray._mapping import Mapping
 
 _PREFETCH_STEP = 8 << 20  # bytes per step of a prefetch: the stop flag is checked between steps
 
@@ -25,25 +33,25 @@ class Prefetch:
         True once the pages were faulted in (or the attempt failed).
     """
 
-    def __init__(self, mapping, first, length):
-        self._error = None
+    def __init__(self, mapping: Mapping, first: int, length: int) -> None:
+        self._error: Optional[BaseException] = None
         # The populate-ahead loop with a window of the whole range: faults it all in, GIL-free.
         loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
         self._thread = threading.Thread(target=self._run, args=(loop,),
                                         name="mmarray-prefetch", daemon=True)
         self._thread.start()
 
-    def _run(self, loop):
+    def _run(self, loop: _PopulateAhead) -> None:
         try:
             loop.run()
         except BaseException as exc:  # re-raised in wait()
             self._error = exc
 
     @property
-    def done(self):
+    def done(self) -> bool:
         return not self._thread.is_alive()
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait for the prefetch to finish; re-raise its error, if any. Returns ``done``."""
         self._thread.join(timeout)
         if self._error is not None:
@@ -52,14 +60,15 @@ class Prefetch:
         return self.done
 
 
-def _axis(mapping):
+def _axis(mapping: Mapping) -> int:
     shape = mapping.shape
     if not shape:
         raise ValueError("cannot iterate over chunks of a 0-d mapping")
     return 0 if mapping.order == "C" else len(shape) - 1
 
 
-def chunks(mapping, rows, prefetch=True, ahead=2):
+def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
+           ahead: SupportsIndex = 2) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
     """Iterate over the mapping in views of ``rows`` rows, populating ahead in the background.
 
     See :meth:`Mapping.chunks`. The background thread runs one C loop without the GIL
@@ -87,9 +96,9 @@ def chunks(mapping, rows, prefetch=True, ahead=2):
 
     # ahead * step may pass 64 bits (ahead=2**64): more than the whole range is the whole range
     populator = _PopulateAhead(mapping, first, first + total, step, min(ahead * step, total))
-    failure = []
+    failure: list[BaseException] = []
 
-    def populate():
+    def populate() -> None:
         try:
             populator.run()
         except BaseException as exc:
@@ -109,7 +118,7 @@ def chunks(mapping, rows, prefetch=True, ahead=2):
         worker.join()
 
 
-def evict(mapping, start, stop):
+def evict(mapping: Mapping, start: RowIndex, stop: RowIndex) -> None:
     """Drop rows ``[start, stop)`` from this process and, where possible, the page cache."""
     if mapping.mode == "c":
         raise ValueError("evict() on a copy-on-write mapping (mode 'c') would discard its "

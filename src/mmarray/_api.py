@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import operator
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, Union
 
 import numpy as np
 
@@ -16,33 +18,48 @@ from mmarray._engine import Region, _ArrayExport
 from mmarray._mapping import Mapping, map_region
 from mmarray._ranges import advice_code
 
+if TYPE_CHECKING:
+    from _typeshed import HasFileno, StrOrBytesPath
+    from numpy.typing import DTypeLike
+
+    from mmarray._ranges import Advice, Order
+
 __all__ = ["open", "close", "Mapping", "MODES"]
 
+#: A mode in its short form, as numpy.memmap spells it and :attr:`Mapping.mode` gives it.
+ShortMode = Literal["r", "r+", "w+", "c"]
+#: The modes open() and memmap() take: the short forms and numpy's long names.
+Mode = Literal["r", "r+", "w+", "c", "readonly", "readwrite", "write", "copyonwrite"]
+#: A shape: one integer (a 1-D length) or a sequence of them.
+ShapeLike = Union[SupportsIndex, Sequence[SupportsIndex]]
+
 #: The modes, as numpy.memmap spells them, and their long names (numpy's mode_equivalents).
-MODES = ("r", "r+", "w+", "c")
-_MODE_ALIASES = {"readonly": "r", "copyonwrite": "c", "readwrite": "r+", "write": "w+"}
+MODES: tuple[ShortMode, ...] = ("r", "r+", "w+", "c")
+_MODE_ALIASES: dict[str, ShortMode] = {
+    "readonly": "r", "copyonwrite": "c", "readwrite": "r+", "write": "w+"}
 # mode -> (access, flags) for the C layer.
-_MODE_ACCESS = {
+_MODE_ACCESS: dict[ShortMode, tuple[int, int]] = {
     "r": (_engine.READ, 0),
     "c": (_engine.COPY, 0),
     "r+": (_engine.WRITE, _engine.GROW),
     "w+": (_engine.WRITE, _engine.GROW | _engine.CREATE),
 }
 # mode (numpy's short and long names) -> (short mode, access, flags)
-_MODE_SPEC = {name: (short, *_MODE_ACCESS[short])
-              for name, short in [*((m, m) for m in _MODE_ACCESS), *_MODE_ALIASES.items()]}
+_MODE_SPEC: dict[str, tuple[ShortMode, int, int]] = {
+    name: (short, *_MODE_ACCESS[short])
+    for name, short in [*((m, m) for m in _MODE_ACCESS), *_MODE_ALIASES.items()]}
 _INT64_MAX = 2**63 - 1
 _INTP_MAX = int(np.iinfo(np.intp).max)
 _POSIX = os.name != "nt"
 _TO_END = _engine.TO_END
 _CREATE = _engine.CREATE
 _POPULATE = _engine.POPULATE
-_dtype_cache: dict = {}
+_dtype_cache: dict[Any, np.dtype[Any]] = {}
 
 _FD_MAX = 2**31 - 1  # descriptors are C ints (open(2)); Windows CRT descriptors too
 
 
-def fileno_of(file):
+def fileno_of(file: Any) -> int:
     """The OS file descriptor behind a file object, checked.
 
     Returns a non-negative int naming an open file. Raises TypeError when ``file.fileno()``
@@ -69,7 +86,7 @@ def fileno_of(file):
     return fd
 
 
-def _short_repr(value, limit=80):
+def _short_repr(value: Any, limit: int = 80) -> str:
     """repr() for messages: bounded in length, and safe for ints past str()'s digit limit."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
         return f"<int of {value.bit_length()} bits>"
@@ -85,7 +102,7 @@ def _short_repr(value, limit=80):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _check_mode(mode):
+def _check_mode(mode: object) -> str:
     m = _MODE_ALIASES.get(mode, mode) if isinstance(mode, str) else None
     if m not in _MODE_ACCESS:
         raise ValueError(f"mode must be one of {sorted(list(MODES) + list(_MODE_ALIASES))!r}, "
@@ -93,7 +110,7 @@ def _check_mode(mode):
     return m
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     try:
         return _dtype_cache[dtype]
     except (KeyError, TypeError):
@@ -112,7 +129,7 @@ def _check_dtype(dtype):
     return dt
 
 
-def _check_shape(shape, itemsize):
+def _check_shape(shape: Any, itemsize: int) -> tuple[tuple[int, ...], int]:
     """Return (shape tuple, nbytes) or raise."""
     try:  # any integer, np.int64 included, is a 1-D length (as numpy.memmap takes it)
         shape = (operator.index(shape),)
@@ -138,7 +155,7 @@ def _check_shape(shape, itemsize):
     return shape, n
 
 
-def _check_offset(offset):
+def _check_offset(offset: int) -> None:
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {_short_repr(offset)}")
     if offset > _INT64_MAX:
@@ -146,22 +163,23 @@ def _check_offset(offset):
                          f"{_INT64_MAX}")
 
 
-def _check_end(offset, length):
+def _check_end(offset: int, length: int) -> None:
     if offset + length > _INT64_MAX:
         raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits; expected an end "
                          f"of at most {_INT64_MAX}")
 
 
-def _check_order(order):
+def _check_order(order: str) -> Order:
     if order in ("C", "F"):
-        return order
+        return order  # type: ignore[return-value]  # 'C' or 'F'
     if order in ("c", "f"):
-        return order.upper()
+        return order.upper()  # type: ignore[return-value]  # 'C' or 'F'
     raise ValueError(f"order must be 'C' or 'F', got {order!r}")
 
 
-def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, populate=False,
-         advise=None):
+def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mode = "r+",
+         offset: SupportsIndex = 0, shape: ShapeLike | None = None, order: Order = "C", *,
+         populate: bool = False, advise: Advice | None = None) -> Mapping:
     """Map a file, or part of it, as an array.
 
     The arguments mean what they mean for :class:`numpy.memmap`; the result is a
@@ -260,7 +278,7 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
         _check_writable_file(file, mode)
         if hasattr(file, "flush"):
             file.flush()  # numpy.memmap's seek() does the same: buffered writes reach the file
-        fd, file = fileno_of(file), None
+        fd, file = fileno_of(file), None  # type: ignore[assignment]  # mapped by descriptor
         filename = None
         flags &= ~_CREATE
     else:
@@ -268,8 +286,10 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
                         f"fileno(), got {type(file).__name__}")
 
     # length 0 maps nothing; the engine still checks, creates or grows the file as for data
-    m = map_region(path=file, fd=fd, access=access, offset=offset, length=length, flags=flags,
-                   dtype=dt, shape=shape, order=order, mode=mode, filename=filename)
+    # file is a path (str or bytes) or None here: a file object was replaced by its descriptor
+    m = map_region(path=file, fd=fd, access=access, offset=offset,  # type: ignore[arg-type]
+                   length=length, flags=flags, dtype=dt, shape=shape, order=order, mode=mode,
+                   filename=filename)
     if advise is not None:
         try:
             m.advise(advise)
@@ -279,7 +299,7 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *, pop
     return m
 
 
-def _check_writable_file(file, mode):
+def _check_writable_file(file: object, mode: str) -> None:
     """Modes that write ('r+', 'w+') need a file object open for writing: say so up front
     (PermissionError, as the OS would) rather than fail later with its EBADF or EACCES."""
     if mode in ("r+", "w+"):
@@ -290,7 +310,7 @@ def _check_writable_file(file, mode):
                              f"with mode 'r' or 'c')")
 
 
-def _abspath(path):
+def _abspath(path: str) -> str:
     """os.path.abspath, without its work for an absolute POSIX path that is already normal."""
     if (_POSIX and path[:1] == "/" and "//" not in path and "/." not in path
             and path[-1:] != "/"):
@@ -298,7 +318,7 @@ def _abspath(path):
     return os.path.abspath(path)
 
 
-def close(array, strict=False):
+def close(array: object, strict: bool = False) -> None:
     """Close the :class:`Mapping` behind an array that mmarray handed out.
 
     Walks ``array.base`` to the mapping (so views and reshapes work too) and calls its
@@ -331,7 +351,7 @@ def close(array, strict=False):
     mapping.close(strict=strict)
 
 
-def mapping_of(array):
+def mapping_of(array: object) -> Mapping | None:
     """Return the :class:`Mapping` behind ``array`` (walking ``.base``), or None.
 
     Follows ``memoryview.obj`` too, so arrays made from a Mapping's buffer
@@ -339,10 +359,11 @@ def mapping_of(array):
     """
     obj = array
     while obj is not None:
+        # Every region the package maps is a Mapping (map_region's cls).
         if isinstance(obj, _ArrayExport):
-            return obj.mapping
+            return obj.mapping  # type: ignore[return-value]
         if isinstance(obj, Region):
-            return obj
+            return obj  # type: ignore[return-value]
         if isinstance(obj, memoryview):
             obj = obj.obj
             continue

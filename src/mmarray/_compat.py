@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import os
+from typing import TYPE_CHECKING, Any, Literal, Optional, SupportsIndex
 
 import numpy as np
 
@@ -28,6 +29,25 @@ from mmarray._api import (
 from mmarray._errors import SizeNotMultipleError
 from mmarray._mapping import Mapping, map_region
 
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from _typeshed import StrOrBytesPath, StrPath
+    from numpy.typing import DTypeLike
+    from typing_extensions import Self
+
+    from mmarray._api import Mode, ShapeLike, ShortMode
+    from mmarray._engine import _ArrayExport
+
+    class _FileObject(Protocol):
+        """What memmap maps of a file object: one with ``read`` and a descriptor."""
+
+        def read(self, size: int = ..., /) -> object: ...
+
+        def fileno(self) -> int: ...
+
+# numpy's private header helpers are not in its type stubs.
+_npy_format: Any
 try:  # numpy >= 2.0 keeps the header helpers private here
     from numpy.lib import _format_impl as _npy_format
 except ImportError:  # pragma: no cover - numpy 1.25 / 1.26
@@ -144,15 +164,17 @@ class memmap(np.memmap):
 
     # Defaults for arrays that map nothing (copies, unpickled objects): numpy sets these to
     # None in __array_finalize__; class attributes give the same values without the cost.
-    _mmap = None
-    filename = None
-    offset = None
-    mode = None
+    # As numpy's stub types them: None only for an array that maps nothing.
+    _mmap: Optional[Mapping] = None
+    filename: Optional[str] = None
+    offset: int = None  # type: ignore[assignment]
+    mode: str = None  # type: ignore[assignment]
     # A view's own export of the Mapping: it makes live views visible to close(strict=True).
-    _view_export = None
+    _view_export: Optional[_ArrayExport] = None
 
-    def __new__(subtype, filename, dtype=np.uint8, mode="r+", offset=0, shape=None,
-                order="C"):
+    def __new__(subtype, filename: StrOrBytesPath | _FileObject, dtype: DTypeLike = np.uint8,
+                mode: Mode = "r+", offset: SupportsIndex = 0, shape: ShapeLike | None = None,
+                order: Literal["C", "F", "A", "K"] = "C") -> Self:
         spec = _MODES.get(mode) if type(mode) is str else None
         if spec is None:  # a bad mode raises in _check_mode; a str subclass passes
             spec = _MODES[_check_mode(mode)]
@@ -172,13 +194,17 @@ class memmap(np.memmap):
         else:
             if not isinstance(shape, (tuple, list)):
                 try:  # numpy.memmap takes any integer (np.int64 too) as a 1-D length
-                    shape = (operator.index(shape),)
+                    shape = (operator.index(shape),)  # type: ignore[arg-type]  # an integer here
                 except TypeError:
                     pass
             shape, length = _check_shape(shape, dt.itemsize)
             _check_end(offset, length)
 
         # The file: numpy.memmap's rules for what is a file object and what `filename` becomes.
+        path: Optional[StrOrBytesPath]
+        fd: Optional[int]
+        attr_name: Optional[StrPath]  # numpy keeps a resolved pathlib.Path for a path object
+        error_name: Optional[str]
         path = fd = None
         if type(filename) is str:  # the common case, without the generic calls
             if not filename:
@@ -198,7 +224,7 @@ class memmap(np.memmap):
             if not path:
                 raise FileNotFoundError(2, "No such file or directory", path)
             if isinstance(filename, str):
-                attr_name = error_name = _abspath(path)
+                attr_name = error_name = _abspath(path)  # type: ignore[arg-type]  # a str
             elif isinstance(filename, os.PathLike):  # numpy keeps a resolved pathlib.Path
                 attr_name = _resolved_path(filename)
                 error_name = str(attr_name)
@@ -206,12 +232,12 @@ class memmap(np.memmap):
                 attr_name = None  # numpy.memmap gives None for a bytes path
                 error_name = os.fsdecode(path)
 
-        def map_it(length, shape):
+        def map_it(length: int, shape: Optional[tuple[int, ...]]) -> Mapping:
             return map_region(path=path, fd=fd, access=access, offset=offset, length=length,
                               flags=flags, dtype=dt, shape=shape, order=order, mode=mode,
                               filename=error_name)
 
-        def map_empty(shape):
+        def map_empty(shape: Optional[tuple[int, ...]]) -> Mapping:
             # numpy gives an empty array, or an error for an empty file in mode 'r'/'c'. The
             # engine still checks, creates or grows the file as for data.
             if mode in ("r", "c") and _file_size(path, fd) == 0:
@@ -239,15 +265,15 @@ class memmap(np.memmap):
         self._mmap = mapping
         self.offset = offset
         self.mode = mode
-        self.filename = attr_name
+        self.filename = attr_name  # type: ignore[assignment]  # numpy stores a Path too
         return self
 
-    def __array_finalize__(self, obj):
+    def __array_finalize__(self, obj: Any) -> None:
         # numpy.memmap's rule: a new array sharing memory with a memmap inherits its file
         # attributes; anything else keeps the class defaults (None).
         if obj is None:
             return
-        mapping = getattr(obj, "_mmap", _MISSING)
+        mapping: Any = getattr(obj, "_mmap", _MISSING)
         if mapping is _MISSING or not _may_share_memory(self, obj):
             return
         self._mmap = mapping
@@ -260,7 +286,9 @@ class memmap(np.memmap):
             except ValueError:  # closed by another thread meanwhile: nothing left to count
                 pass
 
-    def __array_wrap__(self, arr, context=None, return_scalar=False):
+    def __array_wrap__(self, arr: np.ndarray[Any, Any],
+                       context: Optional[tuple[np.ufunc, tuple[Any, ...], int]] = None,
+                       return_scalar: bool = False) -> Any:
         # numpy.memmap's, with this class in place of numpy.memmap: ufunc results and
         # reductions of an mmarray.memmap are ndarrays or scalars; subclasses keep their type.
         arr = _ndarray_array_wrap(self, arr, context)
@@ -270,13 +298,13 @@ class memmap(np.memmap):
             return arr[()]
         return arr.view(_ndarray)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> Any:
         res = _ndarray_getitem(self, index)
         if type(res) is memmap and res._mmap is None:
             return res.view(type=_ndarray)  # a copy (fancy indexing): not memory-mapped
         return res
 
-    def flush(self):
+    def flush(self) -> None:
         """Write any changes in the array to the file on disk.
 
         Durable on return (``msync(MS_SYNC)``; Windows ``FlushViewOfFile`` and
@@ -305,7 +333,7 @@ class memmap(np.memmap):
         if mapping is not None:
             mapping.flush()
 
-    def close(self, strict=False):
+    def close(self, strict: bool = False) -> None:
         """Close the mapping behind this memmap (and behind every view of it).
 
         Idempotent. The file region is unmapped as soon as no array can reach it: at once if
@@ -357,15 +385,15 @@ class memmap(np.memmap):
         mapping.close()
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """True once :meth:`close` was called on this memmap or any view of its mapping."""
         mapping = self._mmap
         return isinstance(mapping, Mapping) and mapping.closed
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> Literal[False]:
         self.close()
         return False
 
@@ -373,7 +401,7 @@ class memmap(np.memmap):
 memmap.__module__ = "mmarray"
 
 
-def _resolved_path(path):
+def _resolved_path(path: Any) -> Any:
     try:
         return path.resolve()
     except AttributeError:  # an os.PathLike that is not a pathlib object
@@ -382,15 +410,17 @@ def _resolved_path(path):
         return pathlib.Path(_fspath(path)).resolve()
 
 
-def _file_size(path, fd):
+def _file_size(path: Optional[StrOrBytesPath], fd: Optional[int]) -> int:
     """Size of the file at ``path`` or behind descriptor ``fd`` (-1 if it cannot be known)."""
     try:
-        return os.stat(path).st_size if path is not None else os.fstat(fd).st_size
+        return (os.stat(path).st_size if path is not None
+                else os.fstat(fd).st_size)  # type: ignore[arg-type]  # fd: not None then
     except (OSError, ValueError):  # ValueError: a NUL byte, which the engine reports
         return -1
 
 
-def _write_npy_header(path, header, version):
+def _write_npy_header(path: StrOrBytesPath, header: dict[str, Any],
+                      version: Optional[tuple[int, int]]) -> int:
     """Create or reset the .npy file and write its header; return the data offset.
 
     As numpy's ``open(filename, 'w+b')``, through a descriptor opened without truncating, so
@@ -398,7 +428,7 @@ def _write_npy_header(path, header, version):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
                  | getattr(os, "O_CLOEXEC", 0), 0o666)
 
-    def write():
+    def write() -> int:
         os.ftruncate(fd, 0)
         with open(fd, "wb", closefd=False) as fp:
             _npy_format._write_array_header(fp, header, version)
@@ -410,8 +440,10 @@ def _write_npy_header(path, header, version):
         os.close(fd)
 
 
-def open_memmap(filename, mode="r+", dtype=None, shape=None, fortran_order=False, version=None,
-                *, max_header_size=_npy_format._MAX_HEADER_SIZE):
+def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | None = None,
+                shape: tuple[int, ...] | None = None, fortran_order: bool = False,
+                version: tuple[int, int] | None = None, *,
+                max_header_size: int = _npy_format._MAX_HEADER_SIZE) -> memmap:
     """Open a ``.npy`` file as a memory-mapped array: :func:`numpy.lib.format.open_memmap` on
     mmarray's engine.
 
@@ -481,7 +513,7 @@ def open_memmap(filename, mode="r+", dtype=None, shape=None, fortran_order=False
             _npy_format._check_version(version)
             shape, fortran_order, dtype = _npy_format._read_array_header(
                 fp, version, max_header_size=max_header_size)
-            if dtype.hasobject:
+            if dtype.hasobject:  # type: ignore[union-attr]  # a numpy.dtype from the header
                 raise ValueError("Array can't be memory-mapped: Python objects in dtype.")
             offset = fp.tell()
     if mode == "w+":  # the header is written: map the file read-write without truncating it

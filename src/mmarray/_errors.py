@@ -20,7 +20,7 @@ E_ARG, E_OPEN, E_STAT, E_RANGE, E_GROW, E_MAP, E_FLUSH, E_UNMAP, E_ADVISE, E_QUE
 class SizeNotMultipleError(ValueError):
     """The data after ``offset`` is not a whole number of items (no shape was given)."""
 
-    def __init__(self, message, nbytes):
+    def __init__(self, message: str, nbytes: int) -> None:
         super().__init__(message)
         self.nbytes = nbytes
 
@@ -45,7 +45,7 @@ def install() -> None:
     _engine.set_error_factory(from_status)
 
 
-def from_status(status: int, code: int, file_size: int, filename, offset: int,
+def from_status(status: int, code: int, file_size: int, filename: object, offset: int,
                 length: int) -> Exception:
     """Return the exception for a failed C call, or for a refusal of the engine's own.
 
@@ -86,7 +86,7 @@ def from_status(status: int, code: int, file_size: int, filename, offset: int,
     return OSError(f"{what} {filename!r}")
 
 
-def truncation_refused(name, live):
+def truncation_refused(name: object, live: int) -> ValueError:
     """The error for a mode-'w+' truncation of a file this process still maps."""
     return ValueError(
         f"{name!r} is mapped by {live} live mapping(s) in this process; mode 'w+' would "

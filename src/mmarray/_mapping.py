@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Optional, SupportsIndex
 
 from mmarray import _access, _engine, _errors, _ranges
+from mmarray._ranges import Advice, RowIndex
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
+    from _typeshed import StrOrBytesPath
+
+    from mmarray._api import ShortMode
+    from mmarray._ranges import Order
 
 __all__ = ["Mapping", "map_region"]
 
@@ -23,18 +34,18 @@ _errors.install()
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
-    def _encode_path(path):
+    def _encode_path(path: StrOrBytesPath) -> bytes:
         """The C layer takes UTF-8 paths on Windows."""
         return os.fsdecode(path).encode("utf-8")
 
-    _os_handle = msvcrt.get_osfhandle
+    _os_handle = msvcrt.get_osfhandle  # type: ignore[attr-defined, unused-ignore]  # on POSIX
 else:
-    def _encode_path(path):
+    def _encode_path(path: StrOrBytesPath) -> bytes:
         if type(path) is str:
             return path.encode(_FS_ENCODING, _FS_ERRORS)
         return os.fsencode(path)
 
-    def _os_handle(fd):
+    def _os_handle(fd: int) -> int:
         return fd
 
 
@@ -63,10 +74,10 @@ class Mapping(_engine.Region):
 
     __slots__ = ()
 
-    def _byte_range(self, start, stop):
+    def _byte_range(self, start: RowIndex, stop: RowIndex) -> tuple[int, int]:
         return _ranges.byte_range(self.shape, self.order, self.dtype.itemsize, start, stop)
 
-    def flush(self, start=None, stop=None, sync=True):
+    def flush(self, start: RowIndex = None, stop: RowIndex = None, sync: bool = True) -> None:
         """Write changes back to the file.
 
         Parameters
@@ -95,7 +106,7 @@ class Mapping(_engine.Region):
         first, length = self._byte_range(start, stop)
         self._flush_bytes(first, length, sync)
 
-    def advise(self, advice, start=None, stop=None):
+    def advise(self, advice: Advice, start: RowIndex = None, stop: RowIndex = None) -> None:
         """Tell the kernel how rows ``[start, stop)`` will be used (``madvise``).
 
         Parameters
@@ -128,7 +139,7 @@ class Mapping(_engine.Region):
         first, length = self._byte_range(start, stop)
         self._advise_bytes(first, length, code)
 
-    def resident(self, start=None, stop=None):
+    def resident(self, start: RowIndex = None, stop: RowIndex = None) -> float:
         """Fraction (0.0 to 1.0) of the pages of rows ``[start, stop)`` that are in memory.
 
         Uses ``mincore`` (Windows: ``QueryWorkingSetEx``, which sees only this process's
@@ -140,7 +151,7 @@ class Mapping(_engine.Region):
         resident, total = self._resident_bytes(first, length)
         return resident / total if total else 1.0
 
-    def evict(self, start=None, stop=None):
+    def evict(self, start: RowIndex = None, stop: RowIndex = None) -> None:
         """Give the memory of rows ``[start, stop)`` back: the "free this" call.
 
         Flushes the range (modes ``'r+'``/``'w+'``), drops it from this process
@@ -156,7 +167,7 @@ class Mapping(_engine.Region):
         """
         _access.evict(self, start, stop)
 
-    def prefetch(self, start=None, stop=None):
+    def prefetch(self, start: RowIndex = None, stop: RowIndex = None) -> _access.Prefetch:
         """Fault rows ``[start, stop)`` in from a background thread and return at once.
 
         The thread runs a C loop without the GIL (one read per 64 KiB fault-around window,
@@ -177,7 +188,8 @@ class Mapping(_engine.Region):
             raise ValueError("mapping is closed")
         return _access.Prefetch(self, first, length)
 
-    def chunks(self, rows, prefetch=True, ahead=2):
+    def chunks(self, rows: SupportsIndex, prefetch: bool = True,
+               ahead: SupportsIndex = 2) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
         """Iterate over views of ``rows`` rows each; the way to scan a mapping fast.
 
         With ``prefetch`` (default) a background thread populates up to ``ahead`` chunks
@@ -198,8 +210,10 @@ class Mapping(_engine.Region):
 Mapping.__module__ = "mmarray"
 
 
-def map_region(*, path=None, fd=None, access, offset=0, length, flags=0, dtype, shape=None,
-               order="C", mode, filename, cls=Mapping):
+def map_region(*, path: Optional[StrOrBytesPath] = None, fd: Optional[int] = None, access: int,
+               offset: int = 0, length: int, flags: int = 0, dtype: np.dtype[Any],
+               shape: Optional[tuple[int, ...]] = None, order: Order = "C", mode: ShortMode,
+               filename: Optional[str], cls: type[Mapping] = Mapping) -> Mapping:
     """Map a file region: the one entry point every mapping of the package goes through.
 
     Give ``path`` (str, bytes or os.PathLike: encoded here) or ``fd`` (an OS descriptor:

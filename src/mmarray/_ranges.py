@@ -2,15 +2,25 @@
 from __future__ import annotations
 
 import operator
+from typing import Literal, Optional, SupportsIndex
 
 from mmarray import _engine
 
+#: The advice names Mapping.advise takes (the keys of the engine's ADVICE; a test keeps them
+#: equal).
+Advice = Literal["normal", "sequential", "random", "willneed", "dontneed", "hugepage",
+                 "nohugepage", "populate_read", "populate_write"]
+#: Memory layout of a multi-dimensional array.
+Order = Literal["C", "F"]
+#: A row bound of a region operation (Python slicing rules; None: the end).
+RowIndex = Optional[SupportsIndex]
+
 #: Advice name accepted by Mapping.advise -> its enum mm_advice value, as the engine exports.
-ADVICE_CODES = dict(_engine.ADVICE)
-ADVICE = tuple(ADVICE_CODES)
+ADVICE_CODES: dict[str, int] = dict(_engine.ADVICE)
+ADVICE: tuple[str, ...] = tuple(ADVICE_CODES)
 
 
-def advice_code(advice):
+def advice_code(advice: str) -> int:
     """Return the C code for an advice name, or raise ValueError naming the valid ones."""
     try:
         return ADVICE_CODES[advice]
@@ -18,7 +28,8 @@ def advice_code(advice):
         raise ValueError(f"advice must be one of {list(ADVICE)!r}, got {advice!r}") from None
 
 
-def byte_range(shape, order, itemsize, start, stop):
+def byte_range(shape: tuple[int, ...], order: str, itemsize: int, start: RowIndex,
+               stop: RowIndex) -> tuple[int, int]:
     """Map ``[start, stop)`` along the outer axis to ``(first_byte, nbytes)`` of the region.
 
     The outer axis is the first for C order and the last for Fortran order: the one whose
