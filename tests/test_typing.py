@@ -9,8 +9,8 @@ import typing
 from pathlib import Path
 
 import pytest
-
 import typing_usage
+
 import mmarray
 from mmarray import _api, _engine, _ranges
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Optional, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from mmarray._engine import _PopulateAhead
 from mmarray._ranges import ADVICE_CODES, RowIndex
@@ -34,7 +34,7 @@ class Prefetch:
     """
 
     def __init__(self, mapping: Mapping, first: int, length: int) -> None:
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         # The populate-ahead loop with a window of the whole range: faults it all in, GIL-free.
         loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
         self._thread = threading.Thread(target=self._run, args=(loop,),
@@ -51,7 +51,7 @@ class Prefetch:
     def done(self) -> bool:
         return not self._thread.is_alive()
 
-    def wait(self, timeout: Optional[float] = None) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         """Wait for the prefetch to finish; re-raise its error, if any. Returns ``done``."""
         self._thread.join(timeout)
         if self._error is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import TYPE_CHECKING, Any, Literal, Optional, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import numpy as np
 
@@ -165,12 +165,12 @@ class memmap(np.memmap):
     # Defaults for arrays that map nothing (copies, unpickled objects): numpy sets these to
     # None in __array_finalize__; class attributes give the same values without the cost.
     # As numpy's stub types them: None only for an array that maps nothing.
-    _mmap: Optional[Mapping] = None
-    filename: Optional[str] = None
+    _mmap: Mapping | None = None
+    filename: str | None = None
     offset: int = None  # type: ignore[assignment]
     mode: str = None  # type: ignore[assignment]
     # A view's own export of the Mapping: it makes live views visible to close(strict=True).
-    _view_export: Optional[_ArrayExport] = None
+    _view_export: _ArrayExport | None = None
 
     def __new__(subtype, filename: StrOrBytesPath | _FileObject, dtype: DTypeLike = np.uint8,
                 mode: Mode = "r+", offset: SupportsIndex = 0, shape: ShapeLike | None = None,
@@ -201,10 +201,10 @@ class memmap(np.memmap):
             _check_end(offset, length)
 
         # The file: numpy.memmap's rules for what is a file object and what `filename` becomes.
-        path: Optional[StrOrBytesPath]
-        fd: Optional[int]
-        attr_name: Optional[StrPath]  # numpy keeps a resolved pathlib.Path for a path object
-        error_name: Optional[str]
+        path: StrOrBytesPath | None
+        fd: int | None
+        attr_name: StrPath | None  # numpy keeps a resolved pathlib.Path for a path object
+        error_name: str | None
         path = fd = None
         if type(filename) is str:  # the common case, without the generic calls
             if not filename:
@@ -232,12 +232,12 @@ class memmap(np.memmap):
                 attr_name = None  # numpy.memmap gives None for a bytes path
                 error_name = os.fsdecode(path)
 
-        def map_it(length: int, shape: Optional[tuple[int, ...]]) -> Mapping:
+        def map_it(length: int, shape: tuple[int, ...] | None) -> Mapping:
             return map_region(path=path, fd=fd, access=access, offset=offset, length=length,
                               flags=flags, dtype=dt, shape=shape, order=order, mode=mode,
                               filename=error_name)
 
-        def map_empty(shape: Optional[tuple[int, ...]]) -> Mapping:
+        def map_empty(shape: tuple[int, ...] | None) -> Mapping:
             # numpy gives an empty array, or an error for an empty file in mode 'r'/'c'. The
             # engine still checks, creates or grows the file as for data.
             if mode in ("r", "c") and _file_size(path, fd) == 0:
@@ -287,7 +287,7 @@ class memmap(np.memmap):
                 pass
 
     def __array_wrap__(self, arr: np.ndarray[Any, Any],
-                       context: Optional[tuple[np.ufunc, tuple[Any, ...], int]] = None,
+                       context: tuple[np.ufunc, tuple[Any, ...], int] | None = None,
                        return_scalar: bool = False) -> Any:
         # numpy.memmap's, with this class in place of numpy.memmap: ufunc results and
         # reductions of an mmarray.memmap are ndarrays or scalars; subclasses keep their type.
@@ -410,7 +410,7 @@ def _resolved_path(path: Any) -> Any:
         return pathlib.Path(_fspath(path)).resolve()
 
 
-def _file_size(path: Optional[StrOrBytesPath], fd: Optional[int]) -> int:
+def _file_size(path: StrOrBytesPath | None, fd: int | None) -> int:
     """Size of the file at ``path`` or behind descriptor ``fd`` (-1 if it cannot be known)."""
     try:
         return (os.stat(path).st_size if path is not None
@@ -420,7 +420,7 @@ def _file_size(path: Optional[StrOrBytesPath], fd: Optional[int]) -> int:
 
 
 def _write_npy_header(path: StrOrBytesPath, header: dict[str, Any],
-                      version: Optional[tuple[int, int]]) -> int:
+                      version: tuple[int, int] | None) -> int:
     """Create or reset the .npy file and write its header; return the data offset.
 
     As numpy's ``open(filename, 'w+b')``, through a descriptor opened without truncating, so

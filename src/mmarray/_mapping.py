@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Optional, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from mmarray import _access, _engine, _errors, _ranges
 from mmarray._ranges import Advice, RowIndex
@@ -210,10 +210,10 @@ class Mapping(_engine.Region):
 Mapping.__module__ = "mmarray"
 
 
-def map_region(*, path: Optional[StrOrBytesPath] = None, fd: Optional[int] = None, access: int,
+def map_region(*, path: StrOrBytesPath | None = None, fd: int | None = None, access: int,
                offset: int = 0, length: int, flags: int = 0, dtype: np.dtype[Any],
-               shape: Optional[tuple[int, ...]] = None, order: Order = "C", mode: ShortMode,
-               filename: Optional[str], cls: type[Mapping] = Mapping) -> Mapping:
+               shape: tuple[int, ...] | None = None, order: Order = "C", mode: ShortMode,
+               filename: str | None, cls: type[Mapping] = Mapping) -> Mapping:
     """Map a file region: the one entry point every mapping of the package goes through.
 
     Give ``path`` (str, bytes or os.PathLike: encoded here) or ``fd`` (an OS descriptor:

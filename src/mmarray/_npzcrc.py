@@ -154,7 +154,7 @@ class _Crc:
                 os.close(fd)
 
 
-_live_crcs = weakref.WeakSet()  # every _Crc, for the fork handler
+_live_crcs: weakref.WeakSet[_Crc] = weakref.WeakSet()  # every _Crc, for the fork handler
 
 
 def _new_locks_after_fork():
