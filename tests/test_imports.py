@@ -10,7 +10,14 @@ import sys
 import mmarray
 
 PACKAGE = "mmarray"
-SRC = os.path.dirname(os.path.abspath(mmarray.__file__))
+INSTALLED = os.path.dirname(os.path.abspath(mmarray.__file__))  # what `import mmarray` runs
+# The sources: the checkout's (the tests live in it), whose engine is a .pyx to read; an
+# installed copy has only the compiled engine.
+_CHECKOUT_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "src",
+                             PACKAGE)
+SRC = (os.path.normpath(_CHECKOUT_SRC) if os.path.isfile(os.path.join(_CHECKOUT_SRC,
+                                                                        "_engine.pyx"))
+       else os.path.dirname(os.path.abspath(mmarray.__file__)))
 NPY_NPZ_LAYER = ["_load", "_npy", "_npyformat", "_npz", "_npzcrc", "_npzwrite", "_zipdir"]
 # Every module is checked: the engine imports no module of the package (it is handed its
 # error factory by _errors), so nothing needs leaving out.
@@ -181,7 +188,7 @@ def test_the_engine_does_not_import_the_npy_npz_layer():
     code = f"""if True:
         import sys, types
         pkg = types.ModuleType({PACKAGE!r})
-        pkg.__path__ = [{SRC!r}]
+        pkg.__path__ = [{INSTALLED!r}]
         sys.modules[{PACKAGE!r}] = pkg
         import mmarray._engine
         print(sorted(m for m in sys.modules if m.startswith("mmarray.")))
