@@ -55,15 +55,15 @@ class _Crc:
     is compared with what each position holds now, not with a remembered value: another
     handle on the archive may have rewritten it since.
     """
-    __slots__ = ("target", "id", "label", "header", "start", "data", "nbytes", "end",
+    __slots__ = ("target", "id", "label", "start", "data", "nbytes", "end",
                  "positions", "where", "proof", "size", "lock", "__weakref__")
 
-    def __init__(self, target, file_id, label, header, start, data, nbytes, end, positions,
-                 where, proof):
+    def __init__(self, target, file_id, label, start, data, nbytes, end, positions, where,
+                 proof):
         self.target, self.id, self.label = target, file_id, label
-        # header: the member's .npy header; start: where its stored bytes begin; data, nbytes:
-        # the mapped array data; end: where the stored bytes end.
-        self.header, self.start, self.data, self.nbytes = header, start, data, nbytes
+        # start: where the member's stored bytes begin (its .npy header, then its data);
+        # data, nbytes: the mapped array data; end: where the stored bytes end.
+        self.start, self.data, self.nbytes = start, data, nbytes
         self.end, self.positions, self.where = end, positions, where
         # proof: (offset, bytes) that must read back unchanged; size: the file must reach it.
         self.proof = [(pos, want) for pos, want in proof if want]
@@ -95,10 +95,12 @@ class _Crc:
         """The CRC-32 values the archive holds now, one per position."""
         return [struct.unpack("<L", _fmt.read_at(fd, p, 4))[0] for p in self.positions]
 
-    def crc_from_file(self, fd, pos, crc):
-        """Continue ``crc`` over the stored bytes from ``pos`` to the member's end."""
-        while pos < self.end:
-            chunk = _fmt.read_at(fd, pos, min(_fmt.CHUNK, self.end - pos))
+    def crc_from_file(self, fd, pos, crc, stop=None):
+        """Continue ``crc`` over the stored bytes from ``pos`` to ``stop`` (the member's end
+        by default)."""
+        stop = self.end if stop is None else stop
+        while pos < stop:
+            chunk = _fmt.read_at(fd, pos, min(_fmt.CHUNK, stop - pos))
             if not chunk:
                 raise ValueError(f"{self.label}: the archive was truncated")
             crc = zlib.crc32(chunk, crc)
@@ -134,7 +136,9 @@ class _Crc:
                               f"loaded ({why})", RuntimeWarning, stacklevel=4)
                 return
             if member is not None:
-                crc = zlib.crc32(self.header)
+                # The file's bytes, not those read at open, around the mapped data: the .npy
+                # header (checked by `moved`, but read again) and any trailing bytes.
+                crc = self.crc_from_file(fd, self.start, 0, self.data)
                 if self.nbytes:
                     # Through an export object, not the Mapping's own buffer: a raw buffer of
                     # the Mapping would defer its unmap to its garbage collection.
@@ -217,8 +221,9 @@ def new_crc(target, file_id, directory, read, fd, e, data, head, header, offset,
     ``offset`` and ``nbytes`` its array data.
 
     Records where the CRC-32 is stored and the bytes that place the member (its local
-    header, central directory entry and data descriptor, except CRC-32s and timestamps),
-    checks them against the file now, and reads the member's stored bytes to check the
+    header, central directory entry and data descriptor, except CRC-32s and timestamps) and
+    give its mapping's dtype, shape and order (its .npy header), checks them against the
+    file now, and reads the member's stored bytes to check the
     CRC-32: ValueError if it does not match, since every write-back would then make a
     corrupt member look valid.
     """
@@ -257,8 +262,8 @@ def new_crc(target, file_id, directory, read, fd, e, data, head, header, offset,
         wide = (not narrow and len(sizes) >= 16
                 and struct.unpack_from("<QQ", sizes) == (e.csize, e.usize))
         proof += [(end, tail[:crc_pos - end]), (crc_pos + 4, sizes[:16 if wide else 8])]
-    crc = _Crc(target, file_id, label, header, data, offset, nbytes, end, positions, where,
-               proof)
+    proof.append((data, header))  # what the mapping was made from: a rewrite may keep the rest
+    crc = _Crc(target, file_id, label, data, offset, nbytes, end, positions, where, proof)
     crc.check(fd)
     crc.verify(fd)
     return crc
