@@ -214,6 +214,38 @@ def test_crc_writeback_skips_an_archive_rewritten_in_place_with_the_same_layout(
     assert check_archive(path)["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+@pytest.mark.parametrize("mode", ["r", "c", "r+"])
+@pytest.mark.parametrize("descriptor", [False, True], ids=["plain", "data-descriptor"])
+def test_member_first_opened_after_a_same_layout_rewrite_is_a_value_error(tmp_path,
+                                                                          descriptor, mode):
+    # load() read the .npy header with the directory; the file's says float64 now.
+    path = write_archive(tmp_path / "a.npz", descriptor, x=np.arange(4, dtype=np.int64))
+    npz = mmarray.load(path, mode=mode)
+    rewritten = rewrite_with_the_same_layout(path, descriptor)
+    with pytest.raises(ValueError, match="rewritten in place since it was loaded") as info:
+        npz["x"]
+    assert str(path) in str(info.value) and "reload" in str(info.value)
+    npz.close()
+    assert path.read_bytes() == rewritten
+    with mmarray.load(path, mode=mode) as npz:       # reloaded: the file's dtype
+        assert npz["x"].dtype == np.float64 and npz["x"].array.tolist() == [0, 1, 2, 3]
+    assert check_archive(path)["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_compressed_member_first_opened_after_an_in_place_rewrite_is_a_value_error(tmp_path,
+                                                                                   mode):
+    # load() read the compressed bytes with the directory: they are not the file's now.
+    path = tmp_path / "z.npz"
+    np.savez_compressed(path, x=np.arange(100))
+    npz = mmarray.load(path, mode=mode, compressed="ignore")
+    flip_bit(path, records(path, "x.npy")["data"] + 20)
+    with pytest.raises(ValueError, match="rewritten in place since it was loaded") as info:
+        npz["x"]
+    assert str(path) in str(info.value) and "reload" in str(info.value)
+    npz.close()
+
+
 def test_two_r_plus_handles_writing_one_member_leave_a_valid_archive(tmp_path):
     path = savez(tmp_path, x=np.arange(10))
     first, second = mmarray.load(path, mode="r+"), mmarray.load(path, mode="r+")
