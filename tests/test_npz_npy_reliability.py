@@ -546,6 +546,71 @@ def test_load_file_object_with_a_bad_fileno_reads_and_writes_nothing(tmp_path, m
     assert f.calls == []          # no read, write, flush, seek or tell
 
 
+needs_fcntl = pytest.mark.skipif(os.name == "nt", reason="O_APPEND is read with fcntl")
+
+
+def open_appending(path, how):
+    """``path`` open with every write going to its end: a file object in mode 'ab'/'ab+', or
+    one in mode 'rb+' whose descriptor was given O_APPEND."""
+    if how != "O_APPEND":
+        return open(path, how)
+    import fcntl
+
+    f = open(path, "r+b")
+    fcntl.fcntl(f.fileno(), fcntl.F_SETFL, fcntl.fcntl(f.fileno(), fcntl.F_GETFL) | os.O_APPEND)
+    return f
+
+
+@pytest.mark.parametrize("how", ["ab+", pytest.param("O_APPEND", marks=needs_fcntl)])
+def test_r_plus_load_of_an_archive_open_in_append_mode_is_a_value_error(tmp_path, how):
+    # pwrite ignores its offset on an O_APPEND descriptor (Linux): each CRC-32 rewrite
+    # would append 4 bytes and leave the stored CRC-32s stale.
+    path = savez(tmp_path, x=np.arange(10))
+    before = path.read_bytes()
+    with open_appending(path, how) as f:
+        f.seek(0)
+        with pytest.raises(ValueError, match="append mode") as info:
+            mmarray.load(f, mode="r+")
+        assert str(path) in str(info.value)
+        f.seek(0)
+        with mmarray.load(f) as npz:             # mode 'r' writes nothing: accepted
+            assert npz["x"].array.tolist() == list(range(10))
+    assert path.read_bytes() == before
+
+
+@needs_fcntl
+def test_crc_writeback_through_a_file_object_switched_to_append_mode_writes_nothing(tmp_path):
+    import fcntl
+
+    path = savez(tmp_path, x=np.arange(10))
+    with open(path, "r+b") as f:
+        npz = mmarray.load(f, mode="r+")
+        m = npz["x"]
+        m.array[0] = 7
+        fcntl.fcntl(f.fileno(), fcntl.F_SETFL, fcntl.fcntl(f.fileno(), fcntl.F_GETFL)
+                    | os.O_APPEND)
+        assert f.mode == "rb+"
+        written = path.read_bytes()
+        with pytest.raises(ValueError, match="append mode"):
+            m.flush()
+        with pytest.raises(ValueError, match="append mode"):
+            npz.close()
+        assert path.read_bytes() == written     # the data, its CRC-32 stale, nothing appended
+
+
+@pytest.mark.parametrize("how", ["ab", "ab+", pytest.param("O_APPEND", marks=needs_fcntl)])
+def test_save_npz_to_a_file_object_in_append_mode_is_a_value_error(tmp_path, how):
+    # Each member's CRC-32 is written back after its data: appended instead, the archive
+    # would not be readable.
+    path = tmp_path / "out.npz"
+    path.write_bytes(b"kept")
+    with open_appending(path, how) as f:
+        with pytest.raises(ValueError, match="append mode") as info:
+            mmarray.save_npz(f, x=np.arange(3))
+        assert str(path) in str(info.value)
+    assert path.read_bytes() == b"kept"
+
+
 def _null_path(tmp_path, kind):
     path = str(tmp_path / "data.npy") + "\0x"
     return os.fsencode(path) if kind == "bytes" else path

@@ -34,6 +34,8 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
              stacklevel):
     """Open an archive (called by `mmarray.load` with the file's first bytes read)."""
     st = os.fstat(fd)
+    if access == _engine.WRITE and filename is None:
+        _npzcrc.refuse_append(target, fd, name)
     first = first if filename is not None else b""  # a file object's bytes start at tell()
     entries, cd_start, cd = _zipdir.read_directory(fd, first, st.st_size, name)
     by_key = {}

@@ -26,12 +26,15 @@ def reopen(target, file_id, flags, label, advice):
 
     The one check that the file is still the archive that was loaded: ValueError naming the
     path if its (st_dev, st_ino) is no longer ``file_id`` (the path was replaced, for example
-    by `save_npz` renaming a new file over it).
+    by `save_npz` renaming a new file over it). ValueError too if ``flags`` write and the file
+    object was switched to append mode since (see `refuse_append`).
     """
     if isinstance(target, (str, bytes)):
         fd, owned = os.open(target, flags), True
     else:
         fd, owned = _api.fileno_of(target), False
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            refuse_append(target, fd, label)
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != file_id:
@@ -44,6 +47,14 @@ def reopen(target, file_id, flags, label, advice):
             os.close(fd)
         raise
     return fd, owned
+
+
+def refuse_append(file, fd, label):
+    """ValueError if the file object ``file`` (descriptor ``fd``) appends every write."""
+    if _fmt.appends(file, fd):
+        raise ValueError(f"{label}: mode 'r+' cannot keep the CRC-32s of an archive open in "
+                         f"append mode (every write to it goes to the end of the file, so "
+                         f"each CRC-32 rewrite would land there); open it with 'r+b'")
 
 
 class _Crc:
