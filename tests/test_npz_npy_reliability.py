@@ -261,6 +261,44 @@ def test_two_r_plus_handles_writing_one_member_leave_a_valid_archive(tmp_path):
     assert check_archive(path)["x"].tolist() == list(range(10))
 
 
+def test_two_r_plus_handles_closing_one_member_at_once_leave_the_last_ones_crc(tmp_path):
+    # The first handle's update is held after computing its CRC-32, before writing it; the
+    # second then writes data and closes: it must wait, and compute after the first wrote.
+    path = savez(tmp_path, x=np.arange(1000))
+    proc = run_python(f"""
+        import threading, zipfile, numpy as np, mmarray
+        from mmarray import _npzcrc
+        path = {str(path)!r}
+        computed, resume, closer = threading.Event(), threading.Event(), None
+        stored = _npzcrc._Crc.stored
+
+        def held(self, fd):          # called once the CRC-32 is computed, before writing it
+            if threading.current_thread() is closer:
+                computed.set()
+                assert resume.wait(60)
+            return stored(self, fd)
+
+        _npzcrc._Crc.stored = held
+        first, second = mmarray.load(path, mode="r+"), mmarray.load(path, mode="r+")
+        a, b = first["x"], second["x"]
+        a.array[0] = -1
+        closer = threading.Thread(target=first.close)
+        closer.start()
+        assert computed.wait(60)
+        b.array[1] = -2              # after the first handle computed its CRC-32
+        other = threading.Thread(target=second.close)
+        other.start()
+        other.join(1.0)
+        assert other.is_alive(), "the second handle's update did not wait for the first's"
+        resume.set()
+        closer.join(60)
+        other.join(60)
+        assert zipfile.ZipFile(path).testzip() is None
+        assert np.load(path)["x"][:3].tolist() == [-1, -2, 2]
+    """, timeout=120)
+    assert_clean_exit(proc)
+
+
 def test_second_r_plus_handle_opening_a_member_the_first_rewrote_is_not_refused(tmp_path):
     path = savez(tmp_path, x=np.arange(10))
     first, second = mmarray.load(path, mode="r+"), mmarray.load(path, mode="r+")

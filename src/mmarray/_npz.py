@@ -106,6 +106,8 @@ class NpzMapping(collections.abc.Mapping):
     file still holds the member where it was loaded (its local header, directory entry and
     data descriptor, and the file's length); if the archive was rewritten or truncated in
     place since, nothing is written and a :class:`RuntimeWarning` names the member.
+    Several handles in one process update a member's CRC-32 one at a time (the last to flush
+    or close computes last); across processes that is not guaranteed.
 
     Mode ``'r+'`` reads each member once, when it is first opened, to verify its CRC-32
     against what the archive stores now: a member whose CRC-32 does not match its data

@@ -64,10 +64,11 @@ class _Crc:
     (a reopen after close, a closed one kept alive by its arrays). Nothing is written unless
     the file still holds the member where it was loaded (`check`), and the recomputed value
     is compared with what each position holds now, not with a remembered value: another
-    handle on the archive may have rewritten it since.
+    handle on the archive may have rewritten it since. Updates hold the member's `lock`,
+    which every handle on the archive in this process shares.
     """
     __slots__ = ("target", "id", "label", "start", "data", "nbytes", "end",
-                 "positions", "where", "proof", "size", "lock", "__weakref__")
+                 "positions", "where", "proof", "size", "shared", "__weakref__")
 
     def __init__(self, target, file_id, label, start, data, nbytes, end, positions, where,
                  proof):
@@ -80,10 +81,12 @@ class _Crc:
         self.proof = [(pos, want) for pos, want in proof if want]
         self.size = max([end] + [p + 4 for p in positions] +
                         [pos + len(want) for pos, want in self.proof])
-        # Finalizers of other Mappings of the member may update from another thread (or
-        # from a garbage collection inside an update: hence reentrant).
-        self.lock = threading.RLock()
-        _live_crcs.add(self)
+        self.shared = _member_lock((*file_id, data))
+
+    @property
+    def lock(self):
+        """The member's update lock, shared with the other handles on the archive."""
+        return self.shared.lock
 
     def moved(self, fd):
         """Why the file no longer holds the member as loaded, or None if it does."""
@@ -169,14 +172,38 @@ class _Crc:
                 os.close(fd)
 
 
-_live_crcs = weakref.WeakSet()  # every _Crc, for the fork handler
+class _MemberLock:
+    """Serialises the CRC-32 updates of one member across every handle on its archive in
+    this process (each NpzMapping has its own `_Crc`): an update computes and writes while
+    holding it, so the last one computes after the others wrote, and its value stands.
+    Reentrant: finalizers of other Mappings of the member may update from another thread, or
+    from a garbage collection inside an update."""
+    __slots__ = ("lock", "__weakref__")
+
+    def __init__(self):
+        self.lock = threading.RLock()
+
+
+# (st_dev, st_ino, member data offset) -> _MemberLock, while a _Crc of that member lives
+_member_locks = weakref.WeakValueDictionary()
+_member_locks_guard = threading.Lock()
+
+
+def _member_lock(key):
+    with _member_locks_guard:
+        shared = _member_locks.get(key)
+        if shared is None:
+            shared = _member_locks[key] = _MemberLock()
+        return shared
 
 
 def _new_locks_after_fork():
-    """In a forked child: a _Crc lock held by a parent thread would never be released there
-    (the exit-time CRC update would hang), and no child thread holds one yet."""
-    for crc in list(_live_crcs):
-        crc.lock = threading.RLock()
+    """In a forked child: a lock held by a parent thread would never be released there (the
+    exit-time CRC update would hang), and no child thread holds one yet."""
+    global _member_locks_guard
+    _member_locks_guard = threading.Lock()
+    for shared in list(_member_locks.values()):
+        shared.lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
