@@ -181,6 +181,71 @@ def test_r_plus_member_opened_after_an_in_place_rewrite_is_a_value_error(tmp_pat
     assert path.read_bytes() == rewritten
 
 
+def rewrite_with_the_same_layout(path, descriptor):
+    """Rewrite the archive of ``x = arange(4)`` in place with ``x`` as float64: same inode,
+    same sizes and offsets, only the .npy header (its descr) and the data differ."""
+    layout = {k: v[:3] for k, v in zip_layout(path).items()}
+    inode = os.stat(path).st_ino
+    write_archive(path, descriptor, x=np.arange(4, dtype=np.float64))
+    assert os.stat(path).st_ino == inode
+    assert {k: v[:3] for k, v in zip_layout(path).items()} == layout
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["flush", "close"])
+@pytest.mark.parametrize("descriptor", [False, True], ids=["plain", "data-descriptor"])
+def test_crc_writeback_skips_an_archive_rewritten_in_place_with_the_same_layout(tmp_path,
+                                                                                descriptor,
+                                                                                how):
+    # The zip records still place the member: only its .npy header tells the rewrite.
+    path = write_archive(tmp_path / "a.npz", descriptor, x=np.arange(4, dtype=np.int64))
+    npz = mmarray.load(path, mode="r+")
+    m = npz["x"]
+    rewritten = rewrite_with_the_same_layout(path, descriptor)
+    if how == "flush":
+        with pytest.warns(RuntimeWarning, match="not updated") as caught:
+            m.flush()
+        assert str(path) in str(caught[0].message) and "'x'" in str(caught[0].message)
+        assert path.read_bytes() == rewritten
+    with pytest.warns(RuntimeWarning, match="not updated") as caught:
+        npz.close()
+    assert str(path) in str(caught[0].message) and "'x'" in str(caught[0].message)
+    assert path.read_bytes() == rewritten
+    assert check_archive(path)["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("mode", ["r", "c", "r+"])
+@pytest.mark.parametrize("descriptor", [False, True], ids=["plain", "data-descriptor"])
+def test_member_first_opened_after_a_same_layout_rewrite_is_a_value_error(tmp_path,
+                                                                          descriptor, mode):
+    # load() read the .npy header with the directory; the file's says float64 now.
+    path = write_archive(tmp_path / "a.npz", descriptor, x=np.arange(4, dtype=np.int64))
+    npz = mmarray.load(path, mode=mode)
+    rewritten = rewrite_with_the_same_layout(path, descriptor)
+    with pytest.raises(ValueError, match="rewritten in place since it was loaded") as info:
+        npz["x"]
+    assert str(path) in str(info.value) and "reload" in str(info.value)
+    npz.close()
+    assert path.read_bytes() == rewritten
+    with mmarray.load(path, mode=mode) as npz:       # reloaded: the file's dtype
+        assert npz["x"].dtype == np.float64 and npz["x"].array.tolist() == [0, 1, 2, 3]
+    assert check_archive(path)["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_compressed_member_first_opened_after_an_in_place_rewrite_is_a_value_error(tmp_path,
+                                                                                   mode):
+    # load() read the compressed bytes with the directory: they are not the file's now.
+    path = tmp_path / "z.npz"
+    np.savez_compressed(path, x=np.arange(100))
+    npz = mmarray.load(path, mode=mode, compressed="ignore")
+    flip_bit(path, records(path, "x.npy")["data"] + 20)
+    with pytest.raises(ValueError, match="rewritten in place since it was loaded") as info:
+        npz["x"]
+    assert str(path) in str(info.value) and "reload" in str(info.value)
+    npz.close()
+
+
 def test_two_r_plus_handles_writing_one_member_leave_a_valid_archive(tmp_path):
     path = savez(tmp_path, x=np.arange(10))
     first, second = mmarray.load(path, mode="r+"), mmarray.load(path, mode="r+")
@@ -194,6 +259,44 @@ def test_two_r_plus_handles_writing_one_member_leave_a_valid_archive(tmp_path):
     first.close()
     second.close()
     assert check_archive(path)["x"].tolist() == list(range(10))
+
+
+def test_two_r_plus_handles_closing_one_member_at_once_leave_the_last_ones_crc(tmp_path):
+    # The first handle's update is held after computing its CRC-32, before writing it; the
+    # second then writes data and closes: it must wait, and compute after the first wrote.
+    path = savez(tmp_path, x=np.arange(1000))
+    proc = run_python(f"""
+        import threading, zipfile, numpy as np, mmarray
+        from mmarray import _npzcrc
+        path = {str(path)!r}
+        computed, resume, closer = threading.Event(), threading.Event(), None
+        stored = _npzcrc._Crc.stored
+
+        def held(self, fd):          # called once the CRC-32 is computed, before writing it
+            if threading.current_thread() is closer:
+                computed.set()
+                assert resume.wait(60)
+            return stored(self, fd)
+
+        _npzcrc._Crc.stored = held
+        first, second = mmarray.load(path, mode="r+"), mmarray.load(path, mode="r+")
+        a, b = first["x"], second["x"]
+        a.array[0] = -1
+        closer = threading.Thread(target=first.close)
+        closer.start()
+        assert computed.wait(60)
+        b.array[1] = -2              # after the first handle computed its CRC-32
+        other = threading.Thread(target=second.close)
+        other.start()
+        other.join(1.0)
+        assert other.is_alive(), "the second handle's update did not wait for the first's"
+        resume.set()
+        closer.join(60)
+        other.join(60)
+        assert zipfile.ZipFile(path).testzip() is None
+        assert np.load(path)["x"][:3].tolist() == [-1, -2, 2]
+    """, timeout=120)
+    assert_clean_exit(proc)
 
 
 def test_second_r_plus_handle_opening_a_member_the_first_rewrote_is_not_refused(tmp_path):
@@ -479,6 +582,71 @@ def test_load_file_object_with_a_bad_fileno_reads_and_writes_nothing(tmp_path, m
     if exc is OSError:
         assert info.value.errno == errno.EBADF
     assert f.calls == []          # no read, write, flush, seek or tell
+
+
+needs_fcntl = pytest.mark.skipif(os.name == "nt", reason="O_APPEND is read with fcntl")
+
+
+def open_appending(path, how):
+    """``path`` open with every write going to its end: a file object in mode 'ab'/'ab+', or
+    one in mode 'rb+' whose descriptor was given O_APPEND."""
+    if how != "O_APPEND":
+        return open(path, how)
+    import fcntl
+
+    f = open(path, "r+b")
+    fcntl.fcntl(f.fileno(), fcntl.F_SETFL, fcntl.fcntl(f.fileno(), fcntl.F_GETFL) | os.O_APPEND)
+    return f
+
+
+@pytest.mark.parametrize("how", ["ab+", pytest.param("O_APPEND", marks=needs_fcntl)])
+def test_r_plus_load_of_an_archive_open_in_append_mode_is_a_value_error(tmp_path, how):
+    # pwrite ignores its offset on an O_APPEND descriptor (Linux): each CRC-32 rewrite
+    # would append 4 bytes and leave the stored CRC-32s stale.
+    path = savez(tmp_path, x=np.arange(10))
+    before = path.read_bytes()
+    with open_appending(path, how) as f:
+        f.seek(0)
+        with pytest.raises(ValueError, match="append mode") as info:
+            mmarray.load(f, mode="r+")
+        assert str(path) in str(info.value)
+        f.seek(0)
+        with mmarray.load(f) as npz:             # mode 'r' writes nothing: accepted
+            assert npz["x"].array.tolist() == list(range(10))
+    assert path.read_bytes() == before
+
+
+@needs_fcntl
+def test_crc_writeback_through_a_file_object_switched_to_append_mode_writes_nothing(tmp_path):
+    import fcntl
+
+    path = savez(tmp_path, x=np.arange(10))
+    with open(path, "r+b") as f:
+        npz = mmarray.load(f, mode="r+")
+        m = npz["x"]
+        m.array[0] = 7
+        fcntl.fcntl(f.fileno(), fcntl.F_SETFL, fcntl.fcntl(f.fileno(), fcntl.F_GETFL)
+                    | os.O_APPEND)
+        assert f.mode == "rb+"
+        written = path.read_bytes()
+        with pytest.raises(ValueError, match="append mode"):
+            m.flush()
+        with pytest.raises(ValueError, match="append mode"):
+            npz.close()
+        assert path.read_bytes() == written     # the data, its CRC-32 stale, nothing appended
+
+
+@pytest.mark.parametrize("how", ["ab", "ab+", pytest.param("O_APPEND", marks=needs_fcntl)])
+def test_save_npz_to_a_file_object_in_append_mode_is_a_value_error(tmp_path, how):
+    # Each member's CRC-32 is written back after its data: appended instead, the archive
+    # would not be readable.
+    path = tmp_path / "out.npz"
+    path.write_bytes(b"kept")
+    with open_appending(path, how) as f:
+        with pytest.raises(ValueError, match="append mode") as info:
+            mmarray.save_npz(f, x=np.arange(3))
+        assert str(path) in str(info.value)
+    assert path.read_bytes() == b"kept"
 
 
 def _null_path(tmp_path, kind):

@@ -87,8 +87,9 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
         cannot make, data past the end of the file, a broken zip directory, overlapping
         members, ...), a dtype holding Python objects (``np.load`` needs
         ``allow_pickle=True`` for those, and they cannot be mapped), a bad mode or ``rows``
-        with a step, or with a ``.npz``, a path holding a null byte, or a file object whose
-        ``fileno()`` is a negative or too large int.
+        with a step, or with a ``.npz``, a path holding a null byte, a file object whose
+        ``fileno()`` is a negative or too large int, or mode ``'r+'`` on a ``.npz`` file
+        object open in append mode (its CRC-32 rewrites would land at the end).
     TypeError
         ``file`` is neither a path nor a file object whose ``fileno()`` gives an int, or
         ``rows`` is not a range.

@@ -26,6 +26,7 @@ import os
 import re
 import stat
 import warnings
+from typing import Any
 
 import numpy as np
 from numpy.lib import format as _format
@@ -33,6 +34,12 @@ from numpy.lib import format as _format
 from mmarray import _api, _engine
 from mmarray._mapping import Mapping as _Mapping
 from mmarray._mapping import map_region as _map_region
+
+_fcntl: Any
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - Windows
+    _fcntl = None
 
 MAGIC = _format.MAGIC_PREFIX  # b"\x93NUMPY"
 MAGIC_V1 = _format.magic(1, 0)
@@ -97,6 +104,18 @@ else:  # pragma: no cover - Windows
         """Write the (small) ``data`` at ``pos``."""
         os.lseek(fd, pos, os.SEEK_SET)
         write_all(fd, data)
+
+
+def appends(file, fd):
+    """True if every write to the file object ``file`` (descriptor ``fd``, or None) goes to
+    the end of the file: opened in append mode, or its descriptor has O_APPEND (then Linux's
+    pwrite ignores the offset it is given). A positioned write there would land at the end.
+    """
+    mode = getattr(file, "mode", None)
+    if isinstance(mode, str) and "a" in mode:
+        return True
+    return (fd is not None and _fcntl is not None
+            and bool(_fcntl.fcntl(fd, _fcntl.F_GETFL) & os.O_APPEND))
 
 
 # -- mapping ----------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
              stacklevel):
     """Open an archive (called by `mmarray.load` with the file's first bytes read)."""
     st = os.fstat(fd)
+    if access == _engine.WRITE and filename is None:
+        _npzcrc.refuse_append(target, fd, name)
     first = first if filename is not None else b""  # a file object's bytes start at tell()
     entries, cd_start, cd = _zipdir.read_directory(fd, first, st.st_size, name)
     by_key = {}
@@ -86,6 +88,8 @@ class NpzMapping(collections.abc.Mapping):
     works too).
 
     A member is opened on first access and the same object is returned until it is closed.
+    Opening it reads its local header and ``.npy`` header from the file: ValueError if they
+    differ from the bytes :func:`mmarray.load` read there (the archive was rewritten in place).
     An uncompressed (stored) member is a :class:`~mmarray.Mapping` of its data inside the
     archive: no copy, no temporary file; its :attr:`~mmarray.Mapping.offset` is where the
     array starts in the archive. A member that is not a ``.npy`` is mapped as its raw bytes
@@ -102,6 +106,8 @@ class NpzMapping(collections.abc.Mapping):
     file still holds the member where it was loaded (its local header, directory entry and
     data descriptor, and the file's length); if the archive was rewritten or truncated in
     place since, nothing is written and a :class:`RuntimeWarning` names the member.
+    Several handles in one process update a member's CRC-32 one at a time (the last to flush
+    or close computes last); across processes that is not guaranteed.
 
     Mode ``'r+'`` reads each member once, when it is first opened, to verify its CRC-32
     against what the archive stores now: a member whose CRC-32 does not match its data
@@ -240,30 +246,50 @@ class NpzMapping(collections.abc.Mapping):
             return prefix[pos:pos + n]
         return _fmt.read_at(fd, pos, n)
 
+    def _unchanged(self, pos, got, label, what, skip=(0, 0)):
+        """ValueError if ``got``, read from the file at ``pos`` now, is not what `load` read
+        there (when its first read reached that far), but for the bytes ``skip[0]:skip[1]``
+        of it (a CRC-32 that mode 'r+' rewrites)."""
+        old = self._prefix[pos:pos + len(got)]
+        new = got[:len(old)]
+        a, b = skip
+        if old[:a] != new[:a] or old[b:] != new[b:]:
+            raise ValueError(f"{label}: the archive was rewritten in place since it was "
+                             f"loaded (the {what} at offset {pos} is not the one read then); "
+                             f"reload it with mmarray.load")
+
     def _open(self, e):
         label = f"{self._name} member {e.key!r}"
         if e.flags & _zipdir.FLAG_ENCRYPTED:
             raise ValueError(f"{label} is encrypted; mmarray cannot read encrypted members")
         fd, owned = self._fd(label)
         try:
-            data, head = _zipdir.local_header(lambda pos, n: self._read(fd, pos, n), e, label)
-            if e.method != _zipdir.STORED:
+            # The member's local header and .npy header are read from the file now, in one
+            # read, not taken from the bytes `load` read: the archive may have been rewritten
+            # in place since (then they must not differ from those, see `_unchanged`).
+            n = 30 + len(e.raw)
+            block = _fmt.read_at(fd, e.lho, max(0, min(e.limit - e.lho, n + _fmt.FIRST_READ)))
+            stored = e.method == _zipdir.STORED
+            self._unchanged(e.lho, block[:n], label, "local header",
+                            (14, 18) if stored else (0, 0))
+            data, head = _zipdir.local_header(lambda pos, k: block[pos - e.lho:pos - e.lho + k],
+                                              e, label)
+            if not stored:
                 return self._inflate(fd, owned, e, data, label)
-            return self._map(fd, e, data, head, label)
+            return self._map(fd, block[data - e.lho:], e, data, head, label)
         finally:
             if owned:
                 os.close(fd)
 
-    def _map(self, fd, e, data, head, label):
+    def _map(self, fd, first, e, data, head, label):
+        """Map the stored member ``e``; ``first``: the file's bytes from ``data`` on, if any."""
         mode, access = self._mode, self._access
-        prefix = self._prefix
-        if data + min(e.csize, 256) <= len(prefix):  # the header is (most likely) at hand
-            first = prefix[data:data + e.csize]
-        else:
+        if len(first) < min(e.csize, 256):
             first = _fmt.read_at(fd, data, min(e.csize, 1024))
+        first = first[:e.csize]
         if first[:6] == _fmt.MAGIC:
             hlen, dt, shape, order, nbytes = _fmt.parse_header(
-                first, lambda pos, n: self._read(fd, data + pos, min(n, e.csize - pos)),
+                first, lambda pos, n: _fmt.read_at(fd, data + pos, min(n, e.csize - pos)),
                 e.csize, label, self._max_header_size)
             if hlen + nbytes > e.csize:
                 raise ValueError(f"{label}: the header says {_api._short_repr(shape)} x {dt} = "
@@ -271,12 +297,16 @@ class NpzMapping(collections.abc.Mapping):
                                  f"{e.csize - hlen} after its {hlen}-byte header")
         else:  # not a .npy: its raw bytes, as np.load returns them
             hlen, dt, shape, order, nbytes = 0, _U8, (e.csize,), "C", e.csize
+        header = first[:hlen] if len(first) >= hlen else _fmt.read_at(fd, data, hlen)
+        # The .npy header, or the magic string if the member was a .npy when loaded (not the
+        # data of a raw member: mode 'r+' may have rewritten that since).
+        if hlen or self._prefix[data:data + 6] == _fmt.MAGIC:
+            self._unchanged(data, header or first[:6], label, ".npy header")
         offset = data + hlen
         cls = Mapping if access != _engine.WRITE else _npzcrc.NpzMember
         if cls is _npzcrc.NpzMember:
             crc = self._crcs.get(e.key)
             if crc is None:  # first r+ open: the CRC-32 is checked (the member read once)
-                header = first[:hlen] if len(first) >= hlen else self._read(fd, data, hlen)
                 crc = _npzcrc.new_crc(self._target, self._id, self._cd,
                                       lambda pos, n: self._read(fd, pos, n), fd, e, data,
                                       head, header, offset, nbytes, label)
@@ -290,9 +320,10 @@ class NpzMapping(collections.abc.Mapping):
         return m
 
     def _inflate(self, fd, owned, e, data, label):
-        raw = self._read(fd, data, e.csize)
+        raw = _fmt.read_at(fd, data, e.csize)
         if len(raw) != e.csize:
             raise ValueError(f"{label}: its data runs past the end of the file")
+        self._unchanged(data, raw, label, "compressed data")
         if e.method == _zipdir.DEFLATED:
             d = zlib.decompressobj(-15)
             try:

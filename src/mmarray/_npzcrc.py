@@ -26,12 +26,15 @@ def reopen(target, file_id, flags, label, advice):
 
     The one check that the file is still the archive that was loaded: ValueError naming the
     path if its (st_dev, st_ino) is no longer ``file_id`` (the path was replaced, for example
-    by `save_npz` renaming a new file over it).
+    by `save_npz` renaming a new file over it). ValueError too if ``flags`` write and the file
+    object was switched to append mode since (see `refuse_append`).
     """
     if isinstance(target, (str, bytes)):
         fd, owned = os.open(target, flags), True
     else:
         fd, owned = _api.fileno_of(target), False
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            refuse_append(target, fd, label)
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != file_id:
@@ -46,6 +49,14 @@ def reopen(target, file_id, flags, label, advice):
     return fd, owned
 
 
+def refuse_append(file, fd, label):
+    """ValueError if the file object ``file`` (descriptor ``fd``) appends every write."""
+    if _fmt.appends(file, fd):
+        raise ValueError(f"{label}: mode 'r+' cannot keep the CRC-32s of an archive open in "
+                         f"append mode (every write to it goes to the end of the file, so "
+                         f"each CRC-32 rewrite would land there); open it with 'r+b'")
+
+
 class _Crc:
     """Where a member's CRC-32 is recorded, how to recompute it, and how to tell it is there.
 
@@ -53,26 +64,29 @@ class _Crc:
     (a reopen after close, a closed one kept alive by its arrays). Nothing is written unless
     the file still holds the member where it was loaded (`check`), and the recomputed value
     is compared with what each position holds now, not with a remembered value: another
-    handle on the archive may have rewritten it since.
+    handle on the archive may have rewritten it since. Updates hold the member's `lock`,
+    which every handle on the archive in this process shares.
     """
-    __slots__ = ("target", "id", "label", "header", "start", "data", "nbytes", "end",
-                 "positions", "where", "proof", "size", "lock", "__weakref__")
+    __slots__ = ("target", "id", "label", "start", "data", "nbytes", "end",
+                 "positions", "where", "proof", "size", "shared", "__weakref__")
 
-    def __init__(self, target, file_id, label, header, start, data, nbytes, end, positions,
-                 where, proof):
+    def __init__(self, target, file_id, label, start, data, nbytes, end, positions, where,
+                 proof):
         self.target, self.id, self.label = target, file_id, label
-        # header: the member's .npy header; start: where its stored bytes begin; data, nbytes:
-        # the mapped array data; end: where the stored bytes end.
-        self.header, self.start, self.data, self.nbytes = header, start, data, nbytes
+        # start: where the member's stored bytes begin (its .npy header, then its data);
+        # data, nbytes: the mapped array data; end: where the stored bytes end.
+        self.start, self.data, self.nbytes = start, data, nbytes
         self.end, self.positions, self.where = end, positions, where
         # proof: (offset, bytes) that must read back unchanged; size: the file must reach it.
         self.proof = [(pos, want) for pos, want in proof if want]
         self.size = max([end] + [p + 4 for p in positions] +
                         [pos + len(want) for pos, want in self.proof])
-        # Finalizers of other Mappings of the member may update from another thread (or
-        # from a garbage collection inside an update: hence reentrant).
-        self.lock = threading.RLock()
-        _live_crcs.add(self)
+        self.shared = _member_lock((*file_id, data))
+
+    @property
+    def lock(self):
+        """The member's update lock, shared with the other handles on the archive."""
+        return self.shared.lock
 
     def moved(self, fd):
         """Why the file no longer holds the member as loaded, or None if it does."""
@@ -95,10 +109,12 @@ class _Crc:
         """The CRC-32 values the archive holds now, one per position."""
         return [struct.unpack("<L", _fmt.read_at(fd, p, 4))[0] for p in self.positions]
 
-    def crc_from_file(self, fd, pos, crc):
-        """Continue ``crc`` over the stored bytes from ``pos`` to the member's end."""
-        while pos < self.end:
-            chunk = _fmt.read_at(fd, pos, min(_fmt.CHUNK, self.end - pos))
+    def crc_from_file(self, fd, pos, crc, stop=None):
+        """Continue ``crc`` over the stored bytes from ``pos`` to ``stop`` (the member's end
+        by default)."""
+        stop = self.end if stop is None else stop
+        while pos < stop:
+            chunk = _fmt.read_at(fd, pos, min(_fmt.CHUNK, stop - pos))
             if not chunk:
                 raise ValueError(f"{self.label}: the archive was truncated")
             crc = zlib.crc32(chunk, crc)
@@ -134,7 +150,9 @@ class _Crc:
                               f"loaded ({why})", RuntimeWarning, stacklevel=4)
                 return
             if member is not None:
-                crc = zlib.crc32(self.header)
+                # The file's bytes, not those read at open, around the mapped data: the .npy
+                # header (checked by `moved`, but read again) and any trailing bytes.
+                crc = self.crc_from_file(fd, self.start, 0, self.data)
                 if self.nbytes:
                     # Through an export object, not the Mapping's own buffer: a raw buffer of
                     # the Mapping would defer its unmap to its garbage collection.
@@ -154,14 +172,39 @@ class _Crc:
                 os.close(fd)
 
 
-_live_crcs: weakref.WeakSet[_Crc] = weakref.WeakSet()  # every _Crc, for the fork handler
+class _MemberLock:
+    """Serialises the CRC-32 updates of one member across every handle on its archive in
+    this process (each NpzMapping has its own `_Crc`): an update computes and writes while
+    holding it, so the last one computes after the others wrote, and its value stands.
+    Reentrant: finalizers of other Mappings of the member may update from another thread, or
+    from a garbage collection inside an update."""
+    __slots__ = ("lock", "__weakref__")
+
+    def __init__(self):
+        self.lock = threading.RLock()
+
+
+# (st_dev, st_ino, member data offset) -> _MemberLock, while a _Crc of that member lives
+_member_locks: weakref.WeakValueDictionary[tuple[int, int, int], _MemberLock] = (
+    weakref.WeakValueDictionary())
+_member_locks_guard = threading.Lock()
+
+
+def _member_lock(key):
+    with _member_locks_guard:
+        shared = _member_locks.get(key)
+        if shared is None:
+            shared = _member_locks[key] = _MemberLock()
+        return shared
 
 
 def _new_locks_after_fork():
-    """In a forked child: a _Crc lock held by a parent thread would never be released there
-    (the exit-time CRC update would hang), and no child thread holds one yet."""
-    for crc in list(_live_crcs):
-        crc.lock = threading.RLock()
+    """In a forked child: a lock held by a parent thread would never be released there (the
+    exit-time CRC update would hang), and no child thread holds one yet."""
+    global _member_locks_guard
+    _member_locks_guard = threading.Lock()
+    for shared in list(_member_locks.values()):
+        shared.lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -217,8 +260,9 @@ def new_crc(target, file_id, directory, read, fd, e, data, head, header, offset,
     ``offset`` and ``nbytes`` its array data.
 
     Records where the CRC-32 is stored and the bytes that place the member (its local
-    header, central directory entry and data descriptor, except CRC-32s and timestamps),
-    checks them against the file now, and reads the member's stored bytes to check the
+    header, central directory entry and data descriptor, except CRC-32s and timestamps) and
+    give its mapping's dtype, shape and order (its .npy header), checks them against the
+    file now, and reads the member's stored bytes to check the
     CRC-32: ValueError if it does not match, since every write-back would then make a
     corrupt member look valid.
     """
@@ -257,8 +301,8 @@ def new_crc(target, file_id, directory, read, fd, e, data, head, header, offset,
         wide = (not narrow and len(sizes) >= 16
                 and struct.unpack_from("<QQ", sizes) == (e.csize, e.usize))
         proof += [(end, tail[:crc_pos - end]), (crc_pos + 4, sizes[:16 if wide else 8])]
-    crc = _Crc(target, file_id, label, header, data, offset, nbytes, end, positions, where,
-               proof)
+    proof.append((data, header))  # what the mapping was made from: a rewrite may keep the rest
+    crc = _Crc(target, file_id, label, data, offset, nbytes, end, positions, where, proof)
     crc.check(fd)
     crc.verify(fd)
     return crc

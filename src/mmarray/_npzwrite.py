@@ -58,7 +58,7 @@ def save_npz(file, /, **arrays):
         failure; temporaries a killed writer left for the same path are removed once their
         process is gone; an existing file's permission bits are kept). The name is used as
         given (``np.savez`` appends ``.npz``). A file object must be binary, writable and
-        seekable; the archive is written at its current position.
+        seekable, and not in append mode; the archive is written at its current position.
     **arrays : array_like
         Member name -> array. Arrays holding Python objects are refused (they would be
         pickled, and could not be mapped).
@@ -66,8 +66,8 @@ def save_npz(file, /, **arrays):
     Raises
     ------
     ValueError
-        An array of object dtype or itemsize 0, a file object that cannot seek, or a path
-        holding a null byte.
+        An array of object dtype or itemsize 0, a file object that cannot seek or is open in
+        append mode, or a path holding a null byte.
     TypeError
         ``file`` is neither a path nor a writable file object.
     OSError
@@ -117,6 +117,15 @@ def save_npz(file, /, **arrays):
     if hasattr(file, "seekable") and not file.seekable():
         raise ValueError(f"save_npz needs a seekable file object (it rewrites each member's "
                          f"CRC-32 after its data), got {file!r}")
+    try:
+        fd = file.fileno()
+    except (AttributeError, OSError, ValueError):  # BytesIO: io.UnsupportedOperation
+        fd = None
+    if _fmt.appends(file, fd if isinstance(fd, int) and fd >= 0 else None):
+        raise ValueError(f"save_npz cannot write to {file!r}, open in append mode: every "
+                         f"write goes to the end of the file, so each member's CRC-32, "
+                         f"written back after its data, would land there; open it with 'wb' "
+                         f"or 'r+b'")
     _write_archive(file, members)
 
 
