@@ -46,12 +46,12 @@ if TYPE_CHECKING:
 
         def fileno(self) -> int: ...
 
-# numpy's private header helpers are not in its type stubs.
-_npy_format: Any
-try:  # numpy >= 2.0 keeps the header helpers private here
-    from numpy.lib import _format_impl as _npy_format
-except ImportError:  # pragma: no cover - numpy 1.25 / 1.26
-    from numpy.lib import format as _npy_format
+# numpy's public .npy API; what it lacks (version 3.0, picking the version) is _npyformat's.
+from numpy.lib import format as _npy_format
+
+from mmarray import _npyformat
+
+_VERSIONS = (None, (1, 0), (2, 0), (3, 0))
 
 __all__ = ["memmap", "open_memmap"]
 
@@ -431,7 +431,14 @@ def _write_npy_header(path: StrOrBytesPath, header: dict[str, Any],
     def write() -> int:
         os.ftruncate(fd, 0)
         with open(fd, "wb", closefd=False) as fp:
-            _npy_format._write_array_header(fp, header, version)
+            if version is None:  # the oldest version that holds the header, as np.save picks
+                fp.write(_npyformat.header_bytes(header))
+            elif version == (1, 0):
+                _npy_format.write_array_header_1_0(fp, header)
+            elif version == (2, 0):
+                _npy_format.write_array_header_2_0(fp, header)
+            else:
+                fp.write(_npyformat._header_3_0(header))
             return fp.tell()
 
     try:
@@ -440,10 +447,17 @@ def _write_npy_header(path: StrOrBytesPath, header: dict[str, Any],
         os.close(fd)
 
 
+def _check_version(version: tuple[int, int] | None) -> None:
+    """numpy's check of a .npy format version, with its message."""
+    if version not in _VERSIONS:
+        raise ValueError(f"we only support format version (1,0), (2,0), and (3,0), not "
+                         f"{version}")
+
+
 def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | None = None,
                 shape: tuple[int, ...] | None = None, fortran_order: bool = False,
                 version: tuple[int, int] | None = None, *,
-                max_header_size: int = _npy_format._MAX_HEADER_SIZE) -> memmap:
+                max_header_size: int = _npyformat.MAX_HEADER_SIZE) -> memmap:
     """Open a ``.npy`` file as a memory-mapped array: :func:`numpy.lib.format.open_memmap` on
     mmarray's engine.
 
@@ -497,7 +511,7 @@ def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | No
         raise ValueError("Filename must be a string or a path-like object."
                          "  Memmap cannot use existing file handles.")
     if "w" in mode:
-        _npy_format._check_version(version)
+        _check_version(version)
         dtype = np.dtype(dtype)
         if dtype.hasobject:
             raise ValueError("Array can't be memory-mapped: Python objects in dtype.")
@@ -510,9 +524,9 @@ def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | No
     else:
         with open(os.fspath(filename), "rb") as fp:
             version = _npy_format.read_magic(fp)
-            _npy_format._check_version(version)
-            shape, fortran_order, dtype = _npy_format._read_array_header(
-                fp, version, max_header_size=max_header_size)
+            _check_version(version)
+            shape, fortran_order, dtype = _npyformat._READERS[version](
+                fp, max_header_size=max_header_size)
             if dtype.hasobject:  # type: ignore[union-attr]  # a numpy.dtype from the header
                 raise ValueError("Array can't be memory-mapped: Python objects in dtype.")
             offset = fp.tell()

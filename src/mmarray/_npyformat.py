@@ -213,7 +213,7 @@ def parse_fast(hb, name):
     return result
 
 
-def read_array_header_3_0(fp, max_header_size=MAX_HEADER_SIZE):
+def read_array_header_3_0(fp: Any, max_header_size: int = MAX_HEADER_SIZE) -> tuple[Any, bool, Any]:
     """Read a version 3.0 header from the file object ``fp`` (positioned after the magic), as
     numpy's ``read_array_header_1_0``/``_2_0`` read theirs: ``(shape, fortran_order, dtype)``.
 
@@ -257,8 +257,11 @@ def _read_exactly(fp, n, what):
     return data
 
 
-_READERS = {(1, 0): _format.read_array_header_1_0, (2, 0): _format.read_array_header_2_0,
-            (3, 0): read_array_header_3_0}
+_READERS: dict[tuple[int, int], Any] = {
+    (1, 0): _format.read_array_header_1_0,
+    (2, 0): _format.read_array_header_2_0,
+    (3, 0): read_array_header_3_0,
+}
 
 
 def _parse_numpy(raw, version, name, max_header_size):
@@ -371,7 +374,7 @@ def row_bounds(rows, shape, order):
 
 # -- writing ----------------------------------------------------------------------------------
 
-def header_bytes(d):
+def header_bytes(d: dict[str, Any]) -> bytes:
     """The complete .npy header (magic to newline) numpy writes for the header dict ``d``
     (``descr``, ``fortran_order``, ``shape``), in the oldest format version that holds it.
 
@@ -398,7 +401,7 @@ def header_bytes(d):
     return header
 
 
-def _header_3_0(d):
+def _header_3_0(d: dict[str, Any]) -> bytes:
     """The 3.0 header numpy writes for ``d``: its 2.0 header, but UTF-8 (numpy has no public
     writer for 3.0)."""
     text = "{" + "".join(f"'{key}': {value!r}, " for key, value in sorted(d.items())) + "}"
