@@ -42,9 +42,9 @@ needs_proc_maps = pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
                                      reason="needs Linux /proc/self/maps")
 
 
-def mapped_rss(path):
-    """Resident bytes (pages with page-table entries) of this process's mappings of ``path``,
-    from /proc/self/smaps: what page faults or populating put in, what MADV_DONTNEED takes out."""
+def mapped_smaps(path, field):
+    """Sum of one /proc/self/smaps field (kB, returned in bytes) over this process's mappings
+    of ``path``: "Rss" for pages with page-table entries, "Anonymous" for private copies."""
     path = os.path.realpath(path)
     total, inside = 0, False
     with open("/proc/self/smaps") as f:
@@ -52,6 +52,12 @@ def mapped_rss(path):
             first = line.split(None, 1)[0]
             if "-" in first and not first.endswith(":"):
                 inside = line.rstrip("\n").endswith(" " + path)
-            elif inside and first == "Rss:":
+            elif inside and first == field + ":":
                 total += int(line.split()[1]) * 1024
     return total
+
+
+def mapped_rss(path):
+    """Resident bytes (pages with page-table entries) of this process's mappings of ``path``,
+    from /proc/self/smaps: what page faults or populating put in, what MADV_DONTNEED takes out."""
+    return mapped_smaps(path, "Rss")

@@ -17,7 +17,7 @@ import pytest
 
 import mmarray
 from mmarray import _engine
-from helpers import assert_clean_exit, run_python
+from helpers import assert_clean_exit, mapped_smaps, run_python
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo()")
@@ -503,20 +503,6 @@ def test_mapping_kept_alive_by_a_traceback_is_unregistered_when_collected(tmp_pa
 
 # -- 8. copy-on-write populate -----------------------------------------------------------------
 
-def _smaps_field(path, field):
-    """Sum of ``field`` (kB -> bytes) over this process's mappings of ``path``."""
-    path = os.path.realpath(path)
-    total, inside = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            first = line.split(None, 1)[0]
-            if "-" in first and not first.endswith(":"):
-                inside = line.rstrip("\n").endswith(" " + path)
-            elif inside and first == field + ":":
-                total += int(line.split()[1]) * 1024
-    return total
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux smaps")
 def test_populate_in_copy_on_write_mode_copies_nothing_into_private_memory(tmp_path):
     """MAP_POPULATE on a private mapping write-faults: a 1 GiB file became 1.06 GB of
@@ -526,11 +512,11 @@ def test_populate_in_copy_on_write_mode_copies_nothing_into_private_memory(tmp_p
     with open(path, "wb") as f:
         f.write(np.ones(size, np.uint8).tobytes())
     with mmarray.open(path, mode="c", populate=True) as m:
-        assert _smaps_field(path, "Rss") >= size // 2  # populated ...
-        assert _smaps_field(path, "Anonymous") < size // 64  # ... without private copies
+        assert mapped_smaps(path, "Rss") >= size // 2  # populated ...
+        assert mapped_smaps(path, "Anonymous") < size // 64  # ... without private copies
         a = m.array
         a[:4096] = 7   # writing still copies exactly what is written
-        assert _smaps_field(path, "Anonymous") >= 4096
+        assert mapped_smaps(path, "Anonymous") >= 4096
         del a
     with open(path, "rb") as f:
         assert f.read(4096) == b"\x01" * 4096
