@@ -937,3 +937,112 @@ def test_fork_during_a_flush_in_another_thread_lets_the_child_close_and_reset(tm
     """, timeout=120)
     assert_clean_exit(proc)
     assert proc.stdout.split(None, 1) == ["0", "ok\n"]
+
+
+# -- found by the third hostile review (the engine/policy split) ------------------------------
+
+def test_shape_subclasses_cannot_show_the_size_check_another_shape(tmp_path):
+    """A tuple subclass whose __iter__ and __getitem__ disagree, or an int subclass whose
+    multiplication lies, made the engine build an array far larger than the mapping: a read
+    of its last element segfaulted."""
+    path = tmp_path / "s.bin"
+    path.write_bytes(bytes(16))
+    proc = run_python(f"""
+        import numpy as np
+        from mmarray import _engine
+        from mmarray._mapping import map_region
+        class T(tuple):
+            def __iter__(self): return iter((16,))
+            def __getitem__(self, i): return 1 << 40
+            def __len__(self): return 1
+        class I(int):
+            def __rmul__(self, other): return other * 16
+            def __mul__(self, other): return 16 * other
+        for shape in (T((16,)), (I(1 << 40),), (I(16),)):
+            try:
+                m = map_region(path={str(path)!r}, access=_engine.READ, length=16,
+                               dtype=np.dtype("u1"), shape=shape, mode="r", filename="s")
+            except (TypeError, ValueError):
+                continue
+            a = m.array
+            assert a.nbytes == 16 and type(m.shape) is tuple, (m.shape, a.shape)
+            a[-1]
+        print("ok")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok"
+
+
+def test_map_file_refuses_a_class_whose_new_returns_a_live_mapping(tmp_path):
+    """cls.__new__ returning an existing Mapping made map_file map over it: the old view
+    leaked, and its file stayed registered ('w+' refused for the rest of the process)."""
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(bytes(64))
+    second.write_bytes(bytes(64))
+    live = mmarray.open(first, mode="r+")
+    array = live.array
+
+    class Reuse(mmarray.Mapping):
+        __slots__ = ()
+
+        def __new__(cls, *args):
+            return live
+
+    from mmarray._mapping import map_region
+    with pytest.raises(TypeError, match="must return a new, bare Reuse"):
+        map_region(path=str(second), access=_engine.WRITE, length=64, dtype=np.dtype("u1"),
+                   shape=(64,), mode="r+", filename=str(second), cls=Reuse)
+    assert live.exports == 1 and live.filename == str(first)
+    del array
+    live.close()
+    st = os.stat(first)
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
+    mmarray.open(first, mode="w+", shape=8).close()
+
+
+@needs_fork
+def test_a_busy_export_dropped_by_a_fork_is_not_released_twice(tmp_path):
+    """A fork inside a busy operation (here from the error factory) reset the busy count; the
+    operation's own release then took the count of a prefetch the child had started, and the
+    child's prefetch ran over unmapped memory (SIGSEGV)."""
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        f.truncate(256 << 20)
+    proc = run_python(f"""
+        import os, threading, time, warnings, numpy as np, mmarray
+        from mmarray import _engine, _errors
+        warnings.simplefilter("ignore", DeprecationWarning)
+        m = mmarray.open({str(path)!r}, mode="r+")
+        def factory(*args):
+            if os.fork() == 0:
+                prefetch = m.prefetch()
+                m.close()            # deferred: the prefetch holds an export
+                _engine.set_error_factory(_errors.from_status)
+                def finish():
+                    prefetch.wait()
+                    os._exit(0 if m.exports == 0 else 3)
+                threading.Thread(target=finish).start()
+                return OSError("child")
+            return OSError("parent")
+        _engine.set_error_factory(factory)
+        try:
+            m._flush_bytes(0, 1 << 62, True)
+        except (OSError, ValueError) as exc:
+            if str(exc) == "child":
+                time.sleep(30)       # the thread above ends the child
+        _engine.set_error_factory(_errors.from_status)
+        pid, status = os.wait()
+        print(status)
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "0", proc.stdout
+
+
+def test_error_factory_returning_a_non_exception_still_raises_the_error(tmp_path):
+    from mmarray import _errors
+    _engine.set_error_factory(lambda *args: None)
+    try:
+        with pytest.raises(OSError):
+            mmarray.open(tmp_path / "missing.bin", mode="r")
+    finally:
+        _engine.set_error_factory(_errors.from_status)

@@ -66,6 +66,7 @@ cdef dict _truncated_at = {}
 cdef unsigned long long _epoch = 0
 cdef Py_ssize_t _in_flight = 0      # maps between their start and their registration
 cdef dict _busy_regions = {}        # id -> Region with an operation running without the GIL
+cdef Py_ssize_t _fork_generation = 0  # forks survived: busy exports of an older one are gone
 
 # How long a populate-ahead loop waits for a consumer that does not move before it gives up
 # (populating is only a head start: the consumer faults in what is left itself).
@@ -163,12 +164,20 @@ def set_error_factory(factory):
     _error_factory = factory
 
 
+cdef object _made_error(int status, int64_t code, uint64_t file_size, object filename,
+                        uint64_t offset, uint64_t length):
+    exc = _error_factory(status, code, file_size, filename, offset, length)
+    if not isinstance(exc, BaseException):  # a broken factory must not hide the error
+        exc = _default_error(status, code, file_size, filename, offset, length)
+    return exc
+
+
 cdef int _raise(const mm_error *err, object filename, uint64_t offset, uint64_t length) except -1:
-    raise _error_factory(err.status, err.code, err.file_size, filename, offset, length)
+    raise _made_error(err.status, err.code, err.file_size, filename, offset, length)
 
 
 cdef int _refuse(int status, Py_ssize_t code, object filename) except -1:
-    raise _error_factory(status, code, 0, filename, 0, 0)
+    raise _made_error(status, code, 0, filename, 0, 0)
 
 
 @cython.auto_pickle(False)
@@ -218,15 +227,16 @@ cdef class Region:
     # An operation that uses the region without the GIL (flush, advise, resident, a
     # populating loop) holds an export for its duration, counted as "busy" too: a child
     # forked meanwhile has no thread to release it, and drops it (_reset_after_fork).
-    cdef int _acquire_busy(self) except -1:
+    cdef Py_ssize_t _acquire_busy(self) except -1:
+        # Returns the fork generation the release must match.
         self._acquire()
         self._busy += 1
         _busy_regions[id(self)] = self
-        return 0
+        return _fork_generation
 
-    cdef int _release_busy(self) except -1:
-        if self._busy == 0:          # dropped by a fork in between: nothing left to release
-            return 0
+    cdef int _release_busy(self, Py_ssize_t generation) except -1:
+        if generation != _fork_generation or self._busy == 0:
+            return 0                 # dropped by a fork in between: nothing left to release
         self._busy -= 1
         if self._busy == 0:
             _busy_regions.pop(id(self), None)
@@ -456,14 +466,14 @@ cdef class Region:
             if self._closed:
                 raise ValueError("mapping is closed")
             return
-        self._acquire_busy()
+        generation = self._acquire_busy()
         try:
             with nogil:
                 status = mm_flush(&self.view, start, length, sync, &err)
             if status != MM_OK:
                 _raise(&err, self._filename, start, length)
         finally:
-            self._release_busy()
+            self._release_busy(generation)
 
     def _advise_bytes(self, uint64_t start, uint64_t length, int advice):
         cdef mm_error err
@@ -472,14 +482,14 @@ cdef class Region:
             if self._closed:
                 raise ValueError("mapping is closed")
             return
-        self._acquire_busy()
+        generation = self._acquire_busy()
         try:
             with nogil:
                 status = mm_advise(&self.view, start, length, advice, &err)
             if status != MM_OK:
                 _raise(&err, self._filename, start, length)
         finally:
-            self._release_busy()
+            self._release_busy(generation)
 
     def _resident_bytes(self, uint64_t start, uint64_t length):
         cdef mm_error err
@@ -489,14 +499,14 @@ cdef class Region:
             if self._closed:
                 raise ValueError("mapping is closed")
             return 0, 0
-        self._acquire_busy()
+        generation = self._acquire_busy()
         try:
             with nogil:
                 status = mm_resident(&self.view, start, length, &resident, &total, &err)
             if status != MM_OK:
                 _raise(&err, self._filename, start, length)
         finally:
-            self._release_busy()
+            self._release_busy(generation)
         return resident, total
 
     def __repr__(self):
@@ -603,6 +613,9 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     elif length != MM_TO_END:
         raise ValueError("shape must be given unless the mapping runs to the end of the file")
     m = cls.__new__(cls)
+    if type(m) is not cls or m.view.data != NULL or m._exports or \
+            m._registered or m._dtype is not None:
+        raise TypeError(f"{cls.__name__}.__new__ must return a new, bare {cls.__name__}")
     if file is None:
         if shape is None or nbytes != 0:
             raise ValueError(f"an empty mapping (no file) needs a shape of size 0, got "
@@ -640,19 +653,25 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
 
 
 def _shape_nbytes(shape, Py_ssize_t itemsize):
-    """(tuple of ints, nbytes) for a shape the engine can build an array of, or raise."""
+    """(tuple of ints, nbytes) for a shape the engine can build an array of, or raise.
+
+    The result is a new exact tuple of exact ints, read through the base types' own methods:
+    a tuple or int subclass cannot show the size check one shape and the array another."""
     if not isinstance(shape, tuple):
         raise TypeError(f"shape must be a tuple of ints, got {type(shape).__name__}")
-    if len(shape) > _MAX_DIMS:
-        raise ValueError(f"shape has {len(shape)} dimensions, more than {_MAX_DIMS}")
+    items = list(tuple.__iter__(shape))
+    if len(items) > _MAX_DIMS:
+        raise ValueError(f"shape has {len(items)} dimensions, more than {_MAX_DIMS}")
     total = itemsize
-    for d in shape:
+    for i, d in enumerate(items):
         if not isinstance(d, int) or isinstance(d, bool):
             raise TypeError(f"shape must be a tuple of ints, got an element of type "
                             f"{type(d).__name__}")
+        d = items[i] = int.__index__(d)   # the exact value, whatever the subclass overrides
         if d < 0 or d > _INTP_MAX:
             raise ValueError(f"shape has a dimension outside 0 to {_INTP_MAX}")
         total *= d
+    shape = tuple(items)
     if total > _INT64_MAX:
         raise ValueError(f"shape describes more than {_INT64_MAX} bytes")
     return shape, total
@@ -855,9 +874,10 @@ def _reset_after_fork():
     Their marks would refuse the file forever, and the exports their operations held would
     keep closed regions mapped (and registered) forever: both are dropped. The live views the
     child inherited stay counted (their mappings are inherited too)."""
-    global _in_flight
+    global _in_flight, _fork_generation
     cdef Region region
     _in_flight = 0
+    _fork_generation += 1
     _truncating.clear()
     _truncated_at.clear()
     busy = list(_busy_regions.values())
@@ -935,7 +955,7 @@ cdef class _PopulateAhead:
         a head start only); raises the C layer's error, ValueError if closed."""
         cdef mm_error err
         cdef int status
-        self.mapping._acquire_busy()      # the region stays mapped while the loop runs
+        generation = self.mapping._acquire_busy()  # the region stays mapped while it runs
         try:
             with nogil:
                 status = mm_populate_ahead(&self.mapping.view, self.start, self.end, self.step,
@@ -944,4 +964,4 @@ cdef class _PopulateAhead:
             if status != MM_OK:
                 _raise(&err, self.mapping._filename, self.start, self.end - self.start)
         finally:
-            self.mapping._release_busy()
+            self.mapping._release_busy(generation)

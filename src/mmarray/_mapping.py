@@ -183,9 +183,9 @@ class Mapping(_engine.Region):
         >>> m.prefetch().wait()
         True
         """
-        first, length = self._byte_range(start, stop)
         if self.closed:
             raise ValueError("mapping is closed")
+        first, length = self._byte_range(start, stop)
         return _access.Prefetch(self, first, length)
 
     def chunks(self, rows: SupportsIndex, prefetch: bool = True,
