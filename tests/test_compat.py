@@ -347,7 +347,9 @@ def test_close_through_mmarray_close_reaches_the_memmap_mapping(path):
 
 def test_close_on_arrays_that_map_nothing_is_a_no_op(path):
     mm = mmarray.memmap(path, mode="w+", shape=4)
-    for other in (mm.copy(), pickle.loads(pickle.dumps(mm)), np.arange(3).view(mmarray.memmap)):
+    cow = mmarray.memmap(path, mode="c", shape=4)  # mode 'c' pickles a copy, as numpy does
+    for other in (mm.copy(), pickle.loads(pickle.dumps(cow)),
+                  np.arange(3).view(mmarray.memmap)):
         assert type(other) is mmarray.memmap
         other.close(strict=True)
         other.flush()
@@ -517,26 +519,46 @@ def test_offset_beyond_the_end_grows_the_file_in_mode_r_plus(path):
 # -- pickling --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
-def test_pickling_behaves_like_numpy_memmap(path, protocol):
+def test_pickling_mode_c_behaves_like_numpy_memmap(path, protocol):
+    """Mode 'c' pickles a copy of the data (its changes are not in the file), as numpy."""
     ours = mmarray.memmap(path, dtype="float32", mode="w+", shape=(2, 3))
     ours[:] = np.arange(6).reshape(2, 3)
-    theirs = np.memmap(path, dtype="float32", mode="r+", shape=(2, 3))
-    a = pickle.loads(pickle.dumps(ours, protocol=protocol))
+    ours.flush()
+    cow = mmarray.memmap(path, dtype="float32", mode="c", shape=(2, 3))
+    theirs = np.memmap(path, dtype="float32", mode="c", shape=(2, 3))
+    cow[0, 0] = theirs[0, 0] = 9  # private changes travel with the copy
+    a = pickle.loads(pickle.dumps(cow, protocol=protocol))
     b = pickle.loads(pickle.dumps(theirs, protocol=protocol))
     assert type(a) is mmarray.memmap and type(b) is np.memmap
-    assert a.tolist() == b.tolist()
+    assert a.tolist() == b.tolist() == [[9, 1, 2], [3, 4, 5]]
     for attr in ("filename", "offset", "mode", "_mmap"):
         assert getattr(a, attr) is None and getattr(b, attr) is None, attr
     assert _type_name(a[1:]) == _type_name(b[1:])
     a[:] = -1  # a copy: the file is untouched
-    assert ours.tolist() == theirs.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert ours.tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
-def test_pickling_a_slice_gives_a_copy_of_the_slice(path):
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickling_mode_r_plus_is_by_reference_to_the_same_bytes(path, protocol):
+    ours = mmarray.memmap(path, dtype="float32", mode="w+", shape=(200, 300))
+    ours[:] = np.arange(60_000).reshape(200, 300)
+    payload = pickle.dumps(ours, protocol=protocol)
+    assert len(payload) < 1024  # 240 KB of data: none of it travels
+    a = pickle.loads(payload)
+    assert type(a) is mmarray.memmap
+    assert (a.filename, a.offset, a.mode) == (ours.filename, 0, "r+")  # w+ becomes r+
+    assert np.array_equal(a, ours)
+    a[5, 7] = -1  # the same file: the write shows through the original
+    assert ours[5, 7] == -1
+    a.close()
+
+
+def test_pickling_a_slice_refers_to_the_slice_only(path):
     mm = mmarray.memmap(path, dtype="int8", mode="w+", shape=6)
     mm[:] = range(6)
     out = pickle.loads(pickle.dumps(mm[2:4]))
-    assert out.tolist() == [2, 3] and out.filename is None
+    assert out.tolist() == [2, 3] and out.filename == mm.filename
+    assert mmarray.mapping_of(out).nbytes == 2  # just the slice's bytes are mapped
 
 
 # -- open_memmap ------------------------------------------------------------------------------

@@ -26,8 +26,10 @@ from mmarray._api import (
     _check_writable_file,
     fileno_of,
 )
+from mmarray._api import mapping_of as _mapping_of
 from mmarray._errors import SizeNotMultipleError
 from mmarray._mapping import Mapping, map_region
+from mmarray._share import ArrayRef, ref
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -304,6 +306,24 @@ class memmap(np.memmap):
             return res.view(type=_ndarray)  # a copy (fancy indexing): not memory-mapped
         return res
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by reference in modes ``'r'``, ``'r+'`` and ``'w+'``: the file, the bytes
+        this array (or view) spans, its dtype, shape and strides; never the data. Unpickling
+        maps just those bytes (``'w+'`` becomes ``'r+'``: nothing is truncated or grown) and
+        checks the file is the one pickled, as :func:`mmarray.ref` does. Mode ``'c'``, and
+        arrays that map nothing, pickle a copy of the data, as numpy does."""
+        mapping = self._mmap
+        if isinstance(mapping, Mapping) and self.mode in ("r", "r+", "w+"):
+            try:
+                reference = ref(self.view(_ndarray))
+            except TypeError:  # a file object without a name: nothing to refer to
+                pass
+            else:
+                mode = "r+" if self.mode == "w+" else self.mode
+                return (_memmap_from_ref, (reference, self.filename, self.offset, mode))
+        by_value: tuple[Any, ...] = super().__reduce__()  # type: ignore[assignment]
+        return by_value
+
     def flush(self) -> None:
         """Write any changes in the array to the file on disk.
 
@@ -399,6 +419,18 @@ class memmap(np.memmap):
 
 
 memmap.__module__ = "mmarray"
+
+
+def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str) -> memmap:
+    """Unpickle a memmap: map the referenced bytes and view them as a memmap whose
+    ``filename``, ``offset`` and ``mode`` are the pickled one's."""
+    array = reference.array
+    self = array.view(memmap)
+    self._mmap = _mapping_of(array)
+    self.filename = filename
+    self.offset = offset
+    self.mode = mode
+    return self
 
 
 def _resolved_path(path: Any) -> Any:

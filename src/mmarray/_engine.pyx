@@ -18,7 +18,8 @@ Lifetime rules
   the GIL is released to unmap, so racing threads cannot unmap twice or use a stale view.
 """
 cimport cython
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE
+from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE,
+                             PyBuffer_Release, PyObject_GetBuffer)
 from cpython.exc cimport PyErr_WriteUnraisable
 from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport memset
@@ -412,8 +413,33 @@ cdef class Region:
         return export
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
+        # Two kinds of buffer. A consumer that asks for a format (memoryview(m), numpy's
+        # np.asarray(m)) gets the typed buffer of a new array over the region, as ndarray
+        # exports it: dtype, shape and strides of :attr:`array`. Its owner is that array,
+        # which holds a counted export for as long as the consumer keeps the buffer. A
+        # consumer that asks for plain bytes (np.frombuffer, hashlib, file.write) gets the
+        # region as unsigned bytes, owned by the Mapping itself.
+        cdef Py_buffer typed
         if (flags & PyBUF_WRITABLE) and self._readonly and not self._closed:
             raise BufferError("mapping is read-only (mode 'r')")
+        if (flags & PyBUF_FORMAT) == PyBUF_FORMAT:
+            array = self.array           # raises for a closed mapping; counts one export
+            PyObject_GetBuffer(array, &typed, flags)
+            # The fields point into the array's own buffer description, which lives as long
+            # as the array; buffer.obj keeps the array alive until the consumer releases it.
+            buffer.buf = typed.buf
+            buffer.len = typed.len
+            buffer.readonly = typed.readonly
+            buffer.itemsize = typed.itemsize
+            buffer.format = typed.format
+            buffer.ndim = typed.ndim
+            buffer.shape = typed.shape
+            buffer.strides = typed.strides
+            buffer.suboffsets = typed.suboffsets
+            buffer.internal = typed.internal
+            buffer.obj = array
+            PyBuffer_Release(&typed)     # numpy keeps no per-buffer state to release
+            return
         self._acquire()
         self._raw_exported = True  # see _unmap_now: the consumer may outlive its export
         _fill_buffer(self, buffer, self, flags)
@@ -425,19 +451,17 @@ cdef class Region:
             PyErr_WriteUnraisable(self)
 
     def __array__(self, dtype=None, copy=None):
-        """The mapped bytes for ``np.asarray(m)``, as the buffer protocol gives them.
+        """The mapped array for ``np.asarray(m)``: :attr:`array`, or a copy when asked.
 
-        numpy tries the buffer protocol first (a ``uint8`` array of the region; use
-        :attr:`array` for the typed array) and ignores its errors, so this is what it
-        reaches for a closed mapping: raise instead of becoming a 0-d object array.
+        numpy tries the buffer protocol first (the same typed array) and ignores its errors,
+        so this is what it reaches for a closed mapping, or a dtype the buffer protocol
+        cannot describe (datetime64): raise or give :attr:`array`, never a 0-d object array.
         """
-        if self._closed:
-            raise ValueError("mapping is closed")
-        array = _np.frombuffer(self, _np.uint8)
+        array = self.array               # raises for a closed mapping
         if dtype is not None and _np.dtype(dtype) != array.dtype:
             if copy is False:
-                raise ValueError(f"cannot give the mapped bytes as {_np.dtype(dtype)} "
-                                 f"without a copy (copy=False)")
+                raise ValueError(f"cannot give the mapped {array.dtype} data as "
+                                 f"{_np.dtype(dtype)} without a copy (copy=False)")
             return array.astype(dtype)
         return array.copy() if copy else array
 
@@ -452,6 +476,18 @@ cdef class Region:
             raise ValueError(f"shape {shape} of dtype {self._dtype} is {nbytes} bytes, but "
                              f"{self._mapped_length()} bytes are mapped")
         self._shape = shape
+
+    def _identity(self):
+        """(st_dev, st_ino) of the mapped file, or None when nothing is mapped."""
+        if self.view.data == NULL or self.view.data == &_empty_byte:
+            return None
+        return (self.view.file_id[0], self.view.file_id[1])
+
+    def _data_address(self):
+        """Address of the region's first byte (0 when nothing is mapped): to locate views."""
+        if self.view.data == NULL or self.view.data == &_empty_byte:
+            return 0
+        return <size_t>self.view.data
 
     def _mapped_length(self):
         """Bytes mapped (0 once unmapped)."""
@@ -516,8 +552,10 @@ cdef class Region:
                 f"exports={self._exports}>")
 
     def __reduce__(self):
-        raise TypeError("cannot pickle a Mapping; pickle Mapping.array (a copy of the data) "
-                        "or reopen the file by name")
+        # mmarray.Mapping pickles by reference (its own __reduce__); a bare Region has no
+        # file name to refer to.
+        raise TypeError(f"cannot pickle a {type(self).__name__}: it has no file name to "
+                        f"refer to")
 
 
 cdef char *_BYTE_FORMAT = "B"   # struct's format of an unsigned byte, static storage

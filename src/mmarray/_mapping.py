@@ -10,13 +10,14 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from mmarray import _access, _engine, _errors, _ranges
+import numpy as np
+
+from mmarray import _access, _engine, _errors, _fileref, _ranges
 from mmarray._ranges import Advice, RowIndex
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    import numpy as np
     from _typeshed import StrOrBytesPath
 
     from mmarray._api import ShortMode
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["Mapping", "map_region"]
 
 _DONTNEED = _engine.ADVICE["dontneed"]
+_READ = _engine.READ
+_WRITE = _engine.WRITE
 _POPULATE_WRITE = _engine.ADVICE["populate_write"]
 _map_file = _engine.map_file
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -73,6 +76,128 @@ class Mapping(_engine.Region):
     """
 
     __slots__ = ()
+
+    # -- an array-like: what dask.array.from_array, xarray and friends use ------------------
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions of the mapped array."""
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        """Length of the first axis, as ``len(m.array)``."""
+        shape = self.shape
+        if not shape:
+            raise TypeError("len() of unsized object")
+        return shape[0]
+
+    def __bool__(self) -> bool:
+        # Without this, bool() would be len() != 0 (and raise for a 0-d mapping): a Mapping
+        # is an object, always true, as before it had a length.
+        return True
+
+    def __getitem__(self, key: Any) -> Any:
+        """``m[key]`` is ``m.array[key]``: a view over the mapped pages for basic indexing
+        (ints, slices, ``...``, ``None``, field names), a copy for fancy indexing, as numpy.
+
+        An empty result is a new array that maps nothing, so that probing the shape of a
+        selection (as dask does for its ``meta``) keeps no reference to the mapping.
+
+        Examples
+        --------
+        >>> import mmarray, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "g.i64")
+        >>> with mmarray.open(path, dtype="i8", mode="w+", shape=(3, 4)) as m:
+        ...     m[1] = 7
+        ...     m[1:, ::2].tolist(), m.ndim, len(m)
+        ([[7, 7], [0, 0]], 2, 3)
+        """
+        result = self.array[key]
+        if type(result) is np.ndarray and result.size == 0:
+            return result.copy()
+        return result
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``m[key] = value`` writes into the mapped pages (modes ``'r+'``, ``'w+'``, ``'c'``)
+        and, in ``'r+'``/``'w+'``, schedules the write-back of what it wrote
+        (``msync(MS_ASYNC)``) before it returns: :meth:`flush` still makes it durable.
+
+        Raises
+        ------
+        ValueError
+            Mode ``'r'`` (read-only), or the mapping is closed.
+        """
+        if self.mode == "r":
+            raise ValueError(f"assignment destination is read-only: the mapping of "
+                             f"{self.filename!r} has mode 'r'")
+        array = self.array
+        array[key] = value
+        if self.mode != "c":
+            first, length = _written_bytes(array, key)
+            self._flush_bytes(first, length, False)
+
+    # -- pickling by reference ----------------------------------------------------------------
+
+    def _shared_file(self) -> tuple[str, _fileref.FileIdentity]:
+        """(file name, identity) for a reference to this mapping's file, or raise TypeError
+        naming why there can be none."""
+        if self.mode == "c":
+            raise TypeError(
+                "a copy-on-write mapping (mode 'c') cannot be shared by reference: its "
+                "changes live in this process's private pages, not in the file; pickle "
+                "m.array.copy() to send the data")
+        filename = self.filename
+        if filename is None:
+            raise TypeError("this mapping was made from a file object without a name, so no "
+                            "other process can find its file; open the file by path to share "
+                            "it")
+        return filename, self._identity()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by reference: the file name, byte range, dtype, shape, order and mode, and
+        the file's identity; never the data (a few hundred bytes whatever the size).
+
+        Unpickling, in this process or another, maps the same range of the same file anew:
+        mode ``'r'`` stays ``'r'``, ``'r+'`` stays ``'r+'`` and ``'w+'`` becomes ``'r+'``
+        (nothing is ever created, truncated or grown by an unpickle). The receiver checks
+        that the file it mapped is the one that was pickled (on the same host: same device
+        and inode; anywhere: long enough for the range) and raises otherwise.
+
+        Raises
+        ------
+        TypeError
+            Mode ``'c'`` (pickle ``m.array.copy()`` instead), or a mapping of a file object
+            that has no name.
+        ValueError
+            The mapping is closed.
+
+        Examples
+        --------
+        >>> import mmarray, pickle, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "p.f4")
+        >>> m = mmarray.open(path, dtype="f4", mode="w+", shape=(1000, 1000))
+        >>> len(pickle.dumps(m)) < 1024
+        True
+        >>> other = pickle.loads(pickle.dumps(m))
+        >>> other[0, 0] = 1.5          # the same file: the write shows through m
+        >>> float(m[0, 0]), other.mode
+        (1.5, 'r+')
+        >>> other.close(); m.close()
+        """
+        if self.closed:
+            raise ValueError(f"cannot pickle a closed Mapping of {self.filename!r}; pickle it "
+                             f"before close()")
+        filename, identity = self._shared_file()
+        mode = "r+" if self.mode == "w+" else self.mode
+        return (_reopen, (filename, self.offset, self.dtype, self.shape, self.order, mode,
+                          identity, _fileref.host_id()))
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        """dask's token: the file (name, identity, modification time) and the region; the
+        same for every Mapping of the same range of the same unchanged file."""
+        return ("mmarray.Mapping", self.filename, self._identity(), _mtime(self.filename),
+                self.offset, self.dtype.str, self.dtype.descr, self.shape, self.order,
+                self.mode, self.closed)
 
     def _byte_range(self, start: RowIndex, stop: RowIndex) -> tuple[int, int]:
         return _ranges.byte_range(self.shape, self.order, self.dtype.itemsize, start, stop)
@@ -240,3 +365,78 @@ def map_region(*, path: StrOrBytesPath | None = None, fd: int | None = None, acc
                 f"the itemsize {dtype.itemsize} of dtype {dtype}; give a shape", nbytes)
         m._set_shape((nbytes // dtype.itemsize,))
     return m
+
+
+def _reopen(filename: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ...],
+            order: Order, mode: ShortMode, identity: _fileref.FileIdentity,
+            host: str) -> Mapping:
+    """Unpickle a :class:`Mapping`: map the pickled range of ``filename`` and prove it is the
+    same file. Creates, truncates and grows nothing (no CREATE, no GROW)."""
+    if mode not in ("r", "r+"):
+        raise ValueError(f"a pickled Mapping has mode 'r' or 'r+', got {mode!r}")
+    length = dtype.itemsize
+    for n in shape:
+        length *= n
+    try:
+        m = map_region(path=filename, access=_READ if mode == "r" else _WRITE, offset=offset,
+                       length=length, dtype=dtype, shape=shape, order=order, mode=mode,
+                       filename=filename)
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise  # FileNotFoundError, PermissionError, ...: they name the file already
+        raise type(exc)(f"cannot map the pickled Mapping of {filename!r} (bytes {offset} to "
+                        f"{offset + length}) again: {exc}") from exc
+    _fileref.verify(m, filename, identity, host)
+    return m
+
+
+def _mtime(filename: str | None) -> int | None:
+    if filename is None:
+        return None
+    try:
+        return os.stat(filename).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _written_bytes(array: np.ndarray[Any, Any], key: Any) -> tuple[int, int]:
+    """(first byte, length) of ``array`` that ``array[key] = ...`` wrote, relative to the
+    array's first byte: the extent of the view ``array[key]`` for basic indexing, the whole
+    array for fancy indexing (whose targets need not be one range)."""
+    if not _is_basic_index(key):
+        return 0, array.nbytes
+    items = key if type(key) is tuple else (key,)
+    if Ellipsis not in items:
+        items = (*items, Ellipsis)  # a 0-d view, not a scalar, for a single element
+    view = array[items]
+    if not view.size:
+        return 0, 0
+    lo, hi = _extent(view)
+    # view is a view of array (basic indexing), so [lo, hi) lies inside array's bytes.
+    start = view.__array_interface__["data"][0] - array.__array_interface__["data"][0] + lo
+    return start, hi - lo
+
+
+def _is_basic_index(key: Any) -> bool:
+    """True for keys numpy answers with a view: ints, slices, Ellipsis, None, field names."""
+    items = key if type(key) is tuple else (key,)
+    for k in items:
+        if k is None or k is Ellipsis or isinstance(k, (slice, str)):
+            continue
+        if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+            continue
+        return False
+    return True
+
+
+def _extent(array: np.ndarray[Any, Any]) -> tuple[int, int]:
+    """(lowest, highest + 1) byte offsets that a non-empty ``array`` reaches, relative to
+    its first element (negative strides reach below it)."""
+    lo = hi = 0
+    for n, stride in zip(array.shape, array.strides):
+        step = (n - 1) * stride
+        if step < 0:
+            lo += step
+        else:
+            hi += step
+    return lo, hi + array.itemsize

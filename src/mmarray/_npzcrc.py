@@ -224,6 +224,14 @@ class NpzMember(Mapping):
     """A member mapped with mode 'r+': flush and close keep its CRC-32 valid."""
     __slots__ = ("_crc", "_finalizer")
 
+    def _shared_file(self):
+        # Another process writing into the member would bypass this one's CRC upkeep and
+        # leave the archive with a CRC-32 that does not match its data.
+        raise TypeError(f"a .npz member mapped with mode 'r+' ({self._crc.label}) cannot be "
+                        f"shared by reference: writes from another process would not update "
+                        f"its CRC-32; load the archive with mode 'r' to share a member, or "
+                        f"keep writable shared data in a .npy or raw file")
+
     def flush(self, start=None, stop=None, sync=True):
         """As :meth:`Mapping.flush`, then recompute and rewrite the member's CRC-32."""
         super().flush(start, stop, sync)
