@@ -10,14 +10,21 @@ import mmarray
 
 
 def _docstrings():
+    seen = set()
     for info in pkgutil.iter_modules(mmarray.__path__):
         if info.name == "__main__":
             continue
         module = importlib.import_module(f"mmarray.{info.name}")
         yield f"mmarray.{info.name}", module.__doc__
         for name, obj in vars(module).items():
-            if getattr(obj, "__module__", None) != module.__name__:
+            # Public classes say they are mmarray's (Mapping.__module__ == "mmarray"): take
+            # them from the module that defines them, once.
+            owner = getattr(obj, "__module__", None)
+            if owner != module.__name__ and not (owner == "mmarray" and inspect.isclass(obj)
+                                                  and getattr(mmarray, name, None) is obj
+                                                  and id(obj) not in seen):
                 continue
+            seen.add(id(obj))
             yield f"mmarray.{info.name}.{name}", getattr(obj, "__doc__", None)
             if inspect.isclass(obj):
                 for attr, member in vars(obj).items():
