@@ -10,6 +10,7 @@ import pytest
 
 import mmarray
 from mmarray import _fileref
+from helpers import assert_clean_exit, run_python
 
 
 @pytest.fixture
@@ -388,3 +389,37 @@ def _copy_of(path, where):
     with open(path, "rb") as src, open(where, "wb") as dst:
         dst.write(src.read())
     return where
+
+
+def test_ref_element_far_from_the_start_is_read_from_the_file_not_the_probe(tmp_path):
+    """ref[i, j] once indexed a layout probe (a one-element buffer with the view's strides)
+    with the full key: numpy read the 'element' from wherever the strides pointed, 1 GiB past
+    the buffer here."""
+    proc = run_python(f"""
+        import mmarray
+        path = {str(tmp_path / "big.f4")!r}
+        with open(path, "wb") as f:
+            f.truncate(1 << 30)
+        with mmarray.open(path, dtype="f4", mode="r+", shape=(1 << 14, 1 << 14)) as m:
+            m[-1, -1] = 2.5
+            r = mmarray.ref(m.array)
+        assert r[-1, -1] == 2.5 and r[(1 << 14) - 1][-1] == 2.5
+        r[-1, -2] = 1.5
+        assert r.array[-1, -2] == 1.5
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok"
+
+
+def test_setitem_of_a_field_writes_and_schedules_only_that_field(tmp_path):
+    dt = np.dtype([("a", "i4"), ("b", "f8")])
+    with mmarray.open(tmp_path / "s.rec", dtype=dt, mode="w+", shape=6) as m:
+        m["a"] = 5
+        m[2] = (1, 2.5)
+        r = mmarray.ref(m.array)
+        r["b"] = 0.5
+        r[3] = (9, 9.5)
+        assert m.array.tolist() == [(5, 0.5), (5, 0.5), (1, 0.5), (9, 9.5), (5, 0.5),
+                                    (5, 0.5)]
+        assert isinstance(r[3], np.void) and r[3]["a"] == 9

@@ -405,16 +405,25 @@ def _written_bytes(array: np.ndarray[Any, Any], key: Any) -> tuple[int, int]:
     array for fancy indexing (whose targets need not be one range)."""
     if not _is_basic_index(key):
         return 0, array.nbytes
-    items = key if type(key) is tuple else (key,)
-    if Ellipsis not in items:
-        items = (*items, Ellipsis)  # a 0-d view, not a scalar, for a single element
-    view = array[items]
+    view = array[view_key(key)]
     if not view.size:
         return 0, 0
     lo, hi = _extent(view)
     # view is a view of array (basic indexing), so [lo, hi) lies inside array's bytes.
     start = view.__array_interface__["data"][0] - array.__array_interface__["data"][0] + lo
     return start, hi - lo
+
+
+def view_key(key: Any) -> Any:
+    """A basic index ``key`` that gives an array even where ``key`` gives a scalar (one
+    element): ``key`` with ``...`` appended, which makes numpy return a 0-d view. A field name
+    already gives a view (and cannot share a tuple with ``...``)."""
+    if isinstance(key, str):
+        return key
+    items = key if type(key) is tuple else (key,)
+    if any(k is Ellipsis for k in items):
+        return items
+    return (*items, Ellipsis)
 
 
 def _is_basic_index(key: Any) -> bool:

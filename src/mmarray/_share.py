@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from mmarray import _engine, _fileref
 from mmarray._api import _short_repr, mapping_of
-from mmarray._mapping import Mapping, _extent, _is_basic_index, _mtime, map_region
+from mmarray._mapping import Mapping, _extent, _is_basic_index, _mtime, map_region, view_key
 
 __all__ = ["ArrayRef", "ref"]
 
@@ -160,15 +160,19 @@ class ArrayRef:
         maps only the bytes the selection spans; otherwise indexes :attr:`array`."""
         if self._array is not None or not _is_basic_index(key):
             return self.array[key]
-        sub = self._probe()[key]
-        if not isinstance(sub, np.ndarray):  # one element: take it from a 0-d view
-            items = key if type(key) is tuple else (key,)
-            return self[(*items, Ellipsis)][()]
+        probe, origin = self._probe()
+        # Indexed with view_key, the probe gives a view for every basic key, never a scalar:
+        # a scalar would be read from the probe's memory, which the layout does not describe.
+        sub = probe[view_key(key)]
         if sub.size == 0:
-            return np.empty(sub.shape, sub.dtype)
-        lo, hi = _extent(sub)
-        first = self._start + _address(sub) - _address(self._probe_base) + lo
-        return self._view(-lo, hi - lo, first, sub.shape, sub.strides, sub.dtype)
+            result = np.empty(sub.shape, sub.dtype)
+        else:
+            lo, hi = _extent(sub)
+            first = self._start + _address(sub) - origin + lo
+            result = self._view(-lo, hi - lo, first, sub.shape, sub.strides, sub.dtype)
+        if _gives_scalar(key, self._shape, self._dtype):
+            return result[()]
+        return result
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """Write ``value`` into the referenced bytes (writable references only), mapping only
@@ -180,20 +184,17 @@ class ArrayRef:
             self.array[key] = value      # fancy indexing writes through numpy's setitem
             _schedule_writeback(self.array)
             return
-        items = key if type(key) is tuple else (key,)
-        target = self[items if Ellipsis in items else (*items, Ellipsis)]
+        target = self[view_key(key)]
         target[...] = value
         _schedule_writeback(target)
 
-    def _probe(self) -> np.ndarray[Any, Any]:
-        """An array of this shape, dtype and strides whose memory is never read: indexing it
-        gives the layout (shape, strides, first element) of a selection, by numpy's rules."""
-        probe = self._probe_base
-        return as_strided(probe, self._shape, self._strides, writeable=False)
-
-    @property
-    def _probe_base(self) -> np.ndarray[Any, Any]:
-        return _PROBES.setdefault(self._dtype, np.zeros(1, self._dtype))
+    def _probe(self) -> tuple[np.ndarray[Any, Any], int]:
+        """(probe, address of its element [0, ..., 0]): an array of this shape, dtype and
+        strides over a one-element buffer whose memory is never read. Indexing it gives the
+        layout (shape, strides, first element) of a selection by numpy's own rules."""
+        base = np.zeros(1, self._dtype)
+        return (as_strided(base, self._shape, self._strides, writeable=False),
+                _address(base))
 
     def _view(self, start: int, length: int, first: int, shape: tuple[int, ...],
               strides: tuple[int, ...], dtype: np.dtype[Any] | None = None
@@ -233,11 +234,16 @@ class ArrayRef:
 
 
 ArrayRef.__module__ = "mmarray"
-_PROBES: dict[np.dtype[Any], np.ndarray[Any, Any]] = {}
 
 
 def _rebuild(*fields: Any) -> ArrayRef:
     return ArrayRef._new(*fields)
+
+
+def _gives_scalar(key: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> bool:
+    """Whether numpy answers ``array[key]`` with a scalar, for an array of this shape and
+    dtype: asked of a read-only broadcast of one element, whose every index is valid memory."""
+    return not isinstance(np.broadcast_to(np.zeros((), dtype), shape)[key], np.ndarray)
 
 
 def _address(array: np.ndarray[Any, Any]) -> int:
