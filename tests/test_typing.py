@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 USAGE = Path(__file__).with_name("typing_usage.py")
 # The package's annotated modules, checked strictly. The others (_npy, _npz, _bench_cli,
 # __main__) are not annotated yet: add each here once it is.
-TYPED = ["__init__.py", "_access.py", "_api.py", "_compat.py", "_engine.pyi", "_errors.py",
-         "_mapping.py", "_ranges.py"]
+TYPED = ["__init__.py", "_access.py", "_api.py", "_compat.py", "_dask.py", "_engine.pyi",
+         "_errors.py", "_fileref.py", "_mapping.py", "_ranges.py", "_share.py"]
 
 ARRAY = "numpy.ndarray[Any, numpy.dtype[Any]]"
 MAPPING = "mmarray._mapping.Mapping"
@@ -56,6 +56,13 @@ EXPECTED = {
     "mm.mode": "str",
     "w": MEMMAP,
     "mm.__enter__()": MEMMAP,
+    "shared": "mmarray._share.ArrayRef",
+    "shared.array": "numpy.ndarray[Any, Any]",
+    "shared.shape": "tuple[int, ...]",
+    "m.ndim": "int",
+    "m.__reduce__()": "tuple[Any, ...]",
+    "mmarray.to_dask": "def (file: str | os.PathLike[str], chunks: Any =, *, key: str | None =, "
+                       "name: str | None =, **arguments: Any) -> dask.array.core.Array",
 }
 
 

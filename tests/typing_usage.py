@@ -48,7 +48,16 @@ def usage(directory: str) -> None:
     npy = os.path.join(directory, "usage.npy")
     with mmarray.open_memmap(npy, mode="w+", dtype=np.int16, shape=(2, 3)) as w:
         w[:] = 7
+    shared = mmarray.ref(a[1:, ::2])
+    rows = m[1:3]
+    m[0] = 2.0
     if TYPE_CHECKING:
+        reveal_type(shared)
+        reveal_type(shared.array)
+        reveal_type(shared.shape)
+        reveal_type(m.ndim)
+        reveal_type(m.__reduce__())
+        reveal_type(mmarray.to_dask)
         reveal_type(m)
         reveal_type(m.array)
         reveal_type(m.shape)
@@ -79,7 +88,7 @@ def usage(directory: str) -> None:
         reveal_type(w)
         reveal_type(mm.__enter__())
     view.release()
-    del a, raw
+    del a, raw, rows, shared
     mmarray.close(mm)
     m.close(strict=False)
 
@@ -99,4 +108,5 @@ def wrong_calls(directory: str) -> list[Callable[[], object]]:
         lambda: m.array.no_such_attribute,  # type: ignore[attr-defined]
         lambda: mmarray.memmap(path, mode="rw"),  # type: ignore[arg-type]
         lambda: mmarray.open_memmap(path + ".npy", mode="write"),  # type: ignore[arg-type]
+        lambda: mmarray.ref(m),  # type: ignore[arg-type]
     ]

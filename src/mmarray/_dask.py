@@ -15,6 +15,7 @@ from mmarray._share import ref
 
 if TYPE_CHECKING:
     import dask.array
+    from _typeshed import StrPath
 
 __all__ = ["to_dask"]
 
@@ -22,7 +23,7 @@ __all__ = ["to_dask"]
 _RAW = ("dtype", "shape", "offset", "order")
 
 
-def to_dask(file: Any, chunks: Any = "auto", *, key: str | None = None,
+def to_dask(file: StrPath, chunks: Any = "auto", *, key: str | None = None,
             name: str | None = None, **arguments: Any) -> dask.array.Array:
     """A dask array over a mapped file, each task mapping only its chunk.
 

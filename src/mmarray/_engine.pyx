@@ -270,11 +270,12 @@ cdef class Region:
         Otherwise the Mapping is marked closed and the region stays mapped until the last
         export is released, so no array is ever left pointing at unmapped memory.
 
-        Once the Mapping itself has been used as a buffer (``memoryview(m)``,
-        ``np.frombuffer(m)``, ``np.ndarray(buffer=m)``), the unmap waits until the Mapping
-        object is garbage: some buffer consumers keep the pointer while holding only a
-        reference to the Mapping, not an export. Arrays from :attr:`array` are counted
-        exactly and do not have this cost.
+        Once the Mapping itself has been used as a plain-bytes buffer
+        (``np.ndarray(buffer=m)``, ``file.write(m)``, ``hashlib``), the unmap waits until the
+        Mapping object is garbage: some buffer consumers keep the pointer while holding only a
+        reference to the Mapping, not an export. Arrays from :attr:`array`, and typed buffers
+        (``memoryview(m)``, ``np.asarray(m)``, ``np.frombuffer(m)``) are counted exactly and
+        do not have this cost.
 
         Parameters
         ----------
