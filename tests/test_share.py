@@ -423,3 +423,94 @@ def test_setitem_of_a_field_writes_and_schedules_only_that_field(tmp_path):
         assert m.array.tolist() == [(5, 0.5), (5, 0.5), (1, 0.5), (9, 9.5), (5, 0.5),
                                     (5, 0.5)]
         assert isinstance(r[3], np.void) and r[3]["a"] == 9
+
+
+# -- found by review --------------------------------------------------------------------------
+
+def test_arrayref_fields_from_a_hostile_pickle_are_refused_before_any_map(tmp_path):
+    """An ArrayRef rebuilt with an object dtype read file bytes as PyObject pointers:
+    SIGSEGV."""
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"\x41" * 64)
+    proc = run_python(f"""
+        import numpy as np
+        from mmarray import _fileref, _share
+        bad = [("object dtype", (np.dtype(object), (2,), (8,))),
+               ("strides of another length", (np.dtype("i8"), (2,), (8, 8))),
+               ("a str dtype", ("i8", (2,), (8,)))]
+        for what, (dtype, shape, strides) in bad:
+            try:
+                _share._rebuild({str(path)!r}, None, _fileref.host_id(), 0, 16, 0, dtype,
+                                shape, strides, False).array
+                raise SystemExit(what + " was accepted")
+            except TypeError:
+                pass
+        print("ok")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok"
+
+
+def test_memmap_of_a_relative_bytes_path_pickles_its_absolute_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mm = mmarray.memmap(b"rel.bin", mode="w+", shape=8)
+    assert mmarray.mapping_of(mm).filename == str(tmp_path / "rel.bin")
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    (other_dir / "rel.bin").write_bytes(b"\0" * 8)
+    monkeypatch.chdir(other_dir)  # a receiver elsewhere must still find the first file
+    got = pickle.loads(pickle.dumps(mm))
+    got[:] = 5
+    assert mm.tolist() == [5] * 8 and (other_dir / "rel.bin").read_bytes() == b"\0" * 8
+
+
+def test_fortran_order_mapping_buffer_is_its_arrays(tmp_path):
+    with mmarray.open(tmp_path / "f.i4", dtype="i4", mode="w+", shape=(2, 3), order="F") as m:
+        m.array[:] = np.arange(6).reshape(2, 3)
+        with memoryview(m) as mv, memoryview(m.array) as expected:
+            assert (mv.shape, mv.strides, mv.format) == (expected.shape, expected.strides,
+                                                          expected.format)
+            assert bytes(mv) == bytes(expected)  # logical order, as numpy gives it
+        import hashlib
+        assert hashlib.md5(m).digest() == hashlib.md5(m.array.tobytes(order="F")).digest()
+
+
+@pytest.mark.parametrize("dtype", [
+    "M8[s]", "m8[ns]", {"names": ["a"], "formats": ["i4"], "offsets": [0], "itemsize": 8},
+    np.dtype([("a", "u1"), ("b", "f8")], align=True)])
+def test_dtypes_without_an_exact_buffer_format_still_give_their_array(tmp_path, dtype):
+    dt = np.dtype(dtype)
+    with mmarray.open(tmp_path / "d.bin", dtype=dt, mode="w+", shape=4) as m:
+        a = np.asarray(m)
+        assert a.dtype == dt and a.shape == (4,) and mmarray.mapping_of(a) is m
+        assert np.array(m).dtype == dt
+        del a
+
+
+def test_iterating_a_mapping_is_iterating_its_array(tmp_path):
+    with mmarray.open(tmp_path / "i.i8", dtype="i8", mode="w+", shape=(3, 2)) as m:
+        m.array[:] = np.arange(6).reshape(3, 2)
+        assert [row.tolist() for row in m] == [[0, 1], [2, 3], [4, 5]]
+    with mmarray.open(tmp_path / "z.i8", dtype="i8", mode="w+", shape=()) as z:
+        with pytest.raises(TypeError, match="0-d"):
+            list(z)
+
+
+def test_empty_selections_keep_the_mappings_writability(grid):
+    with mmarray.open(grid.filename, dtype="i8", mode="r", shape=(40, 30)) as r:
+        assert not r[3:3].flags.writeable
+        ref = mmarray.ref(r.array[3:3])
+    assert not ref.array.flags.writeable and not ref[:0].flags.writeable
+    assert grid[3:3].flags.writeable
+
+
+def test_pickling_a_relative_name_is_refused(tmp_path, monkeypatch):
+    from mmarray import _engine
+
+    monkeypatch.chdir(tmp_path)
+    m = mmarray._mapping.map_region(path="rel.bin", access=_engine.WRITE, length=8,
+                                    flags=_engine.CREATE, dtype=np.dtype("u1"), shape=(8,),
+                                    mode="w+", filename="rel.bin")
+    with pytest.raises(TypeError, match="not absolute"):
+        pickle.dumps(m)
+    m.close()

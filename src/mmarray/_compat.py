@@ -232,7 +232,7 @@ class memmap(np.memmap):
                 error_name = str(attr_name)
             else:
                 attr_name = None  # numpy.memmap gives None for a bytes path
-                error_name = os.fsdecode(path)
+                error_name = _abspath(os.fsdecode(path))
 
         def map_it(length: int, shape: tuple[int, ...] | None) -> Mapping:
             return map_region(path=path, fd=fd, access=access, offset=offset, length=length,

@@ -418,12 +418,19 @@ cdef class Region:
         # np.asarray(m)) gets the typed buffer of a new array over the region, as ndarray
         # exports it: dtype, shape and strides of :attr:`array`. Its owner is that array,
         # which holds a counted export for as long as the consumer keeps the buffer. A
-        # consumer that asks for plain bytes (np.frombuffer, hashlib, file.write) gets the
-        # region as unsigned bytes, owned by the Mapping itself.
+        # consumer that asks for plain bytes (hashlib, file.write, np.ndarray(buffer=m)) gets
+        # the region as unsigned bytes, owned by the Mapping itself. A dtype whose buffer
+        # format does not bring back the same dtype (datetime64, padded structs) has no typed
+        # buffer: BufferError, on which numpy's np.asarray(m) turns to __array__.
         cdef Py_buffer typed
         if (flags & PyBUF_WRITABLE) and self._readonly and not self._closed:
             raise BufferError("mapping is read-only (mode 'r')")
         if (flags & PyBUF_FORMAT) == PyBUF_FORMAT:
+            if self._closed:
+                raise ValueError("mapping is closed")
+            if not _has_exact_format(self._dtype):
+                raise BufferError(f"dtype {self._dtype} has no exact buffer format; use "
+                                  f"Mapping.array or np.asarray(mapping)")
             array = self.array           # raises for a closed mapping; counts one export
             PyObject_GetBuffer(array, &typed, flags)
             # The fields point into the array's own buffer description, which lives as long
@@ -557,6 +564,22 @@ cdef class Region:
         # file name to refer to.
         raise TypeError(f"cannot pickle a {type(self).__name__}: it has no file name to "
                         f"refer to")
+
+
+cdef dict _exact_formats = {}     # dtype -> whether its PEP 3118 format round-trips
+
+
+cdef bint _has_exact_format(dtype) except -1:
+    """Whether numpy reads back ``dtype`` itself from the buffer format it exports for it."""
+    exact = _exact_formats.get(dtype)
+    if exact is None:
+        try:
+            exact = _np.asarray(memoryview(_np.zeros(1, dtype))).dtype == dtype
+        except (ValueError, TypeError, RuntimeError, BufferError, NotImplementedError):
+            exact = False
+        if len(_exact_formats) < 1024:
+            _exact_formats[dtype] = exact
+    return exact
 
 
 cdef char *_BYTE_FORMAT = "B"   # struct's format of an unsigned byte, static storage

@@ -114,8 +114,14 @@ class Mapping(_engine.Region):
         """
         result = self.array[key]
         if type(result) is np.ndarray and result.size == 0:
-            return result.copy()
+            empty = result.copy()
+            empty.flags.writeable = result.flags.writeable
+            return empty
         return result
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over the first axis, as ``iter(m.array)`` (TypeError for a 0-d mapping)."""
+        return iter(self.array)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """``m[key] = value`` writes into the mapped pages (modes ``'r+'``, ``'w+'``, ``'c'``)
@@ -134,7 +140,12 @@ class Mapping(_engine.Region):
         array[key] = value
         if self.mode != "c":
             first, length = _written_bytes(array, key)
-            self._flush_bytes(first, length, False)
+            try:
+                self._flush_bytes(first, length, False)
+            except ValueError:
+                if not self.closed:
+                    raise  # closed meanwhile by another thread: the write is in the pages
+
 
     # -- pickling by reference ----------------------------------------------------------------
 
@@ -151,7 +162,15 @@ class Mapping(_engine.Region):
             raise TypeError("this mapping was made from a file object without a name, so no "
                             "other process can find its file; open the file by path to share "
                             "it")
-        return filename, self._identity()
+        if not os.path.isabs(filename):
+            raise TypeError(f"this mapping's file name {filename!r} is not absolute, so "
+                            f"another process could find another file by it; open the file "
+                            f"by an absolute path to share it")
+        identity = self._identity()  # read before the check: a close in between is seen
+        if identity is None and self.nbytes and self.closed:
+            raise ValueError(f"the Mapping of {filename!r} was closed and unmapped; share it "
+                             f"before close()")
+        return filename, identity
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle by reference: the file name, byte range, dtype, shape, order and mode, and
@@ -184,10 +203,10 @@ class Mapping(_engine.Region):
         (1.5, 'r+')
         >>> other.close(); m.close()
         """
+        filename, identity = self._shared_file()
         if self.closed:
             raise ValueError(f"cannot pickle a closed Mapping of {self.filename!r}; pickle it "
                              f"before close()")
-        filename, identity = self._shared_file()
         mode = "r+" if self.mode == "w+" else self.mode
         return (_reopen, (filename, self.offset, self.dtype, self.shape, self.order, mode,
                           identity, _fileref.host_id()))
@@ -374,6 +393,12 @@ def _reopen(filename: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, 
     same file. Creates, truncates and grows nothing (no CREATE, no GROW)."""
     if mode not in ("r", "r+"):
         raise ValueError(f"a pickled Mapping has mode 'r' or 'r+', got {mode!r}")
+    if not isinstance(dtype, np.dtype) or type(shape) is not tuple or not isinstance(
+            filename, str) or not isinstance(offset, int):
+        raise TypeError(f"a pickled Mapping holds a str file name, an int offset, a "
+                        f"numpy.dtype and a tuple shape, got {type(filename).__name__}, "
+                        f"{type(offset).__name__}, {type(dtype).__name__}, "
+                        f"{type(shape).__name__}")
     length = dtype.itemsize
     for n in shape:
         length *= n

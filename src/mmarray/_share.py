@@ -72,6 +72,7 @@ class ArrayRef:
     def _new(cls, filename: str, identity: _fileref.FileIdentity, host: str, offset: int,
              length: int, start: int, dtype: np.dtype[Any], shape: tuple[int, ...],
              strides: tuple[int, ...], writable: bool) -> ArrayRef:
+        _check_fields(filename, offset, length, start, dtype, shape, strides)
         self = object.__new__(cls)
         self._filename = filename
         self._identity = identity
@@ -166,6 +167,7 @@ class ArrayRef:
         sub = probe[view_key(key)]
         if sub.size == 0:
             result = np.empty(sub.shape, sub.dtype)
+            result.flags.writeable = self._writable
         else:
             lo, hi = _extent(sub)
             first = self._start + _address(sub) - origin + lo
@@ -203,7 +205,9 @@ class ArrayRef:
         whose element [0, ..., 0] is ``start`` bytes in."""
         dtype = self._dtype if dtype is None else dtype
         if length == 0:
-            return np.empty(shape, dtype)
+            empty = np.empty(shape, dtype)
+            empty.flags.writeable = self._writable
+            return empty
         access = _engine.WRITE if self._writable else _engine.READ
         offset = self._offset + first
         try:
@@ -234,6 +238,21 @@ class ArrayRef:
 
 
 ArrayRef.__module__ = "mmarray"
+
+
+def _check_fields(filename: Any, offset: Any, length: Any, start: Any, dtype: Any,
+                  shape: Any, strides: Any) -> None:
+    """Refuse what no ref() makes: the fields arrive from a pickle, which anyone can write."""
+    ints = (offset, length, start)
+    if not (isinstance(filename, str) and all(type(v) is int and v >= 0 for v in ints)
+            and isinstance(dtype, np.dtype) and type(shape) is tuple
+            and type(strides) is tuple and len(shape) == len(strides)
+            and all(type(v) is int for v in (*shape, *strides))):
+        raise TypeError("an ArrayRef holds a str file name, offsets and lengths >= 0, a "
+                        "numpy.dtype, and shape and strides as tuples of ints of one length")
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise TypeError(f"dtype {dtype} cannot be mapped: it holds Python objects or has "
+                        f"itemsize 0")
 
 
 def _rebuild(*fields: Any) -> ArrayRef:
