@@ -251,12 +251,18 @@ int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
 }
 
 void mm_guard_remove(mm_view *view) {
+    uintptr_t expected;
     uint32_t i;
     if (view == NULL || view->guard_slot == 0 || view->guard_slot > MM_GUARD_SLOTS)
         return;
     i = view->guard_slot - 1;
     view->guard_slot = 0;
-    STORE(&mm_slots[i].start, 0);
+    /* Only while the slot still guards this view: a stale copy of a view must not free a
+     * slot that guards another view by now (views alive at once never share a base). */
+    expected = (uintptr_t)view->base;
+    if (!__atomic_compare_exchange_n(&mm_slots[i].start, &expected, 0, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return;
     if (i < LOAD(&mm_slots_hint))
         STORE(&mm_slots_hint, i);
 }

@@ -1672,6 +1672,34 @@ static void test_guard_leaves_other_sigbus_fatal(void) {
     CHECK(t_child_dies_of_sigbus(2) == T_KILLED_BY_SIGBUS);
 }
 
+static void test_guard_stale_copy_of_a_view_frees_nothing(void) {
+    char path[1100];
+    uint64_t page = mm_page_size();
+    mm_view v, stale, x;
+    mm_error e;
+    mm_fault f;
+    if (!T_HAS_GUARD)
+        return;
+    t_path(path, sizeof path, "stale.bin");
+    CHECK(t_write_pattern(path, 4 * page) == 0);
+    CHECK_OK(mm_guard_install(&e), &e);
+    CHECK_OK(mm_map_path(path, MM_READ, 0, 4 * page, 0, &v, &e), &e);
+    CHECK_OK(mm_guard_add(&v, 7, NULL, &e), &e);
+    stale = v;                       /* a copy naming the same slot */
+    mm_guard_remove(&v);             /* the slot is free: the next add takes it */
+    CHECK_OK(mm_map_path(path, MM_READ, 0, 4 * page, 0, &x, &e), &e);
+    CHECK_OK(mm_guard_add(&x, 8, &x, &e), &e);
+    CHECK_U64(x.guard_slot, stale.guard_slot);
+    mm_guard_remove(&stale);         /* names another base: x stays guarded */
+    f.token = 8;
+    f.slot = x.guard_slot - 1;
+    CHECK(mm_guard_owner(&f) == (void *)&x);
+    CHECK_OK(mm_unmap(&stale, &e), &e);
+    CHECK_OK(mm_unmap(&x, &e), &e);
+    CHECK(mm_guard_owner(&f) == NULL);
+    CHECK(t_remove(path) == 0);
+}
+
 static void test_guard_add_refuses_an_empty_view(void) {
     mm_view v;
     mm_error e;
@@ -1860,6 +1888,7 @@ static const t_case t_cases[] = {
     T_CASE(test_guard_turns_a_fault_into_a_zero_page),
     T_CASE(test_guard_leaves_other_sigbus_fatal),
     T_CASE(test_guard_add_refuses_an_empty_view),
+    T_CASE(test_guard_stale_copy_of_a_view_frees_nothing),
     T_CASE(test_alignment_values),
     T_CASE(test_sizes_are_cached),
     T_CASE(test_plan_view_must_fit_size_t),

@@ -266,7 +266,11 @@ cdef class Region:
         if view.data == NULL or view.data == &_empty_byte:
             self.view.data = NULL
             return 0
+        # Unguarded under the GIL, and the copy taken after: a copy still naming the guard's
+        # slot would free it again in mm_unmap, without the GIL, when it may already guard
+        # another thread's new view.
         _unguard(self)
+        view = self.view
         # Clear before releasing the GIL: no other thread can see the view from here on.
         memset(&self.view, 0, sizeof(mm_view))
         _unregister(self)
