@@ -4,7 +4,6 @@ subprocess with a timeout and checks its exit code."""
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 
 import pytest
