@@ -91,7 +91,10 @@ typedef enum mm_status {
     MM_E_UNMAP = 8,  /* munmap / UnmapViewOfFile failed */
     MM_E_ADVISE = 9, /* madvise / PrefetchVirtualMemory failed */
     MM_E_QUERY = 10, /* mincore / QueryWorkingSetEx failed */
-    MM_E_EMPTY = 11  /* MM_TO_END requested and the file is empty past offset: nothing to map */
+    MM_E_EMPTY = 11, /* MM_TO_END requested and the file is empty past offset: nothing to map */
+    MM_E_FAULT = 12  /* a page of the view could not be read or written (the fault guard
+                        caught a SIGBUS in it: the file shrank below it, an I/O error, a
+                        full disk under a hole); code = 0 */
 } mm_status;
 
 typedef struct mm_error {
@@ -113,6 +116,7 @@ typedef struct mm_view {
     uint64_t base_length;/* delta + length: what was mapped from base */
     void *flush_handle;  /* Windows, MM_WRITE views with bytes: an owned duplicate of the file
                             handle, for FlushFileBuffers. Otherwise (and on POSIX) NULL. */
+    uint32_t guard_slot; /* 1 + the fault guard's slot guarding this view, 0 for none */
 } mm_view;
 
 /* Advice for mm_advise. */
@@ -202,7 +206,8 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
  * thread advances as it works through the view (what lies before it is skipped: the
  * consumer faults that in itself). Returns when done, when *stop becomes non-zero, when the
  * consumer has not moved for about `idle_limit_us` microseconds while the loop waits for it
- * (0: no limit), or on the first failing step. MM_E_ARG for step or window 0 or a range
+ * (0: no limit), or on the first failing step: MM_E_FAULT once the fault guard has caught a
+ * fault in the view (this loop's or another thread's). MM_E_ARG for step or window 0 or a range
  * outside the view. *consumer and *stop are written by another thread while this runs: a
  * stale read only delays this loop by one pause. Portable: mm_scan.c. */
 int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
@@ -212,6 +217,74 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
 /* Give up the CPU for about `microseconds` (nanosleep(2); Windows: Sleep, whose 1 ms
  * resolution makes anything shorter a Sleep(0)). */
 void mm_pause(unsigned microseconds);
+
+/* ---- The fault guard (POSIX; mm_guard.c) -------------------------------------------------
+ * A page of a file mapping that cannot be read or written -- the file was truncated below it,
+ * the storage returned an I/O error, a write hit a hole on a full disk -- makes the kernel
+ * send SIGBUS to the thread that touched it ("mmap(2)": "SIGBUS  Attempted access to a page
+ * of the buffer that lies beyond the end of the mapped file"). Its default action ends the
+ * process. While the guard is installed, a SIGBUS with si_code BUS_ADRERR whose address lies
+ * in a guarded view is handled instead: that page is replaced by a zero page (mmap(2) with
+ * MAP_FIXED | MAP_ANONYMOUS, async-signal-safe), the fault is counted on the view and queued
+ * (mm_guard_pop), one byte is written to the wake-up pipe (mm_guard_wake_fd), and the access
+ * resumes on zeros. The same page cannot fault twice: it is anonymous memory now. Every
+ * other SIGBUS goes, once, to the disposition installed before the guard, which is put back
+ * first ("exactly as if the guard were not there": an SA_SIGINFO or plain handler is called;
+ * SIG_DFL and SIG_IGN end the process with SIGBUS, re-raised when it was sent by kill()).
+ * The handler runs on the alternate signal stack where the thread set one (SA_ONSTACK).
+ * Windows: not available (install fails with MM_E_ARG, code ERROR_NOT_SUPPORTED); a view
+ * that cannot be paged in there raises EXCEPTION_IN_PAGE_ERROR, which ends the process. */
+
+/* One fault, as mm_guard_pop gives it. */
+typedef struct mm_fault {
+    uint64_t token;  /* the token the view was guarded with (mm_guard_add) */
+    uint32_t slot;   /* where the view was guarded: for mm_guard_owner */
+    uint64_t offset; /* byte of the view that faulted, relative to `data` (may be before it:
+                        the page holding `data` starts at `base`) */
+    uint64_t thread; /* pthread_self() of the thread that faulted (Python's threading.get_ident) */
+} mm_fault;
+
+/* Install the SIGBUS handler, or put it back in front if another handler was installed since
+ * (remembering that one as the one to chain to). Idempotent. Callers serialize install and
+ * uninstall (the engine: under the GIL). MM_E_ARG (code ENOSYS / ERROR_NOT_SUPPORTED) where
+ * there is no guard; MM_E_ARG with errno if the wake-up pipe or sigaction(2) fails. */
+int mm_guard_install(mm_error *err);
+
+/* mm_guard_install at most every 100 ms (CLOCK_MONOTONIC_COARSE): cheap enough to call on
+ * every map, so that a handler installed after the guard's (Python's faulthandler.enable())
+ * is put behind it again at the next map after that. */
+int mm_guard_keep_front(mm_error *err);
+
+/* Put back the disposition the guard replaced, if the guard is in front. Views stay guarded
+ * (a later install protects them again). */
+int mm_guard_uninstall(mm_error *err);
+
+/* The read end of the wake-up pipe (one byte per fault, dropped when the pipe is full), or
+ * -1 before the first install and on Windows. */
+int mm_guard_wake_fd(void);
+
+/* Guard [base, base + base_length) of a mapped view under `token`, with an opaque `owner`. Safe from any thread and
+ * while faults are being handled. MM_E_ARG for a view that maps nothing, and when the table
+ * of guarded views (MM_GUARD_SLOTS) is full: the view is then simply not guarded. */
+#define MM_GUARD_SLOTS 131072
+int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err);
+
+/* The `owner` the faulting view was guarded with, while that view is still guarded (NULL
+ * once it is not). Callers serialize this with mm_guard_add and mm_guard_remove (the engine:
+ * under the GIL), so an owner it returns is alive. */
+void *mm_guard_owner(const mm_fault *fault);
+
+/* Stop guarding the view (mm_unmap does it before unmapping). No-op for an unguarded view. */
+void mm_guard_remove(mm_view *view);
+
+/* Faults caught in the view since it was guarded (0 for an unguarded view). */
+uint64_t mm_guard_faults(const mm_view *view);
+
+/* Take the oldest queued fault: 1 and *fault filled, or 0 when the queue is empty. One
+ * consumer at a time (the engine: under the GIL). The queue holds MM_GUARD_QUEUE faults;
+ * older ones are dropped when it overflows (their views' counts still say so). */
+#define MM_GUARD_QUEUE 1024
+int mm_guard_pop(mm_fault *fault);
 
 /* Unmap the view and release what it owns. The view is zeroed whatever the outcome, so a
  * second call is a no-op returning MM_OK; an OS error is reported, never ignored. */

@@ -477,6 +477,7 @@ int mm_unmap(mm_view *view, mm_error *err) {
     err = mm_err_or(err, &spare);
     if (view == NULL)
         return mm_fail(err, MM_E_ARG, 0);
+    mm_guard_remove(view); /* before the range can be reused by another mapping */
     base = view->base;
     len = (size_t)view->base_length;
     memset(view, 0, sizeof(*view));

@@ -34,6 +34,8 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
         return mm_fail(err, MM_E_ARG, 0);
     last = *consumer;
     while (next < end && !*stop) {
+        if (mm_guard_faults(view) != 0) /* its pages are zeros now, not the file's data */
+            return mm_fail(err, MM_E_FAULT, 0);
         uint64_t reached = *consumer;
         if (reached != last) { /* the consumer moved: it is alive */
             last = reached;
@@ -58,5 +60,7 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
         mm_touch(view->data + next, length);
         next += length;
     }
+    if (mm_guard_faults(view) != 0)
+        return mm_fail(err, MM_E_FAULT, 0);
     return mm_ok(err);
 }

@@ -540,3 +540,52 @@ int mm_unmap(mm_view *view, mm_error *err) {
         return mm_win_error(err, MM_E_UNMAP, code);
     return mm_ok(err);
 }
+
+/* ---- The fault guard: not available on Windows (mm.h). A view whose page cannot be read
+ * raises EXCEPTION_IN_PAGE_ERROR ("Reading and Writing From a File View", Microsoft Learn),
+ * which a vectored handler could see but not repair: a page of a view cannot be replaced by
+ * another mapping in place. */
+int mm_guard_install(mm_error *err) {
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    return mm_fail(err, MM_E_ARG, ERROR_NOT_SUPPORTED);
+}
+
+int mm_guard_uninstall(mm_error *err) {
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    return mm_ok(err);
+}
+
+int mm_guard_wake_fd(void) { return -1; }
+
+int mm_guard_keep_front(mm_error *err) { return mm_guard_install(err); }
+
+void *mm_guard_owner(const mm_fault *fault) {
+    (void)fault;
+    return NULL;
+}
+
+int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
+    mm_error spare;
+    (void)view;
+    (void)token;
+    (void)owner;
+    err = mm_err_or(err, &spare);
+    return mm_fail(err, MM_E_ARG, ERROR_NOT_SUPPORTED);
+}
+
+void mm_guard_remove(mm_view *view) {
+    if (view != NULL)
+        view->guard_slot = 0;
+}
+
+uint64_t mm_guard_faults(const mm_view *view) {
+    (void)view;
+    return 0;
+}
+
+int mm_guard_pop(mm_fault *fault) {
+    (void)fault;
+    return 0;
+}

@@ -208,6 +208,14 @@ static long t_handle_state(void) {
     return made == T_PROBES ? (long)top : -1;
 }
 
+/* The fault guard (mm.h) is POSIX only. */
+#define T_HAS_GUARD 0
+static int t_shrink(const char *path, uint64_t size) { (void)path; (void)size; return -1; }
+#define T_KILLED_BY_SIGBUS (-2)
+static int t_child_dies_of_sigbus(int how) { (void)how; return -1; }
+static uint64_t t_thread_id(void) { return 0; }
+static int t_wake_bytes(int fd) { (void)fd; return -1; }
+
 static int t_is_wine(void) {
     HMODULE ntdll = GetModuleHandleA("ntdll.dll");
     return ntdll != NULL && GetProcAddress(ntdll, "wine_get_version") != NULL;
@@ -217,6 +225,7 @@ static int t_is_wine(void) {
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -300,6 +309,80 @@ static long t_handle_state(void) {
         return n;
     }
     return -1;
+}
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#define T_HAS_GUARD 1
+static int t_shrink(const char *path, uint64_t size) { return truncate(path, (off_t)size); }
+static uint64_t t_thread_id(void) { return (uint64_t)(uintptr_t)pthread_self(); }
+
+/* Bytes waiting in a pipe (non-blocking reads until empty), or -1. */
+static int t_wake_bytes(int fd) {
+    char buf[64];
+    int n = 0, flags = fcntl(fd, F_GETFL);
+    ssize_t got;
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)
+        return -1;
+    while ((got = read(fd, buf, sizeof buf)) > 0)
+        n += (int)got;
+    fcntl(fd, F_SETFL, flags);
+    return n;
+}
+
+static int t_exit_code_of_handler = 0;
+static void t_own_handler(int sig, siginfo_t *info, void *ctx) {
+    (void)sig; (void)info; (void)ctx;
+    _exit(t_exit_code_of_handler);
+}
+
+/* Fork a child that installs the guard and then gets a SIGBUS that is not the guard's:
+ * how 0: raise(SIGBUS) with the default disposition before the guard; how 1: the same with
+ * a handler of its own installed before the guard (exits 7); how 2: a fault in a mapping the
+ * guard does not know (a shared mapping of a file truncated under it). Returns the child's
+ * exit status, T_KILLED_BY_SIGBUS, or -1. */
+#define T_KILLED_BY_SIGBUS (-2)
+static int t_child_dies_of_sigbus(int how) {
+    int status = 0;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        mm_error e;
+        if (how == 1) {
+            struct sigaction act;
+            memset(&act, 0, sizeof act);
+            act.sa_sigaction = t_own_handler;
+            act.sa_flags = SA_SIGINFO;
+            sigemptyset(&act.sa_mask);
+            t_exit_code_of_handler = 7;
+            sigaction(SIGBUS, &act, NULL);
+        }
+        if (mm_guard_install(&e) != MM_OK)
+            _exit(3);
+        if (how == 2) {
+            char path[] = "/tmp/mmtest-unguarded-XXXXXX";
+            int fd = mkstemp(path);
+            volatile char *p;
+            if (fd < 0 || ftruncate(fd, 65536) != 0)
+                _exit(4);
+            p = (volatile char *)mmap(NULL, 65536, PROT_READ, MAP_SHARED, fd, 0);
+            unlink(path);
+            if (p == (volatile char *)MAP_FAILED || ftruncate(fd, 0) != 0)
+                _exit(5);
+            (void)p[8192]; /* past the end of the file now: SIGBUS, not the guard's */
+            _exit(6);
+        }
+        raise(SIGBUS);
+        _exit(8);
+    }
+    if (waitpid(pid, &status, 0) != pid)
+        return -1;
+    if (WIFSIGNALED(status))
+        return WTERMSIG(status) == SIGBUS ? T_KILLED_BY_SIGBUS : -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 static int t_is_wine(void) { return 0; }
@@ -1515,6 +1598,122 @@ static void test_populate_ahead(void) {
     CHECK(t_remove(path) == 0);
 }
 
+static void test_guard_turns_a_fault_into_a_zero_page(void) {
+    char path[1100];
+    uint64_t page = mm_page_size(), len = 8 * page;
+    volatile const char *data;
+    uint64_t consumer = 0;
+    int stop = 0;
+    mm_view v, w;
+    mm_error e;
+    mm_fault f;
+    if (!T_HAS_GUARD) {
+        CHECK_ST(mm_guard_install(&e), MM_E_ARG, &e);
+        CHECK(mm_guard_wake_fd() == -1);
+        return;
+    }
+    t_path(path, sizeof path, "guard.bin");
+    CHECK(t_write_pattern(path, len) == 0);
+    CHECK_OK(mm_guard_install(&e), &e);
+    CHECK_OK(mm_guard_install(&e), &e); /* idempotent */
+    CHECK(mm_guard_wake_fd() >= 0);
+    while (mm_guard_pop(&f)) /* faults of earlier tests, if any */
+        ;
+    t_wake_bytes(mm_guard_wake_fd());
+    CHECK_OK(mm_map_path(path, MM_READ, 100, len - 100, 0, &v, &e), &e);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 0, len, 0, &w, &e), &e);
+    CHECK_OK(mm_guard_add(&v, 42, &v, &e), &e);
+    CHECK_OK(mm_guard_add(&w, 43, NULL, &e), &e);
+    CHECK_U64(mm_guard_faults(&v), 0);
+    CHECK(t_shrink(path, 2 * page) == 0); /* pages 2.. of the file are gone */
+    data = v.data;
+    CHECK(data[10] == (char)t_pat(110)); /* still in the file */
+    CHECK(data[3 * page] == 0);                   /* past its end: the guard's zero page */
+    CHECK(data[3 * page + 1] == 0);               /* the same page: no second fault */
+    CHECK_U64(mm_guard_faults(&v), 1);
+    CHECK_U64(mm_guard_faults(&w), 0);
+    w.data[5 * page] = 9; /* a write past the end: a writable zero page takes it */
+    CHECK(w.data[5 * page] == 9);
+    CHECK_U64(mm_guard_faults(&w), 1);
+    CHECK(mm_guard_pop(&f) == 1);
+    CHECK_U64(f.token, 42);
+    CHECK(mm_guard_owner(&f) == (void *)&v);
+    CHECK_U64(f.offset, 3 * page);
+    CHECK_U64(f.thread, t_thread_id());
+    CHECK(mm_guard_pop(&f) == 1);
+    CHECK_U64(f.token, 43);
+    CHECK_U64(f.offset, 5 * page);
+    CHECK(mm_guard_pop(&f) == 0);
+    CHECK(t_wake_bytes(mm_guard_wake_fd()) == 2);
+    /* a populating loop over a faulted view stops and says so */
+    consumer = 0;
+    CHECK_ST(mm_populate_ahead(&v, 0, len - 100, page, len, &consumer, &stop, 0, &e),
+             MM_E_FAULT, &e);
+    f.token = 42;
+    f.slot = v.guard_slot - 1;
+    CHECK(mm_guard_owner(&f) == (void *)&v);
+    CHECK_OK(mm_guard_keep_front(&e), &e);
+    CHECK_OK(mm_unmap(&v, &e), &e); /* unguards first */
+    CHECK_U64(mm_guard_faults(&v), 0);
+    CHECK(mm_guard_owner(&f) == NULL); /* unguarded: no owner any more */
+    CHECK_OK(mm_unmap(&w, &e), &e);
+    CHECK_OK(mm_guard_uninstall(&e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_guard_leaves_other_sigbus_fatal(void) {
+    if (!T_HAS_GUARD)
+        return;
+    /* raise(SIGBUS): the default action, not the guard */
+    CHECK(t_child_dies_of_sigbus(0) == T_KILLED_BY_SIGBUS);
+    /* the handler that was there first gets it */
+    CHECK(t_child_dies_of_sigbus(1) == 7);
+    /* a fault in a mapping the guard does not know */
+    CHECK(t_child_dies_of_sigbus(2) == T_KILLED_BY_SIGBUS);
+}
+
+static void test_guard_stale_copy_of_a_view_frees_nothing(void) {
+    char path[1100];
+    uint64_t page = mm_page_size();
+    mm_view v, stale, x;
+    mm_error e;
+    mm_fault f;
+    if (!T_HAS_GUARD)
+        return;
+    t_path(path, sizeof path, "stale.bin");
+    CHECK(t_write_pattern(path, 4 * page) == 0);
+    CHECK_OK(mm_guard_install(&e), &e);
+    CHECK_OK(mm_map_path(path, MM_READ, 0, 4 * page, 0, &v, &e), &e);
+    CHECK_OK(mm_guard_add(&v, 7, NULL, &e), &e);
+    stale = v;                       /* a copy naming the same slot */
+    mm_guard_remove(&v);             /* the slot is free: the next add takes it */
+    CHECK_OK(mm_map_path(path, MM_READ, 0, 4 * page, 0, &x, &e), &e);
+    CHECK_OK(mm_guard_add(&x, 8, &x, &e), &e);
+    CHECK_U64(x.guard_slot, stale.guard_slot);
+    mm_guard_remove(&stale);         /* names another base: x stays guarded */
+    f.token = 8;
+    f.slot = x.guard_slot - 1;
+    CHECK(mm_guard_owner(&f) == (void *)&x);
+    CHECK_OK(mm_unmap(&stale, &e), &e);
+    CHECK_OK(mm_unmap(&x, &e), &e);
+    CHECK(mm_guard_owner(&f) == NULL);
+    CHECK(t_remove(path) == 0);
+}
+
+static void test_guard_add_refuses_an_empty_view(void) {
+    mm_view v;
+    mm_error e;
+    memset(&v, 0, sizeof v);
+    if (!T_HAS_GUARD)
+        return;
+    CHECK_ST(mm_guard_add(&v, 1, NULL, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_guard_add(NULL, 1, NULL, &e), MM_E_ARG, &e);
+    CHECK(mm_guard_owner(NULL) == NULL);
+    mm_guard_remove(&v); /* unguarded: a no-op */
+    mm_guard_remove(NULL);
+    CHECK_U64(mm_guard_faults(NULL), 0);
+}
+
 static void test_resident(void) {
     char path[1100];
     uint64_t page = mm_page_size(), off = 4097, len = 64 * page, i;
@@ -1686,6 +1885,10 @@ typedef struct t_case {
 
 static const t_case t_cases[] = {
     T_CASE(test_align_down),
+    T_CASE(test_guard_turns_a_fault_into_a_zero_page),
+    T_CASE(test_guard_leaves_other_sigbus_fatal),
+    T_CASE(test_guard_add_refuses_an_empty_view),
+    T_CASE(test_guard_stale_copy_of_a_view_frees_nothing),
     T_CASE(test_alignment_values),
     T_CASE(test_sizes_are_cached),
     T_CASE(test_plan_view_must_fit_size_t),

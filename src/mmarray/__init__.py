@@ -11,6 +11,7 @@
 from mmarray._api import MODES, Mapping, close, mapping_of, open
 from mmarray._compat import memmap, open_memmap
 from mmarray._dask import to_dask
+from mmarray._guard import MappedFileError, set_fault_guard
 from mmarray._load import load
 from mmarray._npy import create_npy
 from mmarray._npz import CompressedMemberWarning, InMemoryMember, NpzMapping
@@ -19,5 +20,6 @@ from mmarray._share import ArrayRef, ref
 
 __all__ = ["open", "close", "mapping_of", "Mapping", "MODES", "memmap", "open_memmap",
            "load", "create_npy", "save_npz", "NpzMapping", "InMemoryMember",
-           "CompressedMemberWarning", "ref", "ArrayRef", "to_dask", "__version__"]
+           "CompressedMemberWarning", "ref", "ArrayRef", "to_dask", "MappedFileError",
+           "set_fault_guard", "__version__"]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
+from mmarray import _guard
 from mmarray._engine import _PopulateAhead
 from mmarray._ranges import ADVICE_CODES, RowIndex
 
@@ -42,10 +43,11 @@ class Prefetch:
         self._thread.start()
 
     def _run(self, loop: _PopulateAhead) -> None:
-        try:
-            loop.run()
-        except BaseException as exc:  # re-raised in wait()
-            self._error = exc
+        with _guard.loop_thread():
+            try:
+                loop.run()
+            except BaseException as exc:  # re-raised in wait()
+                self._error = exc
 
     @property
     def done(self) -> bool:
@@ -99,11 +101,12 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
     failure: list[BaseException] = []
 
     def populate() -> None:
-        try:
-            populator.run()
-        except BaseException as exc:
-            if not mapping.closed:  # closed meanwhile: the caller's views stay valid, stop quietly
-                failure.append(exc)  # surfaced by the consumer below
+        with _guard.loop_thread():
+            try:
+                populator.run()
+            except BaseException as exc:
+                if not mapping.closed:  # closed meanwhile: the views stay valid, stop quietly
+                    failure.append(exc)  # surfaced by the consumer below
 
     worker = threading.Thread(target=populate, name="mmarray-chunks", daemon=True)
     worker.start()

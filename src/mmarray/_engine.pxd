@@ -25,6 +25,10 @@ cdef class Region:
     # __dealloc__ runs, and the registration must still be undone then.
     cdef uint64_t _file_dev, _file_ino
     cdef bint _registered
+    # The fault guard's token for this view (0: not guarded), and the faults it caught, kept
+    # once the view is gone.
+    cdef uint64_t _guard_token
+    cdef uint64_t _faults_at_unmap
     cdef object __weakref__
 
     cdef int _acquire(self) except -1

@@ -36,6 +36,11 @@ import numpy as _np
 cnp.import_array()
 
 
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
+
+
 cdef extern from "numpy/arrayobject.h":
     # numpy's C API (the .pxd leaves it commented out). Steals a reference to descr.
     object PyArray_NewFromDescr(object subtype, cnp.dtype descr, int nd, cnp.npy_intp *dims,
@@ -68,6 +73,12 @@ cdef unsigned long long _epoch = 0
 cdef Py_ssize_t _in_flight = 0      # maps between their start and their registration
 cdef dict _busy_regions = {}        # id -> Region with an operation running without the GIL
 cdef Py_ssize_t _fork_generation = 0  # forks survived: busy exports of an older one are gone
+
+# The fault guard (csrc/mm.h): views are guarded as they are mapped while _guard_enabled.
+cdef bint _guard_enabled = True
+cdef bint _guard_installed = False
+cdef uint64_t _guard_next = 0
+cdef object _guard_hook = None
 
 # How long a populate-ahead loop waits for a consumer that does not move before it gives up
 # (populating is only a head start: the consumer faults in what is left itself).
@@ -103,7 +114,7 @@ TRUNCATE = MM_TRUNCATE
 STATUS = {"OK": MM_OK, "E_ARG": MM_E_ARG, "E_OPEN": MM_E_OPEN, "E_STAT": MM_E_STAT,
           "E_RANGE": MM_E_RANGE, "E_GROW": MM_E_GROW, "E_MAP": MM_E_MAP,
           "E_FLUSH": MM_E_FLUSH, "E_UNMAP": MM_E_UNMAP, "E_ADVISE": MM_E_ADVISE,
-          "E_QUERY": MM_E_QUERY, "E_EMPTY": MM_E_EMPTY}
+          "E_QUERY": MM_E_QUERY, "E_EMPTY": MM_E_EMPTY, "E_FAULT": MM_E_FAULT}
 #: mm_advice: advice name (as Mapping.advise takes it) -> value.
 ADVICE = {"normal": MM_ADV_NORMAL, "sequential": MM_ADV_SEQUENTIAL, "random": MM_ADV_RANDOM,
           "willneed": MM_ADV_WILLNEED, "dontneed": MM_ADV_DONTNEED,
@@ -207,6 +218,7 @@ cdef class Region:
         cdef mm_error err
         if self._registered:
             _unregister(self)
+        _unguard(self)
         if self.view.data != NULL and self.view.data != &_empty_byte:
             with nogil:
                 mm_unmap(&self.view, &err)
@@ -254,6 +266,11 @@ cdef class Region:
         if view.data == NULL or view.data == &_empty_byte:
             self.view.data = NULL
             return 0
+        # Unguarded under the GIL, and the copy taken after: a copy still naming the guard's
+        # slot would free it again in mm_unmap, without the GIL, when it may already guard
+        # another thread's new view.
+        _unguard(self)
+        view = self.view
         # Clear before releasing the GIL: no other thread can see the view from here on.
         memset(&self.view, 0, sizeof(mm_view))
         _unregister(self)
@@ -485,6 +502,12 @@ cdef class Region:
                              f"{self._mapped_length()} bytes are mapped")
         self._shape = shape
 
+    def _faults(self):
+        """Faults the fault guard caught in this view (kept after the unmap)."""
+        if self.view.data == NULL or self.view.data == &_empty_byte:
+            return self._faults_at_unmap
+        return mm_guard_faults(&self.view)
+
     def _identity(self):
         """(st_dev, st_ino) of the mapped file, or None when nothing is mapped."""
         if self.view.data == NULL or self.view.data == &_empty_byte:
@@ -711,6 +734,8 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     m._mode = mode
     m._filename = filename
     m._offset = offset
+    if _guard_enabled and m.view.data != &_empty_byte:
+        _guard(m)
     return m
 
 
@@ -980,6 +1005,100 @@ def truncate_guarded(target, name, truncate, *args):
         _end_truncation(key)
 
 
+
+
+# -- the fault guard ----------------------------------------------------------------------------
+
+cdef int _guard(Region m) except -1:
+    """Guard m's view: a SIGBUS in it becomes a zero page and a fault record (csrc/mm.h)."""
+    global _guard_enabled, _guard_installed, _guard_next
+    cdef mm_error err
+    # Puts the handler back in front if another one was installed since (checked at most
+    # every 100 ms: a sigaction(2) call per map would cost more than the rest of the guard).
+    if mm_guard_keep_front(&err) != MM_OK:
+        _guard_enabled = False       # no guard here (Windows) or it cannot be installed
+        return 0
+    if not _guard_installed:
+        _guard_installed = True
+        if _guard_hook is not None:
+            _guard_hook()            # start whatever turns fault records into exceptions
+    _guard_next += 1
+    # The owner is m itself, borrowed: the slot is removed (_unguard) before m can go.
+    if mm_guard_add(&m.view, _guard_next, <void *>m, &err) == MM_OK:
+        m._guard_token = _guard_next
+    return 0
+
+
+cdef int _unguard(Region m) noexcept:
+    # Before the unmap (mm_unmap also removes the slot): the count stays readable afterwards.
+    if m._guard_token == 0:
+        return 0
+    m._faults_at_unmap = mm_guard_faults(&m.view)
+    mm_guard_remove(&m.view)
+    m._guard_token = 0
+    return 0
+
+
+def set_guard(bint enabled):
+    """Guard the views mapped from now on (True), or stop: the guard's handler is removed and
+    a SIGBUS takes its default course again (False)."""
+    global _guard_enabled, _guard_installed
+    cdef mm_error err
+    _guard_enabled = enabled
+    if not enabled and _guard_installed:
+        mm_guard_uninstall(&err)
+        _guard_installed = False
+
+
+def guard_enabled():
+    """Whether views mapped now are guarded."""
+    return _guard_enabled
+
+
+def set_guard_hook(hook):
+    """Call ``hook()`` when the guard is first installed (and again after set_guard(False)
+    then True): what starts the reader of :func:`guard_wake_fd`."""
+    global _guard_hook
+    _guard_hook = hook
+
+
+def guard_wake_fd():
+    """The read end of the guard's wake-up pipe (one byte per fault), or -1 before the guard
+    is installed (and on Windows)."""
+    return mm_guard_wake_fd()
+
+
+def guard_pop():
+    """The queued fault records, oldest first: a list of (token, file name, file offset of
+    the faulting byte, thread id); the name is None (and the offset the view's) for a view
+    unmapped since."""
+    cdef mm_fault fault
+    cdef void *owner
+    cdef Region region
+    records = []
+    while mm_guard_pop(&fault):
+        owner = mm_guard_owner(&fault)   # alive: unguarding takes the GIL we hold
+        if owner == NULL:
+            records.append((fault.token, None, fault.offset, fault.thread))
+        else:
+            region = <Region>owner
+            records.append((fault.token, region._filename, region._offset + fault.offset,
+                            fault.thread))
+    return records
+
+
+def raise_in_thread(unsigned long thread, exc_type):
+    """Raise ``exc_type`` in the Python thread ``thread`` (threading.get_ident()) at its next
+    chance, or with None cancel what is pending there (PyThreadState_SetAsyncExc). Returns
+    whether such a thread was found."""
+    if exc_type is not None and not (isinstance(exc_type, type)
+                                     and issubclass(exc_type, BaseException)):
+        raise TypeError(f"exc_type must be an exception class or None, got {exc_type!r}")
+    if exc_type is None:
+        return PyThreadState_SetAsyncExc(thread, NULL) == 1
+    return PyThreadState_SetAsyncExc(thread, <PyObject *>exc_type) == 1
+
+
 @cython.auto_pickle(False)
 cdef class _PopulateAhead:
     """Populate a byte range of a Mapping from a background thread, a window ahead of a
@@ -1024,6 +1143,8 @@ cdef class _PopulateAhead:
                                            self.window, &self.consumer, &self.stop,
                                            _POPULATE_IDLE_LIMIT_US, &err)
             if status != MM_OK:
-                _raise(&err, self.mapping._filename, self.start, self.end - self.start)
+                # Reported as bytes of the file (the loop's range is relative to the view).
+                _raise(&err, self.mapping._filename, self.mapping._offset + self.start,
+                       self.end - self.start)
         finally:
             self.mapping._release_busy(generation)

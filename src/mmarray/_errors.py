@@ -8,13 +8,13 @@ from __future__ import annotations
 import errno
 import os
 
-from mmarray import _engine
+from mmarray import _engine, _guard
 
 # enum mm_status of csrc/mm.h, as the engine exports it.
-E_ARG, E_OPEN, E_STAT, E_RANGE, E_GROW, E_MAP, E_FLUSH, E_UNMAP, E_ADVISE, E_QUERY, E_EMPTY = (
-    _engine.STATUS[name] for name in ("E_ARG", "E_OPEN", "E_STAT", "E_RANGE", "E_GROW",
-                                      "E_MAP", "E_FLUSH", "E_UNMAP", "E_ADVISE", "E_QUERY",
-                                      "E_EMPTY"))
+(E_ARG, E_OPEN, E_STAT, E_RANGE, E_GROW, E_MAP, E_FLUSH, E_UNMAP, E_ADVISE, E_QUERY, E_EMPTY,
+ E_FAULT) = (_engine.STATUS[name] for name in (
+    "E_ARG", "E_OPEN", "E_STAT", "E_RANGE", "E_GROW", "E_MAP", "E_FLUSH", "E_UNMAP",
+    "E_ADVISE", "E_QUERY", "E_EMPTY", "E_FAULT"))
 
 
 class SizeNotMultipleError(ValueError):
@@ -61,6 +61,9 @@ def from_status(status: int, code: int, file_size: int, filename: object, offset
         return ValueError(f"{filename!r} was reset (mode 'w+') by another thread of this "
                           f"process while it was being mapped, {code} times; map it once the "
                           f"writer is done")
+    if status == E_FAULT:
+        return _guard.error(filename if isinstance(filename, str) else None, offset,
+                            offset + length, "a page of the mapping faulted")
     if status == E_RANGE:
         return ValueError(
             f"offset {offset} + {length} bytes = {offset + length} lies past the end of "

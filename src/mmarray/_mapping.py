@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import numpy as np
 
-from mmarray import _access, _engine, _errors, _fileref, _ranges
+from mmarray import _access, _engine, _errors, _fileref, _guard, _ranges
 from mmarray._ranges import Advice, RowIndex
 
 if TYPE_CHECKING:
@@ -221,6 +221,30 @@ class Mapping(_engine.Region):
     def _byte_range(self, start: RowIndex, stop: RowIndex) -> tuple[int, int]:
         return _ranges.byte_range(self.shape, self.order, self.dtype.itemsize, start, stop)
 
+    @property
+    def faulted(self) -> bool:
+        """True once a page of this mapping could not be read or written (the file was
+        truncated below it, an I/O error, a full disk under a sparse hole): the fault guard
+        put a zero page there and raised :class:`~mmarray.MappedFileError` in the thread that
+        touched it. Those pages read as zeros; writes to them do not reach the file, so
+        :meth:`flush` and :meth:`close` of a writable mapping raise from then on."""
+        return bool(self._faults())
+
+    def close(self, strict: bool = False) -> None:
+        """Close the mapping (see :meth:`mmarray._engine.Region.close`).
+
+        Raises
+        ------
+        MappedFileError
+            The mapping is writable and faulted: what was written to the faulting pages is
+            lost. The mapping is closed all the same.
+        """
+        faulted = not self.closed and self._faults() and self.mode in ("r+", "w+")
+        super().close(strict)
+        if faulted:
+            raise _guard.error(self.filename, self.offset, self.offset + self.nbytes,
+                               "close() of a mapping that faulted")
+
     def flush(self, start: RowIndex = None, stop: RowIndex = None, sync: bool = True) -> None:
         """Write changes back to the file.
 
@@ -249,6 +273,9 @@ class Mapping(_engine.Region):
             return
         first, length = self._byte_range(start, stop)
         self._flush_bytes(first, length, sync)
+        if self._faults():
+            raise _guard.error(self.filename, self.offset, self.offset + self.nbytes,
+                               "flush() of a mapping that faulted")
 
     def advise(self, advice: Advice, start: RowIndex = None, stop: RowIndex = None) -> None:
         """Tell the kernel how rows ``[start, stop)`` will be used (``madvise``).

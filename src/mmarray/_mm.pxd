@@ -1,6 +1,6 @@
 # The C contract (csrc/mm.h): its externs alone, as h5py's defs.pxd and uvloop's includes
 # keep them, apart from the engine's extension types (_engine.pxd).
-from libc.stdint cimport int64_t, intptr_t, uint64_t
+from libc.stdint cimport int64_t, intptr_t, uint32_t, uint64_t
 
 
 cdef extern from "mm.h" nogil:
@@ -9,6 +9,12 @@ cdef extern from "mm.h" nogil:
         uint64_t length
         int access
         uint64_t file_id[2]
+
+    ctypedef struct mm_fault:
+        uint64_t token
+        uint32_t slot
+        uint64_t offset
+        uint64_t thread
 
     ctypedef struct mm_error:
         int status
@@ -40,6 +46,7 @@ cdef extern from "mm.h" nogil:
         MM_E_ADVISE
         MM_E_QUERY
         MM_E_EMPTY
+        MM_E_FAULT
         # mm_advice
         MM_ADV_NORMAL
         MM_ADV_SEQUENTIAL
@@ -72,3 +79,14 @@ cdef extern from "mm.h" nogil:
                           const volatile int *stop, uint64_t idle_limit_us, mm_error *err)
     void mm_pause(unsigned microseconds)
     int mm_unmap(mm_view *view, mm_error *err)
+
+    # The fault guard (POSIX; stubs on Windows).
+    int mm_guard_install(mm_error *err)
+    int mm_guard_uninstall(mm_error *err)
+    int mm_guard_wake_fd()
+    int mm_guard_keep_front(mm_error *err)
+    int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err)
+    void *mm_guard_owner(const mm_fault *fault)
+    void mm_guard_remove(mm_view *view)
+    uint64_t mm_guard_faults(const mm_view *view)
+    int mm_guard_pop(mm_fault *fault)

@@ -149,6 +149,8 @@ class _Crc:
                               f"the archive was rewritten or truncated in place since it was "
                               f"loaded ({why})", RuntimeWarning, stacklevel=4)
                 return
+            if member is not None and member._faults():
+                return  # zero pages stand for data the file may not have: bless nothing
             if member is not None:
                 # The file's bytes, not those read at open, around the mapped data: the .npy
                 # header (checked by `moved`, but read again) and any trailing bytes.
@@ -158,6 +160,8 @@ class _Crc:
                     # the Mapping would defer its unmap to its garbage collection.
                     crc = zlib.crc32(member._export(), crc)
                 crc = self.crc_from_file(fd, self.data + self.nbytes, crc)  # trailing bytes
+                if member._faults():  # it faulted while the CRC-32 was computed over it
+                    return
             else:
                 crc = self.crc_from_file(fd, self.start, 0)
             packed, written = struct.pack("<L", crc), False

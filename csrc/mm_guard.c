@@ -1,0 +1,300 @@
+/*
+ * mm_guard.c -- the fault guard of mm.h on POSIX: a SIGBUS in a guarded view becomes a zero
+ * page and a record instead of the end of the process.
+ *
+ * Everything the signal handler touches is static memory read and written with atomic
+ * builtins (no lock: the handler may interrupt a thread in the middle of any of the functions
+ * below, and several threads may fault at once), and the only calls it makes are mmap(2),
+ * write(2), sigaction(2) and raise(3), all async-signal-safe ("signal-safety(7)"; mmap is
+ * not in POSIX's list but is a plain system call on every system this builds for).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* MAP_ANONYMOUS on older glibc */
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#include "mm.h"
+#include "mm_internal.h"
+
+#ifndef MAP_ANONYMOUS
+#define MAP_ANONYMOUS MAP_ANON
+#endif
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* A slot guards one view: [start, end) of the address space. start 0 is a free slot, 1 one
+ * being filled in (mm_guard_add claims it with a compare-and-swap, fills the other fields,
+ * then publishes start). */
+typedef struct mm_guard_slot {
+    uintptr_t start;
+    uintptr_t end;
+    uintptr_t data;   /* the view's first requested byte: fault offsets are relative to it */
+    uint64_t token;
+    uint64_t faults;
+    void *owner;
+    int prot;         /* PROT_* of the zero page that replaces a faulting one */
+} mm_guard_slot;
+
+static mm_guard_slot mm_slots[MM_GUARD_SLOTS];
+static uint32_t mm_slots_used;  /* slots [0, used) may be taken: the handler scans those */
+static uint32_t mm_slots_hint;  /* where mm_guard_add starts looking for a free slot */
+
+/* The queue: entry i % MM_GUARD_QUEUE holds fault number i once its `seq` is i + 1. */
+typedef struct mm_guard_entry {
+    uint64_t seq;
+    mm_fault fault;
+} mm_guard_entry;
+
+static mm_guard_entry mm_queue[MM_GUARD_QUEUE];
+static uint64_t mm_queue_head; /* faults recorded (the next fault's number) */
+static uint64_t mm_queue_tail; /* faults taken by mm_guard_pop (its one consumer) */
+
+static struct sigaction mm_previous; /* what the guard replaced: where other SIGBUS go */
+static int mm_chained;               /* set once a SIGBUS went to mm_previous */
+static int mm_wake[2] = {-1, -1};
+static uintptr_t mm_page;            /* the page size, read at install (sysconf is not
+                                        async-signal-safe) */
+
+/* The slot guarding `addr`, or NULL. */
+static mm_guard_slot *mm_find(uintptr_t addr) {
+    uint32_t used = LOAD(&mm_slots_used), i;
+    for (i = 0; i < used; i++) {
+        uintptr_t start = LOAD(&mm_slots[i].start);
+        if (start > 1 && addr >= start && addr < LOAD(&mm_slots[i].end))
+            return &mm_slots[i];
+    }
+    return NULL;
+}
+
+static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
+    uint64_t n = __atomic_fetch_add(&mm_queue_head, 1, __ATOMIC_ACQ_REL);
+    mm_guard_entry *entry = &mm_queue[n % MM_GUARD_QUEUE];
+    char byte = 1;
+    entry->fault.token = LOAD(&slot->token);
+    entry->fault.slot = (uint32_t)(slot - mm_slots); /* slot is an element of mm_slots */
+    entry->fault.offset = (uint64_t)(addr - LOAD(&slot->data));
+    entry->fault.thread = (uint64_t)(uintptr_t)pthread_self();
+    STORE(&entry->seq, n + 1);
+    __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
+    if (mm_wake[1] >= 0) {
+        ssize_t ignored = write(mm_wake[1], &byte, 1); /* non-blocking: a full pipe is fine */
+        (void)ignored;
+    }
+}
+
+/* A SIGBUS that is not ours: hand it, once, to what was there before the guard. */
+static void mm_chain(int sig, siginfo_t *info, void *context) {
+    struct sigaction previous = mm_previous, dfl;
+    int first = !__atomic_exchange_n(&mm_chained, 1, __ATOMIC_ACQ_REL);
+    if (first && ((previous.sa_flags & SA_SIGINFO) ||
+                  (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN))) {
+        /* Reinstalled first, as if the guard had never been there: a handler that puts back
+         * its own predecessor and re-raises (Python's faulthandler) ends up at the default. */
+        sigaction(sig, &previous, NULL);
+        if (previous.sa_flags & SA_SIGINFO)
+            previous.sa_sigaction(sig, info, context);
+        else
+            previous.sa_handler(sig);
+        return;
+    }
+    /* The default action (SIG_IGN cannot stop a fault: the kernel would force it anyway). */
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
+    if (info == NULL || info->si_code <= 0)
+        raise(sig); /* sent by kill(2), raise(3), tgkill(2): send it again, now fatal */
+    /* A fault: returning retries the access, and the default action ends the process. */
+}
+
+static void mm_handler(int sig, siginfo_t *info, void *context) {
+    int saved = errno;
+    if (info != NULL && info->si_code == BUS_ADRERR) {
+        uintptr_t addr = (uintptr_t)info->si_addr;
+        mm_guard_slot *slot = mm_find(addr);
+        if (slot != NULL) {
+            uintptr_t page = addr - addr % mm_page;
+            /* page lies in [slot->start, slot->end): start is page-aligned (a view's base)
+             * and addr is inside, so the page is part of the guarded view. */
+            void *zero = mmap((void *)page, (size_t)mm_page, LOAD(&slot->prot),
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            if (zero != MAP_FAILED) {
+                mm_record(slot, addr);
+                errno = saved;
+                return; /* the access is retried and reads the zero page */
+            }
+        }
+    }
+    mm_chain(sig, info, context);
+    errno = saved;
+}
+
+int mm_guard_install(mm_error *err) {
+    struct sigaction current, act;
+    mm_error spare;
+    long page;
+    err = mm_err_or(err, &spare);
+    if (sigaction(SIGBUS, NULL, &current) != 0)
+        return mm_fail(err, MM_E_ARG, errno);
+    if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == mm_handler)
+        return mm_ok(err);
+    if (mm_wake[0] < 0) {
+        int fds[2];
+        if (pipe(fds) != 0)
+            return mm_fail(err, MM_E_ARG, errno);
+        /* Close-on-exec both ends; the handler's end never blocks ("pipe(7)": O_NONBLOCK
+         * makes a write to a full pipe fail with EAGAIN). */
+        if (fcntl(fds[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0 ||
+            fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) != 0) {
+            int code = errno;
+            close(fds[0]);
+            close(fds[1]);
+            return mm_fail(err, MM_E_ARG, code);
+        }
+        mm_wake[1] = fds[1];
+        mm_wake[0] = fds[0];
+    }
+    page = sysconf(_SC_PAGESIZE);
+    mm_page = page > 0 ? (uintptr_t)page : 4096;
+    memset(&act, 0, sizeof act);
+    act.sa_sigaction = mm_handler;
+    act.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigemptyset(&act.sa_mask);
+    mm_previous = current; /* before the switch: a SIGBUS right after it chains correctly */
+    __atomic_store_n(&mm_chained, 0, __ATOMIC_RELEASE);
+    if (sigaction(SIGBUS, &act, NULL) != 0)
+        return mm_fail(err, MM_E_ARG, errno);
+    return mm_ok(err);
+}
+
+int mm_guard_uninstall(mm_error *err) {
+    struct sigaction current;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    if (sigaction(SIGBUS, NULL, &current) != 0)
+        return mm_fail(err, MM_E_ARG, errno);
+    if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == mm_handler &&
+        sigaction(SIGBUS, &mm_previous, NULL) != 0)
+        return mm_fail(err, MM_E_ARG, errno);
+    return mm_ok(err);
+}
+
+int mm_guard_wake_fd(void) { return mm_wake[0]; }
+
+int mm_guard_keep_front(mm_error *err) {
+    static int64_t last_check_ms = INT64_MIN / 2;
+    struct timespec now;
+    int64_t ms;
+#ifdef CLOCK_MONOTONIC_COARSE
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &now) != 0)
+#endif
+        if (clock_gettime(CLOCK_MONOTONIC, &now) != 0)
+            return mm_guard_install(err);
+    ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    if (ms - last_check_ms < 100) {
+        mm_error spare;
+        return mm_ok(mm_err_or(err, &spare));
+    }
+    last_check_ms = ms;
+    return mm_guard_install(err);
+}
+
+void *mm_guard_owner(const mm_fault *fault) {
+    mm_guard_slot *slot;
+    if (fault == NULL || fault->slot >= MM_GUARD_SLOTS)
+        return NULL;
+    slot = &mm_slots[fault->slot];
+    if (LOAD(&slot->start) <= 1 || LOAD(&slot->token) != fault->token)
+        return NULL;
+    return slot->owner;
+}
+
+int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
+    mm_error spare;
+    uint32_t i, n;
+    err = mm_err_or(err, &spare);
+    if (view == NULL || view->base == NULL || view->base_length == 0)
+        return mm_fail(err, MM_E_ARG, 0);
+    if (view->guard_slot != 0)
+        return mm_ok(err);
+    for (n = 0, i = LOAD(&mm_slots_hint); n < MM_GUARD_SLOTS; n++, i = (i + 1) % MM_GUARD_SLOTS) {
+        uintptr_t expected = 0;
+        mm_guard_slot *slot = &mm_slots[i];
+        uint32_t used;
+        if (!__atomic_compare_exchange_n(&slot->start, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        STORE(&slot->end, (uintptr_t)view->base + (uintptr_t)view->base_length);
+        STORE(&slot->data, (uintptr_t)view->data);
+        STORE(&slot->token, token);
+        slot->owner = owner;
+        STORE(&slot->faults, 0);
+        STORE(&slot->prot, view->access == MM_READ ? PROT_READ : PROT_READ | PROT_WRITE);
+        used = LOAD(&mm_slots_used);
+        while (used < i + 1 && !__atomic_compare_exchange_n(&mm_slots_used, &used, i + 1, 0,
+                                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            ;
+        STORE(&slot->start, (uintptr_t)view->base); /* published: the handler sees it now */
+        STORE(&mm_slots_hint, (i + 1) % MM_GUARD_SLOTS);
+        view->guard_slot = i + 1;
+        return mm_ok(err);
+    }
+    return mm_fail(err, MM_E_ARG, 0); /* every slot taken: this view is not guarded */
+}
+
+void mm_guard_remove(mm_view *view) {
+    uintptr_t expected;
+    uint32_t i;
+    if (view == NULL || view->guard_slot == 0 || view->guard_slot > MM_GUARD_SLOTS)
+        return;
+    i = view->guard_slot - 1;
+    view->guard_slot = 0;
+    /* Only while the slot still guards this view: a stale copy of a view must not free a
+     * slot that guards another view by now (views alive at once never share a base). */
+    expected = (uintptr_t)view->base;
+    if (!__atomic_compare_exchange_n(&mm_slots[i].start, &expected, 0, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return;
+    if (i < LOAD(&mm_slots_hint))
+        STORE(&mm_slots_hint, i);
+}
+
+uint64_t mm_guard_faults(const mm_view *view) {
+    if (view == NULL || view->guard_slot == 0 || view->guard_slot > MM_GUARD_SLOTS)
+        return 0;
+    return LOAD(&mm_slots[view->guard_slot - 1].faults);
+}
+
+int mm_guard_pop(mm_fault *fault) {
+    for (;;) {
+        uint64_t tail = mm_queue_tail, head = LOAD(&mm_queue_head), seq;
+        mm_guard_entry *entry;
+        if (tail >= head)
+            return 0;
+        if (head - tail > MM_GUARD_QUEUE) { /* overwritten: skip to the oldest kept */
+            mm_queue_tail = head - MM_GUARD_QUEUE;
+            continue;
+        }
+        entry = &mm_queue[tail % MM_GUARD_QUEUE];
+        seq = LOAD(&entry->seq);
+        if (seq < tail + 1)
+            return 0; /* claimed by a handler still writing it: next time */
+        if (seq > tail + 1) { /* lapped by newer faults meanwhile */
+            mm_queue_tail = tail + 1;
+            continue;
+        }
+        *fault = entry->fault;
+        if (LOAD(&entry->seq) != tail + 1) /* rewritten while copied: drop it */
+            continue;
+        mm_queue_tail = tail + 1;
+        return 1;
+    }
+}
