@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 USAGE = Path(__file__).with_name("typing_usage.py")
 # The package's annotated modules, checked strictly. The others (_npy, _npz, _bench_cli,
 # __main__) are not annotated yet: add each here once it is.
-TYPED = ["__init__.py", "_access.py", "_api.py", "_compat.py", "_dask.py", "_engine.pyi",
-         "_errors.py", "_fileref.py", "_guard.py", "_mapping.py", "_ranges.py", "_share.py"]
+TYPED = ["__init__.py", "_access.py", "_api.py", "_append.py", "_compat.py", "_dask.py",
+         "_engine.pyi", "_errors.py", "_fileref.py", "_guard.py", "_mapping.py", "_ranges.py",
+         "_share.py"]
 
 ARRAY = "numpy.ndarray[Any, numpy.dtype[Any]]"
 MAPPING = "mmarray._mapping.Mapping"

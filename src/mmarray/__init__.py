@@ -9,6 +9,7 @@
 [0, 1, 2, 3, 4]
 """
 from mmarray._api import MODES, Mapping, close, mapping_of, open
+from mmarray._append import append_npy
 from mmarray._compat import memmap, open_memmap
 from mmarray._dask import to_dask
 from mmarray._guard import MappedFileError, set_fault_guard
@@ -21,5 +22,5 @@ from mmarray._share import ArrayRef, ref
 __all__ = ["open", "close", "mapping_of", "Mapping", "MODES", "memmap", "open_memmap",
            "load", "create_npy", "save_npz", "NpzMapping", "InMemoryMember",
            "CompressedMemberWarning", "ref", "ArrayRef", "to_dask", "MappedFileError",
-           "set_fault_guard", "__version__"]
+           "set_fault_guard", "append_npy", "__version__"]
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ import os
 import re
 import stat
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.lib import format as _format
@@ -74,7 +74,7 @@ else:  # pragma: no cover - Windows
         return os.read(fd, n)
 
 
-def read_at(fd, offset, n):
+def read_at(fd: int, offset: int, n: int) -> bytes:
     """Read up to ``n`` bytes at ``offset`` (fewer only at the end of the file)."""
     chunks = []
     while n > 0:
@@ -87,7 +87,7 @@ def read_at(fd, offset, n):
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def write_all(fd, data):
+def write_all(fd: int, data: Any) -> None:
     """Write all of ``data`` at the descriptor's position."""
     view = memoryview(data)
     while view:
@@ -95,12 +95,12 @@ def write_all(fd, data):
 
 
 if hasattr(os, "pwrite"):
-    def pwrite(fd, data, pos):
+    def pwrite(fd: int, data: bytes, pos: int) -> None:
         """Write the (small) ``data`` at ``pos``."""
         if os.pwrite(fd, data, pos) != len(data):  # pragma: no cover - a few bytes
             raise OSError(f"short write of {len(data)} bytes at offset {pos}")
 else:  # pragma: no cover - Windows
-    def pwrite(fd, data, pos):
+    def pwrite(fd: int, data: bytes, pos: int) -> None:
         """Write the (small) ``data`` at ``pos``."""
         os.lseek(fd, pos, os.SEEK_SET)
         write_all(fd, data)
@@ -292,7 +292,9 @@ def _clipped(exc, limit=300):
     return text
 
 
-def parse_header(first, read, limit, name, max_header_size=MAX_HEADER_SIZE):
+def parse_header(first: bytes, read: Callable[[int, int], bytes], limit: int | None, name: str,
+                 max_header_size: int = MAX_HEADER_SIZE
+                 ) -> tuple[int, np.dtype[Any], tuple[int, ...], str, int]:
     """Parse a .npy header.
 
     ``first`` holds the first bytes of the .npy (at least as many as the source has, up to
@@ -425,7 +427,7 @@ _TEMP_TAIL = re.compile(r"([1-9][0-9]{0,9})\.[0-9a-f]{12}" + re.escape(_TEMP_SUF
 _PID_MAX = 2**31 - 1  # pid_t
 
 
-def temp_sibling(path):
+def temp_sibling(path: Any) -> tuple[int, Any]:
     """Create a new empty hidden file next to ``path``; return (fd, temp path).
 
     Its name is ``.{base}.{pid}.{12 hex digits}.mmarray-tmp``; temporaries for the same
@@ -498,7 +500,7 @@ def fsync_directory(path):
         os.close(fd)
 
 
-def replace_durably(tmp, path):
+def replace_durably(tmp: Any, path: Any) -> None:
     """Rename the (already fsynced) temporary ``tmp`` over ``path`` and fsync the directory.
 
     With the data synced before and the directory entry after, a crash or power loss leaves
@@ -508,7 +510,7 @@ def replace_durably(tmp, path):
     fsync_directory(path)
 
 
-def discard(tmp):
+def discard(tmp: Any) -> None:
     """Remove a temporary file after a failure (quietly: the failure is what is reported)."""
     try:
         os.unlink(tmp)
@@ -516,7 +518,7 @@ def discard(tmp):
         pass
 
 
-def check_path(path):
+def check_path(path: Any) -> None:
     """ValueError naming ``path`` if it holds a null byte (no file name can)."""
     if ("\0" if isinstance(path, str) else b"\0") in path:
         raise ValueError(f"path {_api._short_repr(path)} contains a null byte (\\0); a file "
