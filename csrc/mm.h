@@ -226,11 +226,14 @@ void mm_pause(unsigned microseconds);
  * process. While the guard is installed, a SIGBUS with si_code BUS_ADRERR whose address lies
  * in a guarded view is handled instead: that page is replaced by a zero page (mmap(2) with
  * MAP_FIXED | MAP_ANONYMOUS, async-signal-safe), the fault is counted on the view and queued
- * (mm_guard_pop), one byte is written to the wake-up pipe (mm_guard_wake_fd), and the access
- * resumes on zeros. The same page cannot fault twice: it is anonymous memory now. Every
+ * (mm_guard_pop; a run of faults of one thread in one view is queued once), one byte is
+ * written to the wake-up pipe (mm_guard_wake_fd), and the access resumes on zeros. When the
+ * process has no mapping left for that page (vm.max_map_count), the whole view is replaced
+ * by zeros instead. The same page cannot fault twice: it is anonymous memory now. Every
  * other SIGBUS goes, once, to the disposition installed before the guard, which is put back
  * first ("exactly as if the guard were not there": an SA_SIGINFO or plain handler is called;
- * SIG_DFL and SIG_IGN end the process with SIGBUS, re-raised when it was sent by kill()).
+ * SIG_DFL ends the process with SIGBUS, re-raised when it was sent by kill(); SIG_IGN ignores
+ * one sent by kill() and ends the process on a fault, as the kernel would).
  * The handler runs on the alternate signal stack where the thread set one (SA_ONSTACK).
  * Windows: not available (install fails with MM_E_ARG, code ERROR_NOT_SUPPORTED); a view
  * that cannot be paged in there raises EXCEPTION_IN_PAGE_ERROR, which ends the process. */
@@ -242,6 +245,9 @@ typedef struct mm_fault {
     uint64_t offset; /* byte of the view that faulted, relative to `data` (may be before it:
                         the page holding `data` starts at `base`) */
     uint64_t thread; /* pthread_self() of the thread that faulted (Python's threading.get_ident) */
+    uint64_t native_thread; /* its kernel thread id (Linux gettid(2); Python's
+                               threading.get_native_id), 0 where there is none: thread
+                               idents are reused as soon as a thread ends, these much later */
 } mm_fault;
 
 /* Install the SIGBUS handler, or put it back in front if another handler was installed since
@@ -259,9 +265,14 @@ int mm_guard_keep_front(mm_error *err);
  * (a later install protects them again). */
 int mm_guard_uninstall(mm_error *err);
 
-/* The read end of the wake-up pipe (one byte per fault, dropped when the pipe is full), or
- * -1 before the first install and on Windows. */
+/* The read end of the wake-up pipe (one byte per queued fault, dropped when the pipe is
+ * full), or -1 before the first install and on Windows. */
 int mm_guard_wake_fd(void);
+
+/* In a forked child: replace the wake-up pipe (inherited, it is shared with the parent, whose
+ * reader would take the child's bytes and the other way round). No-op before the first
+ * install. */
+int mm_guard_new_pipe(mm_error *err);
 
 /* Guard [base, base + base_length) of a mapped view under `token`, with an opaque `owner`. Safe from any thread and
  * while faults are being handled. MM_E_ARG for a view that maps nothing, and when the table

@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -25,6 +26,13 @@
 
 #ifndef MAP_ANONYMOUS
 #define MAP_ANONYMOUS MAP_ANON
+#endif
+/* "mmap(2)": MAP_FIXED_NOREPLACE (Linux 4.17) fails rather than replace a mapping; older
+ * kernels take it as a hint and map elsewhere, which the caller checks. */
+#ifdef MAP_FIXED_NOREPLACE
+#define MM_FIXED_NOREPLACE MAP_FIXED_NOREPLACE
+#else
+#define MM_FIXED_NOREPLACE 0
 #endif
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -40,6 +48,8 @@ typedef struct mm_guard_slot {
     uint64_t token;
     uint64_t faults;
     void *owner;
+    uint64_t last_thread; /* thread of the last queued fault: a run of faults of one thread
+                             in one view is queued once (counted every time) */
     int prot;         /* PROT_* of the zero page that replaces a faulting one */
 } mm_guard_slot;
 
@@ -60,6 +70,7 @@ static uint64_t mm_queue_tail; /* faults taken by mm_guard_pop (its one consumer
 static struct sigaction mm_previous; /* what the guard replaced: where other SIGBUS go */
 static int mm_chained;               /* set once a SIGBUS went to mm_previous */
 static int mm_wake[2] = {-1, -1};
+static int64_t mm_last_check_ms = INT64_MIN / 2; /* mm_guard_keep_front's last check */
 static uintptr_t mm_page;            /* the page size, read at install (sysconf is not
                                         async-signal-safe) */
 
@@ -75,18 +86,30 @@ static mm_guard_slot *mm_find(uintptr_t addr) {
 }
 
 static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
-    uint64_t n = __atomic_fetch_add(&mm_queue_head, 1, __ATOMIC_ACQ_REL);
-    mm_guard_entry *entry = &mm_queue[n % MM_GUARD_QUEUE];
+    uint64_t thread = (uint64_t)(uintptr_t)pthread_self(), n;
+    mm_guard_entry *entry;
     char byte = 1;
+    __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
+    if (__atomic_exchange_n(&slot->last_thread, thread, __ATOMIC_ACQ_REL) == thread)
+        return; /* this thread's run of faults in this view is queued already */
+    n = __atomic_fetch_add(&mm_queue_head, 1, __ATOMIC_ACQ_REL);
+    entry = &mm_queue[n % MM_GUARD_QUEUE];
     entry->fault.token = LOAD(&slot->token);
     entry->fault.slot = (uint32_t)(slot - mm_slots); /* slot is an element of mm_slots */
     entry->fault.offset = (uint64_t)(addr - LOAD(&slot->data));
-    entry->fault.thread = (uint64_t)(uintptr_t)pthread_self();
+    entry->fault.thread = thread;
+#ifdef SYS_gettid
+    entry->fault.native_thread = (uint64_t)syscall(SYS_gettid); /* async-signal-safe */
+#else
+    entry->fault.native_thread = 0;
+#endif
     STORE(&entry->seq, n + 1);
-    __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
-    if (mm_wake[1] >= 0) {
-        ssize_t ignored = write(mm_wake[1], &byte, 1); /* non-blocking: a full pipe is fine */
-        (void)ignored;
+    {
+        int fd = LOAD(&mm_wake[1]);
+        if (fd >= 0) {
+            ssize_t ignored = write(fd, &byte, 1); /* non-blocking: a full pipe is fine */
+            (void)ignored;
+        }
     }
 }
 
@@ -105,6 +128,9 @@ static void mm_chain(int sig, siginfo_t *info, void *context) {
             previous.sa_handler(sig);
         return;
     }
+    if (!(previous.sa_flags & SA_SIGINFO) && previous.sa_handler == SIG_IGN && info != NULL &&
+        info->si_code <= 0)
+        return; /* sent by kill(2) to a process that ignores SIGBUS: ignored, as it was */
     /* The default action (SIG_IGN cannot stop a fault: the kernel would force it anyway). */
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
@@ -126,6 +152,25 @@ static void mm_handler(int sig, siginfo_t *info, void *context) {
              * and addr is inside, so the page is part of the guarded view. */
             void *zero = mmap((void *)page, (size_t)mm_page, LOAD(&slot->prot),
                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            if (zero == MAP_FAILED) {
+                /* One zero page splits the view's mapping in up to three, and the process
+                 * may be out of mappings (vm.max_map_count: ENOMEM). One anonymous mapping
+                 * over the whole view needs none more: the whole view reads zeros then,
+                 * which a faulted view may (its data is no longer what the file holds). */
+                uintptr_t start = LOAD(&slot->start), end = LOAD(&slot->end);
+                /* mmap(2) refuses any new mapping at the limit, even one that would lower
+                 * the count: unmap the view first ([start, end) is exactly its mappings,
+                 * so nothing splits), then map zeros where it was -- unless another thread
+                 * took the range in between (MAP_FIXED_NOREPLACE), then nothing is ours. */
+                if (start > 1 && end > start && munmap((void *)start, end - start) == 0) {
+                    zero = mmap((void *)start, (size_t)(end - start), LOAD(&slot->prot),
+                                MAP_PRIVATE | MAP_ANONYMOUS | MM_FIXED_NOREPLACE, -1, 0);
+                    if (zero != MAP_FAILED && zero != (void *)start) {
+                        munmap(zero, (size_t)(end - start)); /* a kernel without NOREPLACE */
+                        zero = MAP_FAILED;
+                    }
+                }
+            }
             if (zero != MAP_FAILED) {
                 mm_record(slot, addr);
                 errno = saved;
@@ -184,13 +229,36 @@ int mm_guard_uninstall(mm_error *err) {
     if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == mm_handler &&
         sigaction(SIGBUS, &mm_previous, NULL) != 0)
         return mm_fail(err, MM_E_ARG, errno);
+    mm_last_check_ms = INT64_MIN / 2; /* the next keep_front installs again at once */
     return mm_ok(err);
 }
 
 int mm_guard_wake_fd(void) { return mm_wake[0]; }
 
+int mm_guard_new_pipe(mm_error *err) {
+    int fds[2], old[2] = {mm_wake[0], mm_wake[1]};
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    if (old[0] < 0)
+        return mm_ok(err); /* no pipe yet: the first install makes one */
+    if (pipe(fds) != 0)
+        return mm_fail(err, MM_E_ARG, errno);
+    if (fcntl(fds[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0 ||
+        fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) != 0) {
+        int code = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return mm_fail(err, MM_E_ARG, code);
+    }
+    STORE(&mm_wake[1], fds[1]); /* the handler writes to the new pipe from now on */
+    STORE(&mm_wake[0], fds[0]);
+    close(old[0]);
+    close(old[1]);
+    return mm_ok(err);
+}
+
+
 int mm_guard_keep_front(mm_error *err) {
-    static int64_t last_check_ms = INT64_MIN / 2;
     struct timespec now;
     int64_t ms;
 #ifdef CLOCK_MONOTONIC_COARSE
@@ -199,11 +267,11 @@ int mm_guard_keep_front(mm_error *err) {
         if (clock_gettime(CLOCK_MONOTONIC, &now) != 0)
             return mm_guard_install(err);
     ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    if (ms - last_check_ms < 100) {
+    if (ms - mm_last_check_ms < 100) {
         mm_error spare;
         return mm_ok(mm_err_or(err, &spare));
     }
-    last_check_ms = ms;
+    mm_last_check_ms = ms;
     return mm_guard_install(err);
 }
 
@@ -236,6 +304,7 @@ int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
         STORE(&slot->data, (uintptr_t)view->data);
         STORE(&slot->token, token);
         slot->owner = owner;
+        STORE(&slot->last_thread, 0);
         STORE(&slot->faults, 0);
         STORE(&slot->prot, view->access == MM_READ ? PROT_READ : PROT_READ | PROT_WRITE);
         used = LOAD(&mm_slots_used);

@@ -341,3 +341,179 @@ def test_write_into_a_hole_on_a_full_filesystem_raises(tmp_path):
         assert proc.stdout.split()[:2] == ["raised", "True"] and proc.stdout.split()[-1] == "ok"
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+# -- found by review ---------------------------------------------------------------------------
+
+def test_close_right_after_a_faulting_write_raises_instead_of_hanging(tmp_path):
+    """close() -> error() -> dispatch() raised the exception into the calling thread while it
+    held the guard's lock, and the exception's __init__ took the same lock: deadlock."""
+    proc = run_case(tmp_path, """
+        for attempt in range(5):
+            try:
+                with fresh() as m:
+                    truncate_elsewhere()
+                    m.array[-1] = 1.0
+                raise SystemExit("close() did not raise")
+            except mmarray.MappedFileError:
+                pass
+        print("ok")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok"]
+
+
+def test_weakref_callback_of_a_faulted_mapping_cannot_resurrect_it(tmp_path):
+    """The reader thread took a reference to a Region whose weakref callbacks were running
+    (reference count 0): freed twice, SIGSEGV."""
+    proc = run_case(tmp_path, """
+        import weakref
+        for attempt in range(5):
+            m = fresh(mode="r")
+            weakref.finalize(m, time.sleep, 0.1)   # releases the GIL inside deallocation
+            truncate_elsewhere()
+            try:
+                x = m.array[-1]
+                del m
+                settle()
+            except mmarray.MappedFileError:
+                pass
+        print("ok")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok"]
+
+
+def test_guard_toggled_off_and_on_quickly_is_installed(tmp_path):
+    proc = run_case(tmp_path, """
+        fresh(mode="r").close()
+        mmarray.set_fault_guard(False)
+        mmarray.set_fault_guard(True)
+        m = fresh(mode="r")
+        truncate_elsewhere()
+        try:
+            float(m.array.sum()); settle()
+        except mmarray.MappedFileError:
+            print("raised")
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["raised"]
+
+
+def test_a_process_that_ignores_sigbus_still_ignores_a_sent_one(tmp_path):
+    proc = run_case(tmp_path, """
+        import signal
+        signal.signal(signal.SIGBUS, signal.SIG_IGN)
+        m = fresh(mode="r")          # the guard goes in front of SIG_IGN
+        os.kill(os.getpid(), signal.SIGBUS)
+        time.sleep(0.2)
+        print("survived")
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["survived"]
+
+
+def test_faults_past_the_process_mapping_limit_zero_the_whole_view(tmp_path):
+    """Each zero page splits the view's mapping; at vm.max_map_count the page's mmap failed
+    with ENOMEM and the handler let the process die."""
+    proc = run_case(tmp_path, """
+        path = PATH + ".big"
+        with open(path, "wb") as f:
+            f.truncate(1 << 30)
+        with mmarray.open(path, dtype="f8", mode="r+") as w:
+            w.array[1::1024] = 1.0          # the second half of every other page... kept
+        limit = int(open("/proc/sys/vm/max_map_count").read())
+        m = mmarray.open(path, dtype="f8", mode="r")
+        subprocess.run([sys.executable, "-c", f"import os; os.truncate({path!r}, 4096)"],
+                       check=True)
+        a = m.array
+        pages = min(a.size // 512, limit + 1000)   # every other page: one split each
+        try:
+            float(a[:pages * 1024:1024].sum()); settle()
+        except mmarray.MappedFileError:
+            pass
+        assert m.faulted and float(a[:pages * 1024:1024].sum()) == 0.0
+        print("ok", pages > limit // 2)
+    """, timeout=180)
+    assert_clean_exit(proc)
+    assert proc.stdout.split()[0] == "ok"
+
+
+def test_a_thread_reusing_the_ident_of_one_that_faulted_is_not_told(tmp_path):
+    proc = run_case(tmp_path, """
+        m = fresh(mode="r")
+        truncate_elsewhere()
+        def reader():
+            try:
+                float(m.array[-1])
+            except mmarray.MappedFileError:
+                pass
+        got = []
+        def sleeper():
+            try:
+                time.sleep(1.0)
+            except mmarray.MappedFileError:
+                got.append("wrong thread")
+        for _ in range(5):
+            a = threading.Thread(target=reader); a.start(); a.join()
+            b = threading.Thread(target=sleeper); b.start(); b.join()
+            m = fresh(mode="r"); truncate_elsewhere()
+        print(got or "ok")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok"]
+
+
+def test_forked_children_do_not_take_the_parents_fault_wakeups(tmp_path):
+    proc = run_case(tmp_path, """
+        fresh(mode="r").close()
+        children = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(3)
+                os._exit(0)
+            children.append(pid)
+        raised = 0
+        for _ in range(10):
+            m = fresh(mode="r")
+            truncate_elsewhere()
+            try:
+                float(m.array.sum()); settle()
+            except mmarray.MappedFileError:
+                raised += 1
+            m.close()
+        for pid in children:
+            os.waitpid(pid, 0)
+        print(raised)
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["10"]
+
+
+def test_a_fault_in_a_thread_python_does_not_run_raises_in_the_main_thread(tmp_path):
+    proc = run_case(tmp_path, """
+        m = fresh(mode="r")
+        truncate_elsewhere()
+        a = m.array[: 2048 * 2048].reshape(2048, 2048)
+        try:
+            c = a @ np.ones((2048, 8))      # BLAS may run it in threads of its own
+            settle()
+            print("no error")
+        except mmarray.MappedFileError:
+            print("raised", threading.current_thread() is threading.main_thread())
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["raised", "True"]
+
+
+def test_mapped_file_error_pickles_with_what_it_says():
+    import copy
+    import pickle
+
+    import mmarray
+
+    error = mmarray.MappedFileError(5, "bytes 4096 to 8192 ...", "/data/x.f8", 4096, 8192)
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(again) is mmarray.MappedFileError
+        assert (again.errno, again.filename, again.range) == (5, "/data/x.f8", (4096, 8192))

@@ -25,7 +25,7 @@ from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport memset
 
 cimport numpy as cnp
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_REFCNT
 
 from mmarray._mm cimport *
 
@@ -216,9 +216,9 @@ cdef class Region:
         # Mappings freed by the cycle collector (their object fields already cleared) and at
         # interpreter exit: it touches only C fields and the registry, and prints nothing.
         cdef mm_error err
+        _unguard(self)               # first: nothing may find this Region through the guard
         if self._registered:
             _unregister(self)
-        _unguard(self)
         if self.view.data != NULL and self.view.data != &_empty_byte:
             with nogil:
                 mm_unmap(&self.view, &err)
@@ -1015,7 +1015,7 @@ cdef int _guard(Region m) except -1:
     cdef mm_error err
     # Puts the handler back in front if another one was installed since (checked at most
     # every 100 ms: a sigaction(2) call per map would cost more than the rest of the guard).
-    if mm_guard_keep_front(&err) != MM_OK:
+    if (mm_guard_keep_front(&err) if _guard_installed else mm_guard_install(&err)) != MM_OK:
         _guard_enabled = False       # no guard here (Windows) or it cannot be installed
         return 0
     if not _guard_installed:
@@ -1070,21 +1070,31 @@ def guard_wake_fd():
 
 def guard_pop():
     """The queued fault records, oldest first: a list of (token, file name, file offset of
-    the faulting byte, thread id); the name is None (and the offset the view's) for a view
-    unmapped since."""
+    the faulting byte, thread ident, native thread id); the name is None (and the offset the
+    view's) for a view unmapped since."""
     cdef mm_fault fault
     cdef void *owner
     cdef Region region
     records = []
     while mm_guard_pop(&fault):
-        owner = mm_guard_owner(&fault)   # alive: unguarding takes the GIL we hold
-        if owner == NULL:
-            records.append((fault.token, None, fault.offset, fault.thread))
+        owner = mm_guard_owner(&fault)   # unguarding takes the GIL we hold
+        # A Region being deallocated has a reference count of 0 while its weakref callbacks
+        # run (before __dealloc__ unguards it): taking a reference would resurrect it.
+        if owner == NULL or Py_REFCNT(<object>owner) == 0:
+            records.append((fault.token, None, fault.offset, fault.thread,
+                            fault.native_thread))
         else:
             region = <Region>owner
             records.append((fault.token, region._filename, region._offset + fault.offset,
-                            fault.thread))
+                            fault.thread, fault.native_thread))
     return records
+
+
+def guard_new_pipe():
+    """In a forked child: a wake-up pipe of its own (csrc/mm.h, mm_guard_new_pipe)."""
+    cdef mm_error err
+    if mm_guard_new_pipe(&err) != MM_OK:
+        raise OSError(err.code, "cannot make the fault guard's wake-up pipe")
 
 
 def raise_in_thread(unsigned long thread, exc_type):

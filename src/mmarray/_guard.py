@@ -5,8 +5,10 @@ record; the engine guards each view it maps and hands the records out (``guard_p
 the records become exceptions: a daemon thread sleeps on the guard's wake-up pipe and, for
 each record, raises :class:`MappedFileError` in the thread that faulted
 (``PyThreadState_SetAsyncExc``: at that thread's next chance, once the C call that touched
-the page has returned). One exception per mapping and thread: a scan that faults on ten
-thousand pages raises once, and the Mapping says :attr:`~mmarray.Mapping.faulted` for good.
+the page has returned). A run of faults of one thread in one mapping raises once: a scan
+that faults on ten thousand pages raises once, and the Mapping says
+:attr:`~mmarray.Mapping.faulted` for good. A fault in a thread Python does not run (a BLAS
+worker inside a numpy call) raises in the main thread.
 mmarray's own C loops (prefetch, chunks) are not interrupted: they stop at the fault and
 report it through their usual error path.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from mmarray import _engine
 
@@ -23,10 +26,9 @@ __all__ = ["MappedFileError", "set_fault_guard"]
 #: process, as with numpy.memmap.
 ENVIRONMENT_VARIABLE = "MMARRAY_FAULT_GUARD"
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: an exception raised in a thread holding it takes it
 # thread id -> [(file name, first byte, end byte)] not yet carried by an exception
 _pending: dict[int, list[tuple[str | None, int, int]]] = {}
-_reported: set[tuple[int, int]] = set()  # (view's guard token, thread): raised once already
 _loop_threads: set[int] = set()  # mmarray's own loop threads: they report through a status
 _helper: threading.Thread | None = None
 _PAGE = _engine.PAGE_SIZE
@@ -65,6 +67,10 @@ class MappedFileError(OSError):
         super().__init__(5, _message(filename, start, stop), filename)  # EIO
         self.range = (start, stop)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (sent back from a worker process) with all it says, not rebuilt empty.
+        return (type(self), (self.errno, self.strerror, self.filename, *self.range))
+
 
 MappedFileError.__module__ = "mmarray"
 
@@ -101,21 +107,40 @@ def error(filename: str | None, start: int, stop: int, what: str) -> MappedFileE
 
 
 def dispatch() -> None:
-    """Turn the queued fault records into exceptions for the threads that faulted."""
+    """Turn the queued fault records into exceptions for the threads that faulted.
+
+    The records of the calling thread stay in ``_pending`` (its caller, :func:`error`, takes
+    them); the others are raised once per thread, outside the lock (the exception's
+    ``__init__`` takes it)."""
+    current = threading.get_ident()
+    targets = []
     with _lock:
-        for token, filename, offset, thread in _engine.guard_pop():
+        for _token, filename, offset, thread, native in _engine.guard_pop():
             start = offset - offset % _PAGE
-            if thread in _loop_threads:  # its C loop stops and reports the fault itself
-                _pending.setdefault(thread, []).append((filename, start, start + _PAGE))
-                continue
-            key = (token, thread)
-            if key in _reported:
-                continue  # one exception per mapping and thread
-            _reported.add(key)
-            first = not _pending.get(thread)
-            _pending.setdefault(thread, []).append((filename, start, start + _PAGE))
-            if first and not _engine.raise_in_thread(thread, MappedFileError):
-                _pending.pop(thread, None)  # that thread is gone
+            target = _python_thread(thread, native)
+            if target is None:
+                continue  # that thread is gone: its mapping says `faulted`, nobody to tell
+            first = not _pending.get(target)
+            _pending.setdefault(target, []).append((filename, start, start + _PAGE))
+            if first and target != current and target not in _loop_threads:
+                targets.append(target)
+    for target in targets:
+        if not _engine.raise_in_thread(target, MappedFileError):
+            with _lock:
+                _pending.pop(target, None)
+
+
+def _python_thread(ident: int, native: int) -> int | None:
+    """The ident of the Python thread to tell about a fault of thread (``ident``,
+    ``native``): that thread while it lives; the main thread for a thread Python does not
+    run (a BLAS worker faulting inside a numpy call); None when it is gone. Native ids tell a
+    thread from a later one that reuses its ident."""
+    for thread in threading.enumerate():
+        if thread.ident == ident and (not native or thread.native_id == native):
+            return ident
+    if native and os.path.isdir(f"/proc/self/task/{native}"):
+        return threading.main_thread().ident  # alive, but not a Python thread
+    return None
 
 
 def _serve(fd: int) -> None:
@@ -143,9 +168,10 @@ def _start() -> None:
 
 def _after_fork_in_child() -> None:
     global _lock, _helper
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _loop_threads.clear()
     _pending.clear()
+    _engine.guard_new_pipe()  # the inherited one is the parent's too: its reader takes bytes
     if _helper is not None:  # threads do not survive fork(): start the child's own reader
         _helper = None
         _start()

@@ -15,6 +15,7 @@ cdef extern from "mm.h" nogil:
         uint32_t slot
         uint64_t offset
         uint64_t thread
+        uint64_t native_thread
 
     ctypedef struct mm_error:
         int status
@@ -84,6 +85,7 @@ cdef extern from "mm.h" nogil:
     int mm_guard_install(mm_error *err)
     int mm_guard_uninstall(mm_error *err)
     int mm_guard_wake_fd()
+    int mm_guard_new_pipe(mm_error *err)
     int mm_guard_keep_front(mm_error *err)
     int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err)
     void *mm_guard_owner(const mm_fault *fault)

@@ -68,11 +68,12 @@ class _Crc:
     which every handle on the archive in this process shares.
     """
     __slots__ = ("target", "id", "label", "start", "data", "nbytes", "end",
-                 "positions", "where", "proof", "size", "shared", "__weakref__")
+                 "positions", "where", "proof", "size", "shared", "faulted", "__weakref__")
 
     def __init__(self, target, file_id, label, start, data, nbytes, end, positions, where,
                  proof):
         self.target, self.id, self.label = target, file_id, label
+        self.faulted = False  # a mapping of it faulted: its CRC-32 is never rewritten again
         # start: where the member's stored bytes begin (its .npy header, then its data);
         # data, nbytes: the mapped array data; end: where the stored bytes end.
         self.start, self.data, self.nbytes = start, data, nbytes
@@ -149,8 +150,11 @@ class _Crc:
                               f"the archive was rewritten or truncated in place since it was "
                               f"loaded ({why})", RuntimeWarning, stacklevel=4)
                 return
-            if member is not None and member._faults():
-                return  # zero pages stand for data the file may not have: bless nothing
+            if self.faulted or (member is not None and member._faults()):
+                # Zero pages stood for data the file may not have: bless nothing, now or
+                # later (the finalizer recomputes from the file, torn as it may be).
+                self.faulted = True
+                return
             if member is not None:
                 # The file's bytes, not those read at open, around the mapped data: the .npy
                 # header (checked by `moved`, but read again) and any trailing bytes.
@@ -161,6 +165,7 @@ class _Crc:
                     crc = zlib.crc32(member._export(), crc)
                 crc = self.crc_from_file(fd, self.data + self.nbytes, crc)  # trailing bytes
                 if member._faults():  # it faulted while the CRC-32 was computed over it
+                    self.faulted = True
                     return
             else:
                 crc = self.crc_from_file(fd, self.start, 0)
@@ -250,9 +255,11 @@ class NpzMember(Mapping):
         try:
             self._crc.update(self, False)
         finally:
-            super().close(strict)
-            if not self.exports:  # unmapped: no later write possible
-                self._finalizer.detach()
+            try:
+                super().close(strict)  # raises MappedFileError if the member faulted
+            finally:
+                if not self.exports:  # unmapped: no later write possible
+                    self._finalizer.detach()
 
 
 def track(member, crc):
