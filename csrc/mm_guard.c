@@ -182,6 +182,21 @@ static void mm_handler(int sig, siginfo_t *info, void *context) {
     errno = saved;
 }
 
+/* The wake-up pipe: close-on-exec both ends, and the handler's end never blocks
+ * ("pipe(7)": O_NONBLOCK makes a write to a full pipe fail with EAGAIN). 0 or an errno. */
+static int mm_make_pipe(int fds[2]) {
+    int code;
+    if (pipe(fds) != 0)
+        return errno;
+    if (fcntl(fds[0], F_SETFD, FD_CLOEXEC) == 0 && fcntl(fds[1], F_SETFD, FD_CLOEXEC) == 0 &&
+        fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) == 0)
+        return 0;
+    code = errno;
+    close(fds[0]);
+    close(fds[1]);
+    return code;
+}
+
 int mm_guard_install(mm_error *err) {
     struct sigaction current, act;
     mm_error spare;
@@ -192,18 +207,9 @@ int mm_guard_install(mm_error *err) {
     if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == mm_handler)
         return mm_ok(err);
     if (mm_wake[0] < 0) {
-        int fds[2];
-        if (pipe(fds) != 0)
-            return mm_fail(err, MM_E_ARG, errno);
-        /* Close-on-exec both ends; the handler's end never blocks ("pipe(7)": O_NONBLOCK
-         * makes a write to a full pipe fail with EAGAIN). */
-        if (fcntl(fds[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0 ||
-            fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) != 0) {
-            int code = errno;
-            close(fds[0]);
-            close(fds[1]);
+        int fds[2], code = mm_make_pipe(fds);
+        if (code != 0)
             return mm_fail(err, MM_E_ARG, code);
-        }
         mm_wake[1] = fds[1];
         mm_wake[0] = fds[0];
     }
@@ -236,20 +242,14 @@ int mm_guard_uninstall(mm_error *err) {
 int mm_guard_wake_fd(void) { return mm_wake[0]; }
 
 int mm_guard_new_pipe(mm_error *err) {
-    int fds[2], old[2] = {mm_wake[0], mm_wake[1]};
+    int fds[2], old[2] = {mm_wake[0], mm_wake[1]}, code;
     mm_error spare;
     err = mm_err_or(err, &spare);
     if (old[0] < 0)
         return mm_ok(err); /* no pipe yet: the first install makes one */
-    if (pipe(fds) != 0)
-        return mm_fail(err, MM_E_ARG, errno);
-    if (fcntl(fds[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) != 0) {
-        int code = errno;
-        close(fds[0]);
-        close(fds[1]);
+    code = mm_make_pipe(fds);
+    if (code != 0)
         return mm_fail(err, MM_E_ARG, code);
-    }
     STORE(&mm_wake[1], fds[1]); /* the handler writes to the new pipe from now on */
     STORE(&mm_wake[0], fds[0]);
     close(old[0]);
