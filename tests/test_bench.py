@@ -259,3 +259,26 @@ def test_asv_suite_imports_and_runs_each_benchmark_once():
             finally:
                 bench.teardown(*combo)
     assert ran == 4 + 2 + 4 * 3
+
+
+def test_at_most_targets_are_upper_bounds():
+    from mmarray import _bench_cli
+    from mmarray.bench import cases as C
+
+    entry = {"name": "m", "role": "mmarray", "status": "ok", "reason": None, "median": 1.0,
+             "info": {"payload_bytes": 300}}
+    missing = dict(entry, name="s", status="skipped", reason="not available: x", info={})
+    result = {"contenders": [entry, missing]}
+    ok = C.evaluate_target(result, C.at_most("small", "m", "payload_bytes", 1024, "B"))
+    assert (ok["status"], ok["measured"], ok["required"], ok["at_most"]) == ("pass", 300, 1024,
+                                                                             True)
+    bad = C.evaluate_target(result, C.at_most("tiny", "m", "payload_bytes", 100, "B"))
+    assert bad["status"] == "fail"
+    na = C.evaluate_target(result, C.at_most("small", "s", "payload_bytes", 1024, "B"))
+    assert na["status"] == "n/a" and "not available: x" in na["reason"]
+    report = {"meta": {}, "summary": {}, "cases": [{
+        "name": "c", "title": "t", "unit": "ms", "cache_state": "n/a", "contenders": [],
+        "notes": [], "targets": [ok, bad]}]}
+    table = _bench_cli.format_table(report)
+    assert "PASS — m 300 B (needs ≤ 1,024 B)" in table
+    assert "FAIL — m 300 B (needs ≤ 100 B)" in table

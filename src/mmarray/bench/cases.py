@@ -276,10 +276,41 @@ def target(text, contenders, against, minimum, as_time=False):
             "as_time": as_time}
 
 
+def at_most(text, contenders, key, maximum, unit=""):
+    """A target on a figure in the contender's ``info`` (not a time): the first of
+    ``contenders`` that has ``info[key]`` must have it ≤ ``maximum`` (for example the bytes
+    pickled per task). Judged whether or not the contender's timing succeeded."""
+    if isinstance(contenders, str):
+        contenders = [contenders]
+    return {"text": text, "contenders": list(contenders), "against": "info", "key": key,
+            "max": maximum, "unit": unit}
+
+
+def _evaluate_at_most(result, t, out):
+    out.update(required=t["max"], at_most=True, key=t["key"], unit=t.get("unit", ""))
+    by_name = {e["name"]: e for e in result["contenders"]}
+    reasons = []
+    for cname in t["contenders"]:
+        e = by_name.get(cname)
+        if e is None:
+            continue
+        value = e["info"].get(t["key"])
+        if value is None:
+            reasons.append(f"{cname}: {e['reason'] or t['key'] + ' not measured'}")
+            continue
+        out.update(contender=cname, measured=value,
+                   status="pass" if value <= t["max"] else "fail")
+        return out
+    out["reason"] = "; ".join(reasons) or "no contender ran"
+    return out
+
+
 def evaluate_target(result, t):
-    out = {"text": t["text"], "against": t["against"], "required": t["min"],
+    out = {"text": t["text"], "against": t["against"], "required": t.get("min"),
            "as_time": t.get("as_time", False), "contender": None, "measured": None,
            "status": "n/a", "reason": None}
+    if t["against"] == "info":
+        return _evaluate_at_most(result, t, out)
     by_name = {e["name"]: e for e in result["contenders"]}
     reasons = []
     for cname in t["contenders"]:
