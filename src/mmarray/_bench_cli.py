@@ -351,8 +351,8 @@ def _clean_json(obj):
     return obj
 
 
-def _check_resources(workdir, size):
-    need = 2 * size + (64 << 20)
+def _check_resources(workdir, size, share_size=0):
+    need = 2 * size + share_size + (64 << 20)
     free = shutil.disk_usage(workdir).free
     if free < need:
         raise SetupError(f"{workdir} has {free >> 20} MiB free; the run needs about "
@@ -400,7 +400,7 @@ def run(args, progress):
                                     micro_rounds=args.micro_rounds, progress=progress)
         except ValueError as exc:
             raise SetupError(str(exc)) from None
-        _check_resources(workdir, ctx.size)
+        _check_resources(workdir, ctx.size, getattr(ctx, "share_size", 0))
         about = getattr(cases_mod, "MODES", {}).get(args.mode, {}).get("about")
         expect = f", about {about}" if about and not args.cases else ""
         progress.line(f"mmarray {__version__} bench ({args.mode} run{expect}): "
