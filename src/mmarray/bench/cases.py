@@ -1450,11 +1450,11 @@ class _JoblibBackend:
         self._start()
 
     def _start(self):
-        from joblib import Parallel, delayed
-
-        self.delayed = delayed
-        self.parallel = Parallel(n_jobs=SHARE_WORKERS, backend="loky", batch_size=1,
-                                 timeout=self.timeout)
+        # joblib and cloudpickle are imported by name: optional, and untyped (mypy).
+        joblib = importlib.import_module("joblib")
+        self.delayed = joblib.delayed
+        self.parallel = joblib.Parallel(n_jobs=SHARE_WORKERS, backend="loky",
+                                        batch_size=1, timeout=self.timeout)
         self.parallel.__enter__()
 
     def executor(self):
@@ -1472,7 +1472,8 @@ class _JoblibBackend:
     def measure(self, fn, tasks, check):
         """Bytes per task: its arguments pickled with the call queue's pickler and reducers,
         and the messages the call queue actually sent (recorded in an untimed run)."""
-        from joblib.externals.loky.backend import queues, reduction
+        queues = importlib.import_module("joblib.externals.loky.backend.queues")
+        reduction = importlib.import_module("joblib.externals.loky.backend.reduction")
 
         ex = self.executor()
         reducers = getattr(getattr(ex, "_call_queue", None), "_reducers", None)
@@ -1687,7 +1688,7 @@ def case_share(ctx):
         return _cache_desc(info, restored)
 
     try:
-        import joblib  # noqa: F401
+        importlib.import_module("joblib")
         why_joblib = None
     except ImportError as exc:
         why_joblib = f"not available: joblib is not installed (pip install joblib): {exc}"
@@ -1709,8 +1710,7 @@ def _graph_bytes(x):
     try:
         return len(pickle.dumps(graph, protocol=5)), "pickle (protocol 5)", len(graph)
     except Exception:
-        import cloudpickle
-
+        cloudpickle = importlib.import_module("cloudpickle")
         return len(cloudpickle.dumps(graph, protocol=5)), "cloudpickle (protocol 5)", len(graph)
 
 
