@@ -46,13 +46,13 @@ from . import _timing as T
 MODES = {
     "quick": {"size": 64 << 20, "rounds": 3, "micro_rounds": 9, "micro_target": 0.004,
               "random_reads": 400, "share_size": None, "share_rounds": 3, "dask_rounds": 3,
-              "about": "15 s"},
+              "about": "20 s"},
     "default": {"size": 256 << 20, "rounds": 5, "micro_rounds": 25, "micro_target": 0.01,
                 "random_reads": 1000, "share_size": 512 << 20, "share_rounds": 3,
-                "dask_rounds": 3, "about": "1 min"},
+                "dask_rounds": 3, "about": "1.5 min"},
     "full": {"size": 1 << 30, "rounds": 7, "micro_rounds": 25, "micro_target": 0.02,
              "random_reads": 2000, "share_size": 512 << 20, "share_rounds": 5,
-             "dask_rounds": 4, "about": "4 min"},
+             "dask_rounds": 4, "about": "4.5 min"},
 }
 
 
