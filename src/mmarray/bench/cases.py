@@ -1608,8 +1608,8 @@ def _share_result(ctx, name, backend_cls, backend_why, W, path, shape, sums, bef
                 way.close(h)
                 del h
                 check(got)
-                info.setdefault("cpu_parent_s", []).append(p1 - p0)
-                info.setdefault("cpu_children_s", []).append(T.cpu_delta(c0, c1))
+                info.setdefault("cpu_parent_s", []).append(round(p1 - p0, 6))
+                info.setdefault("cpu_children_s", []).append(round(T.cpu_delta(c0, c1), 6))
                 return sw.seconds
             return run
 
@@ -1808,8 +1808,8 @@ def case_dask(ctx):
                     if not np.isclose(got, sum(sums) / (rows * cols), rtol=1e-12, atol=0):
                         raise AssertionError(f"wrong mean {got!r}, expected "
                                              f"{sum(sums) / (rows * cols)!r}")
-                    cinfo.setdefault("cpu_parent_s", []).append(p1 - p0)
-                    cinfo.setdefault("cpu_children_s", []).append(T.cpu_delta(c0, c1))
+                    cinfo.setdefault("cpu_parent_s", []).append(round(p1 - p0, 6))
+                    cinfo.setdefault("cpu_children_s", []).append(round(T.cpu_delta(c0, c1), 6))
                     return sw.seconds
                 return run
 
