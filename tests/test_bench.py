@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -32,6 +33,13 @@ def _env(**extra):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
+
+
+def _needs_missing_extra(case):
+    """Every contender of the case was skipped because an optional package is missing."""
+    return bool(case["contenders"]) and all(
+        e["status"] == "skipped" and "not installed" in (e["reason"] or "")
+        for e in case["contenders"])
 
 
 def _bench(*args, cwd, env=None, timeout=300):
@@ -83,12 +91,14 @@ def test_every_case_produced_numbers(quick_run):
     expected = {"open_close_4k", "npy_open_close", "npz_member_open", "op_index_scalar",
                 "op_slice_10", "op_slice_sum", "op_ufunc_add", "sum_cached_4k",
                 "sum_cached_large", "cold_seq_scan", "cold_random_4k", "live_mappings",
-                "write_durable"}
+                "write_durable", "share_pool", "share_joblib", "dask_mean"}
     assert expected <= names, expected - names
     no_evict = report["meta"]["fs_type"] in ("tmpfs", "ramfs")
     for case in report["cases"]:
         if no_evict and case["name"].startswith("cold_"):
             continue  # files on tmpfs cannot be evicted: cold figures are refused, as they must
+        if _needs_missing_extra(case):
+            continue  # joblib or dask is not installed here: skipped, and says so
         measured = [e for e in case["contenders"] if e["median"] is not None]
         assert measured, f"case {case['name']} measured nothing"
         ref = [e for e in case["contenders"] if e["role"] == "reference"]
@@ -132,6 +142,9 @@ def test_list_and_case_selection(tmp_path):
     proc = _bench("--list", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "open_close_4k" in proc.stdout and "write_durable" in proc.stdout
+    listed = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert "share_pool, share_joblib" in listed["share"]
+    assert "dask_mean" in listed["dask"]
     proc = _bench("--cases", "no_such_case*", cwd=str(tmp_path))
     assert proc.returncode == 2
     assert "matches no case" in proc.stderr
@@ -259,3 +272,160 @@ def test_asv_suite_imports_and_runs_each_benchmark_once():
             finally:
                 bench.teardown(*combo)
     assert ran == 4 + 2 + 4 * 3
+
+
+# -- the share and dask cases (#10) ---------------------------------------------------------
+
+def _has(module):
+    return importlib.util.find_spec(module) is not None
+
+
+def _by_name(case):
+    return {e["name"]: e for e in case["contenders"]}
+
+
+MM_SHARE = ("Mapping", "ArrayRef", "mmarray.memmap")
+
+
+@pytest.mark.slow
+def test_share_and_dask_cases_run_small(tmp_path):
+    out = tmp_path / "r.json"
+    proc = _bench("--size", "8M", "--rounds", "1", "--cases", "share,dask", "--json", str(out),
+                  "--no-progress", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    cases = {c["name"]: c for c in json.loads(out.read_text())["cases"]}
+    assert set(cases) == {"share_pool", "share_joblib", "dask_mean"}
+    per_task = (8 << 20) // 8  # bytes of each task's rows
+    backends = ["share_pool"] + (["share_joblib"] if _has("joblib") else [])
+    for name in backends:
+        case = cases[name]
+        assert case["params"]["size"] == 8 << 20 and case["params"]["tasks"] == 8
+        assert "large folios" in case["cache_state"]
+        es = _by_name(case)
+        assert set(es) == {"numpy.memmap", *MM_SHARE, "path, offset, count"}
+        for e in es.values():
+            # every sample's 8 sums were checked against the exact sums: ok means they matched
+            assert e["status"] == "ok" and e["median"] > 0, (name, e["name"], e["reason"])
+            info = e["info"]
+            assert info["payload_bytes"] >= info["payload_bytes_min"] > 0
+            assert len(info["payload_bytes_per_task"]) == 8
+            assert info["message_bytes"] > info["payload_bytes"]
+            assert len(info["cpu_parent_s"]) == len(info["cpu_children_s"]) == e["n"]
+        for n in MM_SHARE:
+            assert es[n]["info"]["payload_bytes"] < 1024, (name, n)
+        assert es["path, offset, count"]["info"]["payload_bytes"] < 200
+        if name == "share_pool":  # plain pickle copies numpy.memmap's rows
+            assert es["numpy.memmap"]["info"]["payload_bytes"] > per_task
+        else:  # joblib's reducer sends numpy.memmap slices as file + offset
+            assert es["numpy.memmap"]["info"]["payload_bytes"] < 1024
+        payload = [t for t in case["targets"] if t.get("at_most")]
+        assert len(payload) == 3 and all(t["status"] == "pass" for t in payload), payload
+        assert any("bytes pickled per task" in n for n in case["notes"])
+    if _has("dask") and _has("distributed"):
+        es = _by_name(cases["dask_mean"])
+        for e in es.values():
+            assert e["status"] == "ok" and e["median"] > 0, (e["name"], e["reason"])
+        assert es["from_array(numpy.memmap)"]["info"]["graph_bytes"] > 8 << 20
+        for n in ("from_array(Mapping)", "mmarray.to_dask"):
+            assert es[n]["info"]["graph_bytes"] < 1 << 20
+        graph = [t for t in cases["dask_mean"]["targets"] if t.get("at_most")]
+        assert len(graph) == 2 and all(t["status"] == "pass" for t in graph), graph
+    assert "≤ 1,024 B" in proc.stdout  # the payload targets are printed as upper bounds
+
+
+@pytest.mark.slow
+def test_share_and_dask_cases_reject_a_wrong_sum(tmp_path):
+    from mmarray.bench import cases as C
+
+    ctx = C.Context(str(tmp_path), mode="quick", size=8 << 20, rounds=1)
+    path, shape, sums = ctx.share_file()
+    assert shape == (2048, 1024) and len(sums) == 8
+    sums[3] += 1.0  # the file is right, the expectation is not: every contender must say so
+    results = C.case_share(ctx)
+    if _has("dask") and _has("distributed"):
+        results += C.case_dask(ctx)
+    for case in results:
+        if _needs_missing_extra(case):
+            continue
+        for e in case["contenders"]:
+            assert e["status"] == "error" and e["median"] is None, (case["name"], e["name"])
+            assert "wrong sum" in e["reason"] or "wrong mean" in e["reason"], e["reason"]
+            if case["name"] != "dask_mean":
+                assert "task 3" in e["reason"], e["reason"]
+    # The pool's and the executor's workers and the cluster's processes are gone; only
+    # multiprocessing's and loky's resource trackers stay (one per process, by design).
+    left = []
+    for pid in T.child_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # exited meanwhile
+        if "resource_tracker" not in cmd:
+            left.append(cmd)
+    assert not left, left
+
+
+@pytest.mark.slow
+def test_share_and_dask_cases_skip_without_joblib_and_dask(tmp_path):
+    # The CI venv has numpy and mmarray only: the Pool result runs, the others say why not.
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in ("joblib", "dask", "distributed"):
+        (blocked / f"{name}.py").write_text("raise ImportError('not in this venv')\n")
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(blocked), env["PYTHONPATH"]])
+    out = tmp_path / "r.json"
+    proc = _bench("--size", "8M", "--rounds", "1", "--cases", "share,dask", "--json", str(out),
+                  "--no-progress", cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr
+    cases = {c["name"]: c for c in json.loads(out.read_text())["cases"]}
+    assert all(e["status"] == "ok" for e in cases["share_pool"]["contenders"])
+    for name, package in (("share_joblib", "joblib"), ("dask_mean", "dask")):
+        case = cases[name]
+        assert not case.get("error") and _needs_missing_extra(case), name
+        assert all(package in e["reason"] for e in case["contenders"])
+        assert all(t["status"] == "n/a" for t in case["targets"])
+    assert "Traceback" not in proc.stderr
+
+
+def test_at_most_targets_are_upper_bounds():
+    from mmarray import _bench_cli
+    from mmarray.bench import cases as C
+
+    entry = {"name": "m", "role": "mmarray", "status": "ok", "reason": None, "median": 1.0,
+             "info": {"payload_bytes": 300}}
+    missing = dict(entry, name="s", status="skipped", reason="not available: x", info={})
+    result = {"contenders": [entry, missing]}
+    ok = C.evaluate_target(result, C.at_most("small", "m", "payload_bytes", 1024, "B"))
+    assert (ok["status"], ok["measured"], ok["required"], ok["at_most"]) == ("pass", 300, 1024,
+                                                                             True)
+    bad = C.evaluate_target(result, C.at_most("tiny", "m", "payload_bytes", 100, "B"))
+    assert bad["status"] == "fail"
+    na = C.evaluate_target(result, C.at_most("small", "s", "payload_bytes", 1024, "B"))
+    assert na["status"] == "n/a" and "not available: x" in na["reason"]
+    report = {"meta": {}, "summary": {}, "cases": [{
+        "name": "c", "title": "t", "unit": "ms", "cache_state": "n/a", "contenders": [],
+        "notes": [], "targets": [ok, bad]}]}
+    table = _bench_cli.format_table(report)
+    assert "PASS — m 300 B (needs ≤ 1,024 B)" in table
+    assert "FAIL — m 300 B (needs ≤ 100 B)" in table
+
+
+def test_cpu_time_of_child_processes():
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.2: pass\n"
+                             "time.sleep(5)"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if T.cpu_times([proc.pid]).get(proc.pid, 0) >= 0.2:
+                break
+            time.sleep(0.05)
+        assert proc.pid in T.child_pids()
+        before = {proc.pid: 0.0}
+        assert T.cpu_delta(before, T.cpu_times([proc.pid])) >= 0.2
+        assert T.cpu_times([proc.pid, 2 ** 22 + 12345]).keys() == {proc.pid}  # gone: left out
+    finally:
+        proc.kill()
+        proc.wait()

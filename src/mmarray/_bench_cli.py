@@ -131,6 +131,12 @@ def _other(case, t):
     return case.get(t["against"]) or t["against"]
 
 
+def _value(t, v):
+    """A value target's figure, with its unit (``at_most`` targets on a contender's info)."""
+    unit = t.get("unit") or ""
+    return f"{_num(v)} {unit}".rstrip()
+
+
 def format_table(report):
     """The human-readable table of a report (the dict written by --json)."""
     lines = []
@@ -174,7 +180,9 @@ def format_table(report):
             if t["measured"] is None:
                 lines.append(f"   target {t['text']}: {status} ({t['reason']})")
             else:
-                if t["against"] == "value":
+                if t.get("at_most"):
+                    shown, need = _value(t, t["measured"]), f"≤ {_value(t, t['required'])}"
+                elif t["against"] == "value":
                     shown, need = _num(t["measured"]), f"≥ {_num(t['required'])}"
                 elif t.get("as_time"):
                     shown = f"takes {1 / t['measured']:.3f}× the time of {_other(case, t)}"
@@ -192,6 +200,8 @@ def format_table(report):
         for t in case.get("targets", []):
             if t["measured"] is None:
                 got = t.get("reason") or ""
+            elif t.get("at_most"):
+                got = f"{t['contender']}: {_value(t, t['measured'])}"
             elif t["against"] == "value":
                 got = f"{t['contender']}: {_num(t['measured'])}"
             elif t.get("as_time"):
@@ -341,8 +351,8 @@ def _clean_json(obj):
     return obj
 
 
-def _check_resources(workdir, size):
-    need = 2 * size + (64 << 20)
+def _check_resources(workdir, size, share_size=0):
+    need = 2 * size + share_size + (64 << 20)
     free = shutil.disk_usage(workdir).free
     if free < need:
         raise SetupError(f"{workdir} has {free >> 20} MiB free; the run needs about "
@@ -390,7 +400,7 @@ def run(args, progress):
                                     micro_rounds=args.micro_rounds, progress=progress)
         except ValueError as exc:
             raise SetupError(str(exc)) from None
-        _check_resources(workdir, ctx.size)
+        _check_resources(workdir, ctx.size, getattr(ctx, "share_size", 0))
         about = getattr(cases_mod, "MODES", {}).get(args.mode, {}).get("about")
         expect = f", about {about}" if about and not args.cases else ""
         progress.line(f"mmarray {__version__} bench ({args.mode} run{expect}): "

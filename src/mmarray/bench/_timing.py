@@ -180,6 +180,55 @@ class Stopwatch:
         return False
 
 
+# -- CPU time of worker processes ---------------------------------------------------------------
+
+def child_pids(pid=None):
+    """The processes descended from ``pid`` (default: this one), read from
+    ``/proc/<pid>/task/<tid>/children`` (Linux); empty where the kernel does not say."""
+    pid = os.getpid() if pid is None else pid
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            for k in kids:
+                if k not in out:
+                    out.append(k)
+                    todo.append(k)
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_times(pids):
+    """``{pid: user + system CPU seconds}`` from ``/proc/<pid>/stat`` (clock-tick resolution,
+    10 ms on most kernels), for those of ``pids`` that still exist."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(")") + 2:].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def cpu_delta(before, after):
+    """CPU seconds spent between two :func:`cpu_times` readings by the processes in both."""
+    return sum(after[p] - before[p] for p in before if p in after)
+
+
 # -- page cache ----------------------------------------------------------------------------
 
 _libc = None

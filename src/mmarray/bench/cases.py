@@ -16,13 +16,19 @@ than (or, for counts, more than) what it is compared with.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 import json
 import mmap
 import os
+import pickle
+import statistics
 import struct
 import subprocess
 import sys
+import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -34,13 +40,19 @@ from . import _timing as T
 
 #: Run lengths: ``python -m mmarray bench`` runs "default", ``--quick`` and ``--full`` the others.
 #: ``about``: what the run takes on a 2-core machine (measured; README's Benchmarks section).
+#: ``share_size``: the float32 file of the share and dask cases (None: ``size``);
+#: ``share_rounds`` / ``dask_rounds``: their rounds (few: numpy.memmap's contenders there ship
+#: or embed the whole file, seconds per round); ``--rounds`` overrides them too.
 MODES = {
     "quick": {"size": 64 << 20, "rounds": 3, "micro_rounds": 9, "micro_target": 0.004,
-              "random_reads": 400, "about": "15 s"},
+              "random_reads": 400, "share_size": None, "share_rounds": 3, "dask_rounds": 3,
+              "about": "20 s"},
     "default": {"size": 256 << 20, "rounds": 5, "micro_rounds": 25, "micro_target": 0.01,
-                "random_reads": 1000, "about": "1 min"},
+                "random_reads": 1000, "share_size": 512 << 20, "share_rounds": 3,
+                "dask_rounds": 3, "about": "1.5 min"},
     "full": {"size": 1 << 30, "rounds": 7, "micro_rounds": 25, "micro_target": 0.02,
-             "random_reads": 2000, "about": "4 min"},
+             "random_reads": 2000, "share_size": 512 << 20, "share_rounds": 5,
+             "dask_rounds": 4, "about": "4.5 min"},
 }
 
 
@@ -65,6 +77,10 @@ class Context:
         if self.size < (8 << 20):
             raise ValueError(f"--size must be at least 8 MiB, got {self.size} bytes")
         self.rounds = int(rounds or preset["rounds"])
+        # The share/dask file: --size sets it too (a small run is small everywhere).
+        self.share_size = self.size if size else int(preset["share_size"] or self.size)
+        self.share_rounds = int(rounds or preset["share_rounds"])
+        self.dask_rounds = int(rounds or preset["dask_rounds"])
         self.micro_rounds = int(micro_rounds or preset["micro_rounds"])
         self.micro_target = preset["micro_target"]   # seconds per micro batch
         self.live_cap = int(live_cap or 64_000)
@@ -74,6 +90,7 @@ class Context:
         self._floor = None
         self._data = None
         self._files = {}
+        self._share = None
         self.fs_type = T.fs_type(workdir)
         here = os.path.dirname(os.path.abspath(__file__))
         self.floor_source = os.path.join(here, "floor.c")
@@ -120,6 +137,20 @@ class Context:
             raise KeyError(name)
         self._files[name] = p
         return p
+
+    def share_file(self):
+        """(path, shape, per-task sums) of the float32 file of the share and dask cases:
+        ``share_size`` bytes, rows of :data:`SHARE_COLS` values, value ``i`` = ``(i * 7919) %
+        65521`` (integers, so every float64 sum of them is exact); task ``k`` of
+        :data:`SHARE_TASKS` sums the ``k``-th eighth of the rows."""
+        if self._share is None:
+            p = self.path("share.f32")
+            rows = self.share_size // (4 * SHARE_COLS)
+            self.progress(f"writing {T.format_bytes(self.share_size)} float32 file for the "
+                          f"share/dask cases")
+            sums = _write_share_file(p, rows)
+            self._share = (p, (rows, SHARE_COLS), sums)
+        return self._share
 
     # mmarray features (some are being added while this harness is written) -------------------
 
@@ -276,10 +307,41 @@ def target(text, contenders, against, minimum, as_time=False):
             "as_time": as_time}
 
 
+def at_most(text, contenders, key, maximum, unit=""):
+    """A target on a figure in the contender's ``info`` (not a time): the first of
+    ``contenders`` that has ``info[key]`` must have it ≤ ``maximum`` (for example the bytes
+    pickled per task). Judged whether or not the contender's timing succeeded."""
+    if isinstance(contenders, str):
+        contenders = [contenders]
+    return {"text": text, "contenders": list(contenders), "against": "info", "key": key,
+            "max": maximum, "unit": unit}
+
+
+def _evaluate_at_most(result, t, out):
+    out.update(required=t["max"], at_most=True, key=t["key"], unit=t.get("unit", ""))
+    by_name = {e["name"]: e for e in result["contenders"]}
+    reasons = []
+    for cname in t["contenders"]:
+        e = by_name.get(cname)
+        if e is None:
+            continue
+        value = e["info"].get(t["key"])
+        if value is None:
+            reasons.append(f"{cname}: {e['reason'] or t['key'] + ' not measured'}")
+            continue
+        out.update(contender=cname, measured=value,
+                   status="pass" if value <= t["max"] else "fail")
+        return out
+    out["reason"] = "; ".join(reasons) or "no contender ran"
+    return out
+
+
 def evaluate_target(result, t):
-    out = {"text": t["text"], "against": t["against"], "required": t["min"],
+    out = {"text": t["text"], "against": t["against"], "required": t.get("min"),
            "as_time": t.get("as_time", False), "contender": None, "measured": None,
            "status": "n/a", "reason": None}
+    if t["against"] == "info":
+        return _evaluate_at_most(result, t, out)
     by_name = {e["name"]: e for e in result["contenders"]}
     reasons = []
     for cname in t["contenders"]:
@@ -1158,6 +1220,643 @@ def case_write_durable(ctx):
         remove()
 
 
+# -- sharing arrays with worker processes ------------------------------------------------------
+
+#: The share and dask cases' file: float32 rows of SHARE_COLS values (4 KiB each), summed by
+#: SHARE_TASKS tasks (one eighth of the rows each) on SHARE_WORKERS worker processes.
+SHARE_COLS = 1024
+SHARE_TASKS = 8
+SHARE_WORKERS = 2
+
+
+def _write_share_file(path, rows):
+    """Write the share file (see :meth:`Context.share_file`); return each task's exact sum."""
+    if rows < SHARE_TASKS or rows % SHARE_TASKS:
+        raise ValueError(f"the share file needs a multiple of {SHARE_TASKS} rows, got {rows}")
+    per = rows // SHARE_TASKS * SHARE_COLS
+    step = 1 << 21
+    sums = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for k in range(SHARE_TASKS):
+            total = 0.0
+            for start in range(k * per, (k + 1) * per, step):
+                i = np.arange(start, min(start + step, (k + 1) * per), dtype=np.int64)
+                v = ((i * 7919) % 65521).astype(np.float32)
+                total += float(v.sum(dtype=np.float64))  # integers < 2**53: exact
+                mv = memoryview(v).cast("B")
+                off = 0
+                while off < len(mv):
+                    off += os.write(fd, mv[off:])
+            sums.append(total)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return sums
+
+
+def _cache_keeper(path, state):
+    """Put ``path`` in the page cache in ``state`` (see ``_timing.set_cache_state``); return
+    ``(info, before, restored)``: ``before()`` runs untimed before each sample and restores the
+    state if pages were dropped since (``restored`` lists how much was left each time)."""
+    info = T.set_cache_state(path, state)
+    restored = []
+
+    def before():
+        frac = T.resident_fraction(path)
+        if frac < 0.99:
+            again = T.set_cache_state(path, state)
+            restored.append(f"{frac:.1%}")
+            if not again["verified"]:
+                raise T.Invalid(f"file no longer fully cached ({frac:.1%}) and the {state} "
+                                f"state could not be restored; sample dropped")
+
+    return info, before, restored
+
+
+def _cache_desc(info, restored):
+    state = ("large folios (evicted, then read sequentially)" if info["state"] == "large"
+             else "4 KiB pages (evicted, then read with POSIX_FADV_RANDOM)")
+    text = (f"cached in {state}; verified: resident {info['resident']:.0%}, PMD-mapped after "
+            f"touch {info['pmd_mapped_kb']} kB; checked (and restored if needed) before every "
+            f"sample; every contender reads the same file")
+    if not info["verified"]:
+        text += " -- state NOT verified"
+    if restored:
+        text += f"; restored {len(restored)} time(s) ({', '.join(restored)} resident)"
+    return text
+
+
+#: The task functions the workers run. They are written into the run's work directory as a
+#: module the workers import by name: they cannot import the cases of a ``--bench-dir``, and
+#: an installed mmarray.bench may be another version.
+_TASKS_MODULE = "_mmarray_bench_share_tasks"
+_TASKS_SOURCE = '''"""Task functions of mmarray's share benchmark (from mmarray.bench.cases)."""
+import os
+import time
+
+import numpy as np
+
+
+def warm(objects, delay):
+    import mmarray  # noqa: F401  (what unpickling the mmarray contenders' arguments needs)
+
+    for obj in objects:
+        np.asarray(obj).reshape(-1)[:1].sum()
+    time.sleep(delay)  # holds this worker, so that the next warm task goes to another one
+    return os.getpid()
+
+
+def sum_array(a):
+    """A numpy.memmap or mmarray.memmap slice, or an mmarray.ArrayRef."""
+    return float(np.asarray(a).sum(dtype=np.float64))
+
+
+def sum_rows(m, lo, hi):
+    """An mmarray.Mapping and a row range."""
+    return float(np.asarray(m[lo:hi]).sum(dtype=np.float64))
+
+
+def sum_range(path, offset, count):
+    """Only where the data is: the worker maps it with numpy.memmap."""
+    a = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=(count,))
+    return float(a.sum(dtype=np.float64))
+'''
+
+
+@contextlib.contextmanager
+def _tasks_module(ctx):
+    """Write :data:`_TASKS_SOURCE` into the work directory, put that on ``sys.path`` (which
+    spawned workers inherit) and import it; undone on exit."""
+    directory = ctx.path("share-tasks")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, _TASKS_MODULE + ".py"), "w") as f:
+        f.write(_TASKS_SOURCE)
+    sys.path.insert(0, directory)
+    importlib.invalidate_caches()
+    sys.modules.pop(_TASKS_MODULE, None)
+    try:
+        yield importlib.import_module(_TASKS_MODULE)
+    finally:
+        sys.modules.pop(_TASKS_MODULE, None)
+        if directory in sys.path:
+            sys.path.remove(directory)
+
+
+class _Way:
+    """How a contender hands each task its rows. Per sample: ``open()`` (timed) returns a
+    handle, ``tasks(handle)`` each task's arguments for the task function ``fn``, and
+    ``close(handle)`` (untimed) releases it."""
+
+    def __init__(self, name, role, fn, open, tasks, close=None, skip=None):
+        self.name, self.role, self.fn, self.skip = name, role, fn, skip
+        self.open, self.tasks, self.close = open, tasks, close or (lambda h: None)
+
+
+def _share_ways(ctx, path, shape):
+    mm = ctx.mm
+    rows, cols = shape
+    per = rows // SHARE_TASKS
+    spans = [(k * per, (k + 1) * per) for k in range(SHARE_TASKS)]
+    memmap, why_memmap = ctx.feature("memmap")
+    ref = getattr(mm, "ref", None)
+    f32 = np.float32
+
+    def np_open():
+        return np.memmap(path, dtype=f32, mode="r", shape=shape)
+
+    def mm_open():
+        return mm.open(path, dtype=f32, mode="r", shape=shape)
+
+    def mmm_open():
+        return memmap(path, dtype=f32, mode="r", shape=shape)
+
+    def close(m):
+        m.close()
+
+    def slices(a):
+        return [(a[lo:hi],) for lo, hi in spans]
+
+    return [
+        _Way("numpy.memmap", "reference", "sum_array", np_open, slices),
+        _Way("Mapping", "mmarray", "sum_rows", mm_open,
+             lambda m: [(m, lo, hi) for lo, hi in spans], close),
+        _Way("ArrayRef", "mmarray", "sum_array", mm_open,
+             lambda m: [(ref(m.array[lo:hi]),) for lo, hi in spans], close,
+             skip=None if ref else "not available: mmarray.ref does not exist yet"),
+        _Way("mmarray.memmap", "mmarray", "sum_array", mmm_open, slices, skip=why_memmap),
+        _Way("path, offset, count", "limit", "sum_range", lambda: None,
+             lambda h: [(path, lo * cols * 4, (hi - lo) * cols) for lo, hi in spans]),
+    ]
+
+
+def _warm_objects(ctx, path, shape):
+    """One small argument of each kind, for the workers to unpickle while warming up."""
+    mm = ctx.mm
+    objs = [np.memmap(path, dtype=np.float32, mode="r", shape=shape)[:1]]
+    m = mm.open(path, dtype=np.float32, mode="r", shape=shape)
+    objs.append(m)
+    if getattr(mm, "ref", None):
+        objs.append(mm.ref(m.array[:1]))
+    memmap = ctx.feature("memmap")[0]
+    if memmap is not None:
+        objs.append(memmap(path, dtype=np.float32, mode="r", shape=shape)[:1])
+    return objs, m
+
+
+class _PoolBackend:
+    """multiprocessing's spawn Pool: arguments pickled with ForkingPickler (plain pickle)."""
+
+    title = "multiprocessing spawn Pool(2).starmap, chunksize 1"
+    pickler = "multiprocessing ForkingPickler (pickle)"
+
+    def __init__(self, W, timeout):
+        import multiprocessing
+
+        self.W, self.timeout = W, timeout
+        self.pool = multiprocessing.get_context("spawn").Pool(SHARE_WORKERS)
+
+    def run(self, fn, tasks):
+        return self.pool.starmap_async(fn, tasks, chunksize=1).get(self.timeout)
+
+    def measure(self, fn, tasks, check):
+        """Bytes pickled per task: its arguments, and the whole message Pool sends for it
+        (``(job, i, starmapstar, ((fn, (args,)),), {})``, as ``Pool._map_async`` builds it)."""
+        from multiprocessing.pool import starmapstar
+        from multiprocessing.reduction import ForkingPickler
+
+        args = [len(ForkingPickler.dumps(a)) for a in tasks]
+        msgs = [len(ForkingPickler.dumps((0, i, starmapstar, ((fn, (a,)),), {})))
+                for i, a in enumerate(tasks)]
+        return args, msgs
+
+    def close(self, ok):
+        if ok:
+            self.pool.close()
+        else:
+            self.pool.terminate()
+        self.pool.join()
+
+
+class _JoblibBackend:
+    """joblib's loky backend: cloudpickle plus joblib's reducers (numpy.memmap-backed arrays
+    travel as file + offset)."""
+
+    title = "joblib Parallel(n_jobs=2, backend='loky', batch_size=1)"
+    pickler = "loky's pickler (cloudpickle) with the executor's job reducers"
+
+    def __init__(self, W, timeout):
+        self.W, self.timeout = W, timeout
+        self._start()
+
+    def _start(self):
+        # joblib and cloudpickle are imported by name: optional, and untyped (mypy).
+        joblib = importlib.import_module("joblib")
+        self.delayed = joblib.delayed
+        self.parallel = joblib.Parallel(n_jobs=SHARE_WORKERS, backend="loky",
+                                        batch_size=1, timeout=self.timeout)
+        self.parallel.__enter__()
+
+    def executor(self):
+        return getattr(getattr(self.parallel, "_backend", None), "_workers", None)
+
+    def restart(self):
+        """A reusable executor started before this case lacks the tasks module on its
+        workers' path: shut it down and start afresh."""
+        self.close(False)
+        self._start()
+
+    def run(self, fn, tasks):
+        return self.parallel(self.delayed(fn)(*a) for a in tasks)
+
+    def measure(self, fn, tasks, check):
+        """Bytes per task: its arguments pickled with the call queue's pickler and reducers,
+        and the messages the call queue actually sent (recorded in an untimed run)."""
+        queues = importlib.import_module("joblib.externals.loky.backend.queues")
+        reduction = importlib.import_module("joblib.externals.loky.backend.reduction")
+
+        ex = self.executor()
+        reducers = getattr(getattr(ex, "_call_queue", None), "_reducers", None)
+        if reducers is None:
+            raise RuntimeError("cannot find the loky call queue's reducers (joblib changed?)")
+        args = [len(reduction.dumps(a, reducers=reducers)) for a in tasks]
+        msgs = []
+        original = queues.dumps
+
+        def recording(obj, *a, **kw):
+            data = original(obj, *a, **kw)
+            if type(obj).__name__ == "_CallItem":
+                msgs.append(len(data))
+            return data
+
+        queues.dumps = recording
+        try:
+            got = self.run(fn, tasks)
+        finally:
+            queues.dumps = original
+        check(got)
+        return args, msgs or None
+
+    def close(self, ok):
+        ex = self.executor()
+        self.parallel.__exit__(None, None, None)
+        if ex is not None:  # the workers are ours: do not leave them idling for 300 s
+            try:
+                ex.shutdown(wait=True, kill_workers=True)
+            except TypeError:
+                ex.shutdown(wait=True)
+
+
+def _check_task_sums(expected, got):
+    """Each task's float64 sum must be exact: the values are integers and every partial sum
+    stays below 2**53, so any order of summation gives exactly the expected sum."""
+    if len(got) != len(expected):
+        raise AssertionError(f"{len(got)} results for {len(expected)} tasks")
+    for k, (e, g) in enumerate(zip(expected, got)):
+        if g != e:
+            raise AssertionError(f"task {k}: wrong sum {g!r}, expected {e!r}")
+
+
+def _median_or_none(values):
+    return statistics.median(values) if values else None
+
+
+def _cpu_notes(res, what):
+    parts = []
+    for e in res["contenders"]:
+        info = e["info"]
+        p, c = info.get("cpu_parent_s"), info.get("cpu_children_s")
+        info["cpu_parent_median_s"] = _median_or_none(p)
+        info["cpu_children_median_s"] = _median_or_none(c)
+        if p:
+            parts.append(f"{e['name']} {info['cpu_parent_median_s']:.3f} / "
+                         f"{info['cpu_children_median_s']:.3f}")
+    if parts:
+        res["notes"].append(f"CPU seconds per sample, median: this process (time.process_time, "
+                            f"{what}) / its child processes (utime+stime from /proc, 10 ms "
+                            f"ticks): " + "; ".join(parts))
+
+
+def _start_backend(ctx, backend_cls, W, path, shape, timeout):
+    """Start the workers and warm them: each imports numpy and mmarray and unpickles one
+    small argument of each kind (warm tasks hold their worker a moment, so each worker gets
+    one)."""
+    warm_objs, warm_map = _warm_objects(ctx, path, shape)
+    backend = backend_cls(W, timeout)
+    try:
+        for attempt in range(6):
+            try:
+                pids = backend.run(W.warm, [(warm_objs, 0.25)] * SHARE_WORKERS)
+            except Exception:
+                if attempt or not hasattr(backend, "restart"):
+                    raise
+                backend.restart()
+                continue
+            if len(set(pids)) == SHARE_WORKERS:
+                break
+        backend.pids = T.child_pids()
+    except BaseException:
+        backend.close(False)
+        raise
+    finally:
+        warm_objs.clear()
+        warm_map.close()
+    return backend
+
+
+def _share_result(ctx, name, backend_cls, backend_why, W, path, shape, sums, before, cache,
+                  rounds):
+    """One backend's result: start and warm it, run the ways interleaved, close it."""
+    timeout = 60 + ctx.share_size / (1 << 20)
+    ways = _share_ways(ctx, path, shape)
+    backend, failed = None, None
+    measured_by = {}
+
+    def contender(way):
+        if way.skip or backend_why:
+            return Contender(way.name, way.role, skip=way.skip or backend_why)
+        if backend is None:
+            return Contender(way.name, way.role, _raiser(failed))
+        c = Contender(way.name, way.role)
+        info = c.info  # the result's entry shares this dict: filled by make() and run()
+        fn = getattr(W, way.fn)
+
+        def check(got):
+            _check_task_sums(sums, got)
+
+        def make():
+            h = way.open()
+            tasks = way.tasks(h)
+            try:
+                args, msgs = backend.measure(fn, tasks, check)
+            finally:
+                del tasks
+                way.close(h)
+            info.update(payload_bytes=max(args), payload_bytes_min=min(args),
+                        message_bytes=max(msgs) if msgs else None, pickler=backend.pickler)
+            measured_by[way.name] = args
+
+            def run():
+                before()
+                c0, p0 = T.cpu_times(backend.pids), time.process_time()
+                with T.Stopwatch() as sw:
+                    h = way.open()
+                    tasks = way.tasks(h)
+                    got = backend.run(fn, tasks)
+                p1, c1 = time.process_time(), T.cpu_times(backend.pids)
+                del tasks
+                way.close(h)
+                del h
+                check(got)
+                info.setdefault("cpu_parent_s", []).append(round(p1 - p0, 6))
+                info.setdefault("cpu_children_s", []).append(round(T.cpu_delta(c0, c1), 6))
+                return sw.seconds
+            return run
+
+        c.make = make
+        return c
+
+    ok = False
+    try:
+        if backend_why is None:
+            ctx.progress(f"{name}: starting {backend_cls.title}")
+            try:
+                backend = _start_backend(ctx, backend_cls, W, path, shape, timeout)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                failed = f"starting the workers failed: {type(exc).__name__}: {exc}"
+        cs = [contender(w) for w in ways]
+        mm_names = [w.name for w in ways if w.role == "mmarray"]
+        targets = [at_most(f"{n}: ≤1 KiB pickled per task", n, "payload_bytes", 1024, "B")
+                   for n in mm_names]
+        if name == "share_pool":
+            targets = [target(f"{n} ≥20× faster than numpy.memmap", n, "reference", 20.0)
+                       for n in mm_names] + targets
+        else:
+            targets.insert(0, target("mmarray.memmap takes ≤1.2× numpy.memmap's time",
+                                     "mmarray.memmap", "reference", 1 / 1.2, as_time=True))
+        rows, cols = shape
+        res = run_case(
+            ctx, name, f"{SHARE_TASKS} tasks each summing 1/{SHARE_TASKS} of the rows of a "
+                       f"{T.format_bytes(ctx.share_size)} float32 file on {SHARE_WORKERS} "
+                       f"workers ({backend_cls.title})",
+            "ms", cs, rounds=rounds, cache_state=cache(), targets=targets,
+            params={"size": ctx.share_size, "shape": [rows, cols], "dtype": "float32",
+                    "tasks": SHARE_TASKS, "workers": SHARE_WORKERS, "rounds": rounds},
+            notes=[f"timed: open the file in this process, build the {SHARE_TASKS} tasks' "
+                   f"arguments, send them and get the {SHARE_TASKS} sums back (each checked "
+                   f"against the exact sum); the workers were started and warmed before "
+                   f"(numpy and mmarray imported, one small argument of each kind "
+                   f"unpickled); closing is not timed",
+                   "tasks get: numpy.memmap / mmarray.memmap: their slice; Mapping: the "
+                   "Mapping and a row range; ArrayRef: mmarray.ref(m.array[rows]); limit: "
+                   "(path, offset, count), the worker maps with numpy.memmap itself",
+                   f"{rounds} round(s) only: under Pool the numpy.memmap contender pickles "
+                   f"its slices by value (seconds per round at 512 MiB)"
+                   if name == "share_pool" else
+                   "joblib sends numpy.memmap slices as file + offset (its own reducer); each "
+                   "contender ran once untimed before the rounds (recording what loky's "
+                   "call queue sent); joblib polls for results every 10 ms, so these times "
+                   "move in steps of about 10 ms"])
+        sized = [e for e in res["contenders"] if e["info"].get("payload_bytes") is not None]
+        for e in sized:
+            e["info"]["payload_bytes_per_task"] = measured_by.get(e["name"])
+        if sized:
+            res["notes"].append(
+                f"bytes pickled per task ({backend_cls.pickler}): arguments / whole message: "
+                + "; ".join(f"{e['name']} {e['info']['payload_bytes']:,} / "
+                            + (f"{e['info']['message_bytes']:,}"
+                               if e["info"]["message_bytes"] else "n/a") for e in sized))
+        _cpu_notes(res, "with Pool's task and result threads" if name == "share_pool"
+                   else "with loky's queue threads")
+        ok = True
+        return res
+    finally:
+        if backend is not None:
+            backend.close(ok)
+
+
+def case_share(ctx):
+    """Sum a file in 8 tasks on 2 worker processes, handing each its rows 5 ways: under a
+    spawn multiprocessing.Pool and under joblib's loky backend."""
+    path, shape, sums = ctx.share_file()
+    ctx.progress(f"putting {os.path.basename(path)} in the page cache (large folios)")
+    info, before, restored = _cache_keeper(path, "large")
+
+    def cache():
+        return _cache_desc(info, restored)
+
+    try:
+        importlib.import_module("joblib")
+        why_joblib = None
+    except ImportError as exc:
+        why_joblib = f"not available: joblib is not installed (pip install joblib): {exc}"
+    out = []
+    with _tasks_module(ctx) as W:
+        out.append(_share_result(ctx, "share_pool", _PoolBackend, None, W, path, shape, sums,
+                                 before, cache, ctx.share_rounds))
+        out.append(_share_result(ctx, "share_joblib", _JoblibBackend, why_joblib, W, path,
+                                 shape, sums, before, cache, 2 * ctx.share_rounds + 1))
+    for r in out:  # restorations in the second result happened after the first was built
+        r["cache_state"] = cache()
+    return out
+
+
+def _graph_bytes(x):
+    """(bytes, pickler, keys) of the dask array's graph, pickled as a dict: with pickle
+    (protocol 5, buffers in band), or cloudpickle if pickle refuses it."""
+    graph = dict(x.__dask_graph__())
+    try:
+        return len(pickle.dumps(graph, protocol=5)), "pickle (protocol 5)", len(graph)
+    except Exception:
+        cloudpickle = importlib.import_module("cloudpickle")
+        return len(cloudpickle.dumps(graph, protocol=5)), "cloudpickle (protocol 5)", len(graph)
+
+
+def case_dask(ctx):
+    """The mean of the share file on a 2-worker distributed.LocalCluster, from dask arrays
+    made 3 ways."""
+    mm = ctx.mm
+    f32 = np.float32
+    try:
+        import dask.array as da
+        from distributed import Client, LocalCluster
+        why = None
+    except ImportError as exc:
+        why = (f"not available: dask and distributed are not installed (pip install "
+               f"'mmarray[dask]'): {exc}")
+    if why is None:
+        path, shape, sums = ctx.share_file()
+        ctx.progress(f"putting {os.path.basename(path)} in the page cache (large folios)")
+        info, before, restored = _cache_keeper(path, "large")
+    else:  # nothing will run: no file to write
+        path, shape, sums = None, (ctx.share_size // (4 * SHARE_COLS), SHARE_COLS), None
+    rows, cols = shape
+    chunk_rows = rows // SHARE_TASKS
+    to_dask = getattr(mm, "to_dask", None)
+    ways = {  # name -> (role, build(shape, chunk rows) -> dask array, skip)
+        "from_array(numpy.memmap)": ("reference", lambda shp, c: da.from_array(
+            np.memmap(path, dtype=f32, mode="r", shape=shp), chunks=(c, cols)), None),
+        "from_array(Mapping)": ("mmarray", lambda shp, c: da.from_array(
+            mm.open(path, dtype=f32, mode="r", shape=shp), chunks=(c, cols)), None),
+        "mmarray.to_dask": ("mmarray", lambda shp, c: to_dask(
+            path, dtype=f32, shape=shp, chunks=(c, cols)),
+            None if to_dask else "not available: mmarray.to_dask does not exist yet"),
+    }
+    timeout = 60 + ctx.share_size / (1 << 20)
+    large_graph = []
+    cluster = client = None
+    failed = None
+    try:
+        if why is None:
+            ctx.progress("dask: starting a LocalCluster (2 worker processes, 1 thread each)")
+            try:
+                # Loopback only. The scheduler serves its HTTP routes (no dashboard) even
+                # so: on a free port, not 8787 (taken by any other cluster: a warning).
+                cluster = LocalCluster(n_workers=SHARE_WORKERS, threads_per_worker=1,
+                                       processes=True, host="127.0.0.1",
+                                       dashboard_address=None,
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+                client = Client(cluster, set_as_default=False)
+                # Warm up: each way on the first 8 rows (imports mmarray and dask's chunk
+                # functions in the workers), checked.
+                head = float(np.fromfile(path, dtype=f32, count=8 * cols).sum(dtype=np.float64))
+                for _, build, skip in ways.values():
+                    if not skip:  # two chunks: one for each worker, most likely
+                        got = client.compute(build((8, cols), 4).mean(dtype=np.float64))
+                        _check_sum(head / (8 * cols), float(got.result(timeout)))
+                pids = T.child_pids()
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                failed = f"starting the cluster failed: {type(exc).__name__}: {exc}"
+
+        def contender(wname, role, build, skip):
+            if skip or why:
+                return Contender(wname, role, skip=skip or why)
+            if failed:
+                return Contender(wname, role, _raiser(failed))
+            c = Contender(wname, role)
+            cinfo = c.info  # the result's entry shares this dict
+
+            def make():
+                x = build(shape, chunk_rows)
+                nbytes, pickler, keys = _graph_bytes(x)
+                total, _, _ = _graph_bytes(x.mean(dtype=np.float64))
+                cinfo.update(graph_bytes=nbytes, graph_keys=keys, graph_pickler=pickler,
+                             submitted_graph_bytes=total)
+                del x
+
+                def run():
+                    before()
+                    c0, p0 = T.cpu_times(pids), time.process_time()
+                    with warnings.catch_warnings(record=True) as caught:
+                        with T.Stopwatch() as sw:
+                            x = build(shape, chunk_rows)
+                            got = float(client.compute(x.mean(dtype=np.float64))
+                                        .result(timeout))
+                    p1, c1 = time.process_time(), T.cpu_times(pids)
+                    for w in caught:  # "Sending large graph of size 512.00 MiB", once a round
+                        if role == "reference" and "large graph" in str(w.message):
+                            large_graph.append(str(w.message).splitlines()[0])
+                        else:
+                            warnings.warn_explicit(w.message, w.category, w.filename,
+                                                   w.lineno)
+                    del x
+                    # the sum is exact (see _check_task_sums), the mean one division
+                    if not np.isclose(got, sum(sums) / (rows * cols), rtol=1e-12, atol=0):
+                        raise AssertionError(f"wrong mean {got!r}, expected "
+                                             f"{sum(sums) / (rows * cols)!r}")
+                    cinfo.setdefault("cpu_parent_s", []).append(round(p1 - p0, 6))
+                    cinfo.setdefault("cpu_children_s", []).append(round(T.cpu_delta(c0, c1), 6))
+                    return sw.seconds
+                return run
+
+            c.make = make
+            return c
+
+        cs = [contender(n, role, build, skip) for n, (role, build, skip) in ways.items()]
+        mm_names = [n for n, (role, _, _) in ways.items() if role == "mmarray"]
+        targets = ([target(f"{n} ≥3× faster than from_array(numpy.memmap)", n, "reference",
+                           3.0) for n in mm_names]
+                   + [at_most(f"{n}: graph ≤1 MiB", n, "graph_bytes", 1 << 20, "B")
+                      for n in mm_names])
+        res = run_case(
+            ctx, "dask_mean", f"mean of a {T.format_bytes(ctx.share_size)} float32 file on a "
+                              f"distributed.LocalCluster ({SHARE_WORKERS} worker processes, "
+                              f"1 thread each)",
+            "ms", cs, rounds=ctx.dask_rounds, cache_state="n/a", targets=targets,
+            params={"size": ctx.share_size, "shape": [rows, cols], "dtype": "float32",
+                    "chunks": [chunk_rows, cols], "workers": SHARE_WORKERS,
+                    "rounds": ctx.dask_rounds},
+            notes=[f"timed: build the dask array (chunks of {chunk_rows} rows: "
+                   f"{SHARE_TASKS} chunks), then client.compute(x.mean(dtype=float64))"
+                   f".result(), checked; the cluster was started and every way warmed on the "
+                   f"first 8 rows before the rounds",
+                   f"{ctx.dask_rounds} round(s) only: from_array(numpy.memmap) puts the whole "
+                   f"array in the graph (seconds per round at 512 MiB)"])
+        if why is None:
+            res["cache_state"] = _cache_desc(info, restored)
+        sized = [e for e in res["contenders"] if e["info"].get("graph_bytes") is not None]
+        if sized:
+            res["notes"].append(
+                f"graph bytes, the array's / the mean's (dict(x.__dask_graph__()) pickled with "
+                f"{sized[0]['info']['graph_pickler']}): " + "; ".join(
+                    f"{e['name']} {e['info']['graph_bytes']:,} / "
+                    f"{e['info']['submitted_graph_bytes']:,}" for e in sized))
+        if large_graph:
+            res["notes"].append(f"distributed warned {len(large_graph)} time(s) for "
+                                f"from_array(numpy.memmap) (silenced): {large_graph[0]!r}")
+        _cpu_notes(res, "with the scheduler and the client")
+        return [res]
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 #: The cases, in the order they run: (name, function, short description).
 CASES = [
     ("open_close_4k", case_open_close, "open + array + close of a 4 KiB file"),
@@ -1170,7 +1869,10 @@ CASES = [
     ("cold_random_4k", case_cold_random, "cold random 4 KiB reads"),
     ("live_mappings", case_live_mappings, "live mappings under RLIMIT_NOFILE=1024"),
     ("write_durable", case_write_durable, "write + durable flush"),
+    ("share", case_share, "8 tasks on 2 worker processes: Pool and joblib"),
+    ("dask", case_dask, "mean on a 2-process distributed.LocalCluster"),
 ]
 
 #: Cases that report under other names than their own (``--cases`` matches these too).
-RESULT_NAMES = {"ops": [f"op_{key}" for key, _ in OPS]}
+RESULT_NAMES = {"ops": [f"op_{key}" for key, _ in OPS], "share": ["share_pool", "share_joblib"],
+                "dask": ["dask_mean"]}
