@@ -52,7 +52,7 @@ def _extent(array):
 
 # -- 1. the parallel writer: preallocate, hand out slices by reference, fill, read back -------
 
-N_ROWS, WIDTH = 1024, 512     # 4 MiB of float64, four tasks of 256 rows
+N_ROWS, WIDTH = 1000, 333      # 2.7 MB of float64; the four tasks meet inside pages
 WRITER_TYPES = {"mapping": "Mapping", "ref": "ArrayRef", "memmap": "memmap"}
 
 
@@ -74,7 +74,7 @@ def test_pool_workers_fill_a_preallocated_file_through_references_to_their_rows(
     m = mmarray.open(path, dtype="f8", mode="w+", shape=(N_ROWS, WIDTH))
     tasks = _writer_tasks(kind, str(path), m)
     sizes = [_pickled_size(task) for task in tasks]
-    assert max(sizes) < KIB, sizes          # 1 MiB of rows per task, none of it sent
+    assert max(sizes) < KIB, sizes          # 666 kB of rows per task, none of it sent
 
     with multiprocessing.get_context(ctx).Pool(2) as pool:
         reports = pool.map_async(workers.fill_rows, tasks, chunksize=1).get(TIMEOUT)
