@@ -83,3 +83,14 @@ def mapped_nbytes_block(block):
     """dask map_blocks: a block of one element per input block holding the bytes the mmarray
     mapping behind it spans (the chunk alone when the task mapped only its chunk)."""
     return np.full((1,) * block.ndim, _mapped_nbytes(block), dtype=np.int64)
+
+
+def make_output(task):
+    """Create and fill an output file, and return references to it instead of its data: the
+    Mapping itself (open, mode 'w+'), an ArrayRef of every other row and a memmap slice."""
+    path, rows, width, value = task
+    m = mmarray.open(path, dtype="f8", mode="w+", shape=(rows, width))
+    m[...] = value + np.arange(rows, dtype="f8")[:, None]
+    m.flush()
+    mm = mmarray.memmap(path, dtype="f8", mode="r", shape=(rows, width))
+    return m, mmarray.ref(m.array[::2]), mm[rows // 2:]

@@ -99,6 +99,25 @@ def test_pool_workers_fill_a_preallocated_file_through_references_to_their_rows(
     m.close()
 
 
+@pytest.mark.parametrize("ctx", [pytest.param("fork", marks=needs_fork), "spawn"])
+def test_pool_workers_return_the_files_they_wrote_by_reference(tmp_path, ctx):
+    tasks = [(str(tmp_path / f"part{i}.f8"), 300, 200, 1000.0 * i) for i in range(3)]
+    with multiprocessing.get_context(ctx).Pool(2) as pool:
+        results = pool.map_async(workers.make_output, tasks, chunksize=1).get(TIMEOUT)
+    for (path, rows, width, value), (m, every_other, tail) in zip(tasks, results):
+        expected = value + np.arange(rows, dtype="f8")[:, None] + np.zeros(width)
+        assert type(m) is mmarray.Mapping and m.mode == "r+"     # the worker's 'w+'
+        assert (m.filename, m.shape) == (path, (rows, width))
+        assert np.array_equal(m.array, expected)
+        assert np.array_equal(np.asarray(every_other), expected[::2])
+        assert type(tail) is mmarray.memmap and tail.mode == "r"
+        assert np.array_equal(tail, expected[rows // 2:])
+        assert os.path.getsize(path) == rows * width * 8
+        m[0, 0] = -1                                            # the worker's file itself
+        assert np.fromfile(path, dtype="f8")[0] == -1
+        m.close()
+
+
 # -- 2. read-only sharing -----------------------------------------------------------------------
 
 HEADER = 64
