@@ -317,8 +317,10 @@ def test_dask_processes_scheduler_stores_into_an_r_plus_mapping_and_reads_it_bac
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
+    # Loopback only. dashboard_address=None still serves HTTP on 127.0.0.1:8787 and warns when
+    # another run holds that port: any free loopback port instead.
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
     try:
         with distributed.Client(cluster, timeout=TIMEOUT) as c:
             yield c
