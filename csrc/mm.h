@@ -297,6 +297,15 @@ uint64_t mm_guard_faults(const mm_view *view);
 #define MM_GUARD_QUEUE 1024
 int mm_guard_pop(mm_fault *fault);
 
+/* The identity of the file at `path` now (following symbolic links): id[0], id[1] as a view's
+ * file_id, and id[2] its birth time in the filesystem's units, 0 where it keeps none (Linux
+ * statx(2) stx_btime in ns; Windows ftCreationTime, 100 ns units). An inode number is given
+ * to a new file as soon as the old one is deleted; the birth time tells the two apart. Not
+ * taken at map time, where it would cost every open a system call: a caller that needs it
+ * asks by path and compares id[0], id[1] with the view's to know it is the same file.
+ * MM_E_OPEN (ENOENT, ...) or MM_E_STAT with the OS error code on failure. */
+int mm_path_identity(const char *path, uint64_t id[3], mm_error *err);
+
 /* Unmap the view and release what it owns. The view is zeroed whatever the outcome, so a
  * second call is a no-op returning MM_OK; an OS error is reported, never ignored. */
 int mm_unmap(mm_view *view, mm_error *err);

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h> /* makedev */
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -237,6 +238,37 @@ static int mm_reset(int fd, uint64_t old_size, uint64_t end, uint64_t old_blocks
  * would fault with SIGBUS where madvise reports EFAULT. */
 static void mm_populate_for_reading(char *base, size_t length) {
     (void)madvise(base, length, MADV_POPULATE_READ);
+}
+
+int mm_path_identity(const char *path, uint64_t id[3], mm_error *err) {
+    struct stat st;
+    mm_error spare;
+    err = mm_err_or(err, &spare);
+    if (path == NULL || id == NULL)
+        return mm_fail(err, MM_E_ARG, 0);
+#if defined(STATX_BTIME)
+    {
+        /* "statx(2)": stx_mask says which fields the filesystem filled; the birth time is
+         * optional (tmpfs before Linux 6.x, NFS, ... keep none). */
+        struct statx stx;
+        if (statx(AT_FDCWD, path, 0, STATX_INO | STATX_BTIME, &stx) == 0) {
+            id[0] = (uint64_t)makedev(stx.stx_dev_major, stx.stx_dev_minor); /* as st_dev */
+            id[1] = (uint64_t)stx.stx_ino;
+            id[2] = (stx.stx_mask & STATX_BTIME)
+                        ? (uint64_t)stx.stx_btime.tv_sec * 1000000000u + stx.stx_btime.tv_nsec
+                        : 0;
+            return mm_ok(err);
+        }
+        if (errno != ENOSYS)
+            return mm_fail(err, errno == ENOENT ? MM_E_OPEN : MM_E_STAT, errno);
+    }
+#endif
+    if (stat(path, &st) != 0)
+        return mm_fail(err, errno == ENOENT ? MM_E_OPEN : MM_E_STAT, errno);
+    id[0] = (uint64_t)st.st_dev;
+    id[1] = (uint64_t)st.st_ino;
+    id[2] = 0;
+    return mm_ok(err);
 }
 
 /* The shared tail of map_path and map_handle: size, range check, grow or reset, mmap. Does

@@ -328,6 +328,39 @@ static int mm_win_open_error(const wchar_t *wpath, DWORD code, mm_error *err) {
     return mm_win_error(err, MM_E_OPEN, code);
 }
 
+int mm_path_identity(const char *path, uint64_t id[3], mm_error *err) {
+    mm_error spare;
+    wchar_t *wpath;
+    HANDLE file;
+    BY_HANDLE_FILE_INFORMATION info;
+    DWORD code = 0;
+    err = mm_err_or(err, &spare);
+    if (path == NULL || id == NULL)
+        return mm_fail(err, MM_E_ARG, 0);
+    wpath = mm_win_widen(path, &code);
+    if (wpath == NULL)
+        return mm_win_error(err, MM_E_OPEN, code);
+    /* No access asked: enough to read the attributes ("CreateFileW function (fileapi.h)",
+     * dwDesiredAccess 0); FILE_FLAG_BACKUP_SEMANTICS opens directories too. */
+    file = CreateFileW(wpath, 0, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
+                       OPEN_EXISTING, FILE_FLAG_BACKUP_SEMANTICS, NULL);
+    code = GetLastError();
+    free(wpath);
+    if (file == INVALID_HANDLE_VALUE)
+        return mm_win_error(err, MM_E_OPEN, code);
+    if (!GetFileInformationByHandle(file, &info)) {
+        code = GetLastError();
+        CloseHandle(file);
+        return mm_win_error(err, MM_E_STAT, code);
+    }
+    CloseHandle(file);
+    id[0] = info.dwVolumeSerialNumber;
+    id[1] = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow;
+    id[2] = ((uint64_t)info.ftCreationTime.dwHighDateTime << 32) |
+            info.ftCreationTime.dwLowDateTime;
+    return mm_ok(err);
+}
+
 int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, int flags,
                 mm_view *view, mm_error *err) {
     mm_error spare;

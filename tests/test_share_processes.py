@@ -392,15 +392,8 @@ def test_distributed_store_into_a_shared_target_writes_the_file(tmp_path, da, cl
     assert np.array_equal(whole, expected)
 
 
-_MEMMAP_COPIED = pytest.mark.xfail(strict=True, reason=(
-    "bug: distributed moves an ndarray subclass between workers with its own by-value "
-    "serializer, not its __reduce__: the receiving worker gets a plain ndarray copy, so "
-    "da.store into an mmarray.memmap loses the chunks of every task that ran elsewhere"))
-
-
 @pytest.mark.parametrize("kind", ["Mapping", "ArrayRef",
-                                  pytest.param("memmap", marks=_MEMMAP_COPIED),
-                                  pytest.param("memmap slice", marks=_MEMMAP_COPIED)])
+                                  "memmap", "memmap slice"])
 def test_distributed_worker_given_a_target_by_another_worker_writes_the_file(
         tmp_path, client, kind):
     """As in da.store(x, target): the target is a task result on one worker, and the tasks
@@ -538,8 +531,6 @@ def test_unpickle_of_a_file_renamed_over_is_refused_naming_the_path(tmp_path):
     assert path.read_bytes() == b"\x01" * 8000
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the identity is (st_dev, st_ino) only, and ext4 "
-                   "gives a file created right after a delete the freed inode number")
 def test_unpickle_of_a_file_deleted_and_created_again_is_refused_naming_the_path(tmp_path):
     path = tmp_path / "recreated.f8"
     payloads = _payloads(path)
@@ -617,8 +608,6 @@ def test_unpickle_of_a_file_still_long_enough_maps_the_bytes_that_remain(tmp_pat
     assert path.stat().st_size == 1600
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the refusal of a writable payload says \"mode 'r' "
-                   "and 'c' cannot grow a file (use 'r+' or 'w+' ...)\": the payload is 'r+'")
 def test_refusal_of_a_truncated_writable_payload_does_not_blame_mode_r(tmp_path):
     path = tmp_path / "short.f8"
     payloads = _payloads(path)

@@ -1700,6 +1700,33 @@ static void test_guard_stale_copy_of_a_view_frees_nothing(void) {
     CHECK(t_remove(path) == 0);
 }
 
+static void test_path_identity_tells_a_recreated_file(void) {
+    char path[1100];
+    uint64_t first[3], again[3], missing[3];
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "identity.bin");
+    CHECK(t_write_pattern(path, 100) == 0);
+    CHECK_OK(mm_map_path(path, MM_READ, 0, 100, 0, &v, &e), &e);
+    CHECK_OK(mm_path_identity(path, first, &e), &e);
+    CHECK_U64(first[0], v.file_id[0]); /* the same file as the view's */
+    CHECK_U64(first[1], v.file_id[1]);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_OK(mm_path_identity(path, again, &e), &e);
+    CHECK(memcmp(first, again, sizeof first) == 0);
+    mm_pause(20000); /* birth times of two files made within one clock tick would be equal */
+    CHECK(t_remove(path) == 0);
+    CHECK(t_write_pattern(path, 100) == 0); /* may get the freed inode number back */
+    CHECK_OK(mm_path_identity(path, again, &e), &e);
+    CHECK_U64(again[0], first[0]);
+    if (first[2] != 0 && again[2] != 0) /* where the filesystem keeps birth times */
+        CHECK(again[1] != first[1] || again[2] != first[2]);
+    CHECK(t_remove(path) == 0);
+    CHECK_ST(mm_path_identity(path, missing, &e), MM_E_OPEN, &e);
+    CHECK(e.code == T_ENOENT);
+    CHECK_ST(mm_path_identity(NULL, missing, &e), MM_E_ARG, &e);
+}
+
 static void test_guard_add_refuses_an_empty_view(void) {
     mm_view v;
     mm_error e;
@@ -1888,6 +1915,7 @@ static const t_case t_cases[] = {
     T_CASE(test_guard_turns_a_fault_into_a_zero_page),
     T_CASE(test_guard_leaves_other_sigbus_fatal),
     T_CASE(test_guard_add_refuses_an_empty_view),
+    T_CASE(test_path_identity_tells_a_recreated_file),
     T_CASE(test_guard_stale_copy_of_a_view_frees_nothing),
     T_CASE(test_alignment_values),
     T_CASE(test_sizes_are_cached),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import operator
 import os
+import pickle
+import sys
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import numpy as np
@@ -312,6 +314,7 @@ class memmap(np.memmap):
         maps just those bytes (``'w+'`` becomes ``'r+'``: nothing is truncated or grown) and
         checks the file is the one pickled, as :func:`mmarray.ref` does. Mode ``'c'``, and
         arrays that map nothing, pickle a copy of the data, as numpy does."""
+        _register_with_distributed()
         mapping = self._mmap
         if isinstance(mapping, Mapping) and self.mode in ("r", "r+", "w+"):
             try:
@@ -419,6 +422,34 @@ class memmap(np.memmap):
 
 
 memmap.__module__ = "mmarray"
+
+
+_registered_with_distributed = False
+
+
+def _register_with_distributed() -> None:
+    """Make distributed move an mmarray.memmap between workers by its pickle (a reference),
+    not by its ndarray serializer, which copies the data and drops the file: writes a worker
+    makes into such a copy are lost. Done once distributed is imported (no import of it here:
+    it is optional); called at import and whenever a memmap is pickled."""
+    global _registered_with_distributed
+    if _registered_with_distributed:
+        return
+    serialize = sys.modules.get("distributed.protocol.serialize")
+    if serialize is None:
+        return
+    _registered_with_distributed = True
+    serialize.dask_serialize.register(memmap)(_dask_dumps)
+    serialize.dask_deserialize.register(memmap)(_dask_loads)
+
+
+def _dask_dumps(x: memmap) -> tuple[dict[str, Any], list[bytes]]:
+    return {}, [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)]
+
+
+def _dask_loads(header: dict[str, Any], frames: list[bytes]) -> memmap:
+    loaded: memmap = pickle.loads(frames[0])
+    return loaded
 
 
 def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str) -> memmap:
@@ -566,3 +597,6 @@ def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | No
         mode = "r+"
     return memmap(filename, dtype=dtype, shape=shape, order="F" if fortran_order else "C",
                   mode=mode, offset=offset)
+
+
+_register_with_distributed()

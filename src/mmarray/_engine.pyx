@@ -983,6 +983,22 @@ if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def path_identity(bytes path):
+    """(st_dev, st_ino, birth time or 0) of the file ``path`` names now (csrc/mm.h,
+    mm_path_identity); raises the C layer's error (FileNotFoundError, ...)."""
+    cdef uint64_t ident[3]
+    cdef mm_error err
+    cdef int status
+    if b"\0" in path:
+        raise ValueError("embedded null byte")
+    cdef const char *c_path = path
+    with nogil:
+        status = mm_path_identity(c_path, ident, &err)
+    if status != MM_OK:
+        _raise(&err, _os.fsdecode(path), 0, 0)
+    return (ident[0], ident[1], ident[2])
+
+
 def live_views(st_dev, st_ino):
     """Number of live mapped views of the file with this identity in this process."""
     return _live_files.get((st_dev, st_ino), 0)

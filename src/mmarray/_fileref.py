@@ -2,23 +2,26 @@
 
 A :class:`~mmarray.Mapping`, an :class:`~mmarray.ArrayRef` and an ``mmarray.memmap`` pickle
 as a file name, a byte range and the file's identity: its device and inode numbers
-(``os.stat``'s ``st_dev`` and ``st_ino``; on Windows the volume serial number and file index)
-and the host they were read on. The receiver maps the range by name and then compares the
-identity of the file it actually mapped -- read from the open descriptor, so nothing can
-swap the file between the check and the map -- with the pickled one. Device and inode
-numbers mean something only on the host (and boot) that read them, so another host checks
-only that the file is long enough, which the map itself does: a file shorter than the range
-is refused, never grown.
+(``os.stat``'s ``st_dev`` and ``st_ino``; on Windows the volume serial number and file
+index), its birth time where the filesystem keeps one (an inode number goes to a new file as
+soon as the old one is deleted), and the host they were read on. The receiver maps the range
+by name and then compares the identity of the file it actually mapped -- read from the open
+descriptor, so nothing can swap the file between the check and the map -- with the pickled
+one. Device and inode numbers mean something only on the host (and boot) that read them, so
+another host checks only that the file is long enough, which the map itself does: a file
+shorter than the range is refused, never grown.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Optional
 
+from mmarray import _engine
+
 __all__ = ["FileIdentity", "host_id", "verify"]
 
-#: (st_dev, st_ino) of a mapped file, or None for a region that maps no byte.
-FileIdentity = Optional["tuple[int, int]"]
+#: (st_dev, st_ino, birth time or 0) of a mapped file, or None for a region that maps no byte.
+FileIdentity = Optional["tuple[int, ...]"]
 
 _host: str | None = None
 
@@ -42,6 +45,23 @@ def host_id() -> str:
     return _host
 
 
+def with_birth(filename: str, identity: tuple[int, ...]) -> tuple[int, int, int]:
+    """(st_dev, st_ino, birth time) for the file of a view whose (st_dev, st_ino) is
+    ``identity``: the birth time is read by name, and is 0 when the name leads to another
+    file by now (or to none), or the filesystem keeps no birth times."""
+    dev, ino = identity[0], identity[1]
+    try:
+        now = _engine.path_identity(_encode(filename))
+    except (OSError, ValueError):
+        return (dev, ino, 0)
+    return (dev, ino, now[2] if now[:2] == (dev, ino) else 0)
+
+
+def _encode(path: str) -> bytes:
+    """The path as the C layer takes it: UTF-8 on Windows, the file system encoding else."""
+    return path.encode("utf-8") if os.name == "nt" else os.fsencode(path)
+
+
 def verify(mapping: Any, filename: str, identity: FileIdentity, host: str) -> None:
     """Close ``mapping`` and raise ValueError unless it maps the file that was pickled.
 
@@ -54,9 +74,35 @@ def verify(mapping: Any, filename: str, identity: FileIdentity, host: str) -> No
     found = mapping._identity()
     if found is None:  # nothing mapped (an empty range): no byte of the file is reachable
         return
-    if tuple(found) != tuple(identity):
+    # Device and inode, and the birth time where both sides know it: an inode number is
+    # given to a new file as soon as the old one is deleted.
+    expected_birth = tuple(identity)[2] if len(identity) > 2 else 0
+    birth = with_birth(filename, found)[2] if expected_birth else 0
+    same_birth = 0 in (birth, expected_birth) or birth == expected_birth
+    if tuple(found[:2]) != tuple(identity)[:2] or not same_birth:
         mapping.close()
         raise ValueError(
             f"{filename!r} is no longer the file that was pickled: it was device {identity[0]} "
-            f"inode {identity[1]}, now it is device {found[0]} inode {found[1]} (replaced or "
-            f"renamed over since); refusing to map a different file")
+            f"inode {identity[1]}, now it is device {found[0]} inode {found[1]}"
+            f"{'' if same_birth else ', born at another time'} (replaced, renamed over or "
+            f"deleted and created again since); refusing to map a different file")
+
+
+def remap_error(exc: BaseException, what: str, filename: str, offset: int,
+                length: int) -> BaseException:
+    """The error to raise when mapping a referenced range of ``filename`` again failed with
+    ``exc``: OS errors that name the file as they are; a file now too short for the range
+    said so (an unpickle never grows a file, whatever the mode); anything else with
+    ``what`` was being mapped."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return exc
+    try:
+        size = os.stat(filename).st_size
+    except OSError:
+        size = None
+    if size is not None and size < offset + length:
+        return ValueError(f"{filename!r} is {size} bytes now, too short for {what} (bytes "
+                          f"{offset} to {offset + length}): it was truncated since; a "
+                          f"reference never grows the file it refers to")
+    return type(exc)(f"cannot map {what} of {filename!r} (bytes {offset} to "
+                     f"{offset + length}) again: {exc}")

@@ -167,10 +167,12 @@ class Mapping(_engine.Region):
                             f"another process could find another file by it; open the file "
                             f"by an absolute path to share it")
         identity = self._identity()  # read before the check: a close in between is seen
-        if identity is None and self.nbytes and self.closed:
-            raise ValueError(f"the Mapping of {filename!r} was closed and unmapped; share it "
-                             f"before close()")
-        return filename, identity
+        if identity is None:
+            if self.nbytes and self.closed:
+                raise ValueError(f"the Mapping of {filename!r} was closed and unmapped; "
+                                 f"share it before close()")
+            return filename, None
+        return filename, _fileref.with_birth(filename, identity)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle by reference: the file name, byte range, dtype, shape, order and mode, and
@@ -434,10 +436,10 @@ def _reopen(filename: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, 
                        length=length, dtype=dtype, shape=shape, order=order, mode=mode,
                        filename=filename)
     except (ValueError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.filename is not None:
-            raise  # FileNotFoundError, PermissionError, ...: they name the file already
-        raise type(exc)(f"cannot map the pickled Mapping of {filename!r} (bytes {offset} to "
-                        f"{offset + length}) again: {exc}") from exc
+        error = _fileref.remap_error(exc, "the pickled Mapping", filename, offset, length)
+        if error is exc:
+            raise
+        raise error from exc
     _fileref.verify(m, filename, identity, host)
     return m
 

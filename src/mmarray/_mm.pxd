@@ -80,6 +80,7 @@ cdef extern from "mm.h" nogil:
                           const volatile int *stop, uint64_t idle_limit_us, mm_error *err)
     void mm_pause(unsigned microseconds)
     int mm_unmap(mm_view *view, mm_error *err)
+    int mm_path_identity(const char *path, uint64_t id[3], mm_error *err)
 
     # The fault guard (POSIX; stubs on Windows).
     int mm_guard_install(mm_error *err)

@@ -215,10 +215,11 @@ class ArrayRef:
                            dtype=_U8, shape=(length,), mode="r+" if self._writable else "r",
                            filename=self._filename)
         except (ValueError, OSError) as exc:
-            if isinstance(exc, OSError) and exc.filename is not None:
+            error = _fileref.remap_error(exc, "the referenced bytes", self._filename, offset,
+                                         length)
+            if error is exc:
                 raise
-            raise type(exc)(f"cannot map the referenced bytes {offset} to {offset + length} "
-                            f"of {self._filename!r}: {exc}") from exc
+            raise error from exc
         _fileref.verify(m, self._filename, self._identity, self._host)
         # The Mapping stays open (flush() works on it) and is unmapped once the array and
         # its views are gone. [start + lowest, start + highest] is [0, length): in bounds.
