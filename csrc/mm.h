@@ -218,6 +218,21 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
  * resolution makes anything shorter a Sleep(0)). */
 void mm_pause(unsigned microseconds);
 
+/* Change the length of a mapped view to `length` bytes from the same file offset (`offset`,
+ * the offset it was mapped at), through `handle`, an open descriptor (Windows: HANDLE) of the
+ * same file: its identity must equal view->file_id (MM_E_STAT with ESTALE /
+ * ERROR_FILE_INVALID otherwise: never another file's data under an old view's name). A file
+ * shorter than offset + length is grown with MM_GROW (allocated as mm_map_* does) or refused
+ * (MM_E_RANGE); a shorter view leaves the file as it is. Linux moves the view with mremap(2)
+ * (MREMAP_MAYMOVE: its pages stay mapped, the cost does not depend on the length); elsewhere,
+ * and where mremap fails (a view split by the fault guard), a new view is mapped and the old
+ * one unmapped. On success *view describes the new view (data may have moved); on failure
+ * *view is unchanged and still mapped. The caller guarantees that nothing uses the view
+ * meanwhile, and unguards it first (mm_guard_remove). MM_E_ARG for a view that maps nothing,
+ * length 0, flags other than MM_GROW, or an end past INT64_MAX. */
+int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, int flags,
+             mm_error *err);
+
 /* ---- The fault guard (POSIX; mm_guard.c) -------------------------------------------------
  * A page of a file mapping that cannot be read or written -- the file was truncated below it,
  * the storage returned an I/O error, a write hit a hole on a full disk -- makes the kernel

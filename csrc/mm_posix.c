@@ -396,6 +396,61 @@ int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length
     return mm_map_fd((int)handle, access, offset, length, flags, view, err);
 }
 
+int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, int flags,
+             mm_error *err) {
+    struct stat st;
+    mm_error spare;
+    mm_view fresh;
+    uint64_t delta, end;
+    int fd = (int)handle, status;
+    err = mm_err_or(err, &spare);
+    err->status = MM_OK;
+    err->code = 0;
+    err->file_size = 0;
+    if (view == NULL || view->base == NULL || length == 0 || (flags & ~MM_GROW) != 0 ||
+        handle < 0 || handle > INT32_MAX || offset > MM_MAX_FILE_END ||
+        length > MM_MAX_FILE_END - offset || view->access != MM_WRITE)
+        return mm_fail(err, MM_E_ARG, 0);
+    if (fstat(fd, &st) != 0)
+        return mm_fail(err, MM_E_STAT, errno);
+    if ((uint64_t)st.st_dev != view->file_id[0] || (uint64_t)st.st_ino != view->file_id[1])
+        return mm_fail(err, MM_E_STAT, ESTALE); /* not the file the view maps */
+    err->file_size = (uint64_t)st.st_size;
+    end = offset + length;
+    if (end > (uint64_t)st.st_size) {
+        if (!(flags & MM_GROW))
+            return mm_fail(err, MM_E_RANGE, 0);
+        if (mm_grow(fd, (uint64_t)st.st_size, end, err) != MM_OK)
+            return err->status;
+        err->file_size = end;
+    }
+    delta = (uint64_t)(view->data - (char *)view->base); /* data lies delta bytes into base */
+    if (delta + length > (uint64_t)SIZE_MAX)
+        return mm_fail(err, MM_E_MAP, EOVERFLOW);
+#ifdef MREMAP_MAYMOVE
+    {
+        /* "mremap(2)": resizes the mapping, moving it if needed; the page tables move
+         * with it. It fails with EFAULT for a range made of several mappings. */
+        void *moved = mremap(view->base, (size_t)view->base_length, (size_t)(delta + length),
+                             MREMAP_MAYMOVE);
+        if (moved != MAP_FAILED) {
+            view->base = moved;
+            view->data = (char *)moved + delta; /* delta < the new base_length */
+            view->base_length = delta + length;
+            view->length = length;
+            return mm_ok(err);
+        }
+    }
+#endif
+    status = mm_map_handle(handle, MM_WRITE, offset, length, 0, &fresh, err);
+    if (status != MM_OK)
+        return status;
+    fresh.guard_slot = 0;
+    mm_unmap(view, NULL); /* the old range: nothing uses it (the caller's guarantee) */
+    *view = fresh;
+    return mm_ok(err);
+}
+
 /* Turn [start, start + length) of the view into a page-aligned address range inside the
  * mapping (mm_view_range). Returns 0 and fills *addr and *len (0 for an empty range), or -1
  * for no view or a range outside it. */

@@ -628,3 +628,29 @@ int mm_guard_pop(mm_fault *fault) {
     (void)fault;
     return 0;
 }
+
+int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, int flags,
+             mm_error *err) {
+    mm_error spare;
+    mm_view fresh;
+    BY_HANDLE_FILE_INFORMATION info;
+    int status;
+    err = mm_err_or(err, &spare);
+    if (view == NULL || view->base == NULL || length == 0 || (flags & ~MM_GROW) != 0 ||
+        view->access != MM_WRITE)
+        return mm_fail(err, MM_E_ARG, 0);
+    /* The same file first ("GetFileInformationByHandle function (fileapi.h)": volume serial
+     * and file index), before anything grows it; then, Windows being unable to resize a view
+     * in place, map the new length and unmap the old view. */
+    if (!GetFileInformationByHandle((HANDLE)handle, &info))
+        return mm_win_error(err, MM_E_STAT, GetLastError());
+    if (info.dwVolumeSerialNumber != view->file_id[0] ||
+        (((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow) != view->file_id[1])
+        return mm_fail(err, MM_E_STAT, ERROR_FILE_INVALID);
+    status = mm_map_handle(handle, MM_WRITE, offset, length, flags, &fresh, err);
+    if (status != MM_OK)
+        return status;
+    mm_unmap(view, NULL);
+    *view = fresh;
+    return mm_ok(err);
+}

@@ -1727,6 +1727,46 @@ static void test_path_identity_tells_a_recreated_file(void) {
     CHECK_ST(mm_path_identity(NULL, missing, &e), MM_E_ARG, &e);
 }
 
+static void test_remap_grows_and_shrinks_a_view_of_the_same_file(void) {
+    char path[1100], other[1100];
+    uint64_t page = mm_page_size();
+    mm_view v, o;
+    mm_error e;
+    mm_handle h, wrong;
+    t_path(path, sizeof path, "remap.bin");
+    t_path(other, sizeof other, "remap-other.bin");
+    CHECK(t_write_pattern(path, 2 * page) == 0);
+    CHECK(t_write_pattern(other, 2 * page) == 0);
+    CHECK_OK(mm_map_path(path, MM_WRITE, 100, page, 0, &v, &e), &e);
+    v.data[0] = 42;
+    h = t_open_rw(path);
+    wrong = t_open_rw(other);
+    /* longer than the file: refused without MM_GROW, the view unchanged */
+    CHECK_ST(mm_remap(&v, h, 100, 5 * page, 0, &e), MM_E_RANGE, &e);
+    CHECK(v.data[0] == 42 && v.length == page);
+    /* another file's handle: refused before anything grows */
+    CHECK_ST(mm_remap(&v, wrong, 100, 5 * page, MM_GROW, &e), MM_E_STAT, &e);
+    CHECK(t_file_size(other) == (int64_t)(2 * page));
+    /* grown: the file too, the data kept, the new end writable */
+    CHECK_OK(mm_remap(&v, h, 100, 5 * page, MM_GROW, &e), &e);
+    CHECK_U64(v.length, 5 * page);
+    CHECK(v.data[0] == 42);
+    CHECK(t_file_size(path) == (int64_t)(100 + 5 * page));
+    v.data[5 * page - 1] = 7; /* the last byte of the new length: inside the view */
+    /* shrunk: the file keeps its size */
+    CHECK_OK(mm_remap(&v, h, 100, 10, 0, &e), &e);
+    CHECK_U64(v.length, 10);
+    CHECK(v.data[0] == 42);
+    CHECK(t_file_size(path) == (int64_t)(100 + 5 * page));
+    CHECK_ST(mm_remap(&v, h, 100, 0, 0, &e), MM_E_ARG, &e);
+    CHECK_OK(mm_map_path(path, MM_READ, 0, 10, 0, &o, &e), &e);
+    CHECK_ST(mm_remap(&o, h, 0, 20, 0, &e), MM_E_ARG, &e); /* read-only views do not resize */
+    CHECK_OK(mm_unmap(&o, &e), &e);
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_close(h) == 0 && t_close(wrong) == 0);
+    CHECK(t_remove(path) == 0 && t_remove(other) == 0);
+}
+
 static void test_guard_add_refuses_an_empty_view(void) {
     mm_view v;
     mm_error e;
@@ -1916,6 +1956,7 @@ static const t_case t_cases[] = {
     T_CASE(test_guard_leaves_other_sigbus_fatal),
     T_CASE(test_guard_add_refuses_an_empty_view),
     T_CASE(test_path_identity_tells_a_recreated_file),
+    T_CASE(test_remap_grows_and_shrinks_a_view_of_the_same_file),
     T_CASE(test_guard_stale_copy_of_a_view_frees_nothing),
     T_CASE(test_alignment_values),
     T_CASE(test_sizes_are_cached),

@@ -29,10 +29,15 @@ cdef class Region:
     # once the view is gone.
     cdef uint64_t _guard_token
     cdef uint64_t _faults_at_unmap
+    # Resizes (Mapping.resize): the view's generation, and the views of earlier generations
+    # kept mapped for the arrays made on them (a list of _Retired, None until the first).
+    cdef Py_ssize_t _generation
+    cdef object _retired
     cdef object __weakref__
 
     cdef int _acquire(self) except -1
     cdef int _release(self) except -1
+    cdef int _release_export(self, Py_ssize_t generation) except -1
     cdef Py_ssize_t _acquire_busy(self) except -1
     cdef int _release_busy(self, Py_ssize_t generation) except -1
     cdef int _unmap_now(self) except -1
@@ -41,6 +46,16 @@ cdef class Region:
 @cython.auto_pickle(False)
 cdef class _ArrayExport:
     cdef Region mapping
+    cdef Py_ssize_t generation   # the mapping's view generation the array was made on
+
+
+@cython.auto_pickle(False)
+cdef class _Retired:
+    cdef mm_view view            # an earlier view of a resized Region, still mapped
+    cdef Py_ssize_t exports      # arrays still made on it
+    cdef Py_ssize_t generation
+    cdef uint64_t file_dev, file_ino
+    cdef int _unmap(self) except -1
 
 
 @cython.auto_pickle(False)

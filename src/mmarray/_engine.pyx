@@ -237,6 +237,82 @@ cdef class Region:
             self._unmap_now()
         return 0
 
+    cdef int _release_export(self, Py_ssize_t generation) except -1:
+        # An array made before a resize releases the view it was made on.
+        cdef _Retired retired
+        if generation == self._generation:
+            return self._release()
+        for retired in self._retired or ():
+            if retired.generation == generation:
+                retired.exports -= 1
+                if retired.exports == 0:
+                    self._retired.remove(retired)
+                    retired._unmap()
+                return 0
+        return 0
+
+    def _resize(self, int fd, uint64_t length, tuple shape, bint grow):
+        """Map ``length`` bytes from the same offset instead (``fd``: the same file, open for
+        writing; checked), and take ``shape``. Arrays made before keep the view they were
+        made on, mapped until they are gone (a _Retired); with none, the view is moved in
+        place (mm_remap). Refused while an operation runs without the GIL or after a raw
+        buffer export, whose users this cannot count."""
+        cdef mm_error err
+        cdef int status
+        cdef mm_view fresh
+        cdef _Retired retired
+        cdef int flags = MM_GROW if grow else 0
+        if self._closed:
+            raise ValueError("mapping is closed")
+        if self._busy:
+            raise BufferError("an operation (flush, prefetch, chunks) is using the mapping: "
+                              "resize once it is done")
+        if self._raw_exported:
+            raise BufferError("the Mapping was used as a plain-bytes buffer, whose users it "
+                              "cannot count: it cannot be resized")
+        if self.view.data == NULL or self.view.data == &_empty_byte or length == 0:
+            raise ValueError("only a mapping of at least one byte resizes, to at least one byte")
+        shape, nbytes = _shape_nbytes(shape, self._dtype.itemsize)
+        if <uint64_t>nbytes != length:
+            raise ValueError(f"shape {shape} of dtype {self._dtype} is {nbytes} bytes, not "
+                             f"{length}")
+        st = _os.fstat(fd)
+        if (<uint64_t>st.st_dev, <uint64_t>st.st_ino) != (self.view.file_id[0],
+                                                            self.view.file_id[1]):
+            raise ValueError(f"{self._filename!r} is no longer the file this mapping maps "
+                             f"(replaced or renamed over since): refusing to resize into it")
+        if self._exports == 0:
+            _unguard(self)
+            with nogil:
+                status = mm_remap(&self.view, fd, self._offset, length, flags, &err)
+            if _guard_enabled:
+                _guard(self)         # the view, moved or not, guarded again
+            if status != MM_OK:
+                _raise(&err, self._filename, self._offset, length)
+        else:
+            with nogil:
+                status = mm_map_handle(fd, MM_WRITE, self._offset, length, flags, &fresh, &err)
+            if status != MM_OK:
+                _raise(&err, self._filename, self._offset, length)
+            retired = _Retired.__new__(_Retired)
+            retired.view = self.view     # keeps its guard slot: faults there still count
+            retired.exports = self._exports
+            retired.generation = self._generation
+            key = (self.view.file_id[0], self.view.file_id[1])
+            _live_files[key] = _live_files.get(key, 0) + 1   # one more live view of the file
+            retired.file_dev = self.view.file_id[0]
+            retired.file_ino = self.view.file_id[1]
+            if self._retired is None:
+                self._retired = []
+            self._retired.append(retired)
+            self.view = fresh
+            self._exports = 0
+            self._generation += 1
+            self._guard_token = 0
+            if _guard_enabled:
+                _guard(self)
+        self._shape = shape
+
     # An operation that uses the region without the GIL (flush, advise, resident, a
     # populating loop) holds an export for its duration, counted as "busy" too: a child
     # forked meanwhile has no thread to release it, and drops it (_reset_after_fork).
@@ -321,9 +397,9 @@ cdef class Region:
         """
         if self._closed:
             return
-        if strict and self._exports:
+        if strict and self.exports:
             raise BufferError(
-                f"cannot close strictly: {self._exports} export(s) of this mapping are alive")
+                f"cannot close strictly: {self.exports} export(s) of this mapping are alive")
         self._closed = True
         if self._exports == 0:
             self._unmap_now()
@@ -344,8 +420,13 @@ cdef class Region:
 
     @property
     def exports(self):
-        """Number of live exports: arrays from :attr:`array` (with their views) and memoryviews."""
-        return self._exports
+        """Number of live exports: arrays from :attr:`array` (with their views) and memoryviews,
+        those made before a resize included."""
+        cdef _Retired retired
+        cdef Py_ssize_t n = self._exports
+        for retired in self._retired or ():
+            n += retired.exports
+        return n
 
     @property
     def dtype(self):
@@ -407,6 +488,7 @@ cdef class Region:
         cdef _ArrayExport export = _ArrayExport.__new__(_ArrayExport)
         self._acquire()              # count first: the array below may trigger GC
         export.mapping = self
+        export.generation = self._generation
         return _new_array(self, _ndarray, export)
 
     def _array_of(self, type subtype):
@@ -418,6 +500,7 @@ cdef class Region:
         export = _ArrayExport.__new__(_ArrayExport)
         self._acquire()
         export.mapping = self
+        export.generation = self._generation
         return _new_array(self, subtype, export)
 
     def _export(self):
@@ -428,6 +511,7 @@ cdef class Region:
         cdef _ArrayExport export = _ArrayExport.__new__(_ArrayExport)
         self._acquire()
         export.mapping = self
+        export.generation = self._generation
         return export
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
@@ -653,7 +737,7 @@ cdef class _ArrayExport:
     def __dealloc__(self):
         if self.mapping is not None:
             try:
-                self.mapping._release()
+                self.mapping._release_export(self.generation)
             except BaseException:
                 PyErr_WriteUnraisable(self.mapping)
 
@@ -1021,6 +1105,37 @@ def truncate_guarded(target, name, truncate, *args):
         _end_truncation(key)
 
 
+
+
+@cython.auto_pickle(False)
+cdef class _Retired:
+    """A view a resize replaced, kept mapped while arrays made on it live (Region._resize)."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("_Retired objects are made by Mapping.resize, not directly")
+
+    cdef int _unmap(self) except -1:
+        cdef mm_view view = self.view
+        cdef mm_error err
+        if view.data == NULL:
+            return 0
+        memset(&self.view, 0, sizeof(mm_view))
+        if _live_files is not None:
+            key = (self.file_dev, self.file_ino)
+            n = _live_files.get(key, 0) - 1
+            if n > 0:
+                _live_files[key] = n
+            else:
+                _live_files.pop(key, None)
+        with nogil:
+            mm_unmap(&view, &err)    # unguards it too
+        return 0
+
+    def __dealloc__(self):
+        try:
+            self._unmap()
+        except BaseException:
+            PyErr_WriteUnraisable(None)
 
 
 # -- the fault guard ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ and chunked scans (``_access``), and the error messages (``_errors``).
 """
 from __future__ import annotations
 
+import operator
 import os
 import sys
 from typing import TYPE_CHECKING, Any, SupportsIndex
@@ -146,6 +147,103 @@ class Mapping(_engine.Region):
                 if not self.closed:
                     raise  # closed meanwhile by another thread: the write is in the pages
 
+
+    # -- growing -----------------------------------------------------------------------------------
+
+    def resize(self, shape: int | tuple[int, ...], *, truncate: bool = False) -> None:
+        """Give the mapping a new shape (same dtype, order and file offset), mapping more or
+        less of the file.
+
+        A larger size grows the file first, with its blocks allocated as at open (a full
+        disk is an :class:`OSError` here, not a fault later). A smaller size maps less and
+        leaves the file as it is, unless ``truncate``: then the file ends where the mapping
+        does. Arrays made before the resize stay valid over the region they were made on,
+        which stays mapped until they are gone; :attr:`array` has the new shape. With no
+        array alive the view is resized in place (Linux ``mremap``: its pages stay mapped
+        and the cost does not grow with the size).
+
+        Parameters
+        ----------
+        shape : int or tuple of int
+            The new shape; at least one byte.
+        truncate : bool, optional
+            Cut the file at the new end of the mapping (a smaller size only).
+
+        Raises
+        ------
+        ValueError
+            The mapping is closed, read-only (``'r'``), copy-on-write (``'c'``), made from a
+            file object without a name, the file at its name is another file by now, the
+            new size is zero, or ``truncate`` would cut data after the mapping.
+        BufferError
+            ``truncate`` while arrays or other mappings of the file in this process are
+            alive (they would fault), or an operation (``flush``, ``prefetch``, ``chunks``)
+            is running on the mapping.
+
+        Examples
+        --------
+        >>> import mmarray, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "grow.f8")
+        >>> m = mmarray.open(path, dtype="f8", mode="w+", shape=(2, 3))
+        >>> m.array[:] = 1
+        >>> m.resize((4, 3))
+        >>> m.array[2:] = 2
+        >>> m.array.sum(), os.path.getsize(path)
+        (np.float64(18.0), 96)
+        >>> m.close()
+        """
+        if self.closed:
+            raise ValueError("mapping is closed")
+        if self.mode not in ("r+", "w+"):
+            raise ValueError(f"resize needs a writable mapping (mode 'r+' or 'w+'), this one "
+                             f"has mode {self.mode!r}")
+        filename = self.filename
+        if filename is None:
+            raise ValueError("resize reopens the file by name, and this mapping was made from "
+                             "a file object without one")
+        dims: tuple[int, ...]
+        try:
+            dims = (operator.index(shape),)  # type: ignore[arg-type]
+        except TypeError:
+            dims = tuple(operator.index(d) for d in shape)  # type: ignore[union-attr]
+        if any(d < 0 for d in dims):
+            raise ValueError(f"shape {dims} has a negative dimension; expected sizes >= 0")
+        nbytes = self.dtype.itemsize
+        for d in dims:
+            nbytes *= d
+        if nbytes == 0:
+            raise ValueError(f"shape {dims} is zero bytes; a mapping resizes to at least one "
+                             f"byte (close it instead)")
+        old_end = self.offset + self.nbytes
+        end = self.offset + nbytes
+        fd = os.open(filename, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+        try:
+            cut = truncate and end < old_end
+            if cut:
+                self._check_cut(fd, old_end, end)
+            self._resize(fd, nbytes, dims, True)
+            if cut:
+                os.ftruncate(fd, end)  # nothing maps past `end` now (checked above)
+        finally:
+            os.close(fd)
+
+    def _check_cut(self, fd: int, old_end: int, end: int) -> None:
+        """Refuse a truncation that would pull pages from under arrays or other mappings, or
+        drop data this mapping does not map."""
+        if self.exports:
+            raise BufferError(f"cannot truncate {self.filename!r} to {end} bytes: "
+                              f"{self.exports} array(s) of this mapping are alive over the "
+                              f"part that would be cut")
+        identity = self._identity()
+        if identity is not None and _engine.live_views(*identity) > 1:
+            raise BufferError(f"cannot truncate {self.filename!r} to {end} bytes: other "
+                              f"mappings of it are alive in this process")
+        size = os.fstat(fd).st_size
+        if size > old_end:
+            raise ValueError(f"cannot truncate {self.filename!r} to {end} bytes: it has "
+                             f"{size - old_end} bytes after the end of this mapping, which "
+                             f"truncate would drop")
 
     # -- pickling by reference ----------------------------------------------------------------
 

@@ -81,6 +81,8 @@ cdef extern from "mm.h" nogil:
     void mm_pause(unsigned microseconds)
     int mm_unmap(mm_view *view, mm_error *err)
     int mm_path_identity(const char *path, uint64_t id[3], mm_error *err)
+    int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, int flags,
+                 mm_error *err)
 
     # The fault guard (POSIX; stubs on Windows).
     int mm_guard_install(mm_error *err)
