@@ -979,9 +979,14 @@ cdef int _unregister(Region m) except -1:
     if not m._registered:
         return 0
     m._registered = False
+    return _count_view_gone(m._file_dev, m._file_ino)
+
+
+cdef int _count_view_gone(uint64_t dev, uint64_t ino) except -1:
+    """One live view of file (dev, ino) fewer in the registry."""
     if _live_files is None:          # interpreter teardown: nothing left to keep count for
         return 0
-    key = (m._file_dev, m._file_ino)
+    key = (dev, ino)
     n = _live_files.get(key, 0) - 1
     if n > 0:
         _live_files[key] = n
@@ -1120,13 +1125,7 @@ cdef class _Retired:
         if view.data == NULL:
             return 0
         memset(&self.view, 0, sizeof(mm_view))
-        if _live_files is not None:
-            key = (self.file_dev, self.file_ino)
-            n = _live_files.get(key, 0) - 1
-            if n > 0:
-                _live_files[key] = n
-            else:
-                _live_files.pop(key, None)
+        _count_view_gone(self.file_dev, self.file_ino)
         with nogil:
             mm_unmap(&view, &err)    # unguards it too
         return 0
