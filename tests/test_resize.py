@@ -161,3 +161,83 @@ def test_resize_then_fault_guard_still_guards_the_moved_view(tmp_path):
     """, timeout=60)
     assert_clean_exit(proc)
     assert proc.stdout.split() == ["raised"]
+
+
+# -- .npy files grow in place ---------------------------------------------------------------
+
+def test_npy_grows_along_its_first_axis_and_the_header_follows(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(12, dtype="i4").reshape(3, 4))
+    size = os.path.getsize(path)
+    with mmarray.load(path, mode="r+") as m:
+        m.resize(5)
+        assert m.shape == (5, 4)
+        m.array[3:] = 9
+        m.flush()
+    got = np.load(path)
+    assert got.shape == (5, 4) and got[:3].tolist() == np.arange(12).reshape(3, 4).tolist()
+    assert (got[3:] == 9).all() and os.path.getsize(path) == size + 2 * 16
+
+
+def test_npy_in_fortran_order_grows_along_its_last_axis(tmp_path):
+    path = tmp_path / "f.npy"
+    np.save(path, np.asfortranarray(np.arange(6.0).reshape(2, 3)))
+    with mmarray.load(path, mode="r+") as m:
+        m.resize((2, 5))
+        m.array[:, 3:] = -1
+    got = np.load(path)
+    assert got.shape == (2, 5) and got[:, :3].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_npy_shrinks_header_first_and_truncates_on_request(tmp_path):
+    path = tmp_path / "s.npy"
+    np.save(path, np.arange(100, dtype="f8"))
+    with mmarray.load(path, mode="r+") as m:
+        m.resize(10, truncate=True)
+    assert np.load(path).tolist() == list(range(10))
+    assert os.path.getsize(path) == 128 + 80
+
+
+def test_create_npy_mappings_grow_too(tmp_path):
+    path = tmp_path / "c.npy"
+    with mmarray.create_npy(path, "u2", (2, 2)) as m:
+        m.resize((6, 2))
+        m.array[:] = 3
+    assert np.load(path).shape == (6, 2) and (np.load(path) == 3).all()
+
+
+def test_npy_resize_refuses_other_axes_and_leaves_the_file(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((3, 4)))
+    before = path.read_bytes()
+    with mmarray.load(path, mode="r+") as m:
+        with pytest.raises(ValueError, match="grows along axis 0 only"):
+            m.resize((3, 5))
+    assert path.read_bytes() == before
+
+
+def test_npy_header_without_room_is_refused_with_the_way_out(tmp_path):
+    path = tmp_path / "tight.npy"
+    text = b"{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+                     + np.arange(2, dtype="i8").tobytes())
+    before = path.read_bytes()
+    with mmarray.load(path, mode="r+") as m:
+        with pytest.raises(ValueError, match="append_npy"):
+            m.resize(10**6)
+    assert path.read_bytes() == before
+
+
+def test_npz_members_and_row_mappings_do_not_resize(tmp_path):
+    npz = tmp_path / "a.npz"
+    np.savez(npz, x=np.zeros(4))
+    before = npz.read_bytes()
+    with mmarray.load(npz, mode="r+") as archive:
+        with pytest.raises(ValueError, match="member of a .npz"):
+            archive["x"].resize(8)
+    assert npz.read_bytes() == before
+    npy = tmp_path / "r.npy"
+    np.save(npy, np.zeros((10, 2)))
+    with mmarray.load(npy, mode="r+", rows=(2, 4)) as part:
+        with pytest.raises(ValueError, match="some rows"):
+            part.resize(5)

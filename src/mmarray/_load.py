@@ -141,11 +141,17 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
                 hb = first[10:end]
                 hit = _fmt.header_cache.get(hb) or _fmt.parse_fast(hb, repr(path))
             if hit is not None and hit[3]:
+                growable = access == _engine.WRITE
                 try:
-                    return _fmt.map_region(fd, access, end, hit[3], hit[0], hit[1], hit[2],
-                                           mode, _abspath(path))
+                    m = _fmt.map_region(fd, access, end, hit[3], hit[0], hit[1], hit[2],
+                                        mode, _abspath(path),
+                                        _npy.NpyMapping if growable else None)
                 except ValueError:
                     pass  # data past the end of the file: the general path says so
+                else:
+                    if growable:
+                        m._header_length = end
+                    return m
         if first[:6] == _fmt.MAGIC:
             return _npy.map_npy(fd, 0, first, mode, access, rows, _abspath(path),
                                 repr(path), max_header_size)[0]

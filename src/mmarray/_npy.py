@@ -7,15 +7,117 @@ writing) is ``_npyformat``'s.
 """
 from __future__ import annotations
 
+import operator
 import os
+from typing import Any
 
 import numpy as np
 from numpy.lib import format as _format
 
-from mmarray import _api, _engine
+from mmarray import _api, _append, _engine
 from mmarray import _npyformat as _fmt
+from mmarray._mapping import Mapping
 
-__all__ = ["create_npy"]
+__all__ = ["create_npy", "NpyMapping"]
+
+
+class NpyMapping(Mapping):
+    """A writable mapping of the whole data of a ``.npy`` file (``mmarray.load(path,
+    mode="r+")``, :func:`create_npy`): :meth:`resize` grows or shrinks it along its growth
+    axis and rewrites the shape in the header in place."""
+
+    __slots__ = ("_header_length",)
+    _header_length: int
+
+    def resize(self, shape: Any, *, truncate: bool = False) -> None:
+        """Change the length of the growth axis (the first for C order, the last for
+        Fortran order) and rewrite the header's shape in place.
+
+        ``shape`` is the new length of that axis (an int) or the whole new shape, whose
+        other dimensions must be the file's. Growing writes the data first and the header
+        after; shrinking writes the header first, so the file never says more data than it
+        holds. Otherwise as :meth:`Mapping.resize`.
+
+        Raises
+        ------
+        ValueError
+            Another dimension changes, the array is 0-d, the header has no room for the new
+            length (numpy's headers have room for 21 digits; ``mmarray.append_npy(path,
+            rows)`` rewrites one without room once), or the file's header is not the one
+            this mapping was made from.
+
+        Examples
+        --------
+        >>> import mmarray, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "grow.npy")
+        >>> np.save(path, np.ones((2, 3)))
+        >>> with mmarray.load(path, mode="r+") as m:
+        ...     m.resize(5)
+        ...     m.array[2:] = 2
+        >>> np.load(path).sum()
+        np.float64(24.0)
+        """
+        old = self.shape
+        if not old:
+            raise ValueError("a 0-d .npy has no axis to grow")
+        axis = 0 if self.order == "C" else len(old) - 1
+        try:
+            rows = operator.index(shape)
+            new = old[:axis] + (rows,) + old[axis + 1:]
+        except TypeError:
+            new = tuple(operator.index(d) for d in shape)
+        if len(new) != len(old) or any(a != b for i, (a, b) in enumerate(zip(new, old))
+                                       if i != axis):
+            raise ValueError(f"a .npy of shape {old} grows along axis {axis} only; got shape "
+                             f"{new}")
+        if self.closed:
+            raise ValueError("mapping is closed")
+        filename = self.filename
+        if filename is None:
+            raise ValueError("resize reopens the file by name, and this mapping was made from "
+                             "a file object without one")
+        fd = os.open(filename, _fmt.O_WRITE)
+        try:
+            header = _fmt.read_at(fd, 0, self._header_length)
+            found = _fmt.parse_header(header, lambda pos, n: _fmt.read_at(fd, pos, n), None,
+                                      repr(filename))
+            identity = self._identity()
+            st = os.fstat(fd)
+            if (identity is not None and (st.st_dev, st.st_ino) != tuple(identity)) or \
+                    found[0] != self._header_length or found[1] != self.dtype or \
+                    found[2] != old:
+                raise ValueError(f"{filename!r} no longer has the header this mapping was made "
+                                 f"from: refusing to rewrite it")
+            grown = _append._grown_header(header, new, repr(filename))
+            if grown is None:
+                raise ValueError(f"the header of {filename!r} has no room for shape {new}; "
+                                 f"mmarray.append_npy(path, rows) rewrites it once with room")
+            if self.dtype.itemsize * _prod(new) > self.nbytes:
+                Mapping.resize(self, new)
+                _fmt.pwrite(fd, grown, 0)
+            else:
+                _fmt.pwrite(fd, grown, 0)
+                Mapping.resize(self, new, truncate=truncate)
+        finally:
+            os.close(fd)
+
+
+class NpyRowsMapping(Mapping):
+    """A writable mapping of some rows of a ``.npy`` (``load(..., rows=...)``): its size is
+    the header's business, so it does not resize."""
+
+    __slots__ = ()
+
+    def resize(self, shape: Any, *, truncate: bool = False) -> None:
+        raise ValueError("this mapping holds some rows of a .npy file; load the whole file "
+                         "(without rows=) to resize it")
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def map_npy(fd, base, first, mode, access, rows, filename, name, max_header_size):
@@ -25,8 +127,12 @@ def map_npy(fd, base, first, mode, access, rows, filename, name, max_header_size
         first, lambda pos, n: _fmt.read_at(fd, base + pos, n), None, name, max_header_size)
     offset = base + hlen
     if rows is None:
+        growable = base == 0 and access == _engine.WRITE and nbytes > 0
         try:
-            m = _fmt.map_region(fd, access, offset, nbytes, dt, shape, order, mode, filename)
+            m = _fmt.map_region(fd, access, offset, nbytes, dt, shape, order, mode, filename,
+                                NpyMapping if growable else None)
+            if growable:
+                m._header_length = hlen
         except ValueError:  # E_RANGE: the data runs past the end of the file
             if nbytes:
                 _check_size(fd, offset, nbytes, dt, shape, name)
@@ -37,7 +143,8 @@ def map_npy(fd, base, first, mode, access, rows, filename, name, max_header_size
         per = nbytes // shape[axis] if shape[axis] else 0
         sub = shape[:axis] + (hi - lo,) + shape[axis + 1:]
         m = _fmt.map_region(fd, access, offset + lo * per, (hi - lo) * per, dt, sub, order,
-                            mode, filename)
+                            mode, filename,
+                            NpyRowsMapping if access == _engine.WRITE else None)
     return m, offset + nbytes
 
 
@@ -126,7 +233,9 @@ def create_npy(file, dtype, shape, fortran_order=False):
             os.chmod(tmp, perms)
         _fmt.write_all(fd, header)
         m = _fmt.map_region(fd, _engine.WRITE, len(header), nbytes, dt, shape, order, "w+",
-                            filename, grow=True)
+                            filename, NpyMapping if nbytes else None, grow=True)
+        if nbytes:
+            m._header_length = len(header)
         os.fsync(fd)  # the header (and the allocation); the data is the caller's to flush
         os.close(fd)
         fd = -1

@@ -233,6 +233,11 @@ class NpzMember(Mapping):
     """A member mapped with mode 'r+': flush and close keep its CRC-32 valid."""
     __slots__ = ("_crc", "_finalizer")
 
+    def resize(self, shape, *, truncate=False):
+        """Refused: a member lies inside its archive, which cannot grow in place."""
+        raise ValueError(f"{self._crc.label} is a member of a .npz archive, which cannot grow "
+                         f"or shrink in place; save the archive anew (mmarray.save_npz)")
+
     def _shared_file(self):
         # Another process writing into the member would bypass this one's CRC upkeep and
         # leave the archive with a CRC-32 that does not match its data.
