@@ -1884,6 +1884,101 @@ def case_dask(ctx):
             cluster.close()
 
 
+def case_append(ctx):
+    """Grow a .npy by appending rows (issue #12): mmarray.append_npy against numpy's round
+    trip, npy-append-array, and the limit (write() of the rows plus one header patch)."""
+    from numpy.lib import format as npformat
+
+    appends = 40 if ctx.mode == "quick" else 200
+    rows = np.arange(1000 * 64, dtype=np.float32).reshape(1000, 64)
+    path = ctx.path("append.npy")
+    append_npy = getattr(ctx.mm, "append_npy", None)
+
+    def fresh():
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def timed(body):
+        def make():
+            def run():
+                fresh()
+                with T.Stopwatch() as sw:
+                    body()
+                got = np.load(path, mmap_mode="r")
+                if got.shape != (appends * 1000, 64) or got[-1, -1] != rows[-1, -1]:
+                    raise AssertionError(f"{path} has shape {got.shape}, expected "
+                                         f"{(appends * 1000, 64)}")
+                del got
+                fresh()
+                return sw.seconds
+            return run
+        return make
+
+    def numpy_round_trip():
+        np.save(path, rows)
+        for _ in range(appends - 1):
+            np.save(path, np.concatenate([np.load(path), rows]))
+
+    def mm_append():
+        for _ in range(appends):
+            append_npy(path, rows)
+
+    def npa():
+        try:
+            from npy_append_array import NpyAppendArray
+        except ImportError as exc:
+            raise T.Unavailable(f"npy-append-array is not installed ({exc})") from None
+        with NpyAppendArray(path) as out:
+            for _ in range(appends):
+                out.append(rows)
+
+    def raw_write():
+        # The limit: one header with room, then each append is a write() of the rows and a
+        # rewrite of the header's shape in place.
+        with open(path, "wb") as f:
+            npformat.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                "shape": (0, 64)})
+            hlen = f.tell()
+            data = rows.tobytes()
+            for i in range(appends):
+                f.write(data)
+                end = f.tell()
+                f.seek(0)
+                npformat.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                    "shape": ((i + 1) * 1000, 64)})
+                if f.tell() != hlen:
+                    raise AssertionError("the header changed length")
+                f.seek(end)
+
+    def npa_make():
+        try:
+            import npy_append_array  # noqa: F401
+        except ImportError as exc:
+            raise T.Unavailable(f"npy-append-array is not installed ({exc})") from None
+        return timed(npa)()
+
+    cs = [
+        Contender("np.load + concatenate + np.save", "reference", timed(numpy_round_trip)),
+        Contender("npy-append-array", "other", npa_make),
+        Contender("mmarray.append_npy", "mmarray", timed(mm_append),
+                  skip=None if append_npy else "this mmarray has no append_npy"),
+        Contender("write() + header patch", "limit", timed(raw_write)),
+    ]
+    return [run_case(
+        ctx, "append", f"{appends} appends of 1000 x 64 float32 rows to a .npy", "ms", cs,
+        rounds=min(ctx.rounds, 3), cache_state="new file each sample (removed after)",
+        params={"appends": appends, "rows": 1000},
+        targets=[target("≥50× faster than numpy's load + concatenate + save", "mmarray.append_npy",
+                        "reference", 50.0),
+                 target("≤1.5× the limit's time", "mmarray.append_npy", "limit", 1 / 1.5,
+                        as_time=True)],
+        notes=["timed: all the appends from no file to the full one; each sample checked with "
+               "np.load", f"{appends} appends ({'quick' if appends < 200 else 'the issue'}'s "
+               f"count); numpy's round trip rereads and rewrites the whole file each time"])]
+
+
 #: The cases, in the order they run: (name, function, short description).
 CASES = [
     ("open_close_4k", case_open_close, "open + array + close of a 4 KiB file"),
@@ -1898,6 +1993,7 @@ CASES = [
     ("write_durable", case_write_durable, "write + durable flush"),
     ("share", case_share, "8 tasks on 2 worker processes: Pool and joblib"),
     ("dask", case_dask, "mean on a 2-process distributed.LocalCluster"),
+    ("append", case_append, "200 appends of rows to a .npy (issue #12)"),
 ]
 
 #: Cases that report under other names than their own (``--cases`` matches these too).
