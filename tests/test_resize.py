@@ -216,16 +216,24 @@ def test_npy_resize_refuses_other_axes_and_leaves_the_file(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_npy_header_without_room_is_refused_with_the_way_out(tmp_path):
+def test_npy_header_without_room_is_rewritten_once_with_room(tmp_path):
     path = tmp_path / "tight.npy"
     text = b"{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }\n"
     path.write_bytes(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
                      + np.arange(2, dtype="i8").tobytes())
-    before = path.read_bytes()
+    inode = path.stat().st_ino
     with mmarray.load(path, mode="r+") as m:
-        with pytest.raises(ValueError, match="append_npy"):
-            m.resize(10**6)
-    assert path.read_bytes() == before
+        old = m.array            # keeps the old file's data
+        m.array[1] = 5           # reaches the file before the rewrite copies it
+        m.resize(10**6)
+        assert m.shape == (10**6,) and m.array[:2].tolist() == [0, 5]
+        m.array[-1] = 7
+        old[0] = -1              # the old file: not the one at the path any more
+        assert m.array[0] == 0
+        del old
+    assert path.stat().st_ino != inode
+    got = np.load(path)
+    assert got.shape == (10**6,) and got[:2].tolist() == [0, 5] and got[-1] == 7
 
 
 def test_npz_members_and_row_mappings_do_not_resize(tmp_path):

@@ -38,6 +38,8 @@ cdef class Region:
     cdef int _acquire(self) except -1
     cdef int _release(self) except -1
     cdef int _release_export(self, Py_ssize_t generation) except -1
+    cdef int _retire(self, mm_view view) except -1
+    cdef bint _retired_holds(self, mm_view view)
     cdef Py_ssize_t _acquire_busy(self) except -1
     cdef int _release_busy(self, Py_ssize_t generation) except -1
     cdef int _unmap_now(self) except -1

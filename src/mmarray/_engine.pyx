@@ -251,6 +251,68 @@ cdef class Region:
                 return 0
         return 0
 
+    def _rebase(self, int fd, uint64_t offset, tuple shape):
+        """Map the same array from another file: ``fd``, a copy of this mapping's file that
+        the caller has just written and renamed over the old name (NpyMapping.resize, to give
+        a header room). Arrays made before keep the old file's view, mapped until they are
+        gone; the registry and the guard follow the new file."""
+        cdef mm_error err
+        cdef int status
+        cdef mm_view fresh, old
+        cdef uint64_t length
+        if self._closed:
+            raise ValueError("mapping is closed")
+        if self._busy or self._raw_exported:
+            raise BufferError("the mapping is in use by an operation or a raw buffer: it "
+                              "cannot move to another file")
+        shape, nbytes = _shape_nbytes(shape, self._dtype.itemsize)
+        length = nbytes
+        if length == 0 or self.view.data == NULL or self.view.data == &_empty_byte:
+            raise ValueError("only a mapping of at least one byte moves to another file")
+        with nogil:
+            status = mm_map_handle(fd, MM_WRITE, offset, length, 0, &fresh, &err)
+        if status != MM_OK:
+            _raise(&err, self._filename, offset, length)
+        _unguard(self)               # the old view keeps no slot: nothing reports it now
+        old = self.view
+        if self._exports:
+            self._retire(old)
+        _unregister(self)
+        self.view = fresh
+        self._offset = offset
+        self._exports = 0
+        self._generation += 1
+        _register(self)
+        if not self._retired_holds(old):
+            with nogil:
+                mm_unmap(&old, &err)
+        if _guard_enabled:
+            _guard(self)
+        self._shape = shape
+
+    cdef bint _retired_holds(self, mm_view view):
+        cdef _Retired retired
+        for retired in self._retired or ():
+            if retired.view.data == view.data:
+                return True
+        return False
+
+    cdef int _retire(self, mm_view view) except -1:
+        """Keep ``view`` mapped (and counted as a live view of its file) for the current
+        exports, which were made on it."""
+        cdef _Retired retired = _Retired.__new__(_Retired)
+        retired.view = view
+        retired.exports = self._exports
+        retired.generation = self._generation
+        key = (view.file_id[0], view.file_id[1])
+        _live_files[key] = _live_files.get(key, 0) + 1   # one more live view of the file
+        retired.file_dev = view.file_id[0]
+        retired.file_ino = view.file_id[1]
+        if self._retired is None:
+            self._retired = []
+        self._retired.append(retired)
+        return 0
+
     def _resize(self, int fd, uint64_t length, tuple shape, bint grow):
         """Map ``length`` bytes from the same offset instead (``fd``: the same file, open for
         writing; checked), and take ``shape``. Arrays made before keep the view they were
@@ -260,7 +322,6 @@ cdef class Region:
         cdef mm_error err
         cdef int status
         cdef mm_view fresh
-        cdef _Retired retired
         cdef int flags = MM_GROW if grow else 0
         if self._closed:
             raise ValueError("mapping is closed")
@@ -294,17 +355,7 @@ cdef class Region:
                 status = mm_map_handle(fd, MM_WRITE, self._offset, length, flags, &fresh, &err)
             if status != MM_OK:
                 _raise(&err, self._filename, self._offset, length)
-            retired = _Retired.__new__(_Retired)
-            retired.view = self.view     # keeps its guard slot: faults there still count
-            retired.exports = self._exports
-            retired.generation = self._generation
-            key = (self.view.file_id[0], self.view.file_id[1])
-            _live_files[key] = _live_files.get(key, 0) + 1   # one more live view of the file
-            retired.file_dev = self.view.file_id[0]
-            retired.file_ino = self.view.file_id[1]
-            if self._retired is None:
-                self._retired = []
-            self._retired.append(retired)
+            self._retire(self.view)      # keeps its guard slot: faults there still count
             self.view = fresh
             self._exports = 0
             self._generation += 1

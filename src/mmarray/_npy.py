@@ -41,10 +41,12 @@ class NpyMapping(Mapping):
         Raises
         ------
         ValueError
-            Another dimension changes, the array is 0-d, the header has no room for the new
-            length (numpy's headers have room for 21 digits; ``mmarray.append_npy(path,
-            rows)`` rewrites one without room once), or the file's header is not the one
+            Another dimension changes, the array is 0-d, or the file's header is not the one
             this mapping was made from.
+
+        numpy's headers have room for the growth axis to reach 21 digits; a header without
+        room is rewritten once with room (a copy of the file written, synced and renamed
+        over it: arrays made before keep the old file's data), and the mapping moves to it.
 
         Examples
         --------
@@ -90,8 +92,20 @@ class NpyMapping(Mapping):
                                  f"from: refusing to rewrite it")
             grown = _append._grown_header(header, new, repr(filename))
             if grown is None:
-                raise ValueError(f"the header of {filename!r} has no room for shape {new}; "
-                                 f"mmarray.append_npy(path, rows) rewrites it once with room")
+                # No room in the header: the file is rewritten once with numpy's room (a copy
+                # renamed over the name; arrays made before keep the old file), and this
+                # mapping moves to the copy.
+                copy = _append._with_room(fd, filename, self.dtype, old, self.order,
+                                          self._header_length, self.nbytes, repr(filename))
+                try:
+                    first = _fmt.read_at(copy, 0, _fmt.FIRST_READ)
+                    hlen = _fmt.parse_header(first, lambda pos, n: _fmt.read_at(copy, pos, n),
+                                             None, repr(filename))[0]
+                    self._rebase(copy, hlen, old)
+                    self._header_length = hlen
+                finally:
+                    os.close(copy)
+                return self.resize(new, truncate=truncate)
             if self.dtype.itemsize * _prod(new) > self.nbytes:
                 Mapping.resize(self, new)
                 _fmt.pwrite(fd, grown, 0)
