@@ -91,7 +91,8 @@ def test_every_case_produced_numbers(quick_run):
     expected = {"open_close_4k", "npy_open_close", "npz_member_open", "op_index_scalar",
                 "op_slice_10", "op_slice_sum", "op_ufunc_add", "sum_cached_4k",
                 "sum_cached_large", "cold_seq_scan", "cold_random_4k", "live_mappings",
-                "write_durable", "share_pool", "share_joblib", "dask_mean", "append"}
+                "write_durable", "share_pool", "share_joblib", "dask_mean", "append",
+                "resize"}
     assert expected <= names, expected - names
     no_evict = report["meta"]["fs_type"] in ("tmpfs", "ramfs")
     for case in report["cases"]:
@@ -145,7 +146,7 @@ def test_list_and_case_selection(tmp_path):
     listed = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert "share_pool, share_joblib" in listed["share"]
     assert "dask_mean" in listed["dask"]
-    assert "append" in listed
+    assert "resize, append" in listed["append"]
     proc = _bench("--cases", "no_such_case*", cwd=str(tmp_path))
     assert proc.returncode == 2
     assert "matches no case" in proc.stderr

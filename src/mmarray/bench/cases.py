@@ -1966,7 +1966,7 @@ def case_append(ctx):
                   skip=None if append_npy else "this mmarray has no append_npy"),
         Contender("write() + header patch", "limit", timed(raw_write)),
     ]
-    return [run_case(
+    return [_resize_result(ctx), run_case(
         ctx, "append", f"{appends} appends of 1000 x 64 float32 rows to a .npy", "ms", cs,
         rounds=min(ctx.rounds, 3), cache_state="new file each sample (removed after)",
         params={"appends": appends, "rows": 1000},
@@ -1977,6 +1977,45 @@ def case_append(ctx):
         notes=["timed: all the appends from no file to the full one; each sample checked with "
                "np.load", f"{appends} appends ({'quick' if appends < 200 else 'the issue'}'s "
                f"count); numpy's round trip rereads and rewrites the whole file each time"])]
+
+
+def _resize_result(ctx):
+    """Mapping.resize with no array alive, doubling sparse files of 64 MiB, 1 GiB and 8 GiB:
+    the time must not grow with the size (Linux mremap moves the view)."""
+    sizes = {"64 MiB": 64 << 20, "1 GiB": 1 << 30, "8 GiB": 8 << 30}
+
+    def make(size):
+        def setup():
+            if getattr(ctx.mm.Mapping, "resize", None) is None:
+                raise T.Unavailable("this mmarray has no Mapping.resize")
+            path = ctx.path(f"resize-{size}.bin")
+
+            def run():
+                with open(path, "wb") as f:
+                    f.truncate(2 * size)  # sparse and long enough: the mapping alone is timed
+                m = ctx.mm.open(path, mode="r+", shape=size)
+                m.array[: 1 << 20] = 1    # the first MiB touched, as a user would have
+                with T.Stopwatch() as sw:
+                    m.resize(2 * size)
+                ok = m.shape == (2 * size,)
+                m.close()
+                os.unlink(path)
+                if not ok:
+                    raise AssertionError("resize did not take the new shape")
+                return sw.seconds
+            return run
+        return setup
+
+    cs = [Contender(f"resize {name} to twice", "reference" if size == 64 << 20 else "mmarray",
+                    make(size), info={"bytes": size}) for name, size in sizes.items()]
+    return run_case(
+        ctx, "resize", "Mapping.resize doubling a mapping with no array alive (sparse files)",
+        "µs", cs, rounds=max(ctx.rounds, 5), cache_state="new sparse file each sample",
+        targets=[target("8 GiB resizes within 3× the time of 64 MiB", "resize 8 GiB to twice",
+                        "reference", 1 / 3, as_time=True)],
+        notes=["timed: the resize call alone, on a sparse file already twice the mapping's "
+               "size, so the mapping is measured, not the allocation (a file that must grow "
+               "is allocated first, which takes time in proportion to the growth)"])
 
 
 #: The cases, in the order they run: (name, function, short description).
@@ -1998,4 +2037,5 @@ CASES = [
 
 #: Cases that report under other names than their own (``--cases`` matches these too).
 RESULT_NAMES = {"ops": [f"op_{key}" for key, _ in OPS], "share": ["share_pool", "share_joblib"],
+                "append": ["resize", "append"],
                 "dask": ["dask_mean"]}
