@@ -244,3 +244,40 @@ def test_dontneed_on_copy_on_write_is_refused_and_keeps_private_writes(tmp_path)
         assert (a == 5).all()
         m.advise("willneed")  # other advice stays allowed
         del a
+
+
+@needs_proc_maps
+def test_chunks_drop_behind_keeps_the_resident_size_within_a_few_chunks(tmp_path):
+    path = tmp_path / "big.f8"
+    rows, width = 1 << 14, 512           # 64 MiB of float64, chunks of 4 MiB
+    with mmarray.open(path, dtype="f8", mode="w+", shape=(rows, width)) as w:
+        w.array[:] = 1.0
+    for drop in (False, True):
+        with mmarray.open(path, dtype="f8", mode="r", shape=(rows, width)) as m:
+            peak = 0
+            total = 0.0
+            for chunk in m.chunks(1024, drop_behind=drop):
+                total += float(chunk.sum())
+                peak = max(peak, mapped_rss(path))
+            assert total == rows * width
+            if drop:
+                assert peak <= 5 * 4 << 20, peak   # a few chunks: the one in use and ahead
+            else:
+                assert peak >= 32 << 20, peak      # without it the scan keeps its pages
+
+
+def test_chunks_drop_behind_in_a_writable_mapping_keeps_the_writes(tmp_path):
+    path = tmp_path / "w.i8"
+    with mmarray.open(path, dtype="i8", mode="w+", shape=(4096, 64)) as m:
+        for i, chunk in enumerate(m.chunks(256, drop_behind=True)):
+            chunk[:] = i
+        assert m.array[::256, 0].tolist() == list(range(16))  # read back from the file
+    assert np.fromfile(path, "i8").reshape(4096, 64)[-1, -1] == 15
+
+
+def test_chunks_drop_behind_refuses_copy_on_write(tmp_path):
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"\0" * 4096)
+    with mmarray.open(path, mode="c") as m:
+        with pytest.raises(ValueError, match="copy-on-write"):
+            m.chunks(16, drop_behind=True)

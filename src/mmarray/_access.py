@@ -70,7 +70,8 @@ def _axis(mapping: Mapping) -> int:
 
 
 def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
-           ahead: SupportsIndex = 2) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
+           ahead: SupportsIndex = 2,
+           drop_behind: bool = False) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
     """Iterate over the mapping in views of ``rows`` rows, populating ahead in the background.
 
     See :meth:`Mapping.chunks`. The background thread runs one C loop without the GIL
@@ -91,9 +92,12 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
 
     first, total = mapping._byte_range(0, n)
     step = mapping._byte_range(0, rows)[1]
+    behind = _Dropper(mapping) if drop_behind and step else None
     if not prefetch or n <= rows or step == 0:  # step 0: zero-width rows, no bytes to fault
         for i in range(0, n, rows):
             yield array[lead + (slice(i, i + rows),)]
+            if behind is not None:
+                behind.drop(i, min(i + rows, n))
         return
 
     # ahead * step may pass 64 bits (ahead=2**64): more than the whole range is the whole range
@@ -116,9 +120,32 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
                 raise failure[0]
             populator.advance(first + min(i + rows, n) * (step // rows))
             yield array[lead + (slice(i, i + rows),)]
+            if behind is not None:
+                behind.drop(i, min(i + rows, n))
     finally:
         populator.cancel()
         worker.join()
+
+
+class _Dropper:
+    """Releases the pages of rows a ``chunks(drop_behind=True)`` consumer has passed."""
+
+    def __init__(self, mapping: Mapping) -> None:
+        self.mapping = mapping
+        self.writable = mapping.mode in ("r+", "w+")
+
+    def drop(self, start: int, stop: int) -> None:
+        mapping = self.mapping
+        if mapping.closed:
+            return  # closed meanwhile: its pages go with it
+        first, length = mapping._byte_range(start, stop)
+        if not length:
+            return
+        if self.writable:
+            mapping._flush_bytes(first, length, False)  # write-back scheduled first
+        # MADV_DONTNEED on a shared file mapping drops only this process's page-table
+        # entries (dirty pages stay in the page cache): the rows read back from the file.
+        mapping._advise_bytes(first, length, ADVICE_CODES["dontneed"])
 
 
 def evict(mapping: Mapping, start: RowIndex, stop: RowIndex) -> None:

@@ -460,12 +460,19 @@ class Mapping(_engine.Region):
         return _access.Prefetch(self, first, length)
 
     def chunks(self, rows: SupportsIndex, prefetch: bool = True,
-               ahead: SupportsIndex = 2) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
+               ahead: SupportsIndex = 2, *,
+               drop_behind: bool = False) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
         """Iterate over views of ``rows`` rows each; the way to scan a mapping fast.
 
         With ``prefetch`` (default) a background thread populates up to ``ahead`` chunks
         beyond the one the caller is working on, so page faults and disk reads overlap the
         caller's computation instead of stalling it.
+
+        With ``drop_behind``, the pages of each chunk are released from this process once
+        the caller moves on to the next (scheduled for write-back first in modes ``'r+'`` and
+        ``'w+'``, then ``madvise(MADV_DONTNEED)``): a scan of a file larger than memory keeps
+        its resident size within a few chunks. The chunks stay valid; reading one again
+        faults it in again. Refused in mode ``'c'`` (it would discard private writes).
 
         Examples
         --------
@@ -476,7 +483,10 @@ class Mapping(_engine.Region):
         ...     float(sum(chunk.sum() for chunk in m.chunks(128)))
         8000.0
         """
-        return _access.chunks(self, rows, prefetch, ahead)
+        if drop_behind and self.mode == "c":
+            raise ValueError("drop_behind on a copy-on-write mapping (mode 'c') would discard "
+                             "its private changes; expected mode 'r', 'r+' or 'w+'")
+        return _access.chunks(self, rows, prefetch, ahead, drop_behind)
 
 Mapping.__module__ = "mmarray"
 
