@@ -71,6 +71,23 @@ def format_bytes(n):
 
 # -- timing ------------------------------------------------------------------------------
 
+class Sample(float):
+    """A runner's result when it measured more than wall time: a float (the wall seconds, so
+    every ratio and statistic works on it unchanged) carrying ``cpu_s`` (CPU seconds of all
+    the processes and threads that did the work, or None) and ``peak_rss`` (bytes: the peak
+    resident set of the process that did the work, or None). A runner that returns a plain
+    float leaves both to the harness."""
+
+    cpu_s: float | None
+    peak_rss: int | None
+
+    def __new__(cls, seconds, cpu_s=None, peak_rss=None):
+        self = super().__new__(cls, seconds)
+        self.cpu_s = None if cpu_s is None else float(cpu_s)
+        self.peak_rss = None if peak_rss is None else int(peak_rss)
+        return self
+
+
 def micro_runner(stmt, namespace, number):
     """A runner timing ``number`` executions of ``stmt`` (a string or a callable) with the GC
     off, returning seconds per execution."""
