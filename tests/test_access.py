@@ -1,5 +1,6 @@
 """Access controls: advise, populate, prefetch, chunks, resident, evict, ranged flush."""
 import gc
+import os
 
 import numpy as np
 import pytest
@@ -281,3 +282,38 @@ def test_chunks_drop_behind_refuses_copy_on_write(tmp_path):
     with mmarray.open(path, mode="c") as m:
         with pytest.raises(ValueError, match="copy-on-write"):
             m.chunks(16, drop_behind=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise (Windows)")
+@pytest.mark.parametrize("mode, offset", [("r", 0), ("r+", 0), ("r", 128)])
+def test_chunks_drop_behind_cache_leaves_the_file_out_of_the_page_cache(tmp_path, mode, offset):
+    from mmarray.bench._timing import resident_fraction
+
+    path = tmp_path / "cached.f8"
+    rows, width = 4096, 512            # 16 MiB of float64, chunks of 1 MiB (< a 2 MiB folio)
+    with open(path, "wb") as f:
+        f.write(b"h" * offset)    # offset 128: folios and chunks are not aligned alike
+        np.arange(rows * width, dtype="f8").tofile(f)
+        f.flush()
+        os.fsync(f.fileno())     # clean pages: POSIX_FADV_DONTNEED drops only those
+    with mmarray.open(path, dtype="f8", mode=mode, offset=offset, shape=(rows, width)) as m:
+        total = 0.0
+        for i, chunk in enumerate(m.chunks(256, drop_behind="cache")):
+            if mode == "r+":
+                chunk[0, 0] = -i          # dirty pages: written to the file before the drop
+            total += float(chunk[1:].sum())
+    assert resident_fraction(str(path)) < 0.25
+    back = np.fromfile(path, "f8", offset=offset).reshape(rows, width)
+    if mode == "r+":
+        assert back[::256, 0].tolist() == [-float(i) for i in range(16)]
+    data = np.arange(rows * width, dtype="f8").reshape(rows, width)
+    assert total == data.sum() - data[::256].sum()
+
+
+@pytest.mark.parametrize("bad, error", [("yes", ValueError), (2, TypeError), (None, TypeError)])
+def test_chunks_drop_behind_rejects_values_other_than_bool_or_cache(tmp_path, bad, error):
+    path = tmp_path / "b.bin"
+    path.write_bytes(b"\0" * 4096)
+    with mmarray.open(path, mode="r") as m:
+        with pytest.raises(error, match=r"drop_behind must be False, True or 'cache', got"):
+            m.chunks(16, drop_behind=bad)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
     from mmarray._mapping import Mapping
 
+#: The largest page-cache folio to expect: PMD size on x86-64 and arm64 with 4 KiB pages (the
+#: kernel's MAX_PAGECACHE_ORDER); chunks(drop_behind="cache") overlaps its drops by this much.
+_FOLIO_SPAN = 2 << 20
 _PREFETCH_STEP = 8 << 20  # bytes per step of a prefetch: the stop flag is checked between steps
 
 
@@ -71,7 +74,7 @@ def _axis(mapping: Mapping) -> int:
 
 def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
            ahead: SupportsIndex = 2,
-           drop_behind: bool = False) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
+           drop_behind: bool | str = False) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
     """Iterate over the mapping in views of ``rows`` rows, populating ahead in the background.
 
     See :meth:`Mapping.chunks`. The background thread runs one C loop without the GIL
@@ -92,7 +95,7 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
 
     first, total = mapping._byte_range(0, n)
     step = mapping._byte_range(0, rows)[1]
-    behind = _Dropper(mapping) if drop_behind and step else None
+    behind = _Dropper(mapping, drop_behind == "cache") if drop_behind and step else None
     if not prefetch or n <= rows or step == 0:  # step 0: zero-width rows, no bytes to fault
         for i in range(0, n, rows):
             yield array[lead + (slice(i, i + rows),)]
@@ -128,11 +131,13 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
 
 
 class _Dropper:
-    """Releases the pages of rows a ``chunks(drop_behind=True)`` consumer has passed."""
+    """Releases the pages of rows a ``chunks(drop_behind=...)`` consumer has passed."""
 
-    def __init__(self, mapping: Mapping) -> None:
+    def __init__(self, mapping: Mapping, cache: bool) -> None:
         self.mapping = mapping
         self.writable = mapping.mode in ("r+", "w+")
+        self.cache = cache
+        self.cache_from = -1  # byte of the mapping where the next page-cache drop starts
 
     def drop(self, start: int, stop: int) -> None:
         mapping = self.mapping
@@ -142,10 +147,37 @@ class _Dropper:
         if not length:
             return
         if self.writable:
-            mapping._flush_bytes(first, length, False)  # write-back scheduled first
+            # drop_behind=True: write-back scheduled (MS_ASYNC). "cache": written (MS_SYNC),
+            # because posix_fadvise(2) POSIX_FADV_DONTNEED leaves dirty pages in the cache.
+            mapping._flush_bytes(first, length, self.cache)
         # MADV_DONTNEED on a shared file mapping drops only this process's page-table
         # entries (dirty pages stay in the page cache): the rows read back from the file.
         mapping._advise_bytes(first, length, ADVICE_CODES["dontneed"])
+        if self.cache:
+            # POSIX_FADV_DONTNEED skips a large folio (ext4 caches up to 2 MiB per folio) that
+            # the range covers only in part, so each call starts at the folio boundary below
+            # the end of the previous one: the folio that straddled it is covered whole now.
+            start = first if self.cache_from < 0 else min(first, self.cache_from)
+            _drop_from_page_cache(mapping, start, first + length - start)
+            end = mapping.offset + first + length  # folios are aligned in the file
+            self.cache_from = max(0, end // _FOLIO_SPAN * _FOLIO_SPAN - mapping.offset)
+
+
+def _drop_from_page_cache(mapping: Mapping, first: int, length: int) -> None:
+    """posix_fadvise(2) POSIX_FADV_DONTNEED on bytes ``[first, first + length)`` of the
+    mapping: the kernel drops those clean cached pages of the file. The mapping holds no
+    descriptor, so the file is reopened by name; a file object's mapping has no name, and
+    Windows has no posix_fadvise: nothing is done there."""
+    if mapping.filename is None or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(mapping.filename, os.O_RDONLY)
+    except (FileNotFoundError, PermissionError):  # renamed or locked away since: nothing to do
+        return
+    try:
+        os.posix_fadvise(fd, mapping.offset + first, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def evict(mapping: Mapping, start: RowIndex, stop: RowIndex) -> None:
@@ -161,15 +193,4 @@ def evict(mapping: Mapping, start: RowIndex, stop: RowIndex) -> None:
     if mapping.mode != "r":
         mapping._flush_bytes(first, length, True)  # dirty pages cannot be dropped from the cache
     mapping._advise_bytes(first, length, ADVICE_CODES["dontneed"])
-    # posix_fadvise(2) POSIX_FADV_DONTNEED drops clean cached pages of the file; the mapping
-    # holds no descriptor, so reopen by name (a file object's mapping has no name: skipped).
-    if mapping.filename is None or not hasattr(os, "posix_fadvise"):
-        return
-    try:
-        fd = os.open(mapping.filename, os.O_RDONLY)
-    except (FileNotFoundError, PermissionError):  # renamed or locked away since: nothing to do
-        return
-    try:
-        os.posix_fadvise(fd, mapping.offset + first, length, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    _drop_from_page_cache(mapping, first, length)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import os
 import sys
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import numpy as np
 
@@ -461,7 +461,8 @@ class Mapping(_engine.Region):
 
     def chunks(self, rows: SupportsIndex, prefetch: bool = True,
                ahead: SupportsIndex = 2, *,
-               drop_behind: bool = False) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
+               drop_behind: bool | Literal["cache"] = False
+               ) -> Iterator[np.ndarray[Any, np.dtype[Any]]]:
         """Iterate over views of ``rows`` rows each; the way to scan a mapping fast.
 
         With ``prefetch`` (default) a background thread populates up to ``ahead`` chunks
@@ -472,7 +473,11 @@ class Mapping(_engine.Region):
         the caller moves on to the next (scheduled for write-back first in modes ``'r+'`` and
         ``'w+'``, then ``madvise(MADV_DONTNEED)``): a scan of a file larger than memory keeps
         its resident size within a few chunks. The chunks stay valid; reading one again
-        faults it in again. Refused in mode ``'c'`` (it would discard private writes).
+        faults it in again. ``drop_behind="cache"`` also drops the pages from the page cache
+        (written to the file first in ``'r+'``/``'w+'``, then
+        ``posix_fadvise(POSIX_FADV_DONTNEED)`` as in :meth:`evict`), for a scan that must not
+        push other data out of memory. Refused in mode ``'c'`` (it would discard private
+        writes).
 
         Examples
         --------
@@ -483,6 +488,15 @@ class Mapping(_engine.Region):
         ...     float(sum(chunk.sum() for chunk in m.chunks(128)))
         8000.0
         """
+        if isinstance(drop_behind, str):
+            if drop_behind != "cache":
+                raise ValueError(f"drop_behind must be False, True or 'cache', got "
+                                 f"{drop_behind!r}")
+        elif isinstance(drop_behind, (bool, np.bool_)):
+            drop_behind = bool(drop_behind)
+        else:
+            raise TypeError(f"drop_behind must be False, True or 'cache', got "
+                            f"{type(drop_behind).__name__} {drop_behind!r}")
         if drop_behind and self.mode == "c":
             raise ValueError("drop_behind on a copy-on-write mapping (mode 'c') would discard "
                              "its private changes; expected mode 'r', 'r+' or 'w+'")
