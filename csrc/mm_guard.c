@@ -71,6 +71,12 @@ static struct sigaction mm_previous; /* what the guard replaced: where other SIG
 static int mm_chained;               /* set once a SIGBUS went to mm_previous */
 static int mm_wake[2] = {-1, -1};
 static int64_t mm_last_check_ms = INT64_MIN / 2; /* mm_guard_keep_front's last check */
+/* Spare mappings to give back at vm.max_map_count: MM_BALLAST_PAGES pages of alternating
+ * protection, so each page is a mapping of its own. The handler unmaps the inner ones
+ * (whole mappings: nothing splits) to get below the limit before it maps zeros over a whole
+ * view; mm_guard_install makes a new one once it is gone. */
+#define MM_BALLAST_PAGES 8
+static uintptr_t mm_ballast;
 static uintptr_t mm_page;            /* the page size, read at install (sysconf is not
                                         async-signal-safe) */
 
@@ -158,11 +164,34 @@ static void mm_handler(int sig, siginfo_t *info, void *context) {
                  * over the whole view needs none more: the whole view reads zeros then,
                  * which a faulted view may (its data is no longer what the file holds). */
                 uintptr_t start = LOAD(&slot->start), end = LOAD(&slot->end);
-                /* mmap(2) refuses any new mapping at the limit, even one that would lower
-                 * the count: unmap the view first ([start, end) is exactly its mappings,
-                 * so nothing splits), then map zeros where it was -- unless another thread
-                 * took the range in between (MAP_FIXED_NOREPLACE), then nothing is ours. */
-                if (start > 1 && end > start && munmap((void *)start, end - start) == 0) {
+                /* First one MAP_FIXED mapping of zeros over exactly the whole view: it
+                 * replaces the old pages in one system call, under the mm lock, so another
+                 * thread touching a valid page of the view meanwhile sees either the file's
+                 * page or a zero one, never a hole ("mmap(2)": "If the memory region
+                 * specified by addr and length overlaps pages of any existing mapping(s),
+                 * then the overlapped part of the existing mapping(s) will be discarded").
+                 * [start, end) is exactly the view's mappings, so nothing splits. */
+                if (start > 1 && end > start)
+                    zero = mmap((void *)start, (size_t)(end - start), LOAD(&slot->prot),
+                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+                /* At the limit (a split may take the count just past it: "let map_count go
+                 * just above its limit temporarily", mm/vma.c), mmap refuses even that:
+                 * give back the spare mappings, then try once more. */
+                if (zero == MAP_FAILED && start > 1 && end > start) {
+                    uintptr_t spare = __atomic_exchange_n(&mm_ballast, 0, __ATOMIC_ACQ_REL);
+                    if (spare != 0) {
+                        munmap((void *)(spare + mm_page), (MM_BALLAST_PAGES - 2) * mm_page);
+                        zero = mmap((void *)start, (size_t)(end - start), LOAD(&slot->prot),
+                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+                    }
+                }
+                /* Only if that failed too: mmap(2) may refuse any new mapping at the limit,
+                 * even one that would lower the count. Unmap the view first, then map zeros
+                 * where it was -- unless another thread took the range in between
+                 * (MAP_FIXED_NOREPLACE), then nothing is ours. A thread touching the view
+                 * in that gap gets SIGSEGV: the last resort before the process's death. */
+                if (zero == MAP_FAILED && start > 1 && end > start &&
+                    munmap((void *)start, end - start) == 0) {
                     zero = mmap((void *)start, (size_t)(end - start), LOAD(&slot->prot),
                                 MAP_PRIVATE | MAP_ANONYMOUS | MM_FIXED_NOREPLACE, -1, 0);
                     if (zero != MAP_FAILED && zero != (void *)start) {
@@ -197,6 +226,28 @@ static int mm_make_pipe(int fds[2]) {
     return code;
 }
 
+/* A new mm_ballast when there is none (the handler took it). Its first and last pages stay
+ * mapped for good: they may have merged with a neighbour, so only the inner ones, each a
+ * whole mapping, are given back. Without one the handler does without. */
+static void mm_make_ballast(void) {
+    uintptr_t page = mm_page, expected = 0;
+    char *spare;
+    int i;
+    if (LOAD(&mm_ballast) != 0)
+        return;
+    spare = mmap(NULL, MM_BALLAST_PAGES * page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (spare == MAP_FAILED)
+        return;
+    for (i = 1; i < MM_BALLAST_PAGES; i += 2)
+        if (mprotect(spare + i * page, page, PROT_NONE) != 0) {
+            munmap(spare, MM_BALLAST_PAGES * page);
+            return;
+        }
+    if (!__atomic_compare_exchange_n(&mm_ballast, &expected, (uintptr_t)spare, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        munmap(spare, MM_BALLAST_PAGES * page);
+}
+
 int mm_guard_install(mm_error *err) {
     struct sigaction current, act;
     mm_error spare;
@@ -204,6 +255,11 @@ int mm_guard_install(mm_error *err) {
     err = mm_err_or(err, &spare);
     if (sigaction(SIGBUS, NULL, &current) != 0)
         return mm_fail(err, MM_E_ARG, errno);
+    if (mm_page == 0) {
+        page = sysconf(_SC_PAGESIZE);
+        mm_page = page > 0 ? (uintptr_t)page : 4096;
+    }
+    mm_make_ballast();
     if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == mm_handler)
         return mm_ok(err);
     if (mm_wake[0] < 0) {
@@ -213,8 +269,6 @@ int mm_guard_install(mm_error *err) {
         mm_wake[1] = fds[1];
         mm_wake[0] = fds[0];
     }
-    page = sysconf(_SC_PAGESIZE);
-    mm_page = page > 0 ? (uintptr_t)page : 4096;
     memset(&act, 0, sizeof act);
     act.sa_sigaction = mm_handler;
     act.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;

@@ -424,6 +424,43 @@ def test_faults_past_the_process_mapping_limit_zero_the_whole_view(tmp_path):
     assert proc.stdout.split()[0] == "ok"
 
 
+def test_whole_view_fallback_leaves_no_gap_for_a_reader_of_a_valid_page(tmp_path):
+    """At vm.max_map_count the handler zeroed the whole view by munmap then mmap: another
+    thread reading a valid page of the view in between got SIGSEGV (/tmp/a6/t_maplimit.py).
+    """
+    proc = run_case(tmp_path, """
+        from numpy.lib.stride_tricks import as_strided
+        path = PATH + ".big"
+        with open(path, "wb") as f:
+            f.truncate(1 << 30)
+        with mmarray.open(path, dtype="f8", mode="r+") as w:
+            w.array[0] = 1.0
+        limit = int(open("/proc/sys/vm/max_map_count").read())
+        m = mmarray.open(path, dtype="f8", mode="r")
+        os.truncate(path, 4096)
+        a = m.array
+        stop = False
+        def spin():   # reads the (valid) first page over and over, without the GIL
+            one = as_strided(a[:1], shape=(20_000_000,), strides=(0,))
+            while not stop:
+                try:
+                    one.sum()
+                except mmarray.MappedFileError:
+                    pass
+        t = threading.Thread(target=spin); t.start()
+        time.sleep(0.2)
+        pages = min(a.size // 512, limit + 1000)
+        try:
+            float(a[:pages * 1024:1024].sum()); settle()
+        except mmarray.MappedFileError:
+            pass
+        stop = True; t.join()
+        print("ok", m.faulted)
+    """, timeout=180)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok", "True"]
+
+
 def test_a_thread_reusing_the_ident_of_one_that_faulted_is_not_told(tmp_path):
     proc = run_case(tmp_path, """
         m = fresh(mode="r")
