@@ -5,8 +5,10 @@
  * Everything the signal handler touches is static memory read and written with atomic
  * builtins (no lock: the handler may interrupt a thread in the middle of any of the functions
  * below, and several threads may fault at once), and the only calls it makes are mmap(2),
- * write(2), sigaction(2) and raise(3), all async-signal-safe ("signal-safety(7)"; mmap is
- * not in POSIX's list but is a plain system call on every system this builds for).
+ * munmap(2), write(2), sigaction(2), sigpending(2), raise(3) and pthread_self(3), all
+ * async-signal-safe ("signal-safety(7)"; mmap, munmap and pthread_self are not in POSIX's
+ * list but are a plain system call or a read of the thread pointer on every system this
+ * builds for).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* MAP_ANONYMOUS on older glibc */
@@ -68,7 +70,6 @@ static uint64_t mm_queue_head; /* faults recorded (the next fault's number) */
 static uint64_t mm_queue_tail; /* faults taken by mm_guard_pop (its one consumer) */
 
 static struct sigaction mm_previous; /* what the guard replaced: where other SIGBUS go */
-static int mm_chained;               /* set once a SIGBUS went to mm_previous */
 static int mm_wake[2] = {-1, -1};
 static int64_t mm_last_check_ms = INT64_MIN / 2; /* mm_guard_keep_front's last check */
 /* Spare mappings to give back at vm.max_map_count: MM_BALLAST_PAGES pages of alternating
@@ -79,6 +80,8 @@ static int64_t mm_last_check_ms = INT64_MIN / 2; /* mm_guard_keep_front's last c
 static uintptr_t mm_ballast;
 static uintptr_t mm_page;            /* the page size, read at install (sysconf is not
                                         async-signal-safe) */
+
+static void mm_handler(int sig, siginfo_t *info, void *context);
 
 /* The slot guarding `addr`, or NULL. */
 static mm_guard_slot *mm_find(uintptr_t addr) {
@@ -119,32 +122,89 @@ static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
     }
 }
 
-/* A SIGBUS that is not ours: hand it, once, to what was there before the guard. */
-static void mm_chain(int sig, siginfo_t *info, void *context) {
-    struct sigaction previous = mm_previous, dfl;
-    int first = !__atomic_exchange_n(&mm_chained, 1, __ATOMIC_ACQ_REL);
-    if (first && ((previous.sa_flags & SA_SIGINFO) ||
-                  (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN))) {
-        /* Reinstalled first, as if the guard had never been there: a handler that puts back
-         * its own predecessor and re-raises (Python's faulthandler) ends up at the default. */
-        sigaction(sig, &previous, NULL);
-        if (previous.sa_flags & SA_SIGINFO)
-            previous.sa_sigaction(sig, info, context);
-        else
-            previous.sa_handler(sig);
-        return;
-    }
-    if (!(previous.sa_flags & SA_SIGINFO) && previous.sa_handler == SIG_IGN && info != NULL &&
-        info->si_code <= 0)
-        return; /* sent by kill(2) to a process that ignores SIGBUS: ignored, as it was */
-    /* The default action (SIG_IGN cannot stop a fault: the kernel would force it anyway). */
+/* The default action for `sig`, from inside the guard's handler: SIG_DFL, and for a signal
+ * that was sent (kill(2), raise(3), tgkill(2)) the signal sent again -- blocked while the
+ * handler runs, it is delivered, fatally, as the handler returns. A fault needs nothing
+ * more: returning retries the access, and the default action ends the process. */
+static void mm_default(int sig, const siginfo_t *info) {
+    struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
     sigaction(sig, &dfl, NULL);
     if (info == NULL || info->si_code <= 0)
-        raise(sig); /* sent by kill(2), raise(3), tgkill(2): send it again, now fatal */
-    /* A fault: returning retries the access, and the default action ends the process. */
+        raise(sig);
+}
+
+/* Whether the disposition of `sig` is the guard's handler. */
+static int mm_is_front(int sig) {
+    struct sigaction current;
+    return sigaction(sig, NULL, &current) == 0 && (current.sa_flags & SA_SIGINFO) &&
+           current.sa_sigaction == mm_handler;
+}
+
+/* Call a previous function handler directly: the guard stays installed. A handler that passes
+ * the signal on to its own predecessor by restoring it and raising (Python's faulthandler)
+ * leaves it pending; when that predecessor is the guard itself (it was installed in front of
+ * the guard, and the guard then put back in front of it) the chain is a cycle: the default
+ * action ends it ("sigpending(2)": the set of signals pending for delivery to the thread). */
+static void mm_call_previous(const struct sigaction *previous, int sig, siginfo_t *info,
+                             void *context) {
+    sigset_t pending;
+    if (previous->sa_flags & SA_SIGINFO)
+        previous->sa_sigaction(sig, info, context);
+    else
+        previous->sa_handler(sig);
+    sigemptyset(&pending);
+    if (sigpending(&pending) == 0 && sigismember(&pending, sig) == 1 && mm_is_front(sig))
+        mm_default(sig, NULL); /* SIG_DFL: the pending signal ends the process as we return */
+}
+
+/* The last fault each thread handed on (by a hash of its pthread_self): a thread that faults
+ * again at the same address right after was not helped by the previous handler, and returning
+ * again would retry the access for ever. */
+#define MM_REFAULT_SLOTS 256
+static struct {
+    uint64_t thread;
+    uintptr_t addr;
+} mm_refault[MM_REFAULT_SLOTS];
+
+/* A SIGBUS that is not ours: hand it to what was there before the guard, without ever
+ * looping. The guard stays installed (a signal sent to the process must not take it away from
+ * the mappings it guards):
+ *  - sent by kill(2) & co (si_code <= 0): a function handler is called directly, SIG_IGN
+ *    ignores it, SIG_DFL ends the process as by default;
+ *  - a fault (si_code > 0): a function handler is called directly, and returning retries the
+ *    access; if the same thread faults again at the same address the handler did not fix it,
+ *    and the default action ends the process (as a handler that returns under SIG_DFL would:
+ *    the kernel forces it). SIG_IGN or SIG_DFL: the default action. */
+static void mm_chain(int sig, siginfo_t *info, void *context) {
+    struct sigaction previous = mm_previous;
+    int function = (previous.sa_flags & SA_SIGINFO) ||
+                   (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN);
+    if (info == NULL || info->si_code <= 0) {
+        if (function)
+            mm_call_previous(&previous, sig, info, context);
+        else if (previous.sa_handler == SIG_DFL)
+            mm_default(sig, info);
+        /* SIG_IGN: ignored, as it was */
+        return;
+    }
+    if (function) {
+        uint64_t thread = (uint64_t)(uintptr_t)pthread_self();
+        uintptr_t addr = (uintptr_t)info->si_addr;
+        unsigned i = (unsigned)((thread ^ (thread >> 17)) % MM_REFAULT_SLOTS);
+        if (LOAD(&mm_refault[i].thread) == thread && LOAD(&mm_refault[i].addr) == addr) {
+            STORE(&mm_refault[i].thread, 0);
+            mm_default(sig, info); /* the same fault again: the handler could not fix it */
+            return;
+        }
+        STORE(&mm_refault[i].thread, thread);
+        STORE(&mm_refault[i].addr, addr);
+        mm_call_previous(&previous, sig, info, context);
+        return;
+    }
+    mm_default(sig, info); /* SIG_IGN cannot stop a fault: the kernel would force it anyway */
 }
 
 static void mm_handler(int sig, siginfo_t *info, void *context) {
@@ -274,7 +334,6 @@ int mm_guard_install(mm_error *err) {
     act.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
     sigemptyset(&act.sa_mask);
     mm_previous = current; /* before the switch: a SIGBUS right after it chains correctly */
-    __atomic_store_n(&mm_chained, 0, __ATOMIC_RELEASE);
     if (sigaction(SIGBUS, &act, NULL) != 0)
         return mm_fail(err, MM_E_ARG, errno);
     return mm_ok(err);

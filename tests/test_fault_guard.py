@@ -461,6 +461,82 @@ def test_whole_view_fallback_leaves_no_gap_for_a_reader_of_a_valid_page(tmp_path
     assert proc.stdout.split() == ["ok", "True"]
 
 
+def test_a_foreign_fault_after_faulthandler_disable_dies_instead_of_looping(tmp_path):
+    """The guard chained a numpy.memmap SIGBUS to a disabled faulthandler's handler, which
+    returns without fixing anything: the access faulted for ever (/tmp/a6/t_fh2.py)."""
+    proc = run_case(tmp_path, """
+        import faulthandler
+        m1 = fresh(mode="r")          # guard installed
+        faulthandler.enable()         # in front; its previous: the guard
+        time.sleep(0.2)
+        m2 = fresh(mode="r")          # the guard back in front, its previous: faulthandler
+        faulthandler.disable()        # puts back its own previous: the guard
+        q = PATH + ".np"
+        with open(q, "wb") as f:
+            f.truncate(1 << 20)
+        npm = np.memmap(q, dtype="u1", mode="r")
+        os.truncate(q, 0)
+        print(int(npm[4096 * 10]))
+        print("survived")
+    """, timeout=60)
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr)
+    assert "survived" not in proc.stdout
+
+
+@pytest.mark.parametrize("disposition", ["handler", "SIG_IGN"])
+def test_a_sent_sigbus_goes_on_and_the_guard_stays(tmp_path, disposition):
+    """One os.kill(pid, SIGBUS) reinstalled the previous disposition: the guard was gone and
+    the next fault in a mapping hung or killed (/tmp/a6/t_sig.py before_kill)."""
+    install = ("signal.signal(signal.SIGBUS, lambda s, f: got.append(s))"
+               if disposition == "handler" else "signal.signal(signal.SIGBUS, signal.SIG_IGN)")
+    proc = run_case(tmp_path, f"""
+        import signal
+        got = []
+        {install}
+        m = fresh(mode="r")
+        os.kill(os.getpid(), signal.SIGBUS)
+        time.sleep(0.2)
+        print("handler saw", got)
+        truncate_elsewhere()
+        try:
+            float(m.array.sum()); settle()
+            print("no exception")
+        except mmarray.MappedFileError:
+            print("raised")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    seen = "[7]" if disposition == "handler" else "[]"
+    assert proc.stdout.splitlines() == [f"handler saw {seen}", "raised"]
+
+
+def test_a_sent_sigbus_with_the_default_disposition_kills(tmp_path):
+    proc = run_case(tmp_path, """
+        import signal
+        m = fresh(mode="r")
+        os.kill(os.getpid(), signal.SIGBUS)
+        time.sleep(5)
+        print("survived")
+    """, timeout=60)
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr)
+    assert "survived" not in proc.stdout
+
+
+def test_faulthandler_enabled_after_the_guard_prints_once_for_a_sent_sigbus(tmp_path):
+    proc = run_case(tmp_path, """
+        import faulthandler, signal
+        first = fresh(mode="r")
+        faulthandler.enable()
+        time.sleep(0.2)
+        m = fresh(mode="r")           # the guard in front of faulthandler, behind it again
+        os.kill(os.getpid(), signal.SIGBUS)
+        time.sleep(5)
+        print("survived")
+    """, timeout=60)
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr)
+    assert proc.stderr.count("Fatal Python error: Bus error") == 1, proc.stderr
+    assert "survived" not in proc.stdout
+
+
 def test_a_thread_reusing_the_ident_of_one_that_faulted_is_not_told(tmp_path):
     proc = run_case(tmp_path, """
         m = fresh(mode="r")

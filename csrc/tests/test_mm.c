@@ -338,10 +338,32 @@ static void t_own_handler(int sig, siginfo_t *info, void *ctx) {
     _exit(t_exit_code_of_handler);
 }
 
+/* A handler of a program's own that fixes a fault by mapping a zero page where it happened
+ * (t_fixes counts the faults it fixed, t_kills the signals sent with kill), or, with
+ * t_fix == 0, returns without fixing anything. */
+static volatile sig_atomic_t t_fixes = 0, t_kills = 0, t_fix = 1;
+static void t_fixing_handler(int sig, siginfo_t *info, void *ctx) {
+    (void)sig; (void)ctx;
+    if (info->si_code <= 0) {
+        t_kills++;
+        return;
+    }
+    if (t_fix) {
+        uintptr_t page = (uintptr_t)info->si_addr & ~(uintptr_t)4095;
+        if (mmap((void *)page, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+                 0) != MAP_FAILED)
+            t_fixes++;
+    }
+}
+
 /* Fork a child that installs the guard and then gets a SIGBUS that is not the guard's:
  * how 0: raise(SIGBUS) with the default disposition before the guard; how 1: the same with
  * a handler of its own installed before the guard (exits 7); how 2: a fault in a mapping the
- * guard does not know (a shared mapping of a file truncated under it). Returns the child's
+ * guard does not know (a shared mapping of a file truncated under it); how 3: such faults at
+ * two addresses and a kill(2) in between, with a handler of its own that fixes faults
+ * (exits 9 when it fixed both and saw the kill); how 4: such a fault with a handler of its
+ * own that returns without fixing it (must die of SIGBUS, not re-fault for ever); how 5: a
+ * kill(2) with SIG_IGN, then such a fault (dies of SIGBUS). Returns the child's
  * exit status, T_KILLED_BY_SIGBUS, or -1. */
 #define T_KILLED_BY_SIGBUS (-2)
 static int t_child_dies_of_sigbus(int how) {
@@ -360,8 +382,44 @@ static int t_child_dies_of_sigbus(int how) {
             t_exit_code_of_handler = 7;
             sigaction(SIGBUS, &act, NULL);
         }
+        if (how == 3 || how == 4) {
+            struct sigaction act;
+            memset(&act, 0, sizeof act);
+            act.sa_sigaction = t_fixing_handler;
+            act.sa_flags = SA_SIGINFO;
+            sigemptyset(&act.sa_mask);
+            t_fix = how == 3;
+            sigaction(SIGBUS, &act, NULL);
+        }
+        if (how == 5)
+            signal(SIGBUS, SIG_IGN);
         if (mm_guard_install(&e) != MM_OK)
             _exit(3);
+        if (how >= 3) {
+            char path[] = "/tmp/mmtest-unguarded-XXXXXX";
+            int fd = mkstemp(path);
+            volatile char *p;
+            if (fd < 0 || ftruncate(fd, 65536) != 0)
+                _exit(4);
+            p = (volatile char *)mmap(NULL, 65536, PROT_READ, MAP_SHARED, fd, 0);
+            unlink(path);
+            if (p == (volatile char *)MAP_FAILED || ftruncate(fd, 0) != 0)
+                _exit(5);
+            if (how == 5)
+                kill(getpid(), SIGBUS); /* ignored, as it was */
+            (void)p[8192];
+            if (how == 3) {
+                kill(getpid(), SIGBUS); /* to the handler, and the guard stays */
+                (void)p[3 * 8192];
+                {
+                    struct sigaction now; /* the guard is still the one in front */
+                    sigaction(SIGBUS, NULL, &now);
+                    _exit(t_fixes == 2 && t_kills == 1 &&
+                          now.sa_sigaction != t_fixing_handler ? 9 : 10);
+                }
+            }
+            _exit(6);
+        }
         if (how == 2) {
             char path[] = "/tmp/mmtest-unguarded-XXXXXX";
             int fd = mkstemp(path);
@@ -1670,6 +1728,11 @@ static void test_guard_leaves_other_sigbus_fatal(void) {
     CHECK(t_child_dies_of_sigbus(1) == 7);
     /* a fault in a mapping the guard does not know */
     CHECK(t_child_dies_of_sigbus(2) == T_KILLED_BY_SIGBUS);
+    /* a handler that fixes faults keeps working, a kill goes to it without removing the
+     * guard; one that cannot fix the fault ends in the default action, not a loop */
+    CHECK(t_child_dies_of_sigbus(3) == 9);
+    CHECK(t_child_dies_of_sigbus(4) == T_KILLED_BY_SIGBUS);
+    CHECK(t_child_dies_of_sigbus(5) == T_KILLED_BY_SIGBUS);
 }
 
 static void test_guard_stale_copy_of_a_view_frees_nothing(void) {
