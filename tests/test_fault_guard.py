@@ -537,6 +537,66 @@ def test_faulthandler_enabled_after_the_guard_prints_once_for_a_sent_sigbus(tmp_
     assert "survived" not in proc.stdout
 
 
+@pytest.mark.parametrize("kind", ["raw", "npy"])
+def test_resize_of_a_faulted_mapping_is_refused(tmp_path, kind):
+    """resize() after a fault grew the anonymous memory the guard put there, reset `faulted`,
+    and later writes were lost without an error (/tmp/a6/t_resize.py)."""
+    proc = run_case(tmp_path, f"""
+        path = PATH + ".{kind}"
+        if {kind!r} == "npy":
+            np.save(path, np.ones(4 * 512))
+            m = mmarray.load(path, mode="r+")
+        else:
+            with open(path, "wb") as f:
+                f.truncate(4 * 4096)
+            m = mmarray.open(path, dtype="f8", mode="r+")
+        subprocess.run([sys.executable, "-c", f"import os; os.truncate({{path!r}}, 0)"],
+                       check=True)
+        try:
+            float(m.array.sum()); settle()
+        except mmarray.MappedFileError:
+            pass
+        try:
+            m.resize(2 * 4 * 512)
+            print("resized")
+        except mmarray.MappedFileError as e:
+            print("refused", e.filename == path, "open the file again" in str(e))
+        print(m.faulted, os.path.getsize(path))
+        try:
+            m.close()
+        except mmarray.MappedFileError:
+            print("close raised")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.splitlines() == ["refused True True", "True 0", "close raised"]
+
+
+def test_engine_resize_carries_the_fault_count_over(tmp_path):
+    proc = run_case(tmp_path, """
+        from mmarray import _engine
+        path = PATH + ".raw"
+        with open(path, "wb") as f:
+            f.truncate(4 * 4096)
+        m = mmarray.open(path, dtype="f8", mode="r+")
+        os.truncate(path, 2 * 4096)
+        try:
+            float(m.array[-1]); settle()
+        except mmarray.MappedFileError:
+            pass
+        before = m._faults()
+        fd = os.open(path, os.O_RDWR)
+        _engine.Region._resize(m, fd, 2 * 4096, (1024,), False)   # past the Python check
+        print(before > 0, m._faults() >= before, m.faulted)
+        a = m.array                                   # an export: the next resize retires
+        fd2 = os.open(path, os.O_RDWR)
+        _engine.Region._resize(m, fd2, 4096, (512,), False)
+        print(m.faulted)
+        del a
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.splitlines() == ["True True True", "True"]
+
+
 def test_a_thread_reusing_the_ident_of_one_that_faulted_is_not_told(tmp_path):
     proc = run_case(tmp_path, """
         m = fresh(mode="r")

@@ -355,6 +355,7 @@ cdef class Region:
                 status = mm_map_handle(fd, MM_WRITE, self._offset, length, flags, &fresh, &err)
             if status != MM_OK:
                 _raise(&err, self._filename, self._offset, length)
+            self._faults_at_unmap += mm_guard_faults(&self.view)   # carried over
             self._retire(self.view)      # keeps its guard slot: faults there still count
             self.view = fresh
             self._exports = 0
@@ -641,7 +642,9 @@ cdef class Region:
         """Faults the fault guard caught in this view (kept after the unmap)."""
         if self.view.data == NULL or self.view.data == &_empty_byte:
             return self._faults_at_unmap
-        return mm_guard_faults(&self.view)
+        # Plus the views guarded before this one (a resize or rebase re-guards the view in a
+        # new slot: its faults are carried over, never reset).
+        return self._faults_at_unmap + mm_guard_faults(&self.view)
 
     def _identity(self):
         """(st_dev, st_ino) of the mapped file, or None when nothing is mapped."""
@@ -1214,7 +1217,7 @@ cdef int _unguard(Region m) noexcept:
     # Before the unmap (mm_unmap also removes the slot): the count stays readable afterwards.
     if m._guard_token == 0:
         return 0
-    m._faults_at_unmap = mm_guard_faults(&m.view)
+    m._faults_at_unmap += mm_guard_faults(&m.view)   # added up over re-guards (resize)
     mm_guard_remove(&m.view)
     m._guard_token = 0
     return 0

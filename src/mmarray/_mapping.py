@@ -197,6 +197,7 @@ class Mapping(_engine.Region):
         if self.mode not in ("r+", "w+"):
             raise ValueError(f"resize needs a writable mapping (mode 'r+' or 'w+'), this one "
                              f"has mode {self.mode!r}")
+        self._refuse_if_faulted("resize()")
         filename = self.filename
         if filename is None:
             raise ValueError("resize reopens the file by name, and this mapping was made from "
@@ -320,6 +321,15 @@ class Mapping(_engine.Region):
 
     def _byte_range(self, start: RowIndex, stop: RowIndex) -> tuple[int, int]:
         return _ranges.byte_range(self.shape, self.order, self.dtype.itemsize, start, stop)
+
+    def _refuse_if_faulted(self, what: str) -> None:
+        # A faulted view is zeros, not the file, and may no longer even map it (the guard
+        # replaced it with anonymous memory): growing it would grow that, and writes after
+        # would be lost without a word.
+        if self._faults():
+            raise _guard.error(self.filename, self.offset, self.offset + self.nbytes,
+                               f"{what} of a mapping of {self.filename!r} that faulted "
+                               f"(close it and open the file again)")
 
     @property
     def faulted(self) -> bool:

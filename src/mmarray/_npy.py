@@ -74,6 +74,7 @@ class NpyMapping(Mapping):
                              f"{new}")
         if self.closed:
             raise ValueError("mapping is closed")
+        self._refuse_if_faulted("resize()")
         filename = self.filename
         if filename is None:
             raise ValueError("resize reopens the file by name, and this mapping was made from "
