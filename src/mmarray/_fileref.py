@@ -47,14 +47,25 @@ def host_id() -> str:
 
 def with_birth(filename: str, identity: tuple[int, ...]) -> tuple[int, int, int]:
     """(st_dev, st_ino, birth time) for the file of a view whose (st_dev, st_ino) is
-    ``identity``: the birth time is read by name, and is 0 when the name leads to another
-    file by now (or to none), or the filesystem keeps no birth times."""
+    ``identity``, the birth time read by name (0 where the filesystem keeps none).
+
+    Raises ValueError when the name no longer leads to that file (replaced, renamed or
+    deleted since it was mapped): a reference pickled now would let a receiver map whatever
+    the name leads to, with no birth time to tell a reused inode number from the old one.
+    """
     dev, ino = identity[0], identity[1]
     try:
         now = _engine.path_identity(_encode(filename))
-    except (OSError, ValueError):
-        return (dev, ino, 0)
-    return (dev, ino, now[2] if now[:2] == (dev, ino) else 0)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{filename!r} cannot be pickled by reference: the file it names "
+                         f"cannot be read now ({exc}); it was deleted, replaced or renamed "
+                         f"since it was mapped") from None
+    if tuple(now[:2]) != (dev, ino):
+        raise ValueError(f"{filename!r} cannot be pickled by reference: it names another "
+                         f"file now (device {now[0]} inode {now[1]}, the mapping has device "
+                         f"{dev} inode {ino}); the file was replaced or renamed since it was "
+                         f"mapped")
+    return (dev, ino, now[2])
 
 
 def _encode(path: str) -> bytes:
@@ -74,18 +85,30 @@ def verify(mapping: Any, filename: str, identity: FileIdentity, host: str) -> No
     found = mapping._identity()
     if found is None:  # nothing mapped (an empty range): no byte of the file is reachable
         return
-    # Device and inode, and the birth time where both sides know it: an inode number is
-    # given to a new file as soon as the old one is deleted.
-    expected_birth = tuple(identity)[2] if len(identity) > 2 else 0
-    birth = with_birth(filename, found)[2] if expected_birth else 0
-    same_birth = 0 in (birth, expected_birth) or birth == expected_birth
-    if tuple(found[:2]) != tuple(identity)[:2] or not same_birth:
+    # Device and inode, and the birth time where the sender recorded one: an inode number is
+    # given to a new file as soon as the old one is deleted. Read by name once, and required
+    # to be the file mapped (a name that moved on since the map is a refusal too).
+    expected = tuple(identity)
+    expected_birth = expected[2] if len(expected) > 2 else 0
+    try:
+        now: tuple[int, ...] | None = tuple(_engine.path_identity(_encode(filename)))
+    except (OSError, ValueError):
+        now = None
+    problem = None
+    if tuple(found[:2]) != expected[:2]:
+        problem = (f"it was device {expected[0]} inode {expected[1]}, now it is device "
+                   f"{found[0]} inode {found[1]}")
+    elif now is None or now[:2] != tuple(found[:2]):
+        problem = "the name no longer leads to the file just mapped"
+    elif expected_birth and now[2] != expected_birth:
+        problem = (f"device {found[0]} inode {found[1]} was born at another time "
+                   f"({now[2] or 'unknown'}, pickled {expected_birth})")
+    if problem is not None:
         mapping.close()
         raise ValueError(
-            f"{filename!r} is no longer the file that was pickled: it was device {identity[0]} "
-            f"inode {identity[1]}, now it is device {found[0]} inode {found[1]}"
-            f"{'' if same_birth else ', born at another time'} (replaced, renamed over or "
-            f"deleted and created again since); refusing to map a different file")
+            f"{filename!r} is no longer the file that was pickled: {problem} (replaced, "
+            f"renamed over or deleted and created again since); refusing to map a different "
+            f"file")
 
 
 def remap_error(exc: BaseException, what: str, filename: str, offset: int,
