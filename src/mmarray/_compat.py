@@ -600,3 +600,6 @@ def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | No
 
 
 _register_with_distributed()
+if not _registered_with_distributed:  # distributed imported later: register when it is
+    from mmarray import _posthook
+    _posthook.when_imported("distributed.protocol.serialize", _register_with_distributed)

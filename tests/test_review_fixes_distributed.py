@@ -1,0 +1,74 @@
+"""distributed moves an mmarray.memmap by reference whatever the import order: with
+distributed imported after mmarray (the usual order) the serializer was not registered, so
+distributed's ndarray serializer copied the view and worker writes were lost
+(/tmp/a6/t_cluster2.py). Each case runs in a subprocess with a timeout."""
+import pytest
+
+from helpers import assert_clean_exit, run_python
+
+pytest.importorskip("distributed")
+
+ROUND_TRIP = """
+import sys
+{imports}
+import numpy as np
+from distributed.protocol import serialize, deserialize
+path = {path!r}
+mm = mmarray.memmap(path, mode="w+", dtype="i4", shape=(16,))
+header, frames = serialize(mm[::2])
+back = deserialize(header, frames)
+back[0] = 42
+back.flush()
+print(type(back).__name__, back.filename == path, int(np.fromfile(path, "i4")[0]))
+"""
+
+
+@pytest.mark.parametrize("imports", ["import mmarray\nimport distributed",
+                                     "import distributed\nimport mmarray",
+                                     "import mmarray\nimport distributed.protocol"])
+def test_serialize_round_trip_keeps_the_file_in_either_import_order(tmp_path, imports):
+    proc = run_python(ROUND_TRIP.format(imports=imports, path=str(tmp_path / "cl.bin")),
+                      timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["memmap", "True", "42"]
+
+
+def test_mmarray_alone_imports_no_distributed_and_leaves_no_finder_after_it_is_imported():
+    proc = run_python("""
+        import sys
+        import mmarray
+        from mmarray import _posthook
+        print("distributed" in sys.modules,
+              any(isinstance(f, _posthook._Finder) for f in sys.meta_path))
+        import distributed
+        print(any(isinstance(f, _posthook._Finder) for f in sys.meta_path))
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["False", "True", "False"]
+
+
+def test_a_worker_write_into_a_scattered_view_reaches_the_file(tmp_path):
+    proc = run_python(f"""
+        import os, numpy as np
+        import mmarray                      # the usual order: mmarray first
+        from dask.distributed import Client, LocalCluster
+
+        def write(a):
+            a[0] = 42
+            if hasattr(a, "flush"):
+                a.flush()
+            return type(a).__name__
+
+        if __name__ == "__main__":
+            p = {str(tmp_path / "cl.bin")!r}
+            mm = mmarray.memmap(p, mode="w+", dtype="i4", shape=(16,))
+            mm.flush()
+            with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                              host="127.0.0.1", dashboard_address="127.0.0.1:0") as cl, \\
+                    Client(cl, timeout=60) as c:
+                [f] = c.scatter([mm[::2]])
+                print(c.submit(write, f, pure=False).result(timeout=60))
+            print(int(np.fromfile(p, "i4")[0]))
+    """, timeout=180)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["memmap", "42"]
