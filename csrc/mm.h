@@ -312,6 +312,10 @@ uint64_t mm_guard_faults(const mm_view *view);
 #define MM_GUARD_QUEUE 1024
 int mm_guard_pop(mm_fault *fault);
 
+/* How many queued faults mm_guard_pop dropped (overwritten before they were taken) since the
+ * last call; resets the count. Called by mm_guard_pop's consumer only. */
+uint64_t mm_guard_take_lost(void);
+
 /* The identity of the file at `path` now (following symbolic links): id[0], id[1] as a view's
  * file_id, and id[2] its birth time in the filesystem's units, 0 where it keeps none (Linux
  * statx(2) stx_btime in ns; Windows ftCreationTime, 100 ns units). An inode number is given

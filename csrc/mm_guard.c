@@ -68,6 +68,7 @@ typedef struct mm_guard_entry {
 static mm_guard_entry mm_queue[MM_GUARD_QUEUE];
 static uint64_t mm_queue_head; /* faults recorded (the next fault's number) */
 static uint64_t mm_queue_tail; /* faults taken by mm_guard_pop (its one consumer) */
+static uint64_t mm_queue_lost; /* records mm_guard_pop skipped (overwritten): its consumer's */
 
 static struct sigaction mm_previous; /* what the guard replaced: where other SIGBUS go */
 static int mm_wake[2] = {-1, -1};
@@ -462,6 +463,7 @@ int mm_guard_pop(mm_fault *fault) {
         if (tail >= head)
             return 0;
         if (head - tail > MM_GUARD_QUEUE) { /* overwritten: skip to the oldest kept */
+            mm_queue_lost += head - MM_GUARD_QUEUE - tail;
             mm_queue_tail = head - MM_GUARD_QUEUE;
             continue;
         }
@@ -470,13 +472,20 @@ int mm_guard_pop(mm_fault *fault) {
         if (seq < tail + 1)
             return 0; /* claimed by a handler still writing it: next time */
         if (seq > tail + 1) { /* lapped by newer faults meanwhile */
+            mm_queue_lost++;
             mm_queue_tail = tail + 1;
             continue;
         }
         *fault = entry->fault;
-        if (LOAD(&entry->seq) != tail + 1) /* rewritten while copied: drop it */
+        if (LOAD(&entry->seq) != tail + 1) /* rewritten while copied: lapped, next round */
             continue;
         mm_queue_tail = tail + 1;
         return 1;
     }
+}
+
+uint64_t mm_guard_take_lost(void) {
+    uint64_t lost = mm_queue_lost;
+    mm_queue_lost = 0;
+    return lost;
 }

@@ -1719,6 +1719,43 @@ static void test_guard_turns_a_fault_into_a_zero_page(void) {
     CHECK(t_remove(path) == 0);
 }
 
+/* mm.h, mm_guard_take_lost: faults past a full queue are dropped, and counted. */
+static void test_guard_counts_the_records_it_drops(void) {
+    char path[1100];
+    uint64_t page = mm_page_size(), n = MM_GUARD_QUEUE + 76, i, popped = 0;
+    volatile const char *data;
+    mm_view v;
+    mm_error e;
+    mm_fault f;
+    if (!T_HAS_GUARD) {
+        CHECK_U64(mm_guard_take_lost(), 0);
+        return;
+    }
+    t_path(path, sizeof path, "guard-lost.bin");
+    CHECK(t_write_pattern(path, (n + 2) * page) == 0);
+    CHECK_OK(mm_guard_install(&e), &e);
+    while (mm_guard_pop(&f)) /* faults of earlier tests, if any */
+        ;
+    (void)mm_guard_take_lost();
+    t_wake_bytes(mm_guard_wake_fd());
+    CHECK_OK(mm_map_path(path, MM_READ, 0, (n + 2) * page, 0, &v, &e), &e);
+    CHECK(t_shrink(path, page) == 0);
+    data = v.data;
+    for (i = 1; i <= n; i++) { /* guarded anew each time: each fault is a record */
+        mm_guard_remove(&v);
+        CHECK_OK(mm_guard_add(&v, i, NULL, &e), &e);
+        CHECK(data[i * page] == 0);
+    }
+    while (mm_guard_pop(&f))
+        popped++;
+    CHECK_U64(popped, MM_GUARD_QUEUE);
+    CHECK_U64(mm_guard_take_lost(), n - MM_GUARD_QUEUE);
+    CHECK_U64(mm_guard_take_lost(), 0); /* reset by the call */
+    t_wake_bytes(mm_guard_wake_fd());
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK(t_remove(path) == 0);
+}
+
 static void test_guard_leaves_other_sigbus_fatal(void) {
     if (!T_HAS_GUARD)
         return;
@@ -2017,6 +2054,7 @@ static const t_case t_cases[] = {
     T_CASE(test_align_down),
     T_CASE(test_guard_turns_a_fault_into_a_zero_page),
     T_CASE(test_guard_leaves_other_sigbus_fatal),
+    T_CASE(test_guard_counts_the_records_it_drops),
     T_CASE(test_guard_add_refuses_an_empty_view),
     T_CASE(test_path_identity_tells_a_recreated_file),
     T_CASE(test_remap_grows_and_shrinks_a_view_of_the_same_file),

@@ -448,7 +448,18 @@ def _dask_dumps(x: memmap) -> tuple[dict[str, Any], list[bytes]]:
 
 
 def _dask_loads(header: dict[str, Any], frames: list[bytes]) -> memmap:
-    loaded: memmap = pickle.loads(frames[0])
+    if not isinstance(frames, (list, tuple)) or len(frames) != 1 or \
+            not isinstance(frames[0], (bytes, bytearray, memoryview)):
+        raise ValueError(f"an mmarray.memmap is sent as one frame of pickle bytes; got "
+                         f"{frames!r:.80}")
+    try:
+        loaded = pickle.loads(frames[0])
+    except Exception as exc:
+        raise ValueError(f"the frame sent for an mmarray.memmap is not a valid pickle: "
+                         f"{exc}") from None
+    if not isinstance(loaded, memmap):
+        raise TypeError(f"the frame sent for an mmarray.memmap holds a "
+                        f"{type(loaded).__name__}, expected an mmarray.memmap")
     return loaded
 
 

@@ -1274,6 +1274,12 @@ def guard_pop():
     return records
 
 
+def guard_lost():
+    """How many fault records the guard's queue dropped (it overflowed) since the last
+    call (csrc/mm.h, mm_guard_take_lost); call it after guard_pop."""
+    return mm_guard_take_lost()
+
+
 def guard_new_pipe():
     """In a forked child: a wake-up pipe of its own (csrc/mm.h, mm_guard_new_pipe)."""
     cdef mm_error err

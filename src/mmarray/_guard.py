@@ -7,14 +7,22 @@ each record, raises :class:`MappedFileError` in the thread that faulted
 (``PyThreadState_SetAsyncExc``: at that thread's next chance, once the C call that touched
 the page has returned). A run of faults of one thread in one mapping raises once: a scan
 that faults on ten thousand pages raises once, and the Mapping says
-:attr:`~mmarray.Mapping.faulted` for good. A fault in a thread Python does not run (a BLAS
-worker inside a numpy call) raises in the main thread.
+:attr:`~mmarray.Mapping.faulted` for good. The thread is found by its ``pthread_self()``
+(``threading.get_ident()``), recorded by the handler with its kernel thread id: a thread
+that ``threading`` lists, or one started with ``_thread.start_new_thread`` that Python runs
+(``sys._current_frames()``). A fault in a thread Python does not run (a BLAS worker inside a
+numpy call) raises in the main thread. The queue of fault records holds 1024: when faults
+outrun the dispatcher it overflows, the C layer counts the records it drops, and the
+dispatcher raises :class:`MappedFileError` in the main thread saying how many were lost
+(the threads they came from may have read zeros without an exception; each mapping's
+``faulted`` still says it faulted: its count is kept apart from the queue).
 mmarray's own C loops (prefetch, chunks) are not interrupted: they stop at the fault and
 report it through their usual error path.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any
 
@@ -29,6 +37,8 @@ ENVIRONMENT_VARIABLE = "MMARRAY_FAULT_GUARD"
 _lock = threading.RLock()  # re-entrant: an exception raised in a thread holding it takes it
 # thread id -> [(file name, first byte, end byte)] not yet carried by an exception
 _pending: dict[int, list[tuple[str | None, int, int]]] = {}
+_lost: dict[int, int] = {}  # thread id -> fault records lost (queue overflow) to tell it
+_QUEUE = 1024  # csrc/mm.h MM_GUARD_QUEUE
 _loop_threads: set[int] = set()  # mmarray's own loop threads: they report through a status
 _helper: threading.Thread | None = None
 _PAGE = _engine.PAGE_SIZE
@@ -42,43 +52,78 @@ class MappedFileError(OSError):
     ``open(path, "w")``, ``np.save`` over it), the storage returned an I/O error, or a write
     filled a hole of a sparse file on a full disk. The faulting pages read as zeros from then
     on; writes to them never reach the file. Also raised by :meth:`~mmarray.Mapping.flush`
-    and :meth:`~mmarray.Mapping.close` of a writable mapping that faulted.
+    and :meth:`~mmarray.Mapping.close` of a writable mapping that faulted, and in the main
+    thread when fault records were lost (see :mod:`mmarray._guard`).
+
+    Made like :class:`OSError` (``MappedFileError(errno, message)``, ``filename`` and
+    ``range`` None) or as mmarray makes it, ``(errno, message, filename, start, stop)``.
 
     Attributes
     ----------
     filename : str or None
         The mapped file.
-    range : tuple of int
+    range : tuple of int or None
         ``(start, stop)``: the bytes of the file, whole pages, that faulted.
     """
 
-    range: tuple[int, int]
+    range: tuple[int, int] | None
 
     def __init__(self, *args: object) -> None:
-        if args:  # made by mmarray with (errno, message, filename, start, stop)
+        if len(args) == 5 and all(type(a) is int for a in args[3:]):
+            # made by mmarray with (errno, message, filename, start, stop)
             code, message, filename, start, stop = args
             super().__init__(code, message, filename)
             self.range = (int(start), int(stop))  # type: ignore[call-overload]
             return
-        # Made by the interpreter in the thread that faulted (PyThreadState_SetAsyncExc
-        # raises the class): the details wait in _pending.
-        faults = _take(threading.get_ident())
-        filename, start, stop = _merge(faults)
-        super().__init__(5, _message(filename, start, stop), filename)  # EIO
-        self.range = (start, stop)
+        super().__init__(*args)
+        self.range = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled (sent back from a worker process) with all it says, not rebuilt empty.
-        return (type(self), (self.errno, self.strerror, self.filename, *self.range))
+        if self.range is None:
+            return (MappedFileError, self.args)
+        return (MappedFileError, (self.errno, self.strerror, self.filename, *self.range))
+
+
+class _Raised(MappedFileError):
+    """The class the dispatcher raises in a thread (PyThreadState_SetAsyncExc raises a class:
+    the interpreter makes it with no arguments, in the thread that faulted); it takes that
+    thread's pending fault records. Shown, caught and pickled as MappedFileError."""
+
+    def __init__(self, *args: object) -> None:
+        if args:
+            super().__init__(*args)
+            return
+        ident = threading.get_ident()
+        faults = _take(ident)
+        lost = _take_lost(ident)
+        filename, start, stop = _merge(faults)
+        message = _message(filename, start, stop) if faults or not lost else ""
+        if lost:
+            message = (f"{message}; " if message else "") + _lost_message(lost)
+        super().__init__(5, message, filename, start, stop)  # EIO
 
 
 MappedFileError.__module__ = "mmarray"
+_Raised.__module__ = "mmarray"
+_Raised.__name__ = _Raised.__qualname__ = "MappedFileError"
 
 
 def _message(filename: str | None, start: int, stop: int) -> str:
     return (f"bytes {start} to {stop} of the mapped file could not be read or written (it "
             f"was truncated below them, or the storage failed); the faulting pages read as "
             f"zeros from now on and writes to them do not reach the file")
+
+
+def _lost_message(lost: int) -> str:
+    return (f"{lost} fault record(s) were lost (the fault guard's queue of "
+            f"{_QUEUE} records overflowed): some threads may have read zeros from a mapped "
+            f"file without an exception; check the `faulted` attribute of your mappings")
+
+
+def _take_lost(thread: int) -> int:
+    with _lock:
+        return _lost.pop(thread, 0)
 
 
 def _merge(faults: list[tuple[str | None, int, int]]) -> tuple[str | None, int, int]:
@@ -98,12 +143,16 @@ def error(filename: str | None, start: int, stop: int, what: str) -> MappedFileE
     dispatch()
     ident = threading.get_ident()
     faults = _take(ident)
-    if faults:  # the pages that faulted, if this thread's: this exception carries them
+    lost = _take_lost(ident)
+    if faults or lost:  # if this thread's: this exception carries them
         if ident not in _loop_threads:  # one is on its way here: this one replaces it
             _engine.raise_in_thread(ident, None)
+    if faults:  # the pages that faulted
         filename, start, stop = _merge(faults)
-    return MappedFileError(5, f"{what}: {_message(filename, start, stop)}", filename,
-                           start, stop)
+    message = f"{what}: {_message(filename, start, stop)}"
+    if lost:
+        message += f"; {_lost_message(lost)}"
+    return MappedFileError(5, message, filename, start, stop)
 
 
 def dispatch() -> None:
@@ -115,19 +164,28 @@ def dispatch() -> None:
     current = threading.get_ident()
     targets = []
     with _lock:
-        for _token, filename, offset, thread, native in _engine.guard_pop():
+        records = _engine.guard_pop()
+        lost = _engine.guard_lost()
+        for _token, filename, offset, thread, native in records:
             start = offset - offset % _PAGE
             target = _python_thread(thread, native)
             if target is None:
                 continue  # that thread is gone: its mapping says `faulted`, nobody to tell
-            first = not _pending.get(target)
+            first = not _pending.get(target) and not _lost.get(target)
             _pending.setdefault(target, []).append((filename, start, start + _PAGE))
             if first and target != current and target not in _loop_threads:
                 targets.append(target)
+        main = threading.main_thread().ident
+        if lost and main is not None:  # whose they were is lost too: tell the main thread
+            first = not _pending.get(main) and not _lost.get(main)
+            _lost[main] = _lost.get(main, 0) + lost
+            if first and main != current and main not in _loop_threads:
+                targets.append(main)
     for target in targets:
-        if not _engine.raise_in_thread(target, MappedFileError):
+        if not _engine.raise_in_thread(target, _Raised):
             with _lock:
                 _pending.pop(target, None)
+                _lost.pop(target, None)
 
 
 def _python_thread(ident: int, native: int) -> int | None:
@@ -139,7 +197,12 @@ def _python_thread(ident: int, native: int) -> int | None:
         if thread.ident == ident and (not native or thread.native_id == native):
             return ident
     if native and os.path.isdir(f"/proc/self/task/{native}"):
-        return threading.main_thread().ident  # alive, but not a Python thread
+        # Alive. The pthread_t of a live thread is its own (pthread_self(3): reused only
+        # after the thread ended), so an ident Python runs a frame in is that thread: one
+        # started with _thread.start_new_thread, which threading does not list.
+        if ident in sys._current_frames():
+            return ident
+        return threading.main_thread().ident  # not a Python thread (a BLAS worker)
     return None
 
 
@@ -171,6 +234,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     _loop_threads.clear()
     _pending.clear()
+    _lost.clear()
     _engine.guard_new_pipe()  # the inherited one is the parent's too: its reader takes bytes
     if _helper is not None:  # threads do not survive fork(): start the child's own reader
         _helper = None
@@ -190,6 +254,7 @@ class loop_thread:
         with _lock:
             _loop_threads.discard(threading.get_ident())
             _pending.pop(threading.get_ident(), None)
+            _lost.pop(threading.get_ident(), None)
 
 
 def set_fault_guard(enabled: bool) -> None:

@@ -95,3 +95,4 @@ cdef extern from "mm.h" nogil:
     void mm_guard_remove(mm_view *view)
     uint64_t mm_guard_faults(const mm_view *view)
     int mm_guard_pop(mm_fault *fault)
+    uint64_t mm_guard_take_lost()
