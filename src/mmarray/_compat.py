@@ -466,6 +466,11 @@ def _dask_loads(header: dict[str, Any], frames: list[bytes]) -> memmap:
 def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str) -> memmap:
     """Unpickle a memmap: map the referenced bytes and view them as a memmap whose
     ``filename``, ``offset`` and ``mode`` are the pickled one's."""
+    if not isinstance(reference, ArrayRef) or mode not in ("r", "r+") or \
+            reference.writable != (mode == "r+"):
+        raise ValueError(f"a pickled mmarray.memmap holds an ArrayRef and mode 'r' (read-only) "
+                         f"or 'r+' (writable), got {type(reference).__name__} and mode "
+                         f"{mode!r:.50}")
     array = reference.array
     self = array.view(memmap)
     self._mmap = _mapping_of(array)

@@ -68,6 +68,22 @@ def with_birth(filename: str, identity: tuple[int, ...]) -> tuple[int, int, int]
     return (dev, ino, now[2])
 
 
+#: Offsets, lengths and sizes a reference may hold: what fits a signed 64-bit file offset.
+LIMIT = 1 << 63
+
+
+def check_identity(identity: Any, host: Any, what: str) -> None:
+    """TypeError unless ``identity`` and ``host`` are as a pickled ``what`` holds them: None
+    or a tuple of three ints >= 0 (device, inode, birth time), and a str."""
+    if identity is not None and not (
+            type(identity) is tuple and len(identity) == 3
+            and all(type(v) is int and 0 <= v < (1 << 64) for v in identity)):
+        raise TypeError(f"{what} holds a file identity of three ints >= 0 (device, inode, "
+                        f"birth time) or None, got {identity!r:.100}")
+    if not isinstance(host, str):
+        raise TypeError(f"{what} holds a str host, got {host!r:.100}")
+
+
 def _encode(path: str) -> bytes:
     """The path as the C layer takes it: UTF-8 on Windows, the file system encoding else."""
     return path.encode("utf-8") if os.name == "nt" else os.fsencode(path)

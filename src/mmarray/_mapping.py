@@ -555,14 +555,26 @@ def _reopen(filename: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, 
     if mode not in ("r", "r+"):
         raise ValueError(f"a pickled Mapping has mode 'r' or 'r+', got {mode!r}")
     if not isinstance(dtype, np.dtype) or type(shape) is not tuple or not isinstance(
-            filename, str) or not isinstance(offset, int):
+            filename, str) or type(offset) is not int:
         raise TypeError(f"a pickled Mapping holds a str file name, an int offset, a "
                         f"numpy.dtype and a tuple shape, got {type(filename).__name__}, "
                         f"{type(offset).__name__}, {type(dtype).__name__}, "
                         f"{type(shape).__name__}")
+    _fileref.check_identity(identity, host, "a pickled Mapping")
+    if not 0 <= offset < _fileref.LIMIT:
+        raise ValueError(f"a pickled Mapping holds an offset in [0, 2**63), got {offset}")
+    if any(type(n) is not int for n in shape):
+        raise TypeError(f"a pickled Mapping holds a shape of ints, got {shape!r:.100}")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"a pickled Mapping holds a shape of sizes >= 0, got {shape}")
+    if order not in ("C", "F"):
+        raise ValueError(f"a pickled Mapping has order 'C' or 'F', got {order!r:.50}")
     length = dtype.itemsize
     for n in shape:
         length *= n
+    if offset + length >= _fileref.LIMIT:
+        raise ValueError(f"a pickled Mapping of shape {shape} and dtype {dtype} at offset "
+                         f"{offset} reaches past byte 2**63")
     try:
         m = map_region(path=filename, access=_READ if mode == "r" else _WRITE, offset=offset,
                        length=length, dtype=dtype, shape=shape, order=order, mode=mode,

@@ -73,6 +73,9 @@ class ArrayRef:
              length: int, start: int, dtype: np.dtype[Any], shape: tuple[int, ...],
              strides: tuple[int, ...], writable: bool) -> ArrayRef:
         _check_fields(filename, offset, length, start, dtype, shape, strides)
+        _fileref.check_identity(identity, host, "an ArrayRef")
+        if type(writable) is not bool:
+            raise TypeError(f"an ArrayRef's writable flag is a bool, got {writable!r:.50}")
         self = object.__new__(cls)
         self._filename = filename
         self._identity = identity
@@ -254,6 +257,29 @@ def _check_fields(filename: Any, offset: Any, length: Any, start: Any, dtype: An
     if dtype.hasobject or dtype.itemsize == 0:
         raise TypeError(f"dtype {dtype} cannot be mapped: it holds Python objects or has "
                         f"itemsize 0")
+    limit = _fileref.LIMIT
+    if any(v >= limit for v in ints) or offset + length >= limit:
+        raise ValueError(f"an ArrayRef's offset {offset}, length {length} and start {start} "
+                         f"must be below 2**63, and so must offset + length")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"an ArrayRef's shape {shape} has a negative size; expected sizes "
+                         f">= 0")
+    if any(abs(s) >= limit for s in strides):
+        raise ValueError(f"an ArrayRef's strides {strides} must be below 2**63 in size")
+    size = 1
+    for n in shape:
+        size *= n
+    if size * dtype.itemsize >= limit:
+        raise ValueError(f"an ArrayRef of shape {shape} and dtype {dtype} is 2**63 bytes or "
+                         f"more")
+    if size:  # the bytes the view touches, relative to the lowest mapped one
+        low = start + sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
+        high = start + sum((n - 1) * s for n, s in zip(shape, strides) if s > 0) \
+            + dtype.itemsize
+        if low < 0 or high > length:
+            raise ValueError(f"an ArrayRef of shape {shape}, strides {strides} and dtype "
+                             f"{dtype} from byte {start} reaches bytes {low} to {high}, "
+                             f"outside the {length} bytes it maps")
 
 
 def _rebuild(*fields: Any) -> ArrayRef:
