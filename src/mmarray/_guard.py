@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from mmarray import _engine
@@ -202,8 +203,18 @@ def _python_thread(ident: int, native: int) -> int | None:
         # started with _thread.start_new_thread, which threading does not list.
         if ident in sys._current_frames():
             return ident
+        # A Python thread that just ended keeps its /proc entry a little while after join()
+        # returned (the kernel clears the tid for pthread_join before the task is released):
+        # wait for that to pass before telling the main thread about a non-Python thread.
+        for _ in range(_EXIT_POLLS):
+            time.sleep(0.01)
+            if not os.path.isdir(f"/proc/self/task/{native}"):
+                return None
         return threading.main_thread().ident  # not a Python thread (a BLAS worker)
     return None
+
+
+_EXIT_POLLS = 10  # x 10 ms: how long an ended thread's /proc entry may linger
 
 
 def _serve(fd: int) -> None:
