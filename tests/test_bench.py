@@ -61,7 +61,7 @@ def quick_run(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_run_structure(quick_run):
     proc, report = quick_run
-    assert report["schema"] == "mmarray-bench/1"
+    assert report["schema"] == "mmarray-bench/2"
     meta = report["meta"]
     for key in ("mode", "size", "rounds", "micro_rounds", "machine", "seconds", "fs_type"):
         assert key in meta
@@ -77,7 +77,7 @@ def test_quick_run_structure(quick_run):
             for key in ("name", "role", "status", "reason", "median", "min", "max",
                         "vs_reference", "vs_limit", "samples_s", "info"):
                 assert key in e, (case["name"], e.get("name"), key)
-            assert e["role"] in ("reference", "limit", "mmarray", "other")
+            assert e["role"] in ("reference", "limit", "baseline", "mmarray", "other")
             assert e["status"] in ("ok", "skipped", "invalid", "error")
         for t in case["targets"]:
             assert t["status"] in ("pass", "fail", "n/a")
@@ -88,8 +88,9 @@ def test_quick_run_structure(quick_run):
 def test_every_case_produced_numbers(quick_run):
     proc, report = quick_run
     names = {c["name"] for c in report["cases"]}
-    expected = {"open_close_4k", "npy_open_close", "npz_member_open", "op_index_scalar",
-                "op_slice_10", "op_slice_sum", "op_ufunc_add", "sum_cached_4k",
+    expected = {"open_close_4k", "npy_open_many_files", "npy_open_same_file",
+                "npz_member_open", "op_index_scalar", "op_slice_10", "op_slice_sum",
+                "op_ufunc_add", "sum_cached_4k",
                 "sum_cached_large", "cold_seq_scan", "cold_random_4k", "live_mappings",
                 "write_durable", "share_pool", "share_joblib", "dask_mean", "append",
                 "resize"}
@@ -431,3 +432,35 @@ def test_cpu_time_of_child_processes():
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.slow
+def test_quick_run_reports_cpu_time_spread_and_machine(quick_run):
+    proc, report = quick_run
+    meta = report["meta"]
+    assert meta["machine"]["kernel"] and meta["machine"]["cpu_model"]
+    assert len(meta["loadavg_before"]) == 3 and len(meta["machine"]["loadavg"]) == 3
+    assert "machine: " in proc.stdout and "load average" in proc.stdout
+    by_name = {c["name"]: c for c in report["cases"]}
+    for name in ("open_close_4k", "sum_cached_4k", "cold_seq_scan", "npy_open_many_files"):
+        for e in by_name[name]["contenders"]:
+            if e["status"] != "ok":
+                continue
+            assert e["cpu_median"] > 0, (name, e["name"])
+            assert 0 < e["cpu_per_wall"] < 4, (name, e["name"], e["cpu_per_wall"])
+            if e["vs_reference"] is not None:
+                lo, hi = e["vs_reference_iqr"]
+                assert lo <= e["vs_reference"] <= hi, (name, e["name"])
+    # read()/O_DIRECT can be beaten by a mapping: a baseline, never a limit
+    roles = {e["name"]: e["role"] for e in by_name["cold_seq_scan"]["contenders"]}
+    assert roles["read() 1 MiB buffers"] == "baseline"
+    assert "limit" not in [roles[n] for n in roles if "read" in n]
+
+
+def test_the_many_files_case_opens_distinct_files(tmp_path):
+    from mmarray.bench import cases as C
+
+    ctx = C.Context(str(tmp_path), mode="quick", npy_files=20)
+    paths = ctx.npy_dataset()
+    assert len(paths) == 20 and len(set(paths)) == 20
+    assert all(os.path.getsize(p) == os.path.getsize(paths[0]) for p in paths)

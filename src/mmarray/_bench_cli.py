@@ -23,7 +23,7 @@ import traceback
 
 _PKG = "_mmarray_benchmarks"
 _MARKERS = ("__init__.py", "cases.py", "_timing.py", "floor.c")
-SCHEMA = "mmarray-bench/1"
+SCHEMA = "mmarray-bench/2"  # 2: CPU, peak RSS, spreads, the "baseline" role
 
 
 class SetupError(Exception):
@@ -126,6 +126,26 @@ def _ratio(v):
     return "-" if v is None else f"{v:.2f}×"
 
 
+def _load(v):
+    return "/".join(f"{x:.2f}" for x in v) if v else "?"
+
+
+def _spread(e, key):
+    """A ratio with the middle half of its per-round values: ``1.23× [1.20–1.31]``."""
+    v = e.get(key)
+    if v is None:
+        return "-"
+    iqr = e.get(key + "_iqr")
+    return f"{v:.2f}× [{iqr[0]:.2f}–{iqr[1]:.2f}]" if iqr else f"{v:.2f}×"
+
+
+def _format_bytes(n):  # the cases' _timing.format_bytes, for reports read back from JSON
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.0f} {unit}" if n >= 100 * div else f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
 def _other(case, t):
     """What a target compares with, by name."""
     return case.get(t["against"]) or t["against"]
@@ -148,6 +168,14 @@ def format_table(report):
     lines.append("ratios are speed ratios, median of per-round ratios (contenders run "
                  "interleaved): >1× = faster than (or, for counts, more than) the NumPy way / "
                  "the limit")
+    mach = meta.get("machine") or {}
+    lines.append(f"machine: {mach.get('cpu_model') or '?'} ({mach.get('cpus', '?')} CPUs), "
+                 f"kernel {mach.get('kernel') or '?'}, Python {mach.get('python', '?')}, "
+                 f"NumPy {mach.get('numpy', '?')}; load average (1/5/15 min) before "
+                 f"{_load(meta.get('loadavg_before'))}, after {_load(mach.get('loadavg'))}")
+    lines.append("CPU: process CPU time per op (all threads; worker processes where a case has "
+                 "them) and its ratio to wall time; [a–b]: the middle half of the per-round "
+                 "ratios")
     if meta.get("c_floor_note"):
         lines.append(f"note: {meta['c_floor_note']}")
     w = 38
@@ -160,10 +188,14 @@ def format_table(report):
             lines.append(f"   CASE ERROR: {case['error']}")
             continue
         unit = case["unit"]
-        lines.append(f"   {'contender':<{w}} {'median':>12} {'min–max':>19} "
-                     f"{'vs numpy':>9} {'vs limit':>9}")
+        has_rss = any(e.get("peak_rss") for e in case["contenders"])
+        has_base = any(e["role"] == "baseline" for e in case["contenders"])
+        lines.append(f"   {'contender':<{w}} {'median':>12} {'min–max':>19} {'CPU':>18} "
+                     f"{'vs numpy':>20} {'vs limit':>20}"
+                     + (f" {'vs baseline':>20}" if has_base else "")
+                     + (f" {'peak RSS':>10}" if has_rss else ""))
         for e in case["contenders"]:
-            name = e["name"] + (" [limit]" if e["role"] == "limit" else "")
+            name = e["name"] + {"limit": " [limit]", "baseline": " [baseline]"}.get(e["role"], "")
             if len(name) > w:
                 name = name[:w - 1] + "…"
             if e["median"] is None:
@@ -171,8 +203,19 @@ def format_table(report):
                 continue
             med = f"{_num(e['median'])} {unit}"
             rng = f"{_num(e['min'])}–{_num(e['max'])}"
-            lines.append(f"   {name:<{w}} {med:>12} {rng:>19} {_ratio(e['vs_reference']):>9} "
-                         f"{_ratio(e['vs_limit']):>9}")
+            cpu = "-"
+            if e.get("cpu_median") is not None:
+                cpu = f"{_num(e['cpu_median'])} {e['cpu_unit']}"
+                if e.get("cpu_per_wall") is not None:
+                    cpu += f" ({e['cpu_per_wall']:.2f})"
+            row = (f"   {name:<{w}} {med:>12} {rng:>19} {cpu:>18} "
+                   f"{_spread(e, 'vs_reference'):>20} {_spread(e, 'vs_limit'):>20}")
+            if has_base:
+                row += f" {_spread(e, 'vs_baseline'):>20}"
+            if has_rss:
+                rss = e.get("peak_rss")
+                row += f" {_format_bytes(rss) if rss else '-':>10}"
+            lines.append(row)
             if e["status"] != "ok" and e["reason"]:
                 lines.append(f"   {'':<{w}} ({e['status']}: {e['reason']})")
         for t in case.get("targets", []):
@@ -243,39 +286,71 @@ def _need_matplotlib():
         raise SetupError(_PLOT_HELP) from None
 
 
+_COLORS = {"mmarray": "#1f77b4", "other": "#ff7f0e", "limit": "#444444", "baseline": "#888888"}
+
+
+def _plot_rows(report, key, counts):
+    """(label, role, ratio, low, high) per contender with a ``key`` ratio, reference rows
+    (always 1) left out; ``counts``: only the count cases (live mappings), else only speeds."""
+    rows = []
+    for case in report["cases"]:
+        if (case.get("kind") == "count") != counts:
+            continue
+        for e in case.get("contenders", []):
+            v = e.get(key)
+            if not v or e["role"] == "reference" or (key == "vs_limit" and e["role"] == "limit"):
+                continue
+            lo, hi = e.get(key + "_iqr") or (v, v)
+            rows.append((f"{case['name']} · {e['name']}", e["role"], v, lo, hi))
+    return rows
+
+
+def _panel(ax, rows, xlabel):
+    ys = list(range(len(rows)))[::-1]
+    vals = [r[2] for r in rows]
+    err = [[max(0.0, r[2] - r[3]) for r in rows], [max(0.0, r[4] - r[2]) for r in rows]]
+    ax.barh(ys, vals, xerr=err, color=[_COLORS.get(r[1], "#999999") for r in rows],
+            height=0.75, error_kw={"elinewidth": 0.7, "capsize": 1.5})
+    for y, v in zip(ys, vals):
+        ax.text(v, y, f" {v:.2f}×", va="center", fontsize=6)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([r[0] for r in rows], fontsize=6)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel(xlabel, fontsize=7)
+
+
 def plot(report, path):
-    """Bar chart: per case, each contender's speed relative to the NumPy way (log scale)."""
+    """Bar charts (log scale): each contender's speed relative to the NumPy way, and relative
+    to the case's limit (what the targets use), with the middle half of the per-round ratios
+    as error bars; counts (live mappings) in their own panel; reference bars (always 1)
+    left out."""
     _need_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for case in report["cases"]:
-        for e in case.get("contenders", []):
-            if e.get("vs_reference"):
-                rows.append((case["name"], e["name"], e["role"], e["vs_reference"]))
-    if not rows:
+    panels = [(_plot_rows(report, "vs_reference", False),
+               "speed relative to the NumPy way (numpy.memmap / np.load); >1 = faster"),
+              (_plot_rows(report, "vs_limit", False),
+               "speed relative to the case's limit (C floor, in-memory); 1 = at the limit"),
+              (_plot_rows(report, "vs_reference", True),
+               "live mappings relative to numpy.memmap (a count, not a speed); >1 = more")]
+    panels = [(rows, label) for rows, label in panels if rows]
+    if not panels:
         raise SetupError("nothing to plot: no case produced ratios")
-    colors = {"reference": "#888888", "limit": "#444444", "mmarray": "#1f77b4",
-              "other": "#ff7f0e"}
-    fig, ax = plt.subplots(figsize=(10, 0.26 * len(rows) + 1.5))
-    ys = list(range(len(rows)))[::-1]
-    ax.barh(ys, [r[3] for r in rows], color=[colors.get(r[2], "#999999") for r in rows],
-            height=0.75)
-    ax.set_yticks(ys)
-    ax.set_yticklabels([f"{r[0]} · {r[1]}" for r in rows], fontsize=7)
-    ax.set_ylim(-0.6, len(rows) - 0.4)
-    ax.set_xscale("log")
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("speed relative to the NumPy way (numpy.memmap / np.load), log scale; "
-                  ">1 = faster")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
-    ax.legend(handles, list(colors), loc="lower right", fontsize=7)
+    heights = [0.22 * len(rows) + 0.9 for rows, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, sum(heights) + 0.8),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (rows, label) in zip(axes[:, 0], panels):
+        _panel(ax, rows, label)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _COLORS.values()]
+    axes[0, 0].legend(handles, list(_COLORS), loc="lower right", fontsize=6)
     meta = report.get("meta", {})
-    ax.set_title(f"mmarray bench ({meta.get('mode', '')}, {meta.get('size_human', '')})",
-                 fontsize=9)
+    axes[0, 0].set_title(f"mmarray bench ({meta.get('mode', '')}, {meta.get('size_human', '')});"
+                         f" error bars: middle half of the per-round ratios", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -393,6 +468,7 @@ def run(args, progress):
         raise SetupError(f"--dir {parent!r} is not a directory")
     workdir = tempfile.mkdtemp(prefix="mmarray-bench-", dir=parent)
     t0 = time.perf_counter()
+    load_before = T.loadavg()  # the machine info at the end has the load after
     results = []
     try:
         try:
@@ -434,7 +510,8 @@ def run(args, progress):
                 "c_floor": floor.compiler if floor else None, "c_floor_note": floor_note,
                 "bench_dir": bench_dir, "argv": sys.argv[1:],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "machine": T.machine_info(), "seconds": time.perf_counter() - t0}
+                "machine": T.machine_info(), "loadavg_before": load_before,
+                "seconds": time.perf_counter() - t0}
         return {"schema": SCHEMA, "meta": meta, "cases": results,
                 "summary": summarize(results)}
     finally:

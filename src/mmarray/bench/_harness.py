@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import statistics
 
 import numpy as np
 
@@ -19,19 +20,22 @@ from . import _timing as T
 
 #: Run lengths: ``python -m mmarray bench`` runs "default", ``--quick`` and ``--full`` the others.
 #: ``about``: what the run takes on a 2-core machine (measured; README's Benchmarks section).
+#: ``micro_rounds``: rounds of the micro cases (open/close, ops): enough that the middle half of
+#: the per-round ratios (shown next to each ratio) is narrow and repeated runs agree;
+#: ``npy_files``: how many distinct small .npy files the npy_open_close case opens per round;
 #: ``share_size``: the float32 file of the share and dask cases (None: ``size``);
 #: ``share_rounds`` / ``dask_rounds``: their rounds (few: numpy.memmap's contenders there ship
 #: or embed the whole file, seconds per round); ``--rounds`` overrides them too.
 MODES = {
-    "quick": {"size": 64 << 20, "rounds": 3, "micro_rounds": 9, "micro_target": 0.004,
-              "random_reads": 400, "share_size": None, "share_rounds": 3, "dask_rounds": 3,
-              "about": "20 s"},
-    "default": {"size": 256 << 20, "rounds": 5, "micro_rounds": 25, "micro_target": 0.01,
-                "random_reads": 1000, "share_size": 512 << 20, "share_rounds": 3,
-                "dask_rounds": 3, "about": "1.5 min"},
-    "full": {"size": 1 << 30, "rounds": 7, "micro_rounds": 25, "micro_target": 0.02,
-             "random_reads": 2000, "share_size": 512 << 20, "share_rounds": 5,
-             "dask_rounds": 4, "about": "4.5 min"},
+    "quick": {"size": 64 << 20, "rounds": 3, "micro_rounds": 15, "micro_target": 0.004,
+              "npy_files": 200, "random_reads": 400, "share_size": None, "share_rounds": 3,
+              "dask_rounds": 3, "about": "20 s"},
+    "default": {"size": 256 << 20, "rounds": 5, "micro_rounds": 51, "micro_target": 0.01,
+                "npy_files": 1000, "random_reads": 1000, "share_size": 512 << 20,
+                "share_rounds": 3, "dask_rounds": 3, "about": "1.5 min"},
+    "full": {"size": 1 << 30, "rounds": 7, "micro_rounds": 75, "micro_target": 0.02,
+             "npy_files": 1000, "random_reads": 2000, "share_size": 512 << 20,
+             "share_rounds": 5, "dask_rounds": 4, "about": "4.5 min"},
 }
 
 
@@ -42,7 +46,7 @@ class Context:
     it."""
 
     def __init__(self, workdir, *, mode="default", size=None, rounds=None, micro_rounds=None,
-                 progress=None, live_cap=None, random_reads=None):
+                 progress=None, live_cap=None, random_reads=None, npy_files=None):
         import mmarray
 
         if mode not in MODES:
@@ -64,6 +68,7 @@ class Context:
         self.micro_target = preset["micro_target"]   # seconds per micro batch
         self.live_cap = int(live_cap or 64_000)
         self.random_reads = int(random_reads or preset["random_reads"])
+        self.npy_files = int(npy_files or preset["npy_files"])
         self.chunk_bytes = 8 << 20
         self.progress = progress or (lambda msg: None)
         self._floor = None
@@ -116,6 +121,23 @@ class Context:
             raise KeyError(name)
         self._files[name] = p
         return p
+
+    def npy_dataset(self):
+        """Create (once) and return the paths of ``npy_files`` distinct small .npy files
+        (``np.arange(512.)`` each, as ``np.save`` writes them): a dataset of many small
+        arrays, opened one after the other."""
+        if "npy_dataset" not in self._files:
+            d = self.path("npyset")
+            os.makedirs(d, exist_ok=True)
+            self.progress(f"writing {self.npy_files} small .npy files")
+            a = np.arange(512, dtype=np.float64)
+            paths = []
+            for i in range(self.npy_files):
+                p = os.path.join(d, f"{i:06d}.npy")
+                np.save(p, a)
+                paths.append(p)
+            self._files["npy_dataset"] = paths
+        return list(self._files["npy_dataset"])
 
     def share_file(self):
         """(path, shape, per-task sums) of the float32 file of the share and dask cases:
@@ -211,7 +233,8 @@ def run_case(ctx, name, title, unit, contenders, *, targets=(), cache_state="n/a
     runners, results = [], []
     for c in contenders:
         entry = {"name": c.name, "role": c.role, "status": "ok", "reason": None,
-                 "info": c.info, "samples_s": []}
+                 "info": c.info, "samples_s": [], "cpu_samples_s": [], "cpu_source": None,
+                 "peak_rss": None}
         results.append(entry)
         if c.skip:
             entry.update(status="skipped", reason=c.skip)
@@ -234,6 +257,10 @@ def run_case(ctx, name, title, unit, contenders, *, targets=(), cache_state="n/a
     for cname, m in measured.items():
         e = by_name[cname]
         e["samples_s"] = m["samples"]
+        e["cpu_samples_s"] = m["cpu"]
+        e["cpu_source"] = m["cpu_source"]
+        rss = [v for v in m["peak_rss"] if v is not None]
+        e["peak_rss"] = max(rss) if rss else None
         if m["errors"]:
             e["status"], e["reason"] = "error", m["errors"][0]
         elif m["invalid"]:
@@ -245,17 +272,50 @@ def run_case(ctx, name, title, unit, contenders, *, targets=(), cache_state="n/a
                    params, work)
 
 
+def cpu_fields(e, kind, scale):
+    """Fill the entry's CPU figures from its ``cpu_samples_s`` (aligned with ``samples_s``):
+    ``cpu_median_s`` (CPU seconds per sample: per operation in micro cases), ``cpu_median``
+    in ``cpu_unit`` (the case's unit when it is a time, else ms) and ``cpu_per_wall`` (median
+    over rounds of CPU / wall time: 2 = two cores busy for the whole timed part)."""
+    cpu = [c for c, w in zip(e.get("cpu_samples_s") or [], e["samples_s"])
+           if c is not None and w is not None]
+    per_wall = [c / w for c, w in zip(e.get("cpu_samples_s") or [], e["samples_s"])
+                if c is not None and w is not None and w > 0]
+    e["cpu_median_s"] = statistics.median(cpu) if cpu else None
+    if kind == "time":
+        e["cpu_unit"] = next(u for u, (k, sc) in UNITS.items() if k == "time" and sc == scale)
+        e["cpu_median"] = None if not cpu else e["cpu_median_s"] * scale
+    else:
+        e["cpu_unit"] = "ms"
+        e["cpu_median"] = None if not cpu else e["cpu_median_s"] * 1e3
+    e["cpu_per_wall"] = statistics.median(per_wall) if per_wall else None
+
+
+#: The roles a ratio is taken against: role -> (entry key, the result's key).
+AGAINST = {"reference": "vs_reference", "limit": "vs_limit", "baseline": "vs_baseline"}
+
+
 def _finish(ctx, name, title, unit, kind, scale, results, targets, cache_state, notes, params,
             work):
     ref = next((e for e in results if e["role"] == "reference"), None)
-    limits = [e for e in results if e["role"] == "limit" and e["samples_s"]]
     ref_samples = ref["samples_s"] if ref and ref["samples_s"] else None
-    limit_samples = T.best_of(*[e["samples_s"] for e in limits]) if limits else None
+    against = {"reference": ref_samples}
+    named = {"reference": ref["name"] if ref else None}
+    for role in ("limit", "baseline"):
+        group = [e for e in results if e["role"] == role and e["samples_s"]]
+        against[role] = T.best_of(*[e["samples_s"] for e in group]) if group else None
+        named[role] = " / ".join(e["name"] for e in results if e["role"] == role) or None
     for e in results:
         st = T.stats(e["samples_s"]) if e["samples_s"] else None
         e["median"] = e["min"] = e["max"] = e["median_s"] = None
-        e["vs_reference"] = e["vs_limit"] = None
+        for key in AGAINST.values():
+            e[key] = e[key + "_iqr"] = None
+        e.setdefault("cpu_samples_s", [])
+        e.setdefault("cpu_source", None)
+        e.setdefault("peak_rss", None)
         if st is None:
+            e["cpu_median_s"] = e["cpu_median"] = e["cpu_per_wall"] = None
+            e["cpu_unit"] = None
             if e["status"] == "ok":
                 e["status"], e["reason"] = "invalid", e["reason"] or "no valid sample"
             continue
@@ -263,22 +323,25 @@ def _finish(ctx, name, title, unit, kind, scale, results, targets, cache_state, 
                          _convert(kind, st["max"], work, scale)))
         e.update(median=_convert(kind, st["median"], work, scale), min=lo, max=hi,
                  median_s=st["median"], n=st["n"])
-        if ref_samples:
-            e["vs_reference"] = T.paired_speed_ratio(ref_samples, e["samples_s"])
-        if limit_samples:
-            e["vs_limit"] = T.paired_speed_ratio(limit_samples, e["samples_s"])
+        for role, key in AGAINST.items():
+            if against[role]:
+                ratios = T.paired_ratios(against[role], e["samples_s"])
+                if ratios:
+                    e[key] = statistics.median(ratios)
+                    e[key + "_iqr"] = list(T.quartiles(ratios))
+        cpu_fields(e, kind, scale)
     result = {"name": name, "title": title, "unit": unit, "kind": kind,
               "cache_state": cache_state, "params": params or {}, "notes": notes,
-              "reference": ref["name"] if ref else None,
-              "limit": " / ".join(e["name"] for e in limits) or None,
-              "contenders": results}
+              "reference": named["reference"], "limit": named["limit"],
+              "baseline": named["baseline"], "contenders": results}
     result["targets"] = [evaluate_target(result, t) for t in targets]
     return result
 
 
 def target(text, contenders, against, minimum, as_time=False):
     """A target: the first of ``contenders`` that produced numbers must reach ``minimum`` as a
-    speed ratio against ``against`` ("reference" or "limit"), or as a value ("value").
+    speed ratio against ``against`` ("reference", "limit" or "baseline"), or as a value
+    ("value").
     ``as_time``: the target is phrased as a time ratio (≤ 1/minimum times the other's time)."""
     if isinstance(contenders, str):
         contenders = [contenders]
@@ -330,13 +393,18 @@ def evaluate_target(result, t):
         if e["status"] != "ok" and e["median"] is None:
             reasons.append(f"{cname}: {e['reason'] or e['status']}")
             continue
-        key = {"reference": "vs_reference", "limit": "vs_limit", "value": "median"}[t["against"]]
-        value = e[key]
+        key = AGAINST.get(t["against"], "median")
+        value = e.get(key)
         if value is None:
             reasons.append(f"{cname}: no {t['against']} to compare with")
             continue
         out.update(contender=cname, measured=value,
                    status="pass" if value >= t["min"] else "fail")
+        iqr = e.get(key + "_iqr") if t["against"] != "value" else None
+        if iqr:
+            # the required ratio inside the middle half of the per-round ratios: the verdict
+            # could flip between runs
+            out.update(spread=iqr, near=iqr[0] <= t["min"] <= iqr[1])
         return out
     out["reason"] = "; ".join(reasons) or "no contender ran"
     return out

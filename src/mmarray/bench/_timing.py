@@ -24,6 +24,7 @@ import gc
 import mmap
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -88,16 +89,28 @@ class Sample(float):
         return self
 
 
-def micro_runner(stmt, namespace, number):
+def micro_runner(stmt, namespace, number, per=1):
     """A runner timing ``number`` executions of ``stmt`` (a string or a callable) with the GC
-    off, returning seconds per execution."""
+    off, returning a :class:`Sample`: seconds per operation (one execution does ``per``
+    operations, for a statement that loops over ``per`` files, say) carrying the process's
+    CPU seconds per operation."""
     timer = timeit.Timer(stmt, globals=namespace)
+    ops = number * per
 
     def run():
-        return timer.timeit(number) / number
+        c0 = time.process_time()
+        t = timer.timeit(number)
+        return Sample(t / ops, cpu_s=(time.process_time() - c0) / ops)
 
     run.timer = timer
     return run
+
+
+def cpu_now():
+    """CPU seconds (user + system) so far of this process (all its threads) and of its
+    terminated, waited-for child processes."""
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
 
 
 def calibrate(stmt, namespace, target_seconds, max_number=10_000_000):
@@ -120,35 +133,65 @@ def interleave(runners, rounds, progress=None, warmup=0, label="", seed=20240601
     O_DIRECT scan is measurably slower, for example).
 
     ``runners`` is a list of ``(name, callable)``. Returns ``{name: {"samples": [...],
-    "errors": [...], "invalid": [...]}}`` where ``samples`` has one entry per round (None for
-    a round whose sample failed or was rejected), so rounds line up across contenders.
+    "cpu": [...], "peak_rss": [...], "cpu_source": ..., "errors": [...], "invalid": [...]}}``
+    where ``samples`` has one entry per round (None for a round whose sample failed or was
+    rejected), so rounds line up across contenders; ``cpu`` and ``peak_rss`` line up with it.
+
+    CPU time: a runner returning a :class:`Sample` with ``cpu_s`` set measured its own (the
+    timed part only; it wins). For any other result the harness measures the CPU of this
+    process (all threads) and of its waited-for children around the whole call, and scales
+    it to the returned seconds (``cpu x returned / wall of the call``: a runner returning
+    seconds per operation of a batch gets CPU per operation; untimed setup inside the call
+    counts at the call's average CPU use). ``cpu_source`` says which ("runner", "harness"
+    or "mixed").
     """
-    out = {name: {"samples": [], "errors": [], "invalid": []} for name, _ in runners}
+    out = {name: {"samples": [], "cpu": [], "peak_rss": [], "errors": [], "invalid": [],
+                  "cpu_source": None} for name, _ in runners}
     broken = set()
     rng = random.Random(seed)
     for r in range(-warmup, rounds):
         order = list(runners)
         rng.shuffle(order)
         for name, fn in order:
+            o = out[name]
             if name in broken:
                 if r >= 0:
-                    out[name]["samples"].append(None)
+                    o["samples"].append(None)
+                    o["cpu"].append(None)
+                    o["peak_rss"].append(None)
                 continue
             if progress and r >= 0:
                 progress(f"{label}round {r + 1}/{rounds}: {name}")
+            cpu = rss = None
             try:
+                c0, w0 = cpu_now(), time.perf_counter()
                 t = fn()
+                w1, c1 = time.perf_counter(), cpu_now()
+                if t is not None:
+                    cpu = getattr(t, "cpu_s", None)
+                    rss = getattr(t, "peak_rss", None)
+                    source = "runner"
+                    if cpu is None:
+                        wall = w1 - w0
+                        cpu = (c1 - c0) * (min(float(t) / wall, 1.0) if wall > 0 else 1.0)
+                        source = "harness"
+                    if r >= 0:
+                        prev = o["cpu_source"]
+                        o["cpu_source"] = source if prev in (None, source) else "mixed"
+                    t = float(t)
             except Invalid as exc:
                 t = None
-                out[name]["invalid"].append(str(exc))
+                o["invalid"].append(str(exc))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # a contender that breaks must not stop the others
                 t = None
-                out[name]["errors"].append(f"{type(exc).__name__}: {exc}")
+                o["errors"].append(f"{type(exc).__name__}: {exc}")
                 broken.add(name)
             if r >= 0:
-                out[name]["samples"].append(t)
+                o["samples"].append(t)
+                o["cpu"].append(cpu if t is not None else None)
+                o["peak_rss"].append(rss if t is not None else None)
     return out
 
 
@@ -161,15 +204,33 @@ def stats(samples):
             "n": len(good)}
 
 
+def paired_ratios(ref, other):
+    """The per-round ratios ref[i] / other[i] (speed ratios: > 1 means ``other`` is faster),
+    for the rounds where both are present."""
+    return [a / b for a, b in zip(ref, other) if a is not None and b is not None and b > 0]
+
+
 def paired_speed_ratio(ref, other):
     """Median over rounds of ref[i] / other[i] (a speed ratio: > 1 means `other` is faster).
 
     Both are per-round sample lists (seconds); rounds where either is missing are skipped.
     """
-    ratios = [a / b for a, b in zip(ref, other) if a is not None and b is not None and b > 0]
+    ratios = paired_ratios(ref, other)
     if not ratios:
         return None
     return statistics.median(ratios)
+
+
+def quartiles(values):
+    """(first quartile, third quartile) of the values (inclusive method: within min-max),
+    or None if there are none."""
+    good = sorted(v for v in values if v is not None)
+    if not good:
+        return None
+    if len(good) == 1:
+        return (good[0], good[0])
+    q = statistics.quantiles(good, n=4, method="inclusive")
+    return (q[0], q[2])
 
 
 def best_of(*sample_lists):
@@ -182,19 +243,30 @@ def best_of(*sample_lists):
 
 
 class Stopwatch:
-    """``with Stopwatch() as sw: ...; sw.seconds`` using perf_counter, GC off inside."""
+    """``with Stopwatch() as sw: ...; sw.seconds`` using perf_counter, GC off inside.
+
+    Also measures the CPU seconds spent inside (``sw.cpu``: this process's threads and its
+    waited-for children, see :func:`cpu_now`); ``sw.sample()`` returns both as a
+    :class:`Sample`."""
 
     def __enter__(self):
         self._gc = gc.isenabled()
         gc.disable()
+        self._c0 = cpu_now()
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self._t0
+        self.cpu = cpu_now() - self._c0
         if self._gc:
             gc.enable()
         return False
+
+    def sample(self, extra_cpu=0.0, peak_rss=None):
+        """The wall seconds as a :class:`Sample` with the CPU seconds (plus ``extra_cpu``:
+        CPU of processes the harness does not wait for, such as pool workers)."""
+        return Sample(self.seconds, cpu_s=self.cpu + extra_cpu, peak_rss=peak_rss)
 
 
 # -- CPU time of worker processes ---------------------------------------------------------------
@@ -352,6 +424,22 @@ def read_whole(path, chunk=1 << 20, random_advice=False):
     return off
 
 
+def mappings_of(path):
+    """How many mappings of the file ``path`` this process has (/proc/self/maps; 0 where
+    the kernel does not say)."""
+    target = os.path.realpath(path)
+    n = 0
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(None, 5)
+                if len(parts) == 6 and parts[5] == target:
+                    n += 1
+    except OSError:
+        return 0
+    return n
+
+
 def smaps_file_pmd_kb():
     """FilePmdMapped of this process in kB (file pages mapped 2 MiB at a time), or None."""
     try:
@@ -364,17 +452,23 @@ def smaps_file_pmd_kb():
     return None
 
 
-def pmd_probe(path, nbytes=64 << 20):
-    """Map the file, touch its first ``nbytes`` and return how many kB got PMD-mapped.
+def pmd_probe(path, nbytes=None):
+    """Map the file, touch every page of it (or of its first ``nbytes``) and return how many
+    kB got PMD-mapped (FilePmdMapped of this process, after minus before).
 
     Large folios in the page cache (after a sequential read) map 2 MiB per fault and show up
-    as FilePmdMapped; a file cached in 4 KiB pages shows 0. None if the kernel doesn't say."""
+    as FilePmdMapped; a file cached in 4 KiB pages shows 0. None if the kernel doesn't say.
+    :func:`pmd_fraction` turns the figure into the fraction of the file."""
     import numpy as np
 
     before = smaps_file_pmd_kb()
     if before is None:
         return None
-    size = min(os.path.getsize(path), nbytes)
+    size = os.path.getsize(path)
+    if nbytes is not None:
+        size = min(size, nbytes)
+    if size == 0:
+        return 0
     fd = os.open(path, os.O_RDONLY)
     try:
         mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
@@ -390,20 +484,53 @@ def pmd_probe(path, nbytes=64 << 20):
     return max(0, (after or 0) - before)
 
 
+def pmd_fraction(pmd_kb, size):
+    """The fraction of a ``size``-byte file that :func:`pmd_probe` found PMD-mapped."""
+    if pmd_kb is None or not size:
+        return None
+    return min(1.0, pmd_kb * 1024 / size)
+
+
+#: set_cache_state("large") needs at least this fraction of the file PMD-mapped. Not 100%:
+#: a sequential read ramps its readahead (and folio) size up, so the first ~30 MiB of the
+#: file sits in folios smaller than 2 MiB (measured on ext4, kernel 6.18: 53% of a 64 MiB
+#: file PMD-mapped, 88% of 256 MiB); the measured fraction goes in every result's
+#: cache_state.
+LARGE_MIN_PMD = 0.5
+
+
 def set_cache_state(path, state):
     """Put the whole file in the page cache in ``state``: "4k" (evict, then read with
     POSIX_FADV_RANDOM: 4 KiB pages) or "large" (evict, then a plain sequential read: large
-    folios). Returns a dict describing what was verified."""
+    folios). Returns a dict describing what was verified: ``resident`` (fraction of the
+    file's pages cached), ``pmd_mapped_kb`` and ``pmd_fraction`` (how much of the *whole*
+    file a mapping touching every page got PMD-mapped); verified if resident >= 99% and the
+    PMD fraction is 0 ("4k") or >= :data:`LARGE_MIN_PMD` ("large")."""
     evict_checked(path)
     read_whole(path, random_advice=(state == "4k"))
     frac = resident_fraction(path)
     pmd = pmd_probe(path)
-    info = {"state": state, "resident": frac, "pmd_mapped_kb": pmd}
+    pmd_frac = pmd_fraction(pmd, os.path.getsize(path))
+    info = {"state": state, "resident": frac, "pmd_mapped_kb": pmd, "pmd_fraction": pmd_frac}
     ok = frac >= 0.99
-    if pmd is not None:
-        ok = ok and ((pmd == 0) if state == "4k" else (pmd > 0))
+    if pmd_frac is not None:
+        ok = ok and ((pmd == 0) if state == "4k" else (pmd_frac >= LARGE_MIN_PMD))
     info["verified"] = ok
     return info
+
+
+def describe_cache_state(info):
+    """One line for a result's cache_state: what :func:`set_cache_state` verified."""
+    state = ("large folios (evicted, then read sequentially)" if info["state"] == "large"
+             else "4 KiB pages (evicted, then read with POSIX_FADV_RANDOM)")
+    pmd = info.get("pmd_fraction")
+    pmd_text = ("PMD-mapped: not reported by this kernel" if pmd is None else
+                f"{pmd:.1%} of the file PMD-mapped when every page is touched "
+                f"({info['pmd_mapped_kb']:,} kB)")
+    text = f"cached in {state}; verified: resident {info['resident']:.0%}, {pmd_text}"
+    if not info["verified"]:
+        text += " -- state NOT verified"
+    return text
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -433,10 +560,12 @@ class Floor:
     def __init__(self, lib, compiler):
         self.lib = lib
         self.compiler = compiler
-        for name in ("floor_open_map", "floor_open_reads_map"):
+        for name in ("floor_open_map", "floor_open_reads_map", "floor_open_reads_map_many"):
             getattr(lib, name).restype = ctypes.c_int64
         lib.floor_open_map.argtypes = [ctypes.c_char_p, ctypes.c_int64]
         lib.floor_open_reads_map.argtypes = [ctypes.c_char_p] + [ctypes.c_int64] * 7
+        lib.floor_open_reads_map_many.argtypes = [ctypes.POINTER(ctypes.c_char_p)] + \
+            [ctypes.c_int64] * 4
 
     @staticmethod
     def _check(ns):
@@ -455,6 +584,18 @@ class Floor:
         ns = self.lib.floor_open_reads_map(os.fsencode(path), number, at1, len1, at2, len2,
                                            data_off, data_len)
         return self._check(ns) / 1e9 / number
+
+    def path_array(self, paths):
+        """The paths as the C array :meth:`open_reads_map_many` takes (keep it alive)."""
+        return (ctypes.c_char_p * len(paths))(*[os.fsencode(p) for p in paths])
+
+    def open_reads_map_many(self, paths, number, header_len, data_off):
+        """Seconds per file of ``number`` passes over ``paths`` (from :meth:`path_array`),
+        each file: open + pread its first ``header_len`` bytes + fstat + mmap [data_off,
+        end of file) + close + munmap."""
+        ns = self.lib.floor_open_reads_map_many(paths, len(paths), number, header_len,
+                                                data_off)
+        return self._check(ns) / 1e9 / number / len(paths)
 
 
 def build_floor(source, workdir):
@@ -483,7 +624,31 @@ def build_floor(source, workdir):
         return None, f"loading the C floor failed: {exc}"
 
 
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo; platform.processor() elsewhere), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() in ("model name", "Model", "cpu model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or None
+
+
+def loadavg():
+    """The 1, 5 and 15 minute load averages (os.getloadavg), or None."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover
+        return None
+
+
 def machine_info():
+    """What the run ran on: Python, NumPy, kernel (uname), CPU model and count, memory, the
+    mapping limits, and the load average now (the CLI takes it before and after the run)."""
     info = {"python": sys.version.split()[0], "platform": sys.platform,
             "cpus": os.cpu_count(), "page_size": PAGE}
     try:
@@ -493,9 +658,13 @@ def machine_info():
     except ImportError:  # pragma: no cover
         pass
     try:
-        info["kernel"] = os.uname().release
+        u = os.uname()
+        info["kernel"] = u.release
+        info["uname"] = f"{u.sysname} {u.release} {u.version} {u.machine}"
     except AttributeError:  # pragma: no cover
         pass
+    info["cpu_model"] = cpu_model()
+    info["loadavg"] = loadavg()
     for key, path in (("max_map_count", "/proc/sys/vm/max_map_count"),
                       ("thp", "/sys/kernel/mm/transparent_hugepage/enabled")):
         try:
