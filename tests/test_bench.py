@@ -192,7 +192,7 @@ def test_default_run_without_a_c_compiler_skips_the_floor_with_a_note(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["meta"]["mode"] == "default"
-    assert (report["meta"]["rounds"], report["meta"]["micro_rounds"]) == (5, 25)
+    assert (report["meta"]["rounds"], report["meta"]["micro_rounds"]) == (5, 51)
     assert "no C compiler" in report["meta"]["c_floor_note"]
     assert "note: no C compiler" in proc.stdout
     floor = [e for e in report["cases"][0]["contenders"] if e["role"] == "limit"]
