@@ -138,6 +138,15 @@ def test_from_json_reprints_the_table(quick_run, tmp_path):
     again = _bench("--from-json", str(path), "--no-progress", cwd=str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert "== open_close_4k" in again.stdout
+    md = _bench("--from-json", str(path), "--markdown", "--no-progress", cwd=str(tmp_path))
+    assert md.returncode == 0, md.stderr
+    rows = [line for line in md.stdout.splitlines() if line.startswith("| open_close_4k |")]
+    assert len(rows) == 1 and "(reference)" in rows[0]
+    n_open = len(next(c for c in report["cases"] if c["name"] == "open_close_4k")["contenders"])
+    lines = md.stdout.splitlines()
+    start = lines.index(rows[0])
+    assert all(line.startswith("|  | ") for line in lines[start + 1:start + n_open])
+    assert "*targets*" in md.stdout and "Targets:" in md.stdout
 
 
 def test_list_and_case_selection(tmp_path):

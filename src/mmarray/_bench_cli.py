@@ -261,6 +261,70 @@ def format_table(report):
     return "\n".join(lines)
 
 
+def _md_target(case, t):
+    status = t["status"] if t["status"] != "fail" else "**fail**"
+    if t["measured"] is None:
+        return f"{t['text']}: {status} ({t.get('reason') or ''})"
+    if t.get("at_most"):
+        got = _value(t, t["measured"])
+    elif t["against"] == "value":
+        got = _num(t["measured"])
+    elif t.get("as_time"):
+        got = f"{1 / t['measured']:.2f}× the time"
+    else:
+        got = f"{t['measured']:.2f}×"
+    return f"{t['text']}: {status} ({got})"
+
+
+def format_markdown(report):
+    """Markdown tables of a report: one row per contender, grouped by case, with CPU time,
+    the ratios and their spread, peak RSS where measured, and each case's targets."""
+    meta = report.get("meta", {})
+    mach = meta.get("machine") or {}
+    out = [f"{meta.get('mode', '?')} run, {meta.get('started', '')[:10]}: big file "
+           f"{meta.get('size_human', '?')}, {meta.get('rounds', '?')} rounds "
+           f"({meta.get('micro_rounds', '?')} for micro cases), {meta.get('seconds', 0):.0f} s; "
+           f"{mach.get('cpu_model') or '?'} ({mach.get('cpus', '?')} CPUs), kernel "
+           f"{mach.get('kernel') or '?'}, Python {mach.get('python', '?')}, NumPy "
+           f"{mach.get('numpy', '?')}, temp dir on {meta.get('fs_type') or '?'}; load average "
+           f"before {_load(meta.get('loadavg_before'))}, after {_load(mach.get('loadavg'))}.",
+           "",
+           "| case | contender | median | CPU (CPU/wall) | vs numpy [middle half] | "
+           "vs limit [middle half] | peak RSS |",
+           "|---|---|---|---|---|---|---|"]
+    for case in report["cases"]:
+        if case.get("error"):
+            out.append(f"| {case['name']} | case error: {case['error']} | | | | | |")
+            continue
+        first = True
+        for e in case["contenders"]:
+            label = case["name"] if first else ""
+            first = False
+            name = e["name"] + {"limit": " (limit)", "baseline": " (baseline)",
+                                "reference": " (reference)"}.get(e["role"], "")
+            if e["median"] is None:
+                out.append(f"| {label} | {name} | {e['status']}: {e['reason'] or ''} | | | | |")
+                continue
+            cpu = "-"
+            if e.get("cpu_median") is not None:
+                cpu = f"{_num(e['cpu_median'])} {e['cpu_unit']}"
+                if e.get("cpu_per_wall") is not None:
+                    cpu += f" ({e['cpu_per_wall']:.2f})"
+            vs_limit = _spread(e, "vs_limit")
+            if vs_limit == "-" and e.get("vs_baseline") is not None:
+                vs_limit = "baseline " + _spread(e, "vs_baseline")
+            rss = _format_bytes(e["peak_rss"]) if e.get("peak_rss") else "-"
+            out.append(f"| {label} | {name} | {_num(e['median'])} {case['unit']} | {cpu} | "
+                       f"{_spread(e, 'vs_reference')} | {vs_limit} | {rss} |")
+        targets = "; ".join(_md_target(case, t) for t in case.get("targets", []))
+        if targets:
+            out.append(f"| | *targets* | {targets} | | | | |")
+    tg = report.get("summary", {}).get("targets", {})
+    out += ["", f"Targets: {tg.get('pass', 0)} pass, {tg.get('fail', 0)} fail, "
+                f"{tg.get('n/a', 0)} n/a."]
+    return "\n".join(out)
+
+
 def summarize(cases):
     counts = {"pass": 0, "fail": 0, "n/a": 0}
     errors = 0
@@ -396,6 +460,9 @@ def build_parser():
                                        "mmarray/bench) instead of the installed ones")
     p.add_argument("--from-json", metavar="FILE",
                    help="do not run: print the table (and --plot) of a saved --json file")
+    p.add_argument("--markdown", action="store_true",
+                   help="print Markdown tables (as in README's Benchmarks section) instead of "
+                        "the text table")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     return p
 
@@ -540,7 +607,7 @@ def main(argv=None):
             report = run(args, progress)
             if report is None:
                 return 0
-        print(format_table(report))
+        print(format_markdown(report) if args.markdown else format_table(report))
         if args.json and not args.from_json:
             with open(args.json, "w") as f:
                 json.dump(_clean_json(report), f, indent=1)
