@@ -251,6 +251,32 @@ cdef class Region:
                 return 0
         return 0
 
+    def _check_movable(self):
+        """Raise what _resize and _rebase would refuse for now (closed, an operation running
+        without the GIL, a raw buffer exported), before a caller writes anything to the
+        file."""
+        if self._closed:
+            raise ValueError("mapping is closed")
+        if self._busy:
+            raise BufferError("an operation (flush, prefetch, chunks) is using the mapping: "
+                              "resize once it is done")
+        if self._raw_exported:
+            raise BufferError("the Mapping was used as a plain-bytes buffer, whose users it "
+                              "cannot count: it cannot be resized or moved to another file")
+
+    def _own_views(self, st_dev, st_ino):
+        """How many of the live views of file (st_dev, st_ino) that ``live_views`` counts
+        are this mapping's: its view and the retired ones kept for arrays made before a
+        resize."""
+        cdef _Retired retired
+        n = 1 if (self._registered and (self._file_dev, self._file_ino) == (st_dev, st_ino)) \
+            else 0
+        for retired in self._retired or ():
+            if retired.view.data != NULL and (retired.file_dev, retired.file_ino) == \
+                    (st_dev, st_ino):
+                n += 1
+        return n
+
     def _rebase(self, int fd, uint64_t offset, tuple shape):
         """Map the same array from another file: ``fd``, a copy of this mapping's file that
         the caller has just written and renamed over the old name (NpyMapping.resize, to give
