@@ -301,3 +301,33 @@ def test_append_failing_on_the_file_size_limit_truncates_back(tmp_path):
     """, timeout=120)
     assert_clean_exit(proc)
     assert "ok" in proc.stdout
+
+
+# -- 11: a grow whose map fails leaves the file's old size --------------------------------------
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux RLIMIT_AS")
+def test_failed_grow_under_rlimit_as_truncates_back(tmp_path):
+    path = str(tmp_path / "as.bin")
+    proc = run_python(f"""
+        import os, resource, mmarray
+        path = {path!r}
+        m = mmarray.open(path, dtype="u1", mode="w+", shape=4096)
+        a = m.array                      # also exercise the branch that keeps the old view
+        with open("/proc/self/status") as f:
+            vm = [int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:")][0]
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (32 << 20), resource.RLIM_INFINITY))
+        for keep in (True, False):
+            if not keep:
+                del a
+            try:
+                m.resize(256 << 20)
+            except (OSError, MemoryError, ValueError):
+                pass
+            else:
+                raise SystemExit("resize did not fail")
+            assert os.path.getsize(path) == 4096, (keep, os.path.getsize(path))
+            assert m.shape == (4096,)
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert "ok" in proc.stdout
