@@ -58,19 +58,52 @@ def test_resize_racing_a_thread_taking_arrays_does_not_crash(tmp_path):
     path = str(tmp_path / "r.bin")
     proc = run_python(f"""
         import mmarray, sys, threading
-        m = mmarray.open({path!r}, dtype="u1", mode="w+", shape=4096)
-        stop = False
         sys.setswitchinterval(1e-6)
-        def reader():
-            while not stop:
-                a = m.array
-                int(a[-1]) + int(a[0])
-                del a
-        t = threading.Thread(target=reader); t.start()
-        for i in range(1500):
-            m.resize(4096 if i % 2 else (1 << 22) + 4096 * (i % 7))
-        stop = True; t.join()
-        m.close(); print("ok")
+        for round in range(4):       # the unfixed race crashed about every other round
+            m = mmarray.open({path!r}, dtype="u1", mode="w+", shape=4096)
+            stop = False
+            def reader():
+                while not stop:
+                    a = m.array
+                    int(a[-1]) + int(a[0])
+                    del a
+            t = threading.Thread(target=reader); t.start()
+            for i in range(1500):
+                m.resize(4096 if i % 2 else (1 << 22) + 4096 * (i % 7))
+            stop = True; t.join()
+            m.close()
+        print("ok")
+    """, timeout=240)
+    assert_clean_exit(proc)
+    assert "ok" in proc.stdout
+
+
+def test_close_racing_resize_leaves_nothing_mapped(tmp_path):
+    """close() from another thread during the remap left a closed Mapping still mapped."""
+    d = str(tmp_path)
+    proc = run_python(f"""
+        import mmarray, os, sys, threading
+        sys.setswitchinterval(1e-6)
+        bad = 0
+        for trial in range(100):
+            p = os.path.join({d!r}, "c%d.bin" % trial)
+            m = mmarray.open(p, dtype="u1", mode="w+", shape=4096)
+            ev = threading.Event()
+            def closer():
+                ev.wait(); m.close()
+            t = threading.Thread(target=closer); t.start()
+            ev.set()
+            try:
+                for i in range(100):
+                    m.resize(4096 if i % 2 else (1 << 22))
+            except ValueError:
+                pass
+            t.join()
+            if m.closed and (m._mapped_length() or m._identity() is not None):
+                bad += 1
+            os.unlink(p)
+        assert bad == 0, bad
+        print("ok")
     """, timeout=240)
     assert_clean_exit(proc)
     assert "ok" in proc.stdout
