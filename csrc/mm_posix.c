@@ -320,8 +320,12 @@ static int mm_map_fd(int fd, int access, uint64_t offset, uint64_t length, int f
         mflags |= MAP_POPULATE;
     base = mmap(NULL, (size_t)(plan.delta + plan.length), prot, mflags, fd, (off_t)map_offset);
     if (base == MAP_FAILED) {
-        if (plan.grow)
-            mm_restore_size(fd, size); /* mm.h: a failed call leaves the old size */
+        int saved = errno;
+        /* mm.h: a failed call leaves the old size (if the file is still the size this call
+         * grew it to: another writer's growth since is not ours to take back) */
+        if (plan.grow && fstat(fd, &st) == 0 && (uint64_t)st.st_size == plan.end)
+            mm_restore_size(fd, size);
+        errno = saved;
         memset(view, 0, sizeof(*view));
         return mm_fail(err, MM_E_MAP, errno);
     }
@@ -401,8 +405,8 @@ int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, 
     struct stat st;
     mm_error spare;
     mm_view fresh;
-    uint64_t delta, end;
-    int fd = (int)handle, status;
+    uint64_t delta, end, old_size;
+    int fd = (int)handle, status, grew = 0;
     err = mm_err_or(err, &spare);
     err->status = MM_OK;
     err->code = 0;
@@ -416,17 +420,19 @@ int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, 
     if ((uint64_t)st.st_dev != view->file_id[0] || (uint64_t)st.st_ino != view->file_id[1])
         return mm_fail(err, MM_E_STAT, ESTALE); /* not the file the view maps */
     err->file_size = (uint64_t)st.st_size;
+    old_size = (uint64_t)st.st_size;
     end = offset + length;
+    delta = (uint64_t)(view->data - (char *)view->base); /* data lies delta bytes into base */
+    if (delta + length > (uint64_t)SIZE_MAX)
+        return mm_fail(err, MM_E_MAP, EOVERFLOW); /* before the file is changed */
     if (end > (uint64_t)st.st_size) {
         if (!(flags & MM_GROW))
             return mm_fail(err, MM_E_RANGE, 0);
         if (mm_grow(fd, (uint64_t)st.st_size, end, err) != MM_OK)
             return err->status;
+        grew = 1;
         err->file_size = end;
     }
-    delta = (uint64_t)(view->data - (char *)view->base); /* data lies delta bytes into base */
-    if (delta + length > (uint64_t)SIZE_MAX)
-        return mm_fail(err, MM_E_MAP, EOVERFLOW);
 #ifdef MREMAP_MAYMOVE
     {
         /* "mremap(2)": resizes the mapping, moving it if needed; the page tables move
@@ -443,8 +449,15 @@ int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, 
     }
 #endif
     status = mm_map_handle(handle, MM_WRITE, offset, length, 0, &fresh, err);
-    if (status != MM_OK)
+    if (status != MM_OK) {
+        /* mm.h: a failed call leaves the old size; undone only if the file is still the size
+         * this call grew it to (another writer's growth since is not ours to take back). */
+        if (grew && fstat(fd, &st) == 0 && (uint64_t)st.st_size == end) {
+            mm_restore_size(fd, old_size);
+            err->file_size = old_size;
+        }
         return status;
+    }
     fresh.guard_slot = 0;
     mm_unmap(view, NULL); /* the old range: nothing uses it (the caller's guarantee) */
     *view = fresh;

@@ -56,10 +56,15 @@ def test_a_header_without_room_is_rewritten_once_with_room(tmp_path):
     path.write_bytes(npformat.magic(1, 0) + len(text).to_bytes(2, "little") + text
                      + np.arange(2, dtype="i8").tobytes())
     old_inode = path.stat().st_ino
+    before = path.read_bytes()
     with mmarray.load(path) as m:
-        kept = m.array       # maps the old file: stays valid after the rewrite
-        assert mmarray.append_npy(path, np.arange(10**6, dtype="i8")) == 10**6 + 2
+        kept = m.array       # a live mapping of the file would keep the old one: refused
+        with pytest.raises(BufferError, match="another mapping of it is open"):
+            mmarray.append_npy(path, np.arange(10**6, dtype="i8"))
         assert kept.tolist() == [0, 1]
+    del kept
+    assert path.read_bytes() == before
+    assert mmarray.append_npy(path, np.arange(10**6, dtype="i8")) == 10**6 + 2
     assert path.stat().st_ino != old_inode
     got = np.load(path)
     assert got[:3].tolist() == [0, 1, 0] and got.size == 10**6 + 2

@@ -8,13 +8,15 @@ shape whose data it holds (``np.load`` ignores bytes after the data).
 """
 from __future__ import annotations
 
+import ast
 import os
-import re
+import stat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib import format as _format
 
+from mmarray import _engine
 from mmarray import _npyformat as _fmt
 
 if TYPE_CHECKING:
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["append_npy"]
 
-_SHAPE = re.compile(rb"'shape':\s*\(([0-9,\s]*)\)")
 _ZIP = b"PK\x03\x04"
 _CHUNK = 64 << 20
 
@@ -146,15 +147,28 @@ def _append(fd: int, path: StrOrBytesPath, name: str, array: np.ndarray[Any, Any
     header = _grown_header(first[:hlen] if len(first) >= hlen else _fmt.read_at(fd, 0, hlen),
                            new_shape, name)
     if header is None:  # no room for the new length: rewrite the file once, with room
+        st = os.fstat(fd)
+        if _engine.live_views(st.st_dev, st.st_ino):
+            raise BufferError(f"{name}: its header has no room for shape {new_shape} and the "
+                              f"file would be rewritten, but another mapping of it is open in "
+                              f"this process (it would keep the old file): close it first")
         fd2 = _with_room(fd, path, dt, shape, order, hlen, nbytes, name)
         try:
             return _append(fd2, path, name, array, sync)
         finally:
             os.close(fd2)
     if array.size:
-        _write_rows(fd, array, end, order)
-        if sync:
-            os.fsync(fd)  # the data is durable before the header says it is there
+        try:
+            _write_rows(fd, array, end, order)
+            if sync:
+                os.fsync(fd)  # the data is durable before the header says it is there
+        except BaseException:
+            try:              # a failed write (full disk, RLIMIT_FSIZE): the old end again
+                if os.fstat(fd).st_size > size:
+                    os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise
     _fmt.pwrite(fd, header, 0)
     new_end = end + array.nbytes
     if size > new_end:  # a leftover of an append that died before its header
@@ -165,14 +179,29 @@ def _append(fd: int, path: StrOrBytesPath, name: str, array: np.ndarray[Any, Any
 
 
 def _grown_header(header: bytes, shape: tuple[int, ...], name: str) -> bytes | None:
-    """``header`` with its shape replaced by ``shape``, at the same length; None when the
-    padding has no room for it."""
-    found = _SHAPE.search(header)
-    if found is None:
+    """``header`` (magic to newline) with its shape replaced by ``shape``, at the same length;
+    None when the padding has no room for it.
+
+    The header dict is parsed (as numpy reads it, a Python literal) and written again as numpy
+    writes it, keys in order: a field name in ``descr`` that looks like a shape is data, not
+    the shape."""
+    if header[:6] != b"\x93NUMPY" or len(header) < 10:
+        raise ValueError(f"{name}: not a .npy header")
+    major = header[6]
+    start = 10 if major == 1 else 12
+    encoding = "utf-8" if major >= 3 else "latin1"
+    try:
+        d = ast.literal_eval(header[start:].decode(encoding))
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+        raise ValueError(f"{name}: its header is not a Python literal dict") from None
+    if not isinstance(d, dict) or not isinstance(d.get("shape"), tuple):
         raise ValueError(f"{name}: its header has no shape field that can grow")
-    text = repr(tuple(shape)).encode("ascii")
-    grown = header[:found.start()] + b"'shape': " + text + header[found.end():]
-    body = grown.rstrip(b" \n")
+    d["shape"] = tuple(int(x) for x in shape)
+    text = "{" + "".join(f"'{key}': {value!r}, " for key, value in sorted(d.items())) + "}"
+    try:
+        body = header[:start] + text.encode(encoding)
+    except UnicodeEncodeError:
+        return None
     if len(body) + 1 > len(header):
         return None
     return body + b" " * (len(header) - len(body) - 1) + b"\n"
@@ -182,14 +211,33 @@ def _with_room(fd: int, path: StrOrBytesPath, dt: np.dtype[Any], shape: tuple[in
                order: str, hlen: int, nbytes: int, name: str) -> int:
     """Rewrite the .npy with a header that has room to grow (numpy's), under a temporary
     name renamed over the file; return a descriptor of the new file. Arrays mapped from the
-    old file keep its data."""
+    old file keep its data.
+
+    The copy goes next to the real file (a symbolic link is followed, not replaced) with its
+    mode bits, and is renamed over it only if the name still leads to the file ``fd`` opened,
+    unchanged since the copy (same identity, size and modification time). Refused for a file
+    with several hard links: a rename would split them."""
     header = _fmt.header_bytes({"descr": _format.dtype_to_descr(dt),
                                 "fortran_order": order == "F", "shape": shape})
     if _grown_header(header, shape[:-1] + (10**20,) if order == "F" else (10**20,) + shape[1:],
                      name) is None:
         raise ValueError(f"{name}: its header cannot hold a larger shape")
-    new, tmp = _fmt.temp_sibling(path)
+    before = os.fstat(fd)
+    if before.st_nlink > 1:
+        raise ValueError(f"{name}: its header has no room for the larger shape, and rewriting "
+                         f"the file would split its {before.st_nlink} hard links")
+    target = os.path.realpath(os.fsdecode(path))
     try:
+        at_name = os.stat(target)
+    except FileNotFoundError:
+        at_name = None
+    if at_name is None or (at_name.st_dev, at_name.st_ino) != (before.st_dev, before.st_ino):
+        raise ValueError(f"{name} is no longer the file that was opened (replaced or renamed "
+                         f"since): refusing to rewrite it")
+    new, tmp = _fmt.temp_sibling(target)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(new, stat.S_IMODE(before.st_mode))
         _fmt.write_all(new, header)
         done = 0
         while done < nbytes:
@@ -199,7 +247,17 @@ def _with_room(fd: int, path: StrOrBytesPath, dt: np.dtype[Any], shape: tuple[in
             _fmt.write_all(new, chunk)
             done += len(chunk)
         os.fsync(new)
-        _fmt.replace_durably(tmp, path)
+        after = os.fstat(fd)
+        try:
+            now = os.stat(target)
+        except FileNotFoundError:
+            now = None
+        same = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+        if now is None or (now.st_dev, now.st_ino) != same[:2] or \
+                (after.st_size, after.st_mtime_ns) != same[2:] or after.st_nlink > 1:
+            raise ValueError(f"{name} changed while it was being rewritten with a larger "
+                             f"header (replaced, renamed, written or linked): left as it is")
+        _fmt.replace_durably(tmp, target)
     except BaseException:
         os.close(new)
         _fmt.discard(tmp)

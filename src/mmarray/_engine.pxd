@@ -49,6 +49,8 @@ cdef class Region:
 cdef class _ArrayExport:
     cdef Region mapping
     cdef Py_ssize_t generation   # the mapping's view generation the array was made on
+    cdef char *data              # that generation's view: what a buffer of this export serves
+    cdef Py_ssize_t length
 
 
 @cython.auto_pickle(False)

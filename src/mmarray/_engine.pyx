@@ -251,6 +251,32 @@ cdef class Region:
                 return 0
         return 0
 
+    def _check_movable(self):
+        """Raise what _resize and _rebase would refuse for now (closed, an operation running
+        without the GIL, a raw buffer exported), before a caller writes anything to the
+        file."""
+        if self._closed:
+            raise ValueError("mapping is closed")
+        if self._busy:
+            raise BufferError("an operation (flush, prefetch, chunks) is using the mapping: "
+                              "resize once it is done")
+        if self._raw_exported:
+            raise BufferError("the Mapping was used as a plain-bytes buffer, whose users it "
+                              "cannot count: it cannot be resized or moved to another file")
+
+    def _own_views(self, st_dev, st_ino):
+        """How many of the live views of file (st_dev, st_ino) that ``live_views`` counts
+        are this mapping's: its view and the retired ones kept for arrays made before a
+        resize."""
+        cdef _Retired retired
+        n = 1 if (self._registered and (self._file_dev, self._file_ino) == (st_dev, st_ino)) \
+            else 0
+        for retired in self._retired or ():
+            if retired.view.data != NULL and (retired.file_dev, retired.file_ino) == \
+                    (st_dev, st_ino):
+                n += 1
+        return n
+
     def _rebase(self, int fd, uint64_t offset, tuple shape):
         """Map the same array from another file: ``fd``, a copy of this mapping's file that
         the caller has just written and renamed over the old name (NpyMapping.resize, to give
@@ -269,8 +295,9 @@ cdef class Region:
         length = nbytes
         if length == 0 or self.view.data == NULL or self.view.data == &_empty_byte:
             raise ValueError("only a mapping of at least one byte moves to another file")
-        with nogil:
-            status = mm_map_handle(fd, MM_WRITE, offset, length, 0, &fresh, &err)
+        # With the GIL held throughout: another thread's close(), resize() or array must not
+        # see the view while it changes (the map and unmap take microseconds).
+        status = mm_map_handle(fd, MM_WRITE, offset, length, 0, &fresh, &err)
         if status != MM_OK:
             _raise(&err, self._filename, offset, length)
         _unguard(self)               # the old view keeps no slot: nothing reports it now
@@ -284,8 +311,7 @@ cdef class Region:
         self._generation += 1
         _register(self)
         if not self._retired_holds(old):
-            with nogil:
-                mm_unmap(&old, &err)
+            mm_unmap(&old, &err)
         if _guard_enabled:
             _guard(self)
         self._shape = shape
@@ -344,15 +370,18 @@ cdef class Region:
                              f"(replaced or renamed over since): refusing to resize into it")
         if self._exports == 0:
             _unguard(self)
-            with nogil:
-                status = mm_remap(&self.view, fd, self._offset, length, flags, &err)
+            # With the GIL held: another thread's array, close() or resize() must not see the
+            # view while it moves (mremap takes microseconds).
+            status = mm_remap(&self.view, fd, self._offset, length, flags, &err)
             if _guard_enabled:
                 _guard(self)         # the view, moved or not, guarded again
             if status != MM_OK:
                 _raise(&err, self._filename, self._offset, length)
         else:
-            with nogil:
-                status = mm_map_handle(fd, MM_WRITE, self._offset, length, flags, &fresh, &err)
+            # With the GIL held too: a concurrent resize or close must not retire or unmap
+            # self.view between this map and the swap below.
+            status = mm_map_handle(fd, self.view.access, self._offset, length, flags, &fresh,
+                                   &err)
             if status != MM_OK:
                 _raise(&err, self._filename, self._offset, length)
             self._faults_at_unmap += mm_guard_faults(&self.view)   # carried over
@@ -541,6 +570,8 @@ cdef class Region:
         self._acquire()              # count first: the array below may trigger GC
         export.mapping = self
         export.generation = self._generation
+        export.data = <char *>self.view.data
+        export.length = <Py_ssize_t>self.view.length
         return _new_array(self, _ndarray, export)
 
     def _array_of(self, type subtype):
@@ -553,6 +584,8 @@ cdef class Region:
         self._acquire()
         export.mapping = self
         export.generation = self._generation
+        export.data = <char *>self.view.data
+        export.length = <Py_ssize_t>self.view.length
         return _new_array(self, subtype, export)
 
     def _export(self):
@@ -564,6 +597,8 @@ cdef class Region:
         self._acquire()
         export.mapping = self
         export.generation = self._generation
+        export.data = <char *>self.view.data
+        export.length = <Py_ssize_t>self.view.length
         return export
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
@@ -779,7 +814,12 @@ cdef class _ArrayExport:
             raise ValueError("export is not attached to a mapping")
         if (flags & PyBUF_WRITABLE) and self.mapping._readonly:
             raise BufferError("mapping is read-only (mode 'r')")
+        # The view of the generation this export was made on (and counts against), not the
+        # mapping's current one: after a resize or a rebase only the former stays mapped for
+        # as long as self lives.
         _fill_buffer(self.mapping, buffer, self, flags)
+        buffer.buf = self.data
+        buffer.len = self.length
 
     def __releasebuffer__(self, Py_buffer *buffer):
         pass

@@ -202,19 +202,17 @@ class Mapping(_engine.Region):
         if filename is None:
             raise ValueError("resize reopens the file by name, and this mapping was made from "
                              "a file object without one")
-        dims: tuple[int, ...]
-        try:
-            dims = (operator.index(shape),)  # type: ignore[arg-type]
-        except TypeError:
-            dims = tuple(operator.index(d) for d in shape)  # type: ignore[union-attr]
-        if any(d < 0 for d in dims):
-            raise ValueError(f"shape {dims} has a negative dimension; expected sizes >= 0")
+        dims = _resize_dims(shape)
         nbytes = self.dtype.itemsize
         for d in dims:
             nbytes *= d
         if nbytes == 0:
             raise ValueError(f"shape {dims} is zero bytes; a mapping resizes to at least one "
                              f"byte (close it instead)")
+        if self.offset + nbytes >= 1 << 63 or nbytes >= sys.maxsize:
+            raise ValueError(f"shape {dims} of dtype {self.dtype} is {nbytes} bytes, which "
+                             f"from offset {self.offset} reaches past the largest file or "
+                             f"mapping; expected a size below 2**63 bytes in all")
         old_end = self.offset + self.nbytes
         end = self.offset + nbytes
         fd = os.open(filename, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
@@ -647,3 +645,31 @@ def _extent(array: np.ndarray[Any, Any]) -> tuple[int, int]:
         else:
             hi += step
     return lo, hi + array.itemsize
+
+
+def _resize_dims(shape: Any) -> tuple[int, ...]:
+    """The shape a resize asks for, as a tuple of non-negative ints (TypeError or ValueError
+    naming it otherwise)."""
+    try:
+        return _check_dims((operator.index(shape),), shape)
+    except TypeError:
+        pass
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise TypeError(f"resize expects an int or a tuple of ints as the new shape, got "
+                        f"{shape!r} ({type(shape).__name__})") from None
+    try:
+        dims = tuple(operator.index(d) for d in items)
+    except TypeError:
+        raise TypeError(f"resize expects an int or a tuple of ints as the new shape, got "
+                        f"{shape!r}") from None
+    return _check_dims(dims, shape)
+
+
+def _check_dims(dims: tuple[int, ...], shape: Any) -> tuple[int, ...]:
+    if any(d < 0 for d in dims):
+        raise ValueError(f"shape {dims} has a negative dimension; expected sizes >= 0")
+    if len(dims) > 64:
+        raise ValueError(f"shape {shape!r} has {len(dims)} dimensions; expected at most 64")
+    return dims

@@ -16,7 +16,7 @@ from numpy.lib import format as _format
 
 from mmarray import _api, _append, _engine
 from mmarray import _npyformat as _fmt
-from mmarray._mapping import Mapping
+from mmarray._mapping import Mapping, _resize_dims
 
 __all__ = ["create_npy", "NpyMapping"]
 
@@ -65,9 +65,13 @@ class NpyMapping(Mapping):
         axis = 0 if self.order == "C" else len(old) - 1
         try:
             rows = operator.index(shape)
-            new = old[:axis] + (rows,) + old[axis + 1:]
         except TypeError:
-            new = tuple(operator.index(d) for d in shape)
+            new = _resize_dims(shape)
+        else:
+            if rows < 0:
+                raise ValueError(f"the new length {rows} of axis {axis} is negative; expected "
+                                 f"a length >= 0")
+            new = old[:axis] + (rows,) + old[axis + 1:]
         if len(new) != len(old) or any(a != b for i, (a, b) in enumerate(zip(new, old))
                                        if i != axis):
             raise ValueError(f"a .npy of shape {old} grows along axis {axis} only; got shape "
@@ -79,6 +83,15 @@ class NpyMapping(Mapping):
         if filename is None:
             raise ValueError("resize reopens the file by name, and this mapping was made from "
                              "a file object without one")
+        nbytes = self.dtype.itemsize * _prod(new)
+        if nbytes == 0:
+            raise ValueError(f"shape {new} is zero bytes; a mapping resizes to at least one "
+                             f"byte (close it instead)")
+        # A rewritten header is at most numpy's (which holds 21 digits on the growth axis).
+        if self._header_length + 4096 + nbytes >= 1 << 63:
+            raise ValueError(f"shape {new} of dtype {self.dtype} is {nbytes} bytes, more than "
+                             f"a .npy file can hold; expected a size below 2**63 bytes")
+        self._check_movable()    # what the engine refuses, before the file is written
         fd = os.open(filename, _fmt.O_WRITE)
         try:
             header = _fmt.read_at(fd, 0, self._header_length)
@@ -96,6 +109,13 @@ class NpyMapping(Mapping):
                 # No room in the header: the file is rewritten once with numpy's room (a copy
                 # renamed over the name; arrays made before keep the old file), and this
                 # mapping moves to the copy.
+                others = _engine.live_views(st.st_dev, st.st_ino) - \
+                    self._own_views(st.st_dev, st.st_ino)
+                if others > 0:
+                    raise BufferError(f"{filename!r}: its header has no room for shape {new} "
+                                      f"and the file would be rewritten, but another mapping "
+                                      f"of it is open in this process (it would keep the old "
+                                      f"file): close it first")
                 copy = _append._with_room(fd, filename, self.dtype, old, self.order,
                                           self._header_length, self.nbytes, repr(filename))
                 try:
@@ -104,15 +124,29 @@ class NpyMapping(Mapping):
                                              None, repr(filename))[0]
                     self._rebase(copy, hlen, old)
                     self._header_length = hlen
-                finally:
+                except BaseException:
                     os.close(copy)
-                return self.resize(new, truncate=truncate)
-            if self.dtype.itemsize * _prod(new) > self.nbytes:
+                    raise
+                os.close(fd)
+                fd = copy
+                header = _fmt.read_at(fd, 0, hlen)
+                grown = _append._grown_header(header, new, repr(filename))
+                if grown is None:  # pragma: no cover - numpy's header holds 21 digits
+                    raise ValueError(f"{filename!r}: its header cannot hold shape {new}")
+            if nbytes > self.nbytes:
                 Mapping.resize(self, new)
                 _fmt.pwrite(fd, grown, 0)
             else:
+                end = self.offset + nbytes
+                old_end = self.offset + self.nbytes
+                if truncate and end < old_end:
+                    self._check_cut(fd, old_end, end)   # before the header says less
                 _fmt.pwrite(fd, grown, 0)
-                Mapping.resize(self, new, truncate=truncate)
+                try:
+                    Mapping.resize(self, new, truncate=truncate)
+                except BaseException:
+                    _fmt.pwrite(fd, header, 0)          # the file as it was
+                    raise
         finally:
             os.close(fd)
 
