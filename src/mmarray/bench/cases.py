@@ -50,6 +50,7 @@ import zipfile
 import numpy as np
 
 from . import _timing as T
+from . import _users
 from ._harness import (  # noqa: F401  (re-exported: benchmarks/, tests)
     MODES,
     SHARE_COLS,
@@ -1804,6 +1805,7 @@ CASES = [
     ("share", case_share, "8 tasks on 2 worker processes: Pool and joblib"),
     ("dask", case_dask, "mean on a 2-process distributed.LocalCluster"),
     ("append", case_append, "200 appends of rows to a .npy (issue #12)"),
+    *_users.CASES,
 ]
 
 #: Cases that report under other names than their own (``--cases`` matches these too).

@@ -1,0 +1,64 @@
+"""The user cases of the benchmark (mmarray.bench._users): the nanoGPT loader and the
+out-of-core column means, run small."""
+import sys
+
+import pytest
+
+from mmarray.bench import _harness as H
+from mmarray.bench import _timing as T
+from mmarray.bench import _users as U
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="peak RSS is read from /proc (Linux)")
+
+
+def _ctx(tmp_path):
+    return H.Context(str(tmp_path), mode="quick", rounds=2)
+
+
+def test_loader_reports_time_cpu_and_peak_rss_per_batch(tmp_path):
+    [res] = U.case_loader(_ctx(tmp_path))
+    assert [e["status"] for e in res["contenders"]] == ["ok"] * 4, res["contenders"]
+    for e in res["contenders"]:
+        assert 0 < e["median"] < 1e6, e          # µs per batch
+        assert e["cpu_median"] > 0 and e["peak_rss"] > res["params"]["baseline_rss"] / 2
+    assert {t["status"] for t in res["targets"]} <= {"pass", "fail"}
+    assert not (tmp_path / "train.bin").exists()
+
+
+def test_column_means_drop_behind_keeps_the_peak_rss_down(tmp_path):
+    [res] = U.case_column_means(_ctx(tmp_path))
+    by = {e["name"]: e for e in res["contenders"]}
+    assert all(e["status"] == "ok" for e in by.values()), res["contenders"]
+    rows = res["params"]["chunk_rows"]
+    plain, drop = by[f"mmarray chunks({rows})"], by[f"mmarray chunks({rows}, drop_behind=True)"]
+    # 256 MiB file, 8 MiB chunks: without drop_behind the scan keeps its pages
+    assert plain["peak_rss"] - drop["peak_rss"] > 100 << 20, (plain["peak_rss"],
+                                                             drop["peak_rss"])
+    assert drop["info"]["peak_rss_mib"] < 300
+    assert drop["info"]["time_vs_chunks"] > 0
+    assert [t["status"] for t in res["targets"]][0] == "pass"
+
+
+def test_a_contender_reading_the_wrong_bytes_is_invalid(tmp_path, monkeypatch):
+    real = U._child
+
+    def wrong(spec, timeout):
+        out = real(spec, timeout)
+        if spec.get("way") == "mmarray opened once":
+            out["check"] += 1
+        return out
+
+    monkeypatch.setattr(U, "_child", wrong)
+    [res] = U.case_loader(_ctx(tmp_path))
+    by = {e["name"]: e for e in res["contenders"]}
+    assert by["mmarray opened once"]["status"] == "invalid"
+    assert "checksum" in by["mmarray opened once"]["reason"]
+    assert by["mmarray opened per batch"]["status"] == "ok"
+
+
+def test_a_child_that_fails_is_an_error_with_its_last_line(tmp_path):
+    with pytest.raises(RuntimeError, match="unknown way"):
+        U._child({"kind": "loader", "way": "no such way", "path": str(tmp_path / "x"),
+                  "offsets": []}, timeout=60)
+    assert T.Sample(1.0, cpu_s=0.5).cpu_s == 0.5
