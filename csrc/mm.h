@@ -209,10 +209,17 @@ int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *
  * (0: no limit), or on the first failing step: MM_E_FAULT once the fault guard has caught a
  * fault in the view (this loop's or another thread's). MM_E_ARG for step or window 0 or a range
  * outside the view. *consumer and *stop are written by another thread while this runs: a
- * stale read only delays this loop by one pause. Portable: mm_scan.c. */
+ * stale read only delays this loop by one pause. `progress`, when not NULL, is where the loop
+ * is: written before each read fault with the lowest byte it may still touch, and `end` when
+ * it returns (whatever the status). The loop only moves forward, so bytes before *progress are
+ * never faulted in by it again: another thread may release them (MADV_DONTNEED) without the
+ * loop's fault in flight mapping them back (a fault waiting on a page lock completes after a
+ * concurrent madvise(2) and maps the page again). A stale read of *progress is smaller, so
+ * only more cautious. Portable: mm_scan.c. */
 int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
                       uint64_t window, const volatile uint64_t *consumer,
-                      const volatile int *stop, uint64_t idle_limit_us, mm_error *err);
+                      const volatile int *stop, volatile uint64_t *progress,
+                      uint64_t idle_limit_us, mm_error *err);
 
 /* Give up the CPU for about `microseconds` (nanosleep(2); Windows: Sleep, whose 1 ms
  * resolution makes anything shorter a Sleep(0)). */

@@ -22,16 +22,37 @@ static void mm_touch(const char *addr, uint64_t length) {
     (void)sink;
 }
 
+static int mm_populate_loop(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
+                            uint64_t window, const volatile uint64_t *consumer,
+                            const volatile int *stop, volatile uint64_t *progress,
+                            uint64_t idle_limit_us, mm_error *err);
+
 int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
                       uint64_t window, const volatile uint64_t *consumer,
-                      const volatile int *stop, uint64_t idle_limit_us, mm_error *err) {
-    uint64_t next = start, length, idle = 0, last;
-    unsigned wait = 20; /* microseconds; doubles while the consumer is idle, up to 1 ms */
+                      const volatile int *stop, volatile uint64_t *progress,
+                      uint64_t idle_limit_us, mm_error *err) {
+    volatile uint64_t spare_progress;
+    int status;
     mm_error spare;
     err = mm_err_or(err, &spare);
+    if (progress == NULL)
+        progress = &spare_progress;
     if (view == NULL || consumer == NULL || stop == NULL || step == 0 || window == 0 ||
         start > end || view->data == NULL || end > view->length)
-        return mm_fail(err, MM_E_ARG, 0);
+        status = mm_fail(err, MM_E_ARG, 0);
+    else
+        status = mm_populate_loop(view, start, end, step, window, consumer, stop, progress,
+                                  idle_limit_us, err);
+    *progress = end; /* returned: it touches nothing more */
+    return status;
+}
+
+static int mm_populate_loop(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
+                            uint64_t window, const volatile uint64_t *consumer,
+                            const volatile int *stop, volatile uint64_t *progress,
+                            uint64_t idle_limit_us, mm_error *err) {
+    uint64_t next = start, length, idle = 0, last;
+    unsigned wait = 20; /* microseconds; doubles while the consumer is idle, up to 1 ms */
     last = *consumer;
     while (next < end && !*stop) {
         if (mm_guard_faults(view) != 0) /* its pages are zeros now, not the file's data */
@@ -41,8 +62,10 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
             last = reached;
             idle = 0;
         }
-        if (next < reached) /* the consumer is past this point and faults it in itself */
+        if (next < reached) { /* the consumer is past this point and faults it in itself */
             next = reached < end ? reached : end;
+            *progress = next;
+        }
         if (next >= end)
             break;
         if (next - reached >= window) { /* far enough ahead (next >= reached: no wrap) */
@@ -55,10 +78,20 @@ int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_
         }
         wait = 20;
         length = end - next < step ? end - next : step;
-        /* [next, next + length) lies in [start, end) and end <= view->length (checked above),
-         * so data + next .. data + next + length is inside the mapping. */
-        mm_touch(view->data + next, length);
-        next += length;
+        /* One touch window at a time, re-reading *consumer before each: a consumer that has
+         * passed this step (and may have released its pages, chunks(drop_behind=...)) must
+         * not see them faulted back in behind it. */
+        while (length > 0 && !*stop) {
+            uint64_t piece = length < MM_TOUCH_STRIDE ? length : MM_TOUCH_STRIDE;
+            if (next < *consumer)
+                break; /* overtaken: the outer loop jumps to the consumer */
+            *progress = next; /* before the fault: nothing below next is touched again */
+            /* [next, next + piece) lies in [start, end) and end <= view->length (checked
+             * above), so data + next .. data + next + piece is inside the mapping. */
+            mm_touch(view->data + next, piece);
+            next += piece;
+            length -= piece;
+        }
     }
     if (mm_guard_faults(view) != 0)
         return mm_fail(err, MM_E_FAULT, 0);

@@ -267,6 +267,36 @@ def test_chunks_drop_behind_keeps_the_resident_size_within_a_few_chunks(tmp_path
                 assert peak >= 32 << 20, peak      # without it the scan keeps its pages
 
 
+@needs_proc_maps
+def test_chunks_drop_behind_with_prefetch_leaves_no_pages_behind(tmp_path):
+    # The populating thread's fault in flight when the consumer released a chunk used to map
+    # a 2 MiB folio back behind it (6 GiB scan: 512 MiB left mapped). Releases now wait until
+    # the populator has moved past; after the loop nothing it passed stays mapped.
+    path = tmp_path / "sparse.f4"
+    rows, width = 1 << 18, 1024          # 1 GiB of float32 holes, chunks of 8 MiB
+    with open(path, "wb") as f:
+        f.truncate(rows * width * 4)
+    for _ in range(3):
+        with mmarray.open(path, dtype="f4", mode="r", shape=(rows, width)) as m:
+            m.evict(None, None)
+            peak, total = 0, 0.0
+            for chunk in m.chunks(2048, drop_behind=True):
+                total += float(chunk[::64].sum())
+                peak = max(peak, mapped_rss(path))
+            left = mapped_rss(path)
+            assert total == 0.0
+            assert peak <= 8 * (8 << 20), peak   # a few chunks, not the file
+            assert left <= 2 << 20, left         # what the loop passed is released
+
+
+def test_populate_ahead_progress_is_its_start_then_its_end(tmp_path):
+    with mmarray.open(tmp_path / "p.bin", dtype="u1", mode="w+", shape=(1 << 20,)) as m:
+        loop = mmarray._engine._PopulateAhead(m, PAGE, 1 << 20, PAGE, 1 << 20)
+        assert loop.progress == PAGE
+        loop.run()
+        assert loop.progress == 1 << 20
+
+
 def test_chunks_drop_behind_in_a_writable_mapping_keeps_the_writes(tmp_path):
     path = tmp_path / "w.i8"
     with mmarray.open(path, dtype="i8", mode="w+", shape=(4096, 64)) as m:

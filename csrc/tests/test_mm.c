@@ -1270,9 +1270,9 @@ static void test_null_err_and_pointers(void) {
     CHECK(mm_resident(&v, 0, v.length, &resident, &total, NULL) == MM_OK);
     CHECK(resident <= total);
     CHECK(mm_resident(&v, 1, v.length, &resident, &total, NULL) == MM_E_ARG);
-    CHECK(mm_populate_ahead(&v, 0, v.length, 4096, v.length, &consumer, &stop, 0, NULL) ==
+    CHECK(mm_populate_ahead(&v, 0, v.length, 4096, v.length, &consumer, &stop, NULL, 0, NULL) ==
           MM_OK);
-    CHECK(mm_populate_ahead(&v, 0, v.length, 0, 1, &consumer, &stop, 0, NULL) == MM_E_ARG);
+    CHECK(mm_populate_ahead(&v, 0, v.length, 0, 1, &consumer, &stop, NULL, 0, NULL) == MM_E_ARG);
     fd = t_open_rw(path);
     CHECK(fd != (mm_handle)-1);
     CHECK(mm_map_handle(fd, MM_READ, 0, 100, 0, &h, NULL) == MM_OK);
@@ -1292,9 +1292,9 @@ static void test_null_err_and_pointers(void) {
     CHECK_ST(mm_resident(NULL, 0, 0, &resident, &total, &e), MM_E_ARG, &e);
     CHECK_ST(mm_resident(&v, 0, 1, NULL, &total, &e), MM_E_ARG, &e);
     CHECK_ST(mm_resident(&v, 0, 1, &resident, NULL, &e), MM_E_ARG, &e);
-    CHECK_ST(mm_populate_ahead(NULL, 0, 0, 1, 1, &consumer, &stop, 0, &e), MM_E_ARG, &e);
-    CHECK_ST(mm_populate_ahead(&v, 0, 1, 1, 1, NULL, &stop, 0, &e), MM_E_ARG, &e);
-    CHECK_ST(mm_populate_ahead(&v, 0, 1, 1, 1, &consumer, NULL, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(NULL, 0, 0, 1, 1, &consumer, &stop, NULL, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, 1, 1, 1, NULL, &stop, NULL, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, 1, 1, 1, &consumer, NULL, NULL, 0, &e), MM_E_ARG, &e);
     CHECK_ST(mm_unmap(NULL, &e), MM_E_ARG, &e);
     CHECK(mm_unmap(NULL, NULL) == MM_E_ARG);
     /* a view with nothing mapped (zeroed, or made with length 0) has no range to act on */
@@ -1302,7 +1302,7 @@ static void test_null_err_and_pointers(void) {
     CHECK_ST(mm_flush(&h, 0, 0, 1, &e), MM_E_ARG, &e);
     CHECK_ST(mm_advise(&h, 0, 0, MM_ADV_NORMAL, &e), MM_E_ARG, &e);
     CHECK_ST(mm_resident(&h, 0, 0, &resident, &total, &e), MM_E_ARG, &e);
-    CHECK_ST(mm_populate_ahead(&h, 0, 0, 1, 1, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&h, 0, 0, 1, 1, &consumer, &stop, NULL, 0, &e), MM_E_ARG, &e);
     CHECK(mm_unmap(&v, NULL) == MM_OK);
     CHECK(t_view_zeroed(&v));
     CHECK(t_remove(path) == 0);
@@ -1619,6 +1619,7 @@ static void test_populate_ahead(void) {
     char path[1100];
     uint64_t page = mm_page_size(), len = 40 * page + 123, resident = 0, total = 0;
     uint64_t consumer;
+    volatile uint64_t progress;
     int stop = 0;
     mm_view v;
     mm_error e;
@@ -1627,10 +1628,10 @@ static void test_populate_ahead(void) {
     CHECK_OK(mm_map_path(path, MM_READ, 0, MM_TO_END, 0, &v, &e), &e);
     /* consumer at the start, window covering the range: populated in steps, then it returns */
     consumer = 0;
-    CHECK_OK(mm_populate_ahead(&v, 0, len, 3 * page, len, &consumer, &stop, 0, &e), &e);
+    CHECK_OK(mm_populate_ahead(&v, 0, len, 3 * page, len, &consumer, &stop, NULL, 0, &e), &e);
     /* consumer already at the end: nothing left to populate for it, returns at once */
     consumer = len;
-    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, 0, &e), &e);
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, NULL, 0, &e), &e);
     CHECK_OK(mm_resident(&v, 0, len, &resident, &total, &e), &e);
 #ifndef _WIN32 /* Windows prefetch does not add pages to the working set until touched */
     CHECK_U64(resident, total);
@@ -1639,17 +1640,35 @@ static void test_populate_ahead(void) {
     /* a set stop flag returns at once, even with the consumer far behind */
     stop = 1;
     consumer = 0;
-    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, 0, &e), &e);
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, NULL, 0, &e), &e);
     stop = 0;
     /* bad ranges and a zero step are MM_E_ARG */
-    CHECK_ST(mm_populate_ahead(&v, 0, len + 1, page, page, &consumer, &stop, 0, &e), MM_E_ARG, &e);
-    CHECK_ST(mm_populate_ahead(&v, 10, 5, page, page, &consumer, &stop, 0, &e), MM_E_ARG, &e);
-    CHECK_ST(mm_populate_ahead(&v, 0, len, 0, page, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, len + 1, page, page, &consumer, &stop, NULL, 0, &e),
+             MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 10, 5, page, page, &consumer, &stop, NULL, 0, &e),
+             MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, len, 0, page, &consumer, &stop, NULL, 0, &e),
+             MM_E_ARG, &e);
     /* a zero window could never move ahead of the consumer: refused, not waited on */
-    CHECK_ST(mm_populate_ahead(&v, 0, len, page, 0, &consumer, &stop, 0, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_populate_ahead(&v, 0, len, page, 0, &consumer, &stop, NULL, 0, &e),
+             MM_E_ARG, &e);
+    /* progress: end once it returns, whether it finished, was stopped or was refused */
+    progress = 0;
+    consumer = 0;
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, len, &consumer, &stop, &progress, 0, &e), &e);
+    CHECK_U64(progress, len);
+    progress = 0;
+    stop = 1;
+    CHECK_OK(mm_populate_ahead(&v, page, len, page, len, &consumer, &stop, &progress, 0, &e), &e);
+    CHECK_U64(progress, len);
+    stop = 0;
+    progress = 0;
+    CHECK_ST(mm_populate_ahead(&v, 0, len, 0, page, &consumer, &stop, &progress, 0, &e),
+             MM_E_ARG, &e);
+    CHECK_U64(progress, len);
     /* a consumer that never moves: the idle limit (20 ms) ends the wait */
     consumer = 0;
-    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, 20000, &e), &e);
+    CHECK_OK(mm_populate_ahead(&v, 0, len, page, page, &consumer, &stop, NULL, 20000, &e), &e);
     mm_pause(10); /* returns */
     mm_pause(0);
     CHECK_OK(mm_unmap(&v, &e), &e);
@@ -1705,7 +1724,7 @@ static void test_guard_turns_a_fault_into_a_zero_page(void) {
     CHECK(t_wake_bytes(mm_guard_wake_fd()) == 2);
     /* a populating loop over a faulted view stops and says so */
     consumer = 0;
-    CHECK_ST(mm_populate_ahead(&v, 0, len - 100, page, len, &consumer, &stop, 0, &e),
+    CHECK_ST(mm_populate_ahead(&v, 0, len - 100, page, len, &consumer, &stop, NULL, 0, &e),
              MM_E_FAULT, &e);
     f.token = 42;
     f.slot = v.guard_slot - 1;

@@ -115,19 +115,39 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
                 if not mapping.closed:  # closed meanwhile: the views stay valid, stop quietly
                     failure.append(exc)  # surfaced by the consumer below
 
+    row_bytes = step // rows
+    passed = dropped = 0  # rows the consumer is done with; rows released so far
+
+    def release(limit: int) -> None:
+        # Release the passed rows below `limit`, a byte of the mapping below which the
+        # populator faults nothing again (a fault of it still in flight would map released
+        # pages back). Its fault may map the whole folio holding its position, so the limit is
+        # taken down to a folio boundary in the file.
+        nonlocal dropped
+        if behind is None:  # no drop_behind: nothing to release
+            return
+        limit = (mapping.offset + limit) // _FOLIO_SPAN * _FOLIO_SPAN - mapping.offset
+        upto = min(passed, max(0, limit - first) // row_bytes)
+        if upto > dropped:
+            behind.drop(dropped, upto)
+            dropped = upto
+
     worker = threading.Thread(target=populate, name="mmarray-chunks", daemon=True)
     worker.start()
     try:
         for i in range(0, n, rows):
             if failure:
                 raise failure[0]
-            populator.advance(first + min(i + rows, n) * (step // rows))
+            populator.advance(first + min(i + rows, n) * row_bytes)
             yield array[lead + (slice(i, i + rows),)]
             if behind is not None:
-                behind.drop(i, min(i + rows, n))
+                passed = min(i + rows, n)
+                release(populator.progress)
     finally:
         populator.cancel()
         worker.join()
+        if behind is not None:  # the loop has returned: nothing is in flight
+            release(first + total + _FOLIO_SPAN)
 
 
 class _Dropper:

@@ -68,3 +68,4 @@ cdef class _PopulateAhead:
     cdef uint64_t start, end, step, window
     cdef uint64_t consumer     # byte position the consumer has reached (written under the GIL)
     cdef int stop              # set to 1 to end the populating loop
+    cdef uint64_t progress     # written by the loop: it never touches a byte below this again

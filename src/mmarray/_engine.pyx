@@ -1361,6 +1361,7 @@ cdef class _PopulateAhead:
         self.window = window
         self.consumer = start
         self.stop = 0
+        self.progress = start
 
     def __reduce__(self):
         raise TypeError("cannot pickle or copy a populate-ahead loop")
@@ -1370,6 +1371,13 @@ cdef class _PopulateAhead:
 
     def cancel(self):
         self.stop = 1
+
+    @property
+    def progress(self):
+        """The byte of the mapping below which the loop touches nothing again (``end`` once
+        ``run()`` has returned): what lies below it may be released without a fault of the
+        loop still in flight mapping it back."""
+        return self.progress
 
     def run(self):
         """Populate until done, cancelled, or the consumer stays idle for 10 s (populating is
@@ -1381,7 +1389,7 @@ cdef class _PopulateAhead:
             with nogil:
                 status = mm_populate_ahead(&self.mapping.view, self.start, self.end, self.step,
                                            self.window, &self.consumer, &self.stop,
-                                           _POPULATE_IDLE_LIMIT_US, &err)
+                                           &self.progress, _POPULATE_IDLE_LIMIT_US, &err)
             if status != MM_OK:
                 # Reported as bytes of the file (the loop's range is relative to the view).
                 _raise(&err, self.mapping._filename, self.mapping._offset + self.start,

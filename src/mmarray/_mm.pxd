@@ -73,11 +73,13 @@ cdef extern from "mm.h" nogil:
                   mm_error *err)
     int mm_resident(const mm_view *view, uint64_t start, uint64_t length, uint64_t *resident,
                     uint64_t *total, mm_error *err)
-    # mm.h declares consumer and stop `const volatile`: another thread writes them while the
-    # loop runs, and volatile keeps the C compiler re-reading them.
+    # mm.h declares consumer and stop `const volatile`, progress `volatile`: another thread
+    # writes (reads) them while the loop runs, and volatile keeps the C compiler re-reading
+    # (storing) them.
     int mm_populate_ahead(const mm_view *view, uint64_t start, uint64_t end, uint64_t step,
                           uint64_t window, const volatile uint64_t *consumer,
-                          const volatile int *stop, uint64_t idle_limit_us, mm_error *err)
+                          const volatile int *stop, volatile uint64_t *progress,
+                          uint64_t idle_limit_us, mm_error *err)
     void mm_pause(unsigned microseconds)
     int mm_unmap(mm_view *view, mm_error *err)
     int mm_path_identity(const char *path, uint64_t id[3], mm_error *err)
