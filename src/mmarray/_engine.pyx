@@ -28,6 +28,7 @@ from libc.string cimport memset, strlen
 cimport numpy as cnp
 from cpython.ref cimport Py_INCREF, Py_REFCNT
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from mmarray._mm cimport *
 
@@ -1094,6 +1095,82 @@ def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
     m._mode = spec[0]
     m._filename = filename
     m._offset = 0
+    if _guard_enabled:
+        _guard(m)
+    return m
+
+
+#: Bytes map_by_header reads at most.
+HEAD_MAX = 4096
+
+
+def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not None):
+    """Open the str path ``file`` (for ``access``, as :func:`map_file` opens a path), read
+    its first ``n`` bytes (at most ``HEAD_MAX``) and ask ``layout(first_bytes)`` what to map
+    of it: None, or ``(offset, nbytes, dtype, shape, order)`` with ``nbytes`` > 0 bytes at
+    ``offset`` holding an array of that dtype, shape and order. That range of the same open
+    file is mapped as a ``cls`` of mode ``mode``, whose file name is ``file`` made absolute (as the installed
+    ``abspath`` makes it, see :func:`set_fast_open`). One open, one read, one map.
+
+    Returns None when ``layout`` does, for a path the fast open does not take (not a
+    non-empty str, or not encodable as the C layer's UTF-8), and for any failure to open,
+    read or map: nothing is left open, mapped or registered, and the caller's general path
+    then opens the file again and raises what it raises. Raises what ``layout`` raises, and
+    TypeError or ValueError for a layout that does not describe ``nbytes``."""
+    cdef char buf[4096]
+    cdef const char *path
+    cdef Py_ssize_t size
+    cdef mm_handle handle
+    cdef uint64_t got
+    cdef mm_error err
+    cdef int status
+    cdef Region m
+    if type(file) is not str or not _fast_utf8 or n < 0 or n > 4096:
+        return None
+    if not issubclass(cls, Region):
+        raise TypeError(f"cls must be Region or a subclass of it, got {cls!r}")
+    try:
+        path = PyUnicode_AsUTF8AndSize(file, &size)
+    except UnicodeError:             # lone surrogates: the general path encodes them
+        return None
+    if size == 0 or strlen(path) != <size_t>size:   # empty, or an embedded null byte
+        return None
+    with nogil:
+        status = mm_open_read(path, access, buf, n, &got, &handle, &err)
+    if status != MM_OK:
+        return None
+    try:
+        spec = layout(PyBytes_FromStringAndSize(buf, <Py_ssize_t>got))
+        if spec is None:
+            return None
+        offset, nbytes, dtype, shape, order = spec
+        if not isinstance(dtype, _np.dtype) or dtype.hasobject or dtype.itemsize == 0:
+            raise TypeError(f"layout gave dtype {dtype!r}; expected a numpy.dtype of plain "
+                            f"data")
+        if not (type(order) is str and (order == "C" or order == "F")):
+            raise ValueError(f"layout gave order {order!r}; expected 'C' or 'F'")
+        shape, total = _shape_nbytes(shape, dtype.itemsize)
+        if total != nbytes or nbytes <= 0 or offset < 0:
+            raise ValueError(f"layout gave {nbytes} bytes at offset {offset} for shape "
+                             f"{shape} of {dtype}; expected the shape's size, at least 1")
+        filename = file if _fast_posix and _normal_absolute(path, size) \
+            else _fast_abspath(file)
+        m = _new_region(cls)
+        try:
+            _map_and_register(m, NULL, handle, access, offset, nbytes, 0, filename)
+        except Exception:
+            return None              # m is dropped: nothing was mapped or registered
+    finally:
+        with nogil:
+            mm_close_handle(handle)  # the view does not need it
+    m._closed = False
+    m._readonly = access == MM_READ
+    m._dtype = dtype
+    m._shape = shape
+    m._order = order
+    m._mode = mode
+    m._filename = filename
+    m._offset = offset
     if _guard_enabled:
         _guard(m)
     return m
