@@ -332,6 +332,21 @@ uint64_t mm_guard_take_lost(void);
  * MM_E_OPEN (ENOENT, ...) or MM_E_STAT with the OS error code on failure. */
 int mm_path_identity(const char *path, uint64_t id[3], mm_error *err);
 
+/* Open `path` to read its first bytes before mapping it by handle (a file whose header says
+ * what to map: a .npy). Opened as mm_map_path opens it for `access` with no flags (read-only,
+ * read-write for MM_WRITE; never created, never blocking on a FIFO); then up to `n` bytes
+ * from the start of the file are read into `buf`, *got set to the number read (fewer only at
+ * the end of a regular file). On MM_OK *handle is open: map with mm_map_handle, then close it
+ * with mm_close_handle (the view does not need it). On failure nothing stays open: MM_E_OPEN
+ * (or MM_E_STAT, EISDIR / ERROR_DIRECTORY_NOT_SUPPORTED for a directory) as mm_map_path
+ * reports its open, MM_E_STAT with the OS error code for a failed read, MM_E_ARG for a NULL
+ * pointer, a bad access or `n` above 2**30. */
+int mm_open_read(const char *path, int access, void *buf, uint64_t n, uint64_t *got,
+                 mm_handle *handle, mm_error *err);
+
+/* Close a handle mm_open_read opened (errors ignored: it was only read). */
+void mm_close_handle(mm_handle handle);
+
 /* Unmap the view and release what it owns. The view is zeroed whatever the outcome, so a
  * second call is a no-op returning MM_OK; an OS error is reported, never ignored. */
 int mm_unmap(mm_view *view, mm_error *err);

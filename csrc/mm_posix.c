@@ -388,6 +388,38 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
     return status;
 }
 
+int mm_open_read(const char *path, int access, void *buf, uint64_t n, uint64_t *got,
+                 mm_handle *handle, mm_error *err) {
+    mm_error spare;
+    ssize_t r;
+    int fd, code;
+    err = mm_err_or(err, &spare);
+    if (path == NULL || buf == NULL || got == NULL || handle == NULL ||
+        (access != MM_READ && access != MM_WRITE && access != MM_COPY) || n > (1u << 30))
+        return mm_fail(err, MM_E_ARG, 0);
+    *got = 0;
+    *handle = -1;
+    fd = open(path, (access == MM_WRITE ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return mm_fail(err, errno == EISDIR ? MM_E_STAT : MM_E_OPEN, errno);
+    do {
+        r = pread(fd, buf, (size_t)n, 0);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        code = errno;
+        close(fd);
+        return mm_fail(err, MM_E_STAT, code);
+    }
+    *got = (uint64_t)r;
+    *handle = fd;
+    return mm_ok(err);
+}
+
+void mm_close_handle(mm_handle handle) {
+    if (handle >= 0 && handle <= INT32_MAX)
+        mm_close_keep_errno((int)handle);
+}
+
 int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
                   mm_view *view, mm_error *err) {
     mm_error spare;

@@ -412,6 +412,51 @@ int mm_map_path(const char *path, int access, uint64_t offset, uint64_t length, 
     return status;
 }
 
+int mm_open_read(const char *path, int access, void *buf, uint64_t n, uint64_t *got,
+                 mm_handle *handle, mm_error *err) {
+    mm_error spare;
+    wchar_t *wpath;
+    HANDLE file;
+    DWORD code = 0, read = 0;
+    OVERLAPPED at;
+    int status;
+    err = mm_err_or(err, &spare);
+    if (path == NULL || buf == NULL || got == NULL || handle == NULL ||
+        (access != MM_READ && access != MM_WRITE && access != MM_COPY) || n > (1u << 30))
+        return mm_win_error(err, MM_E_ARG, 0);
+    *got = 0;
+    *handle = (mm_handle)INVALID_HANDLE_VALUE;
+    wpath = mm_win_widen(path, &code);
+    if (wpath == NULL)
+        return mm_win_error(err, MM_E_OPEN, code);
+    file = mm_win_open(wpath, access == MM_WRITE ? GENERIC_READ | GENERIC_WRITE : GENERIC_READ,
+                       OPEN_EXISTING);
+    if (file == INVALID_HANDLE_VALUE) {
+        status = mm_win_open_error(wpath, GetLastError(), err);
+        free(wpath);
+        return status;
+    }
+    free(wpath);
+    memset(&at, 0, sizeof at); /* from offset 0 ("ReadFile function (fileapi.h)") */
+    if (!ReadFile(file, buf, (DWORD)n, &read, &at)) {
+        code = GetLastError();
+        if (code != ERROR_HANDLE_EOF) {
+            CloseHandle(file);
+            return mm_win_error(err, MM_E_STAT, code);
+        }
+        read = 0;
+    }
+    *got = read;
+    *handle = (mm_handle)file;
+    return mm_win_error(err, MM_OK, 0);
+}
+
+void mm_close_handle(mm_handle handle) {
+    HANDLE file = (HANDLE)handle;
+    if (file != NULL && file != INVALID_HANDLE_VALUE)
+        CloseHandle(file);
+}
+
 int mm_map_handle(mm_handle handle, int access, uint64_t offset, uint64_t length, int flags,
                   mm_view *view, mm_error *err) {
     mm_error spare;

@@ -1846,6 +1846,33 @@ static void test_path_identity_tells_a_recreated_file(void) {
     CHECK_ST(mm_path_identity(NULL, missing, &e), MM_E_ARG, &e);
 }
 
+static void test_open_read_reads_the_start_then_maps_by_handle(void) {
+    char path[1100];
+    unsigned char buf[256];
+    uint64_t got, i;
+    mm_handle h;
+    mm_view v;
+    mm_error e;
+    t_path(path, sizeof path, "open-read.bin");
+    CHECK(t_write_pattern(path, 100) == 0);
+    CHECK_OK(mm_open_read(path, MM_READ, buf, 64, &got, &h, &e), &e);
+    CHECK_U64(got, 64);
+    for (i = 0; i < got; i++)
+        CHECK(buf[i] == t_pat(i));
+    CHECK_OK(mm_map_handle(h, MM_READ, 10, 90, 0, &v, &e), &e);
+    mm_close_handle(h); /* the view does not need it */
+    CHECK((unsigned char)v.data[0] == t_pat(10));
+    CHECK_OK(mm_unmap(&v, &e), &e);
+    CHECK_OK(mm_open_read(path, MM_WRITE, buf, sizeof buf, &got, &h, &e), &e);
+    CHECK_U64(got, 100); /* fewer at the end of the file */
+    mm_close_handle(h);
+    CHECK(t_remove(path) == 0);
+    CHECK_ST(mm_open_read(path, MM_READ, buf, 64, &got, &h, &e), MM_E_OPEN, &e);
+    CHECK(e.code == T_ENOENT);
+    CHECK_ST(mm_open_read(NULL, MM_READ, buf, 64, &got, &h, &e), MM_E_ARG, &e);
+    CHECK_ST(mm_open_read(path, 7, buf, 64, &got, &h, &e), MM_E_ARG, &e);
+}
+
 static void test_remap_grows_and_shrinks_a_view_of_the_same_file(void) {
     char path[1100], other[1100];
     uint64_t page = mm_page_size();
@@ -2076,6 +2103,7 @@ static const t_case t_cases[] = {
     T_CASE(test_guard_counts_the_records_it_drops),
     T_CASE(test_guard_add_refuses_an_empty_view),
     T_CASE(test_path_identity_tells_a_recreated_file),
+    T_CASE(test_open_read_reads_the_start_then_maps_by_handle),
     T_CASE(test_remap_grows_and_shrinks_a_view_of_the_same_file),
     T_CASE(test_guard_stale_copy_of_a_view_frees_nothing),
     T_CASE(test_alignment_values),

@@ -5,9 +5,11 @@ argument, and the choice of C flags. The engine (``_engine``) only maps, counts 
 """
 from __future__ import annotations
 
+import codecs
 import io
 import operator
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, Union
 
@@ -240,6 +242,11 @@ def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mod
     ...     m.array.tolist()
     [4.0, 5.0, 6.0, 7.0]
     """
+    # The common case (a str path mapped whole, a mode and a dtype seen before) end to end in
+    # the engine; None for anything else, or any failure: this general path then does it.
+    m = _open_to_end(file, dtype, mode, offset, shape, order, populate, advise)
+    if m is not None:
+        return m  # type: ignore[return-value]  # the class installed below: Mapping
     spec = _MODE_SPEC.get(mode) if type(mode) is str else None
     if spec is None:
         spec = _MODE_SPEC[_check_mode(mode)]  # raises for a bad mode
@@ -316,6 +323,20 @@ def _abspath(path: str) -> str:
             and path[-1:] != "/"):
         return path  # nothing for normpath to change: no '//', '.', '..' or trailing '/'
     return os.path.abspath(path)
+
+
+# The engine's fast path for open() and memmap(): the modes it takes (not 'w+', which needs a
+# shape), the dtypes _check_dtype has accepted (this very dict, filled as they are), and the
+# path encoding it may use: UTF-8 is what _mapping._encode_path gives on Windows, and on POSIX
+# when the file system encoding is UTF-8 (a path it cannot encode strictly, with lone
+# surrogates, takes the general path).
+_FAST_MODES: dict[str, tuple[ShortMode, int, int]] = {
+    name: spec for name, spec in _MODE_SPEC.items() if spec[0] != "w+"}
+_engine.set_fast_open(_FAST_MODES, _dtype_cache, Mapping, _abspath,
+                      not _POSIX or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8",
+                      _POSIX)
+_open_to_end = _engine.open_to_end
+_check_dtype("uint8")  # open()'s default dtype, in the table from the start
 
 
 def close(array: object, strict: bool = False) -> None:

@@ -64,6 +64,7 @@ _ndarray_getitem = np.ndarray.__getitem__
 _ndarray_array_wrap = np.ndarray.__array_wrap__
 _may_share_memory = np.may_share_memory
 _TO_END = _engine.TO_END
+_open_to_end = _engine.open_to_end
 _fspath = os.fspath
 # mode (numpy's short and long names) -> (short mode, engine access, engine flags)
 _MODES = _MODE_SPEC  # mode (numpy's short and long names) -> (short mode, access, flags)
@@ -179,6 +180,16 @@ class memmap(np.memmap):
     def __new__(subtype, filename: StrOrBytesPath | _FileObject, dtype: DTypeLike = np.uint8,
                 mode: Mode = "r+", offset: SupportsIndex = 0, shape: ShapeLike | None = None,
                 order: Literal["C", "F", "A", "K"] = "C") -> Self:
+        # The common case (a str path mapped whole, as mmarray.open's fast path takes it):
+        # the same Mapping the general path below makes, with numpy's attributes for it.
+        fast = _open_to_end(filename, dtype, mode, offset, shape, order, False, None)
+        if fast is not None:
+            self = fast._array_of(subtype)
+            self._mmap = fast  # type: ignore[assignment]  # the class installed: Mapping
+            self.offset = 0
+            self.mode = fast.mode
+            self.filename = fast.filename
+            return self
         spec = _MODES.get(mode) if type(mode) is str else None
         if spec is None:  # a bad mode raises in _check_mode; a str subclass passes
             spec = _MODES[_check_mode(mode)]

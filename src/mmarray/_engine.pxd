@@ -43,6 +43,7 @@ cdef class Region:
     cdef Py_ssize_t _acquire_busy(self) except -1
     cdef int _release_busy(self, Py_ssize_t generation) except -1
     cdef int _unmap_now(self) except -1
+    cdef uint64_t _fault_count(self)
 
 
 @cython.auto_pickle(False)

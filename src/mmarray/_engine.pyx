@@ -22,10 +22,13 @@ from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITAB
                              PyBuffer_Release, PyObject_GetBuffer)
 from cpython.exc cimport PyErr_WriteUnraisable
 from libc.stdint cimport uint64_t, int64_t
-from libc.string cimport memset
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset, strlen
 
 cimport numpy as cnp
 from cpython.ref cimport Py_INCREF, Py_REFCNT
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from mmarray._mm cimport *
 
@@ -38,6 +41,8 @@ cnp.import_array()
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
+    ctypedef struct PyTypeObject:
+        object (*tp_new)(PyTypeObject *, PyObject *, PyObject *)
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
 
 
@@ -48,25 +53,116 @@ cdef extern from "numpy/arrayobject.h":
 
 
 cdef object _ndarray = _np.ndarray
+cdef tuple _EMPTY_TUPLE = ()
 # A valid address for empty mappings: buffers must not carry NULL (an empty region has no view).
 cdef char _empty_byte = 0
 
 # The registry of what this process maps, guarded by the GIL: every read-modify-write of it
-# below is C code that calls nothing able to release the GIL (dict operations on tuples of
-# ints; each key tuple is built before the read, so a garbage collection that its allocation
-# triggers -- and the __dealloc__ it may run -- comes before, not inside, the update). No
-# lock means nothing for a fork() to inherit held and nothing for a signal handler or a
-# finalizer to deadlock on; no blocking call (open, fallocate, populate) is ever made while
-# the registry is inconsistent.
+# below is C code that calls nothing able to release the GIL (operations on a C table, and
+# dict operations on tuples of ints; each key tuple is built before the read, so a garbage
+# collection that its allocation triggers -- and the __dealloc__ it may run -- comes before,
+# not inside, the update). No lock means nothing for a fork() to inherit held and nothing for
+# a signal handler or a finalizer to deadlock on; no blocking call (open, fallocate,
+# populate) is ever made while the registry is inconsistent.
 #
-# _live_files: (st_dev, st_ino) -> number of live views. What lets mode 'w+' refuse to
-#   truncate a file whose mapped pages would then fault (SIGBUS) on the next access.
+# The live files: (st_dev, st_ino) -> number of live views, a C hash table (_live_count,
+#   _live_add): no Python object is made or hashed per map and unmap, and nothing it does
+#   can run a collection. What lets mode 'w+' refuse to truncate a file whose mapped pages
+#   would then fault (SIGBUS) on the next access.
 # _truncating / _truncated_at: files a 'w+' is resetting now, and the epoch at which the last
 #   reset of each ended. A map that raced a reset (it began before the reset ended, so its
 #   view may be longer than the file now) sees it when it registers, and maps again. The
 #   check and the registration are one step (_register_unless_reset): nothing between them
 #   can run a collection, a finalizer or another thread.
-cdef dict _live_files = {}
+cdef struct _LiveFile:
+    uint64_t dev
+    uint64_t ino
+    Py_ssize_t count             # live views; 0 marks an empty slot
+
+cdef _LiveFile *_live_table = NULL
+cdef size_t _live_mask = 0       # capacity - 1 (a power of two), 0 before the first entry
+cdef size_t _live_used = 0
+
+
+cdef inline size_t _live_slot(uint64_t dev, uint64_t ino) noexcept:
+    cdef uint64_t h = (ino ^ (dev * <uint64_t>0x9E3779B97F4A7C15)) * <uint64_t>0xBF58476D1CE4E5B9
+    return <size_t>(h ^ (h >> 31))
+
+
+cdef Py_ssize_t _live_count(uint64_t dev, uint64_t ino) noexcept:
+    """Live views of file (dev, ino)."""
+    cdef size_t i
+    if _live_table == NULL:
+        return 0
+    i = _live_slot(dev, ino) & _live_mask
+    while _live_table[i].count:
+        if _live_table[i].ino == ino and _live_table[i].dev == dev:
+            return _live_table[i].count
+        i = (i + 1) & _live_mask
+    return 0
+
+
+cdef int _live_grow() except -1:
+    global _live_table, _live_mask
+    cdef size_t cap = 2 * (_live_mask + 1) if _live_table != NULL else 64
+    cdef _LiveFile *old = _live_table
+    cdef size_t old_cap = _live_mask + 1 if old != NULL else 0
+    cdef _LiveFile *table = <_LiveFile *>calloc(cap, sizeof(_LiveFile))
+    cdef size_t i, j
+    if table == NULL:
+        raise MemoryError()
+    for i in range(old_cap):
+        if old[i].count:
+            j = _live_slot(old[i].dev, old[i].ino) & (cap - 1)
+            while table[j].count:
+                j = (j + 1) & (cap - 1)
+            table[j] = old[i]
+    _live_table = table
+    _live_mask = cap - 1
+    free(old)
+    return 0
+
+
+cdef int _live_add(uint64_t dev, uint64_t ino, Py_ssize_t delta) except -1:
+    """Count ``delta`` more (or fewer) live views of file (dev, ino); an entry that reaches 0
+    goes. Allocates (malloc, never a Python object) only to grow, for a new entry."""
+    global _live_used
+    cdef size_t i, j, k
+    if delta > 0 and (_live_table == NULL or 2 * (_live_used + 1) > _live_mask + 1):
+        _live_grow()
+    if _live_table == NULL:
+        return 0
+    i = _live_slot(dev, ino) & _live_mask
+    while _live_table[i].count:
+        if _live_table[i].ino == ino and _live_table[i].dev == dev:
+            break
+        i = (i + 1) & _live_mask
+    else:
+        if delta <= 0:
+            return 0                 # not counted: nothing to take away
+        _live_table[i].dev = dev
+        _live_table[i].ino = ino
+        _live_table[i].count = delta
+        _live_used += 1
+        return 0
+    _live_table[i].count += delta
+    if _live_table[i].count > 0:
+        return 0
+    # Remove slot i, moving later entries of its probe run back (linear probing's deletion).
+    _live_table[i].count = 0
+    _live_used -= 1
+    j = i
+    while True:
+        j = (j + 1) & _live_mask
+        if not _live_table[j].count:
+            return 0
+        k = _live_slot(_live_table[j].dev, _live_table[j].ino) & _live_mask
+        # The entry at j may move to i unless its home k lies cyclically in (i, j].
+        if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+            _live_table[i] = _live_table[j]
+            _live_table[j].count = 0
+            i = j
+
 cdef dict _truncating = {}
 cdef dict _truncated_at = {}
 cdef unsigned long long _epoch = 0
@@ -330,8 +426,7 @@ cdef class Region:
         retired.view = view
         retired.exports = self._exports
         retired.generation = self._generation
-        key = (view.file_id[0], view.file_id[1])
-        _live_files[key] = _live_files.get(key, 0) + 1   # one more live view of the file
+        _live_add(view.file_id[0], view.file_id[1], 1)   # one more live view of the file
         retired.file_dev = view.file_id[0]
         retired.file_ino = view.file_id[1]
         if self._retired is None:
@@ -462,6 +557,9 @@ cdef class Region:
             ``strict=True`` and arrays or memoryviews of this mapping are alive.
         OSError
             Unmapping failed.
+        MappedFileError
+            (:class:`mmarray.Mapping`) The mapping is writable and faulted: what was written
+            to the faulting pages is lost. The mapping is closed all the same.
 
         Examples
         --------
@@ -476,14 +574,23 @@ cdef class Region:
         >>> m.close(); m.closed, m.exports
         (True, 1)
         """
+        cdef bint faulted
         if self._closed:
             return
         if strict and self.exports:
             raise BufferError(
                 f"cannot close strictly: {self.exports} export(s) of this mapping are alive")
+        faulted = self._fault_count() != 0
         self._closed = True
         if self._exports == 0:
             self._unmap_now()
+        if faulted:
+            self._closed_faulted()
+
+    def _closed_faulted(self):
+        """Called by :meth:`close` (once the mapping is closed) when the fault guard caught
+        faults in it: what that means is the subclass's business (mmarray.Mapping raises for
+        a writable mapping). Nothing here."""
 
     def __enter__(self):
         return self
@@ -675,6 +782,9 @@ cdef class Region:
 
     def _faults(self):
         """Faults the fault guard caught in this view (kept after the unmap)."""
+        return self._fault_count()
+
+    cdef uint64_t _fault_count(self):
         if self.view.data == NULL or self.view.data == &_empty_byte:
             return self._faults_at_unmap
         # Plus the views guarded before this one (a resize or rebase re-guards the view in a
@@ -890,20 +1000,28 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
         if flags & MM_CREATE:
             _create_and_map(m, file, access, offset, length, flags & ~MM_CREATE, filename)
         else:
-            _map_and_register(m, file, 0, access, offset, length, flags, filename)
+            _map_and_register(m, <bytes>file, 0, access, offset, length, flags, filename)
     elif isinstance(file, int) and not isinstance(file, bool):
         if file < 0 or file > (_HANDLE_MAX if _os.name == "nt" else _FD_MAX):
             raise ValueError(f"file descriptor {file} is out of range; expected 0 to "
                              f"{_FD_MAX}")
         if flags & MM_CREATE:
             raise ValueError("CREATE needs a path, not a file descriptor")
-        _map_and_register(m, None, file, access, offset, length, flags, filename)
+        _map_and_register(m, NULL, file, access, offset, length, flags, filename)
     else:
         raise TypeError(f"file must be bytes (an encoded path), an int (a descriptor) or "
                         f"None, got {type(file).__name__}")
     if m.view.data == NULL:          # nothing mapped (length 0): a valid, empty buffer
         m.view.data = &_empty_byte
         m.view.length = 0
+    _set_up(m, access, dtype, shape, order, mode, filename, offset)
+    return m
+
+
+cdef int _set_up(Region m, int access, dtype, shape, order, mode, filename,
+                 uint64_t offset) except -1:
+    """Give a region just mapped (and registered) what it reports, open it and guard its
+    view: the last step of map_file and of its fast paths (open_to_end, map_by_header)."""
     m._closed = False
     m._readonly = access == MM_READ
     m._dtype = dtype
@@ -914,6 +1032,197 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     m._offset = offset
     if _guard_enabled and m.view.data != &_empty_byte:
         _guard(m)
+    return 0
+
+
+# -- the common case of mmarray.open and mmarray.memmap -------------------------------------------
+# A str path mapped whole: no offset, shape, order, populate or advice. The Python layer
+# (mmarray._api) hands in its tables -- the mode names the common case takes and what they
+# mean, the dtypes it has checked, the class of the result, how it makes a path absolute --
+# and the engine only looks them up: the policy stays theirs.
+cdef dict _fast_modes = {}       # mode name -> (short mode, access, flags)
+cdef dict _fast_dtypes = {}      # dtype argument -> checked numpy.dtype
+cdef type _fast_cls = Region
+cdef object _fast_abspath = None  # str -> absolute str, for a path not already absolute
+cdef bint _fast_utf8 = False      # str paths reach the C layer as UTF-8 (else no fast path)
+cdef bint _fast_posix = True      # '/'-rooted paths without '//', '/.' or a trailing '/'
+                                  # are absolute and normal as they are
+
+
+def set_fast_open(dict modes not None, dict dtypes not None, type cls not None, abspath,
+                  bint utf8_paths, bint posix):
+    """Install the tables of :func:`open_to_end` (see there)."""
+    global _fast_modes, _fast_dtypes, _fast_cls, _fast_abspath, _fast_utf8, _fast_posix
+    if not issubclass(cls, Region):
+        raise TypeError(f"cls must be Region or a subclass of it, got {cls!r}")
+    if not callable(abspath):
+        raise TypeError(f"abspath must be callable, got {type(abspath).__name__}")
+    for spec in modes.values():
+        if not (type(spec) is tuple and len(spec) == 3 and type(spec[0]) is str
+                and spec[1] in (MM_READ, MM_WRITE, MM_COPY)
+                and type(spec[2]) is int and not spec[2] & ~(MM_GROW | MM_POPULATE)):
+            raise ValueError(f"a mode's spec must be (short mode, access, flags without "
+                             f"CREATE), got {spec!r}")
+    _fast_modes = modes
+    _fast_dtypes = dtypes
+    _fast_cls = cls
+    _fast_abspath = abspath
+    _fast_utf8 = utf8_paths
+    _fast_posix = posix
+
+
+cdef bint _normal_absolute(const char *path, Py_ssize_t n) noexcept:
+    # What os.path.abspath leaves as it is on POSIX (mmarray._api._abspath's test): '/' first,
+    # no '//', no '/.', no '/' last. On the UTF-8 bytes: '/' and '.' are never part of a
+    # multi-byte character there.
+    cdef Py_ssize_t i
+    if n == 0 or path[0] != b'/' or path[n - 1] == b'/':
+        return False
+    for i in range(n - 1):
+        if path[i] == b'/' and (path[i + 1] == b'/' or path[i + 1] == b'.'):
+            return False
+    return True
+
+
+cdef const char *_utf8_path(str file, Py_ssize_t *size) except? NULL:
+    # The UTF-8 of a str path as the C layer takes it (kept alive by `file`), or NULL for one
+    # the fast paths leave to the general path: empty, with an embedded null byte, or not
+    # encodable strictly (lone surrogates, which the general path encodes).
+    cdef const char *path
+    try:
+        path = PyUnicode_AsUTF8AndSize(file, size)
+    except UnicodeError:
+        return NULL
+    if size[0] == 0 or strlen(path) != <size_t>size[0]:
+        return NULL
+    return path
+
+
+cdef inline Region _new_region(type cls):
+    # cls.__new__(cls) without the generic call, for a class whose tp_new is Region's (it
+    # defines no __new__: mmarray.Mapping and those of it), which gives a new, bare object of
+    # cls. None for any other class: the caller falls back to map_file, which calls its
+    # __new__ and checks what it returns.
+    if (<PyTypeObject *>cls).tp_new != (<PyTypeObject *>Region).tp_new:
+        return None
+    return <Region>(<PyTypeObject *>cls).tp_new(<PyTypeObject *>cls,
+                                                 <PyObject *>_EMPTY_TUPLE, NULL)
+
+
+def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
+    """The common case of ``mmarray.open(file, dtype, mode, offset, shape, order,
+    populate=..., advise=...)``, end to end: ``file`` a non-empty str, ``offset`` the int 0,
+    ``shape`` and ``advise`` None, ``order`` ``'C'``, ``populate`` False, a mode and a dtype
+    found in the tables :func:`set_fast_open` installed. The file is mapped whole, as a 1-D
+    array of the dtype, into a new object of the installed class.
+
+    Returns None for any other call, and for any call that does not succeed (no such file,
+    an empty file, a size that is not a multiple of the itemsize, ...): nothing is left
+    mapped or registered, and the caller's general path then makes the call and raises what
+    it raises."""
+    cdef Region m
+    cdef const char *path
+    cdef Py_ssize_t size, itemsize
+    cdef uint64_t length
+    if type(file) is not str or shape is not None or advise is not None \
+            or populate is not False or type(offset) is not int or offset != 0 \
+            or type(order) is not str or order != "C" or type(mode) is not str \
+            or not _fast_utf8:
+        return None
+    spec = _fast_modes.get(mode)
+    if spec is None:
+        return None
+    try:
+        dt = _fast_dtypes.get(dtype)
+    except TypeError:                # an unhashable dtype argument (a list of fields)
+        return None
+    if dt is None:
+        return None
+    path = _utf8_path(file, &size)
+    if path == NULL:
+        return None
+    filename = file if _fast_posix and _normal_absolute(path, size) else _fast_abspath(file)
+    m = _new_region(_fast_cls)
+    if m is None:
+        return None
+    try:
+        _map_and_register(m, path, 0, spec[1], 0, MM_TO_END, spec[2], filename)
+    except Exception:
+        return None                  # m is dropped: nothing was mapped or registered
+    itemsize = (<cnp.dtype>dt).itemsize
+    length = m.view.length
+    if length % <uint64_t>itemsize:
+        m._closed = True
+        m._unmap_now()
+        return None
+    _set_up(m, spec[1], dt, (<Py_ssize_t>(length // <uint64_t>itemsize),), "C", spec[0],
+            filename, 0)
+    return m
+
+
+#: Bytes map_by_header reads at most.
+HEAD_MAX = 4096
+
+
+def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not None):
+    """Open the str path ``file`` (for ``access``, as :func:`map_file` opens a path), read
+    its first ``n`` bytes (at most ``HEAD_MAX``) and ask ``layout(first_bytes)`` what to map
+    of it: None, or ``(offset, nbytes, dtype, shape, order)`` with ``nbytes`` > 0 bytes at
+    ``offset`` holding an array of that dtype, shape and order. That range of the same open
+    file is mapped as a ``cls`` of mode ``mode``, whose file name is ``file`` made absolute (as the installed
+    ``abspath`` makes it, see :func:`set_fast_open`). One open, one read, one map.
+
+    Returns None when ``layout`` does, for a path the fast open does not take (not a
+    non-empty str, or not encodable as the C layer's UTF-8), and for any failure to open,
+    read or map: nothing is left open, mapped or registered, and the caller's general path
+    then opens the file again and raises what it raises. Raises what ``layout`` raises, and
+    TypeError or ValueError for a layout that does not describe ``nbytes``."""
+    cdef char buf[4096]
+    cdef const char *path
+    cdef Py_ssize_t size
+    cdef mm_handle handle
+    cdef uint64_t got
+    cdef mm_error err
+    cdef int status
+    cdef Region m
+    if type(file) is not str or not _fast_utf8 or n < 0 or n > 4096:
+        return None
+    if not issubclass(cls, Region):
+        raise TypeError(f"cls must be Region or a subclass of it, got {cls!r}")
+    path = _utf8_path(file, &size)
+    if path == NULL:
+        return None
+    with nogil:
+        status = mm_open_read(path, access, buf, n, &got, &handle, &err)
+    if status != MM_OK:
+        return None
+    try:
+        spec = layout(PyBytes_FromStringAndSize(buf, <Py_ssize_t>got))
+        if spec is None:
+            return None
+        offset, nbytes, dtype, shape, order = spec
+        if not isinstance(dtype, _np.dtype) or dtype.hasobject or dtype.itemsize == 0:
+            raise TypeError(f"layout gave dtype {dtype!r}; expected a numpy.dtype of plain "
+                            f"data")
+        if not (type(order) is str and (order == "C" or order == "F")):
+            raise ValueError(f"layout gave order {order!r}; expected 'C' or 'F'")
+        shape, total = _shape_nbytes(shape, dtype.itemsize)
+        if total != nbytes or nbytes <= 0 or offset < 0:
+            raise ValueError(f"layout gave {nbytes} bytes at offset {offset} for shape "
+                             f"{shape} of {dtype}; expected the shape's size, at least 1")
+        filename = file if _fast_posix and _normal_absolute(path, size) \
+            else _fast_abspath(file)
+        m = _new_region(cls)
+        if m is None:
+            return None
+        try:
+            _map_and_register(m, NULL, handle, access, offset, nbytes, 0, filename)
+        except Exception:
+            return None              # m is dropped: nothing was mapped or registered
+    finally:
+        with nogil:
+            mm_close_handle(handle)  # the view does not need it
+    _set_up(m, access, dtype, shape, order, mode, filename, offset)
     return m
 
 
@@ -942,19 +1251,13 @@ def _shape_nbytes(shape, Py_ssize_t itemsize):
     return shape, total
 
 
-cdef int _map_and_register(Region m, path_obj, handle_obj, int access, uint64_t offset,
-                           uint64_t length, int flags, filename) except -1:
-    """Map by path (``path_obj`` bytes) or by descriptor, and register the view."""
+cdef int _map_and_register(Region m, const char *path, mm_handle handle, int access,
+                           uint64_t offset, uint64_t length, int flags, filename) except -1:
+    """Map by path (``path``, not NULL) or by descriptor, and register the view."""
     global _in_flight
     cdef mm_error err
     cdef int status, attempt
-    cdef const char *path = NULL
-    cdef mm_handle handle = 0
     cdef unsigned long long started
-    if path_obj is not None:
-        path = path_obj
-    else:
-        handle = handle_obj          # already an OS handle (the callers convert descriptors)
     for attempt in range(_MAP_ATTEMPTS):
         if attempt:
             with nogil:
@@ -1014,7 +1317,7 @@ cdef int _create_and_map(Region m, bytes path, int access, uint64_t offset, uint
         fd = -1
         # A file this call created goes again, but only while no other call uses it: one
         # that lost the race for the reset mark leaves the winner's file alone.
-        if created and owned and _live_files.get(key, 0) == 0:
+        if created and owned and _live_count(st.st_dev, st.st_ino) == 0:
             _remove_created(path, st)
         raise
     finally:
@@ -1061,8 +1364,7 @@ cdef int _drop_view(Region m) except -1:
 
 
 cdef int _register(Region m) except -1:
-    key = (m.view.file_id[0], m.view.file_id[1])   # built first: see the registry's comment
-    _live_files[key] = _live_files.get(key, 0) + 1
+    _live_add(m.view.file_id[0], m.view.file_id[1], 1)
     m._file_dev = m.view.file_id[0]
     m._file_ino = m.view.file_id[1]
     m._registered = True
@@ -1078,35 +1380,29 @@ cdef int _unregister(Region m) except -1:
 
 cdef int _count_view_gone(uint64_t dev, uint64_t ino) except -1:
     """One live view of file (dev, ino) fewer in the registry."""
-    if _live_files is None:          # interpreter teardown: nothing left to keep count for
-        return 0
-    key = (dev, ino)
-    n = _live_files.get(key, 0) - 1
-    if n > 0:
-        _live_files[key] = n
-    else:
-        _live_files.pop(key, None)
-    return 0
+    return _live_add(dev, ino, -1)
 
 
 cdef bint _register_unless_reset(Region m, unsigned long long started) except -1:
     """Register m's view unless a reset of its file ended after ``started`` or is under way.
 
-    One step: after the key tuple is built (its allocation may collect), nothing below
-    allocates a tracked object, so no finalizer and no other thread runs in between."""
-    key = (m.view.file_id[0], m.view.file_id[1])
-    if key in _truncating or _truncated_at.get(key, 0) > started:
-        return False
-    _live_files[key] = _live_files.get(key, 0) + 1
+    One step: after the key tuple is built (its allocation may collect; only while a reset
+    is remembered), nothing below allocates a tracked object, so no finalizer and no other
+    thread runs in between."""
+    if _truncating or _truncated_at:
+        key = (m.view.file_id[0], m.view.file_id[1])
+        if key in _truncating or _truncated_at.get(key, 0) > started:
+            return False
+    _live_add(m.view.file_id[0], m.view.file_id[1], 1)
     m._file_dev = m.view.file_id[0]
     m._file_ino = m.view.file_id[1]
     m._registered = True
     return True
 
 
-cdef int _begin_truncation(key, name) except -1:
+cdef int _begin_truncation(tuple key, name) except -1:
     global _epoch
-    n = _live_files.get(key, 0)
+    n = _live_count(key[0], key[1])
     if n:
         _refuse(REFUSED_MAPPED, n, name)
     if key in _truncating:
@@ -1184,7 +1480,9 @@ def path_identity(bytes path):
 
 def live_views(st_dev, st_ino):
     """Number of live mapped views of the file with this identity in this process."""
-    return _live_files.get((st_dev, st_ino), 0)
+    if not (0 <= st_dev <= 0xFFFFFFFFFFFFFFFF and 0 <= st_ino <= 0xFFFFFFFFFFFFFFFF):
+        return 0
+    return _live_count(st_dev, st_ino)
 
 
 def truncate_guarded(target, name, truncate, *args):

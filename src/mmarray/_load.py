@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import os
 
-from mmarray import _api, _engine, _npy, _npz
+from mmarray import _api, _engine, _mapping, _npy, _npz
 from mmarray import _npyformat as _fmt
 from mmarray._npyformat import MAX_HEADER_SIZE
 
 __all__ = ["load"]
 
 _READ = _engine.READ
+_WRITE = _engine.WRITE
+_MAGIC_V1 = _fmt.MAGIC_V1
+_header_cache = _fmt.header_cache
+_map_by_header = _engine.map_by_header
+_Mapping = _mapping.Mapping
+# Bytes the fast path reads: the header numpy writes is 128 bytes for most arrays, longer
+# for many dimensions or a long descr; a longer one takes the general path.
+_HEAD = 512
 
 # mode -> (access, normalized mode). 'w+' is refused by check_load_mode (an existing file's
 # data).
@@ -116,6 +124,15 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
     if compressed != "warn" and compressed not in ("error", "ignore"):
         raise ValueError(f"compressed must be 'warn', 'error' or 'ignore', got {compressed!r}")
     if type(file) is str:
+        if rows is None and max_header_size == MAX_HEADER_SIZE:
+            # The common case in one open, one read and one map (the engine's), with a header
+            # seen before; None for anything else or any failure, which the path below does.
+            m = _map_by_header(file, access, mode, _HEAD, _known_header,
+                               _npy.NpyMapping if access == _WRITE else _Mapping)
+            if m is not None:
+                if access == _WRITE:
+                    m._header_length = m.offset
+                return m
         path = file
     elif isinstance(file, (str, bytes, os.PathLike)):
         path = os.fspath(file)
@@ -159,6 +176,20 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
                       compressed, max_header_size, 4)
     finally:
         os.close(fd)
+
+
+def _known_header(first):
+    """(data offset, nbytes, dtype, shape, order) of a .npy whose first bytes are ``first``
+    and whose version 1.0 header, whole in ``first``, is one the header cache holds (numpy
+    wrote it, and it was parsed before); None for anything else (the general path reads,
+    parses and checks it, and remembers it if numpy wrote it)."""
+    if first[:8] != _MAGIC_V1 or len(first) < 10:
+        return None
+    end = 10 + (first[8] | first[9] << 8)
+    hit = _header_cache.get(first[10:end]) if end <= len(first) else None
+    if hit is None or not hit[3]:
+        return None  # not known, or no data: an empty mapping (the general path makes it)
+    return end, hit[3], hit[0], hit[1], hit[2]
 
 
 def _abspath(path):

@@ -338,18 +338,13 @@ class Mapping(_engine.Region):
         :meth:`flush` and :meth:`close` of a writable mapping raise from then on."""
         return bool(self._faults())
 
-    def close(self, strict: bool = False) -> None:
-        """Close the mapping (see :meth:`mmarray._engine.Region.close`).
-
-        Raises
-        ------
-        MappedFileError
-            The mapping is writable and faulted: what was written to the faulting pages is
-            lost. The mapping is closed all the same.
-        """
-        faulted = not self.closed and self._faults() and self.mode in ("r+", "w+")
-        super().close(strict)
-        if faulted:
+    # close() is the engine's (Region.close), which calls this once the mapping is closed if
+    # the fault guard caught faults in it.
+    def _closed_faulted(self) -> None:
+        """A mapping that faulted was just closed: in mode ``'r+'``/``'w+'`` what was written
+        to the faulting pages is lost, so :meth:`close` raises
+        :class:`~mmarray.MappedFileError` (the mapping is closed all the same)."""
+        if self.mode in ("r+", "w+"):
             raise _guard.error(self.filename, self.offset, self.offset + self.nbytes,
                                "close() of a mapping that faulted")
 

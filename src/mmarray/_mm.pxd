@@ -83,6 +83,9 @@ cdef extern from "mm.h" nogil:
     void mm_pause(unsigned microseconds)
     int mm_unmap(mm_view *view, mm_error *err)
     int mm_path_identity(const char *path, uint64_t id[3], mm_error *err)
+    int mm_open_read(const char *path, int access, void *buf, uint64_t n, uint64_t *got,
+                     mm_handle *handle, mm_error *err)
+    void mm_close_handle(mm_handle handle)
     int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, int flags,
                  mm_error *err)
 

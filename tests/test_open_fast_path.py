@@ -1,0 +1,422 @@
+"""The fast paths of issue #13: mmarray.open and mmarray.memmap of a str path mapped whole
+(_engine.open_to_end), and mmarray.load of a .npy whose header was seen before
+(_engine.map_by_header). Each must give what the general path gives -- the same mapping,
+array, pickle, errors -- and keep every guarantee of it: the live-view registry, the fault
+guard (and set_fault_guard(False)), fork safety, arrays that outlive close()."""
+import codecs
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+import mmarray
+from mmarray import _api, _compat, _engine, _load
+from helpers import assert_clean_exit, run_python
+
+POSIX = os.name != "nt"
+
+
+@pytest.fixture
+def general(monkeypatch):
+    """A function that turns every fast path off (each then falls to the general path)."""
+    def off():
+        monkeypatch.setattr(_api, "_open_to_end", lambda *args: None)
+        monkeypatch.setattr(_compat, "_open_to_end", lambda *args: None)
+        monkeypatch.setattr(_load, "_map_by_header", lambda *args: None)
+    return off
+
+
+FLAGS = ("C_CONTIGUOUS", "F_CONTIGUOUS", "OWNDATA", "WRITEABLE", "ALIGNED",
+         "WRITEBACKIFCOPY")
+
+
+def _flags(a):
+    return {name: a.flags[name] for name in FLAGS}
+
+
+def _state(m):
+    """What a Mapping shows: every attribute the general path sets, its array and pickle."""
+    a = m.array
+    return dict(type=type(m), mode=m.mode, filename=m.filename, offset=m.offset,
+                dtype=m.dtype, shape=m.shape, order=m.order, closed=m.closed,
+                exports=m.exports, identity=m._identity(), nbytes=m.nbytes,
+                array_type=type(a), flags=_flags(a), data=a.tobytes(),
+                base_type=type(a.base), mapping_of=mmarray._api.mapping_of(a) is m,
+                pickle=(m.__reduce__() if m.mode != "c" else None))
+
+
+def _error(fn, *args, **kwargs):
+    with pytest.raises(Exception) as info:
+        fn(*args, **kwargs)
+    return type(info.value), str(info.value), getattr(info.value, "errno", None)
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * 16)
+    return path
+
+
+def test_the_fast_path_is_taken_for_the_common_case(data):
+    m = _engine.open_to_end(str(data), "uint8", "r", 0, None, "C", False, None)
+    assert isinstance(m, mmarray.Mapping)
+    m.close()
+    for args in [(os.fsencode(data), "uint8", "r", 0, None, "C", False, None),
+                 (data, "uint8", "r", 0, None, "C", False, None),
+                 (str(data), "uint8", "w+", 0, None, "C", False, None),
+                 (str(data), "uint8", "r", 1, None, "C", False, None),
+                 (str(data), "uint8", "r", 0, 16, "C", False, None),
+                 (str(data), "uint8", "r", 0, None, "F", False, None),
+                 (str(data), "uint8", "r", 0, None, "C", True, None),
+                 (str(data), "uint8", "r", 0, None, "C", False, "random"),
+                 (str(data), [("a", "u1")], "r", 0, None, "C", False, None),
+                 (str(data) + "\0", "uint8", "r", 0, None, "C", False, None),
+                 ("", "uint8", "r", 0, None, "C", False, None),
+                 (str(data), "uint8", "bogus", 0, None, "C", False, None),
+                 (str(tmp := data.parent / "missing"), "uint8", "r", 0, None, "C", False, None)]:
+        assert _engine.open_to_end(*args) is None, args
+    del tmp
+
+
+@pytest.mark.parametrize("mode", ["r", "r+", "c", "readonly", "readwrite", "copyonwrite"])
+@pytest.mark.parametrize("dtype", ["uint8", np.uint8, "f4", np.dtype("i2"), "S16"])
+def test_open_gives_what_the_general_path_gives(data, general, mode, dtype):
+    fast = mmarray.open(str(data), dtype=dtype, mode=mode)   # caches the dtype
+    fast.close()
+    fast = mmarray.open(str(data), dtype=dtype, mode=mode)
+    got = _state(fast)
+    general()
+    slow = mmarray.open(str(data), dtype=dtype, mode=mode)
+    assert got == _state(slow)
+    fast.close()
+    slow.close()
+
+
+def test_str_bytes_and_pathlike_paths_give_the_same_mapping(data, monkeypatch):
+    monkeypatch.chdir(data.parent)
+    states = [_state(mmarray.open(p, mode="r")) for p in
+              [str(data), os.fsencode(data), data, "data.bin", "./data.bin",
+               str(data.parent) + "//data.bin", str(data.parent / "." / "data.bin")]]
+    assert all(s == states[0] for s in states), states
+    assert states[0]["filename"] == os.path.abspath(data)
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "bad mode", "not multiple",
+                                  "w+ without shape", "null byte", "empty path"])
+def test_errors_are_those_of_the_general_path(tmp_path, general, case):
+    target = tmp_path / "x.bin"
+    kwargs = {"mode": "r", "dtype": "uint8"}
+    if case == "directory":
+        target = tmp_path
+    elif case == "empty":
+        target.write_bytes(b"")
+    elif case == "bad mode":
+        target.write_bytes(b"x" * 8)
+        kwargs["mode"] = "rw"
+    elif case == "not multiple":
+        target.write_bytes(b"x" * 9)
+        kwargs["dtype"] = "f8"
+        mmarray.open(str(tmp_path / "x.bin"), mode="w+", dtype="f8", shape=1).close()
+        target.write_bytes(b"x" * 9)
+    elif case == "w+ without shape":
+        kwargs["mode"] = "w+"
+    paths = [str(target), os.fsencode(target), target]
+    if case == "null byte":
+        paths = [str(target) + "\0"]
+    elif case == "empty path":
+        paths = [""]
+    for path in paths:
+        fast = _error(mmarray.open, path, **kwargs)
+        fast_memmap = _error(mmarray.memmap, path, **kwargs)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_api, "_open_to_end", lambda *args: None)
+            mp.setattr(_compat, "_open_to_end", lambda *args: None)
+            assert _error(mmarray.open, path, **kwargs) == fast
+            assert _error(mmarray.memmap, path, **kwargs) == fast_memmap
+    assert not target.is_file() or case != "missing"
+
+
+def test_memmap_gives_what_the_general_path_gives(data, general):
+    def state(a):
+        return (type(a), a.filename, a.offset, a.mode, a.dtype, a.shape, _flags(a),
+                a.tobytes(), type(a._mmap), a._mmap.filename, a._mmap.mode,
+                a._mmap._identity(), pickle.loads(pickle.dumps(a)).tobytes())
+    for mode in ["r", "r+", "c"]:
+        fast = mmarray.memmap(str(data), dtype=np.uint8, mode=mode)
+        got = state(fast)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_compat, "_open_to_end", lambda *args: None)
+            slow = mmarray.memmap(str(data), dtype=np.uint8, mode=mode)
+        assert got == state(slow)
+        del fast, slow
+
+
+def test_pickling_by_reference_round_trips(data):
+    m = mmarray.open(str(data), mode="r")
+    other = pickle.loads(pickle.dumps(m))
+    assert other.filename == m.filename and other._identity() == m._identity()
+    assert np.array_equal(other.array, m.array)
+    other.close()
+    m.close()
+
+
+def test_registry_guard_and_lifetimes(data):
+    st = os.stat(data)
+    m = mmarray.open(str(data), mode="r")
+    assert _engine.live_views(st.st_dev, st.st_ino) == 1
+    with pytest.raises(ValueError):  # 'w+' would truncate pages this process maps
+        mmarray.open(str(data), mode="w+", shape=8)
+    a = m.array
+    m.close()
+    assert m.closed and m.exports == 1
+    assert a[5] == 5                  # the array outlives close()
+    assert _engine.live_views(st.st_dev, st.st_ino) == 1
+    del a
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
+    m.close()                         # close() again: a no-op
+
+
+def test_the_registry_counts_many_files_and_forgets_them(tmp_path):
+    paths = []
+    for i in range(300):              # enough to grow the registry's table several times
+        p = tmp_path / f"f{i}.bin"
+        p.write_bytes(b"x" * (i + 1))
+        paths.append(p)
+    maps = [mmarray.open(str(p), mode="r") for p in paths]
+    twice = [mmarray.open(str(p), mode="r") for p in paths[::3]]
+    for i, p in enumerate(paths):
+        st = os.stat(p)
+        assert _engine.live_views(st.st_dev, st.st_ino) == (2 if i % 3 == 0 else 1)
+    for m in maps[::2]:
+        m.close()
+    for i, p in enumerate(paths):
+        st = os.stat(p)
+        assert _engine.live_views(st.st_dev, st.st_ino) == (i % 2) + (i % 3 == 0)
+    for m in maps + twice:
+        m.close()
+    assert all(_engine.live_views(os.stat(p).st_dev, os.stat(p).st_ino) == 0 for p in paths)
+    assert _engine.live_views(-1, 0) == 0 and _engine.live_views(0, 2**70) == 0
+
+
+@pytest.mark.skipif(not POSIX, reason="the fault guard is POSIX only")
+@pytest.mark.parametrize("guard", [True, False])
+def test_the_fault_guard_covers_fast_mappings_and_can_be_turned_off(tmp_path, guard):
+    path = tmp_path / "t.bin"
+    proc = run_python(f"""
+        import os, time, numpy as np, mmarray
+        from mmarray import _engine
+        path = {str(path)!r}
+        with open(path, "wb") as f:
+            f.write(b"x" * (1 << 20))
+        mmarray.set_fault_guard({guard})
+        m = mmarray.open(path, mode="r")
+        assert type(m) is mmarray.Mapping
+        a = m.array
+        os.truncate(path, 4096)
+        try:
+            int(a[-1])
+            time.sleep(0.5)  # the exception comes at the thread's next chance
+        except mmarray.MappedFileError:
+            print("raised", m.faulted)
+    """, timeout=120)
+    if guard:
+        assert_clean_exit(proc)
+        assert proc.stdout.split() == ["raised", "True"]
+    else:
+        assert proc.returncode < 0, proc  # SIGBUS takes its default course
+
+
+def test_a_writable_mapping_that_faulted_still_raises_at_close():
+    class Probe(mmarray.Mapping):
+        __slots__ = ()
+    assert Probe.close is _engine.Region.close
+    assert mmarray.Mapping._closed_faulted is not _engine.Region._closed_faulted
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_child_maps_and_counts_on_its_own(data):
+    proc = run_python(f"""
+        import os, mmarray
+        from mmarray import _engine
+        path = {str(data)!r}
+        st = os.stat(path)
+        m = mmarray.open(path, mode="r")
+        pid = os.fork()
+        if pid == 0:
+            ok = _engine.live_views(st.st_dev, st.st_ino) == 1 and m.array[3] == 3
+            c = mmarray.open(path, mode="r")
+            ok = ok and _engine.live_views(st.st_dev, st.st_ino) == 2
+            c.close(); m.close()
+            ok = ok and _engine.live_views(st.st_dev, st.st_ino) == 0
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, status
+        assert _engine.live_views(st.st_dev, st.st_ino) == 1
+        m.close()
+        print("ok")
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok"]
+
+
+def test_a_replaced_file_is_seen_fresh(tmp_path):
+    path = tmp_path / "r.bin"
+    path.write_bytes(b"a" * 4096)
+    first = mmarray.open(str(path), mode="r")
+    new = tmp_path / "new.bin"
+    new.write_bytes(b"b" * 8192)
+    os.replace(new, path)             # rename over: same path, another inode
+    second = mmarray.open(str(path), mode="r")
+    assert second.shape == (8192,) and bytes(second.array[:1]) == b"b"
+    assert bytes(first.array[:1]) == b"a" and first._identity() != second._identity()
+    first.close()
+    second.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX bytes file names")
+def test_a_path_the_fast_path_cannot_encode_takes_the_general_path(tmp_path):
+    name = os.fsdecode(b"caf\xe9.bin")  # a lone surrogate: not UTF-8 encodable strictly
+    path = os.path.join(str(tmp_path), name)
+    with open(path, "wb") as f:
+        f.write(b"z" * 64)
+    assert _engine.open_to_end(path, "uint8", "r", 0, None, "C", False, None) is None
+    with mmarray.open(path, mode="r") as m:
+        assert m.filename == path and m.shape == (64,)
+
+
+# -- .npy ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def npys(tmp_path):
+    paths = []
+    for i, arr in enumerate([np.arange(512.0), np.arange(24, dtype="<i4").reshape(4, 6),
+                             np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+                             np.arange(3, dtype=">u2")]):
+        p = tmp_path / f"a{i}.npy"
+        np.save(p, arr)
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("mode", ["r", "c", "r+"])
+def test_load_gives_what_the_general_path_gives(npys, general, mode):
+    for p in npys:
+        mmarray.load(str(p), mode=mode).close()  # the header is known from now on
+        fast = mmarray.load(str(p), mode=mode)
+        got = _state(fast)
+        assert got["data"] == np.load(p).tobytes()
+        header = fast._header_length if mode == "r+" else None
+        fast.close()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_load, "_map_by_header", lambda *args: None)
+            slow = mmarray.load(str(p), mode=mode)
+        assert got == _state(slow)
+        assert header == (slow._header_length if mode == "r+" else None)
+        slow.close()
+
+
+def test_load_fast_path_is_taken_and_resizes(npys):
+    p = str(npys[1])
+    mmarray.load(p).close()
+    taken = _engine.map_by_header(p, _engine.READ, "r", _load._HEAD, _load._known_header,
+                                  mmarray.Mapping)
+    assert isinstance(taken, mmarray.Mapping) and taken.shape == (4, 6)
+    taken.close()
+    with mmarray.load(p, mode="r+") as m:
+        m.resize(6)
+        m.array[4:] = 7
+        m.flush()
+    assert np.load(p).shape == (6, 6) and (np.load(p)[4:] == 7).all()
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "truncated data", "not npy",
+                                  "small max_header_size", "rows"])
+def test_load_errors_and_options_are_those_of_the_general_path(tmp_path, npys, case):
+    p = npys[0]
+    mmarray.load(str(p)).close()
+    kwargs = {}
+    if case == "missing":
+        p = tmp_path / "missing.npy"
+    elif case == "directory":
+        p = tmp_path
+    elif case == "truncated data":
+        raw = p.read_bytes()
+        p.write_bytes(raw[:-8])      # the same (known) header, 8 bytes of data fewer
+    elif case == "not npy":
+        p.write_bytes(b"not a .npy file at all")
+    elif case == "small max_header_size":
+        kwargs["max_header_size"] = 10
+    elif case == "rows":
+        kwargs["rows"] = slice(2, 5)
+    if case == "rows":
+        with mmarray.load(str(p), **kwargs) as m:
+            assert m.shape == (3,) and m.array.tolist() == [2.0, 3.0, 4.0]
+        return
+    fast = _error(mmarray.load, str(p), **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_load, "_map_by_header", lambda *args: None)
+        assert _error(mmarray.load, str(p), **kwargs) == fast
+
+
+def test_load_sees_a_replaced_npy_fresh(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(10.0))
+    first = mmarray.load(str(path))
+    np.save(tmp_path / "y.npy", np.arange(10.0) * 2)   # the same header, other data
+    os.replace(tmp_path / "y.npy", path)
+    second = mmarray.load(str(path))
+    assert second.array.tolist() == (np.arange(10.0) * 2).tolist()
+    np.save(tmp_path / "z.npy", np.ones((3, 2), dtype="i2"))  # another header
+    os.replace(tmp_path / "z.npy", path)
+    third = mmarray.load(str(path))
+    assert third.shape == (3, 2) and third.dtype == np.dtype("i2")
+    assert first.array.tolist() == list(range(10))
+    assert len({m._identity() for m in (first, second, third)}) == 3
+    for m in (first, second, third):
+        m.close()
+
+
+def test_map_by_header_checks_the_layout(npys):
+    p = str(npys[0])
+    dt = np.dtype("f8")
+    with pytest.raises(ValueError):
+        _engine.map_by_header(p, _engine.READ, "r", 64,
+                              lambda first: (128, 100, dt, (512,), "C"), mmarray.Mapping)
+    with pytest.raises(TypeError):
+        _engine.map_by_header(p, _engine.READ, "r", 64,
+                              lambda first: (128, 8, "f8", (1,), "C"), mmarray.Mapping)
+    with pytest.raises(ZeroDivisionError):
+        _engine.map_by_header(p, _engine.READ, "r", 64, lambda first: 1 / 0, mmarray.Mapping)
+    # Data past the end of the file: the map fails, so None (the general path says why).
+    assert _engine.map_by_header(p, _engine.READ, "r", 64,
+                                 lambda first: (128, 8 * 600, dt, (600,), "C"),
+                                 mmarray.Mapping) is None
+    st = os.stat(p)
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
+
+
+def test_a_class_with_its_own_new_takes_the_general_path(data, npys):
+    # The fast paths make the object with Region's tp_new directly: a class whose __new__
+    # is its own (which map_file calls and checks) is not theirs to make.
+    class Odd(mmarray.Mapping):
+        def __new__(cls, *args):
+            return mmarray.Mapping.__new__(mmarray.Mapping)  # not a cls
+    p = str(npys[0])
+    mmarray.load(p).close()
+    assert _engine.map_by_header(p, _engine.READ, "r", 64, _load._known_header, Odd) is None
+    utf8 = not POSIX or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
+    try:
+        _engine.set_fast_open(_api._FAST_MODES, _api._dtype_cache, Odd, _api._abspath,
+                              utf8, POSIX)
+        assert _engine.open_to_end(str(data), "uint8", "r", 0, None, "C", False, None) is None
+        with pytest.raises(TypeError, match="must return a new, bare"):
+            _engine.map_file(os.fsencode(data), _engine.READ, 0, _engine.TO_END, 0,
+                             np.dtype("u1"), None, "C", "r", str(data), Odd)
+    finally:
+        _engine.set_fast_open(_api._FAST_MODES, _api._dtype_cache, mmarray.Mapping,
+                              _api._abspath, utf8, POSIX)
+    st = os.stat(data)
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
