@@ -227,6 +227,29 @@ def test_plot(tmp_path):
     assert out.stat().st_size > 0
 
 
+def test_plot_rows_compare_a_baseline_case_against_its_baseline():
+    from mmarray._bench_cli import _plot_rows
+
+    report = {"cases": [
+        {"name": "cold", "contenders": [
+            {"name": "numpy.memmap", "role": "reference", "vs_reference": 1.0},
+            {"name": "mmarray", "role": "mmarray", "vs_reference": 2.0, "vs_baseline": 0.9,
+             "vs_baseline_iqr": [0.8, 1.0]},
+            {"name": "pread", "role": "baseline", "vs_reference": 2.2, "vs_baseline": 1.0}]},
+        {"name": "open", "contenders": [
+            {"name": "mmarray", "role": "mmarray", "vs_reference": 3.0, "vs_limit": 0.5},
+            {"name": "C floor", "role": "limit", "vs_reference": 6.0, "vs_limit": 1.0}]},
+        {"name": "live", "kind": "count", "contenders": [
+            {"name": "mmarray", "role": "mmarray", "vs_reference": 60.0}]}]}
+    assert _plot_rows(report, "vs_limit", False) == [
+        ("cold · mmarray", "mmarray", 0.9, 0.8, 1.0), ("open · mmarray", "mmarray", 0.5, 0.5, 0.5)]
+    speeds = _plot_rows(report, "vs_reference", False)
+    assert [r[0] for r in speeds] == ["cold · mmarray", "cold · pread", "open · mmarray",
+                                      "open · C floor"]
+    assert _plot_rows(report, "vs_reference", True) == [("live · mmarray", "mmarray", 60.0,
+                                                         60.0, 60.0)]
+
+
 def test_timing_helpers():
     assert T.parse_size("1G") == 1 << 30
     assert T.parse_size("64MiB") == 64 << 20

@@ -355,16 +355,21 @@ _COLORS = {"mmarray": "#1f77b4", "other": "#ff7f0e", "limit": "#444444", "baseli
 
 def _plot_rows(report, key, counts):
     """(label, role, ratio, low, high) per contender with a ``key`` ratio, reference rows
-    (always 1) left out; ``counts``: only the count cases (live mappings), else only speeds."""
+    (always 1) left out; "vs_limit" takes the baseline where a case has no limit.
+    ``counts``: only the count cases (live mappings), else only speeds."""
     rows = []
     for case in report["cases"]:
         if (case.get("kind") == "count") != counts:
             continue
         for e in case.get("contenders", []):
-            v = e.get(key)
-            if not v or e["role"] == "reference" or (key == "vs_limit" and e["role"] == "limit"):
+            k = key
+            if key == "vs_limit" and not e.get(k):  # a case with a baseline instead of a limit
+                k = "vs_baseline"
+            v = e.get(k)
+            if not v or e["role"] == "reference" or (k != "vs_reference" and
+                                                     e["role"] in ("limit", "baseline")):
                 continue
-            lo, hi = e.get(key + "_iqr") or (v, v)
+            lo, hi = e.get(k + "_iqr") or (v, v)
             rows.append((f"{case['name']} · {e['name']}", e["role"], v, lo, hi))
     return rows
 
@@ -399,7 +404,8 @@ def plot(report, path):
     panels = [(_plot_rows(report, "vs_reference", False),
                "speed relative to the NumPy way (numpy.memmap / np.load); >1 = faster"),
               (_plot_rows(report, "vs_limit", False),
-               "speed relative to the case's limit (C floor, in-memory); 1 = at the limit"),
+               "speed relative to the case's limit (C floor, in-memory) or baseline (plain I/O); "
+               "1 = the same"),
               (_plot_rows(report, "vs_reference", True),
                "live mappings relative to numpy.memmap (a count, not a speed); >1 = more")]
     panels = [(rows, label) for rows, label in panels if rows]
