@@ -390,6 +390,19 @@ def test_map_by_header_checks_the_layout(npys):
                               lambda first: (128, 8, "f8", (1,), "C"), mmarray.Mapping)
     with pytest.raises(ZeroDivisionError):
         _engine.map_by_header(p, _engine.READ, "r", 64, lambda first: 1 / 0, mmarray.Mapping)
+    # dtypes that cannot be mapped (read from numpy's C struct: hasobject, itemsize 0)
+    for bad in (np.dtype(object), np.dtype([("a", "f8"), ("o", object)]), np.dtype("V0"),
+                np.dtype("S0")):
+        with pytest.raises(TypeError, match="layout gave dtype"):
+            _engine.map_by_header(p, _engine.READ, "r", 64,
+                                  lambda first, bad=bad: (128, 8, bad, (1,), "C"),
+                                  mmarray.Mapping)
+    # a dtype of plain data with fields maps (the checks do not refuse it)
+    rec = np.dtype([("a", "<f4"), ("b", "<i4")])
+    m = _engine.map_by_header(p, _engine.READ, "r", 64,
+                              lambda first: (128, 8, rec, (1,), "C"), mmarray.Mapping)
+    assert m is not None and m.dtype == rec and m.shape == (1,)
+    m.close()
     # Data past the end of the file: the map fails, so None (the general path says why).
     assert _engine.map_by_header(p, _engine.READ, "r", 64,
                                  lambda first: (128, 8 * 600, dt, (600,), "C"),
@@ -420,3 +433,45 @@ def test_a_class_with_its_own_new_takes_the_general_path(data, npys):
                               _api._abspath, utf8, POSIX)
     st = os.stat(data)
     assert _engine.live_views(st.st_dev, st.st_ino) == 0
+
+
+class _Tuple(tuple):
+    pass
+
+
+class _Int(int):
+    def __index__(self):
+        return 7
+
+
+_SHAPES = [(), (0,), (3, 4), (1, 0, 5), (2**62, 2**62, 0), (2**62,), (2**60, 16), (-1,),
+           (True,), (np.int64(3),), (2**70,), (2**63 - 1,), (2**63,), _Tuple((2, 3)),
+           (_Int(5),), [3], 3, (1,) * 65, (1,) * 64, (3.0,)]
+
+
+@pytest.mark.parametrize("shape", _SHAPES, ids=repr)
+@pytest.mark.parametrize("itemsize", [1, 8])
+def test_engine_shape_check_fast_equals_general(shape, itemsize):
+    """The engine's shape check without a Python call (_shape_nbytes_c, for an exact tuple
+    of exact ints that fits) gives what _shape_nbytes gives, for every shape: the same shape
+    and byte count, or the same error (map_file of no file checks the shape, then needs a
+    size of 0)."""
+    dtype = np.dtype(f"V{itemsize}") if itemsize != 8 else np.dtype(np.float64)
+    try:
+        want = _engine._shape_nbytes(shape, itemsize)
+    except Exception as exc:
+        with pytest.raises(type(exc)) as got:
+            _engine.map_file(None, _engine.READ, 0, 0, 0, dtype, shape, "C", "r", None)
+        assert str(got.value) == str(exc)
+        return
+    want_shape, want_nbytes = want
+    if want_nbytes == 0:
+        m = _engine.map_file(None, _engine.READ, 0, 0, 0, dtype, shape, "C", "r", None)
+        assert m.shape == want_shape and type(m.shape) is tuple
+        assert all(type(d) is int for d in m.shape)
+        m.close()
+    else:
+        with pytest.raises(ValueError) as got:
+            _engine.map_file(None, _engine.READ, 0, 0, 0, dtype, shape, "C", "r", None)
+        assert str(got.value).startswith(f"shape {want_shape} of dtype {dtype} is "
+                                          f"{want_nbytes} bytes, but 0 bytes")

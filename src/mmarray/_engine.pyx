@@ -29,6 +29,8 @@ cimport numpy as cnp
 from cpython.ref cimport Py_INCREF, Py_REFCNT
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_AsSsize_t
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from mmarray._mm cimport *
 
@@ -185,6 +187,9 @@ _HANDLE_MAX = 2**63 - 1 if sizeof(mm_handle) == 8 else 2**31 - 1  # a HANDLE: po
 _MAX_DIMS = 64
 _INTP_MAX = int(_np.iinfo(_np.intp).max)
 _INT64_MAX = 2**63 - 1
+# A dimension in 0..PY_SSIZE_T_MAX is one numpy takes (_shape_nbytes_c relies on it).
+cdef bint _intp_is_ssize = _INTP_MAX == PY_SSIZE_T_MAX
+cdef int _NPY_ITEM_HASOBJECT = 0x01  # numpy's NPY_ITEM_HASOBJECT: what dtype.hasobject reads
 _O_OPEN = (_os.O_RDWR | getattr(_os, "O_CLOEXEC", 0) | getattr(_os, "O_NONBLOCK", 0)
            | getattr(_os, "O_BINARY", 0))
 if _os.name == "nt":  # pragma: no cover - Windows: the C layer takes a HANDLE
@@ -978,7 +983,7 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
     if flags & ~(MM_CREATE | MM_GROW | MM_POPULATE):
         raise ValueError(f"flags {flags:#x} has bits other than CREATE, GROW and POPULATE")
     if shape is not None:
-        shape, nbytes = _shape_nbytes(shape, dtype.itemsize)
+        shape, nbytes = _shape_nbytes_c(shape, dtype.itemsize)
         if length == MM_TO_END or <uint64_t>nbytes != length:
             raise ValueError(f"shape {shape} of dtype {dtype} is {nbytes} bytes, but "
                              f"{'the rest of the file' if length == MM_TO_END else length} "
@@ -1201,12 +1206,14 @@ def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not Non
         if spec is None:
             return None
         offset, nbytes, dtype, shape, order = spec
-        if not isinstance(dtype, _np.dtype) or dtype.hasobject or dtype.itemsize == 0:
+        # dtype.hasobject and dtype.itemsize, read from the C struct (the same fields)
+        if not isinstance(dtype, cnp.dtype) or (<cnp.dtype>dtype).flags & _NPY_ITEM_HASOBJECT \
+                or (<cnp.dtype>dtype).itemsize == 0:
             raise TypeError(f"layout gave dtype {dtype!r}; expected a numpy.dtype of plain "
                             f"data")
         if not (type(order) is str and (order == "C" or order == "F")):
             raise ValueError(f"layout gave order {order!r}; expected 'C' or 'F'")
-        shape, total = _shape_nbytes(shape, dtype.itemsize)
+        shape, total = _shape_nbytes_c(shape, (<cnp.dtype>dtype).itemsize)
         if total != nbytes or nbytes <= 0 or offset < 0:
             raise ValueError(f"layout gave {nbytes} bytes at offset {offset} for shape "
                              f"{shape} of {dtype}; expected the shape's size, at least 1")
@@ -1224,6 +1231,36 @@ def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not Non
             mm_close_handle(handle)  # the view does not need it
     _set_up(m, access, dtype, shape, order, mode, filename, offset)
     return m
+
+
+cdef tuple _shape_nbytes_c(shape, Py_ssize_t itemsize):
+    """:func:`_shape_nbytes`, without a Python call for the common shape: an exact tuple of
+    at most ``_MAX_DIMS`` exact ints from 0 to the largest intp, whose product with
+    ``itemsize`` fits in 63 bits, is its own checked copy (immutable, and nothing a subclass
+    overrides is read). Anything else -- other types, out of range, an overflow on the way
+    -- goes to :func:`_shape_nbytes`, which gives the same result or raises."""
+    cdef Py_ssize_t i, nd, d
+    cdef uint64_t total
+    if type(shape) is not tuple or itemsize < 0:
+        return _shape_nbytes(shape, itemsize)
+    nd = len(<tuple>shape)
+    if nd > 64:
+        return _shape_nbytes(shape, itemsize)
+    total = <uint64_t>itemsize
+    for i in range(nd):
+        item = (<tuple>shape)[i]
+        if type(item) is not int:
+            return _shape_nbytes(shape, itemsize)
+        try:
+            d = PyLong_AsSsize_t(item)
+        except OverflowError:
+            d = -1
+        if d < 0 or not _intp_is_ssize:  # negative or too large: the general path says so
+            return _shape_nbytes(shape, itemsize)
+        if total != 0 and <uint64_t>d > (<uint64_t>0x7FFFFFFFFFFFFFFF) // total:
+            return _shape_nbytes(shape, itemsize)   # past 63 bits (or not, after a 0 later)
+        total *= <uint64_t>d
+    return shape, total
 
 
 def _shape_nbytes(shape, Py_ssize_t itemsize):
