@@ -32,10 +32,10 @@ MODES = {
               "dask_rounds": 3, "about": "20 s"},
     "default": {"size": 256 << 20, "rounds": 5, "micro_rounds": 51, "micro_target": 0.01,
                 "npy_files": 1000, "random_reads": 1000, "share_size": 512 << 20,
-                "share_rounds": 3, "dask_rounds": 3, "about": "1.5 min"},
+                "share_rounds": 3, "dask_rounds": 3, "about": "2.2 min"},
     "full": {"size": 1 << 30, "rounds": 7, "micro_rounds": 75, "micro_target": 0.02,
              "npy_files": 1000, "random_reads": 2000, "share_size": 512 << 20,
-             "share_rounds": 5, "dask_rounds": 4, "about": "4.5 min"},
+             "share_rounds": 5, "dask_rounds": 4, "about": "6.5 min"},
 }
 
 
