@@ -289,6 +289,22 @@ def test_chunks_drop_behind_with_prefetch_leaves_no_pages_behind(tmp_path):
             assert left <= 2 << 20, left         # what the loop passed is released
 
 
+@needs_proc_maps
+def test_chunks_drop_behind_with_rows_across_pages_leaves_no_pages_behind(tmp_path):
+    # Chunk boundaries inside a page: the consumer's fault on its next chunk mapped the folio
+    # holding it back, rows already released included, and nothing released them again.
+    path = tmp_path / "odd.u1"
+    offset, width = 100, 3000
+    rows = (1 << 30) // width
+    with open(path, "wb") as f:
+        f.truncate(offset + rows * width)
+    with mmarray.open(path, dtype="u1", mode="r", offset=offset, shape=(rows, width)) as m:
+        for chunk in m.chunks(64, ahead=64, drop_behind=True):
+            chunk.reshape(-1)[::4096].sum()
+        del chunk
+        assert mapped_rss(path) <= 1 << 20
+
+
 def test_populate_ahead_progress_is_its_start_then_its_end(tmp_path):
     with mmarray.open(tmp_path / "p.bin", dtype="u1", mode="w+", shape=(1 << 20,)) as m:
         loop = mmarray._engine._PopulateAhead(m, PAGE, 1 << 20, PAGE, 1 << 20)

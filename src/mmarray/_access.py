@@ -126,6 +126,9 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
         nonlocal dropped
         if behind is None:  # no drop_behind: nothing to release
             return
+        # Nor into the folio holding the start of the consumer's next chunk: its own fault
+        # there maps that whole folio (or fault-around window) back, rows before it included.
+        limit = min(limit, first + passed * row_bytes)
         limit = (mapping.offset + limit) // _FOLIO_SPAN * _FOLIO_SPAN - mapping.offset
         upto = min(passed, max(0, limit - first) // row_bytes)
         if upto > dropped:
@@ -146,8 +149,8 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
     finally:
         populator.cancel()
         worker.join()
-        if behind is not None:  # the loop has returned: nothing is in flight
-            release(first + total + _FOLIO_SPAN)
+        if behind is not None and passed > dropped:  # nothing in flight, nothing read next
+            behind.drop(dropped, passed)
 
 
 class _Dropper:
