@@ -449,14 +449,7 @@ cdef class Region:
         cdef int status
         cdef mm_view fresh
         cdef int flags = MM_GROW if grow else 0
-        if self._closed:
-            raise ValueError("mapping is closed")
-        if self._busy:
-            raise BufferError("an operation (flush, prefetch, chunks) is using the mapping: "
-                              "resize once it is done")
-        if self._raw_exported:
-            raise BufferError("the Mapping was used as a plain-bytes buffer, whose users it "
-                              "cannot count: it cannot be resized")
+        self._check_movable()
         if self.view.data == NULL or self.view.data == &_empty_byte or length == 0:
             raise ValueError("only a mapping of at least one byte resizes, to at least one byte")
         shape, nbytes = _shape_nbytes(shape, self._dtype.itemsize)

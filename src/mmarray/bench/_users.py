@@ -186,11 +186,7 @@ def case_loader(ctx):
                             peak_rss=out["hwm"])
         return run
 
-    cs = []
-    for way, role in ways:
-        c = Contender(way, role)
-        c.make = (lambda w=way, i=c.info: make(w, i))
-        cs.append(c)
+    cs = _contenders(ways, make)
     res = run_case(
         ctx, "loader", f"nanoGPT batches ({BATCH} x {BLOCK + 1} tokens) from a "
                        f"{T.format_bytes(nbytes)} uint16 token file", "µs", cs,
@@ -233,6 +229,16 @@ def _write_means_file(path, nbytes):
     return rows, head.sum(axis=0, dtype=np.float64) / rows
 
 
+def _contenders(ways, make):
+    """A Contender per (name, role), its runner ``make(name, info)``."""
+    cs = []
+    for way, role in ways:
+        c = Contender(way, role)
+        c.make = (lambda w=way, i=c.info: make(w, i))
+        cs.append(c)
+    return cs
+
+
 def case_column_means(ctx):
     """Column means of a file larger than the page cache it is allowed: numpy.memmap in a
     loop, numpy.memmap re-opened per chunk, Mapping.chunks() and chunks(drop_behind=True)."""
@@ -261,11 +267,7 @@ def case_column_means(ctx):
             return T.Sample(out["wall"], cpu_s=out["cpu"], peak_rss=out["hwm"])
         return run
 
-    cs = []
-    for way, role in ways:
-        c = Contender(way, role)
-        c.make = (lambda w=way, i=c.info: make(w, i))
-        cs.append(c)
+    cs = _contenders(ways, make)
     targets = [at_most("peak RSS of chunks(drop_behind=True) under 300 MiB", [drop_name],
                        "peak_rss_mib", 300, "MiB"),
                at_most("chunks(drop_behind=True) within 1.05× the time of chunks()",
