@@ -305,6 +305,73 @@ def test_chunks_drop_behind_with_rows_across_pages_leaves_no_pages_behind(tmp_pa
         assert mapped_rss(path) <= 1 << 20
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_resize_during_a_drop_behind_loop_is_refused_until_the_loop_ends(tmp_path, prefetch):
+    # Resizing moved the view: the loop's releases then went to the new one and the pages of
+    # the view its chunks were on stayed resident (a 64 MiB file: 61-64 MiB left mapped).
+    path = tmp_path / "r.f8"
+    with mmarray.open(path, dtype="f8", mode="w+", shape=(4096, 64)) as m:
+        it = m.chunks(256, prefetch=prefetch, ahead=64, drop_behind=True)
+        seen = []
+        for i, chunk in enumerate(it):
+            if i == 8:  # the populator (ahead=64 chunks: all of them) has long finished
+                with pytest.raises(BufferError, match="chunks.*resize once it is done"):
+                    m.resize((8192, 64))
+            seen.append(chunk.shape[0])
+        assert seen == [256] * 16
+        m.resize((8192, 64))                   # the loop is over: allowed again
+        assert m.shape == (8192, 64)
+        for _chunk in m.chunks(256, prefetch=prefetch, drop_behind=True):
+            break                              # the generator goes with the loop
+        del _chunk
+        m.resize((4096, 64))
+        assert m.shape == (4096, 64)
+
+
+def test_resize_during_a_loop_without_drop_behind_is_allowed(tmp_path):
+    # Nothing is released there: the chunks stay on the view they were made on.
+    with mmarray.open(tmp_path / "n.f8", dtype="f8", mode="w+", shape=(1024, 8)) as m:
+        m.array[:] = 1.0
+        total = 0.0
+        for i, chunk in enumerate(m.chunks(128, prefetch=False)):
+            if i == 1:
+                m.resize((2048, 8))
+            total += float(chunk.sum())
+        assert total == 1024 * 8
+        assert m.shape == (2048, 8)
+
+
+def test_busy_hold_refuses_resize_until_released_and_counts_one_export(tmp_path):
+    with mmarray.open(tmp_path / "h.bin", mode="w+", shape=4096) as m:
+        hold = mmarray._engine._BusyHold(m)
+        assert m.exports == 1
+        with pytest.raises(BufferError, match="resize once it is done"):
+            m.resize(8192)
+        hold.release()
+        hold.release()                          # idempotent
+        assert m.exports == 0
+        m.resize(8192)
+        hold = mmarray._engine._BusyHold(m)
+        del hold                                # garbage: released too
+        m.resize(4096)
+        assert m.shape == (4096,)
+    with pytest.raises(ValueError, match="closed"):
+        mmarray._engine._BusyHold(m)
+    with pytest.raises(TypeError):
+        mmarray._engine._BusyHold(None)
+
+
+def test_busy_hold_keeps_a_closed_mapping_mapped_until_released(tmp_path):
+    path = tmp_path / "k.bin"
+    path.write_bytes(b"\x07" * 4096)
+    m = mmarray.open(path, mode="r")
+    hold = mmarray._engine._BusyHold(m)
+    m.close()
+    assert m.closed and m.exports == 1
+    hold.release()
+    assert m.exports == 0
+
+
 def test_populate_ahead_progress_is_its_start_then_its_end(tmp_path):
     with mmarray.open(tmp_path / "p.bin", dtype="u1", mode="w+", shape=(1 << 20,)) as m:
         loop = mmarray._engine._PopulateAhead(m, PAGE, 1 << 20, PAGE, 1 << 20)

@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from mmarray import _guard
-from mmarray._engine import _PopulateAhead
+from mmarray._engine import _BusyHold, _PopulateAhead
 from mmarray._ranges import ADVICE_CODES, RowIndex
 
 if TYPE_CHECKING:
@@ -97,10 +97,14 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
     step = mapping._byte_range(0, rows)[1]
     behind = _Dropper(mapping, drop_behind == "cache") if drop_behind and step else None
     if not prefetch or n <= rows or step == 0:  # step 0: zero-width rows, no bytes to fault
-        for i in range(0, n, rows):
-            yield array[lead + (slice(i, i + rows),)]
+        try:
+            for i in range(0, n, rows):
+                yield array[lead + (slice(i, i + rows),)]
+                if behind is not None:
+                    behind.drop(i, min(i + rows, n))
+        finally:
             if behind is not None:
-                behind.drop(i, min(i + rows, n))
+                behind.hold.release()
         return
 
     # ahead * step may pass 64 bits (ahead=2**64): more than the whole range is the whole range
@@ -149,8 +153,12 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
     finally:
         populator.cancel()
         worker.join()
-        if behind is not None and passed > dropped:  # nothing in flight, nothing read next
-            behind.drop(dropped, passed)
+        if behind is not None:
+            try:
+                if passed > dropped:  # nothing in flight, nothing read next
+                    behind.drop(dropped, passed)
+            finally:
+                behind.hold.release()
 
 
 class _Dropper:
@@ -158,6 +166,9 @@ class _Dropper:
 
     def __init__(self, mapping: Mapping, cache: bool) -> None:
         self.mapping = mapping
+        # The releases go to the view the consumer's chunks are on: no resize (which would
+        # move the view and leave the old one's pages resident) until the loop ends.
+        self.hold = _BusyHold(mapping)
         self.writable = mapping.mode in ("r+", "w+")
         self.cache = cache
         self.cache_from = -1  # byte of the mapping where the next page-cache drop starts

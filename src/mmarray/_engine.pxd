@@ -64,6 +64,12 @@ cdef class _Retired:
 
 
 @cython.auto_pickle(False)
+cdef class _BusyHold:
+    cdef Region mapping        # None once released
+    cdef Py_ssize_t generation # the fork generation _release_busy must match
+
+
+@cython.auto_pickle(False)
 cdef class _PopulateAhead:
     cdef Region mapping
     cdef uint64_t start, end, step, window

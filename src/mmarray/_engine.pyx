@@ -1668,6 +1668,40 @@ def raise_in_thread(unsigned long thread, exc_type):
 
 
 @cython.auto_pickle(False)
+cdef class _BusyHold:
+    """Keeps a mapping busy (see Region._check_movable: no resize, no rebase) from creation
+    until :meth:`release` or garbage: for a Python-level loop that must see the same view
+    from start to end, such as ``chunks(drop_behind=...)`` releasing the pages it passed.
+    Counts as one export meanwhile, as the operations running without the GIL do; a forked
+    child drops it (the release there does nothing)."""
+
+    def __cinit__(self, Region mapping not None):
+        self.generation = mapping._acquire_busy()   # ValueError if closed
+        self.mapping = mapping
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle or copy a busy hold (it counts one use of a mapping)")
+
+    def release(self):
+        """End the hold (idempotent)."""
+        _end_hold(self)
+
+    def __dealloc__(self):
+        try:
+            _end_hold(self)
+        except BaseException:
+            PyErr_WriteUnraisable(None)
+
+
+cdef int _end_hold(_BusyHold hold) except -1:
+    cdef Region mapping = hold.mapping
+    if mapping is not None:
+        hold.mapping = None
+        mapping._release_busy(hold.generation)
+    return 0
+
+
+@cython.auto_pickle(False)
 cdef class _PopulateAhead:
     """Populate a byte range of a Mapping from a background thread, a window ahead of a
     consumer. ``run()`` loops in C without the GIL (call it from a thread); the consumer calls

@@ -480,7 +480,9 @@ class Mapping(_engine.Region):
         (written to the file first in ``'r+'``/``'w+'``, then
         ``posix_fadvise(POSIX_FADV_DONTNEED)`` as in :meth:`evict`), for a scan that must not
         push other data out of memory. Refused in mode ``'c'`` (it would discard private
-        writes).
+        writes). Until such a loop ends (or its iterator is closed or dropped),
+        :meth:`resize` raises :class:`BufferError`: the releases must go to the view the
+        chunks are on.
 
         Examples
         --------
