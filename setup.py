@@ -20,10 +20,19 @@ engine = Extension(
     depends=["csrc/mm.h", "csrc/mm_internal.h", "src/mmarray/_engine.pxd", "src/mmarray/_mm.pxd"],
 )
 
+# Python modules of the API compiled as they are (their .py stays the source, also shipped):
+# the hot entry points lose the interpreter's frame and argument handling. Measured against the
+# C floor of the same system calls (bench A/B, 3 runs each): mmarray.memmap open+close 1.84x ->
+# 1.70x, mmarray.load over 1,000 distinct .npy files 1.54x -> 1.48x, mmarray.open 1.45x ->
+# 1.43x. Annotations stay annotations (annotation_typing off: `offset: int` must still take
+# numpy integers), and functions keep their introspection (binding: signature, __doc__).
+COMPILED_PY = ["_api", "_compat", "_load"]
+compiled_py = [Extension(f"mmarray.{name}", [f"src/mmarray/{name}.py"]) for name in COMPILED_PY]
+
 setup(
-    ext_modules=cythonize(
-        [engine],
-        compiler_directives={"language_level": "3"},
-        include_path=["src"],
-    ),
+    ext_modules=cythonize([engine], compiler_directives={"language_level": "3"},
+                          include_path=["src"])
+    + cythonize(compiled_py, compiler_directives={"language_level": "3",
+                                                  "annotation_typing": False,
+                                                  "binding": True}),
 )

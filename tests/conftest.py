@@ -1,5 +1,28 @@
 """Shared fixtures for mmarray's tests; helper functions live in tests/helpers.py."""
+import importlib
+import os
+
 import pytest
+
+# Python modules setup.py compiles with Cython (COMPILED_PY there): an in-place build's
+# extension shadows its .py, so an edit of the .py is not what runs until the next build.
+COMPILED_PY = ("_api", "_compat", "_load")
+
+
+def pytest_configure(config):
+    import mmarray
+
+    package = os.path.dirname(mmarray.__file__)
+    if os.path.basename(os.path.dirname(package)) != "src":
+        return  # an installed package: its files come from one build
+    for name in COMPILED_PY:
+        module = importlib.import_module(f"mmarray.{name}")
+        source = os.path.join(package, f"{name}.py")
+        if module.__file__ != source and os.path.getmtime(source) > os.path.getmtime(
+                module.__file__):
+            raise pytest.UsageError(
+                f"{source} is newer than its compiled {os.path.basename(module.__file__)}, "
+                f"which is what runs: rebuild first (python setup.py build_ext --inplace)")
 
 # Tests over ~3 s in files whose owners have not put @pytest.mark.slow on them yet (the other
 # slow tests carry the mark themselves): marked here so `pytest -m "not slow"` stays a quick

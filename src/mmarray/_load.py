@@ -173,7 +173,7 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
             return _npy.map_npy(fd, 0, first, mode, access, rows, _abspath(path),
                                 repr(path), max_header_size)[0]
         return _other(fd, first, path, _abspath(path), repr(path), mode, access, rows,
-                      compressed, max_header_size, 4)
+                      compressed, max_header_size)
     finally:
         os.close(fd)
 
@@ -222,18 +222,18 @@ def _load_fileobj(file, mode, access, rows, compressed, max_header_size):
             file.seek(end)
         return m
     return _other(fd, first, file, None, name, mode, access, rows, compressed,
-                  max_header_size, 5)
+                  max_header_size)
 
 
 def _other(fd, first, target, filename, name, mode, access, rows, compressed,
-           max_header_size, stacklevel):
-    """Not a .npy: an .npz (``stacklevel`` locates the caller of `load` for warnings)."""
+           max_header_size):
+    """Not a .npy: an .npz."""
     if first[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         if rows is not None:
             raise ValueError(f"rows={rows!r} applies to .npy files; {name} is a .npz archive "
                              f"(select a member, then slice its array)")
         return _npz.load_npz(fd, first, target, filename, name, mode, access, compressed,
-                             max_header_size, stacklevel)
+                             max_header_size)
     if len(first) < 6 and _fmt.MAGIC.startswith(first):
         raise ValueError(f"{name}: truncated .npy: {len(first)} bytes, fewer than the 6-byte "
                          f"magic string {_fmt.MAGIC!r}")

@@ -25,7 +25,6 @@ import operator
 import os
 import re
 import stat
-import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -34,6 +33,7 @@ from numpy.lib import format as _format
 from mmarray import _api, _engine
 from mmarray._mapping import Mapping as _Mapping
 from mmarray._mapping import map_region as _map_region
+from mmarray._warn import warn_at_caller
 
 _fcntl: Any
 try:
@@ -399,7 +399,7 @@ def header_bytes(d: dict[str, Any]) -> bytes:
     else:
         header = buf.getvalue()
         message = "Stored array in format 2.0. It can only beread by NumPy >= 1.9"  # numpy's
-    warnings.warn(message, UserWarning, stacklevel=3)  # the caller of create_npy, save_npz
+    warn_at_caller(message, UserWarning)  # the caller of create_npy, save_npz, open_memmap
     return header
 
 

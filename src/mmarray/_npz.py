@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import os
-import warnings
 import zlib
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from mmarray import _api, _engine, _npzcrc, _ranges, _zipdir
 from mmarray import _npyformat as _fmt
 from mmarray._mapping import Mapping
+from mmarray._warn import warn_at_caller
 
 __all__ = ["NpzMapping", "InMemoryMember", "CompressedMemberWarning"]
 
@@ -30,8 +30,7 @@ class CompressedMemberWarning(UserWarning):
     """
 
 
-def load_npz(fd, first, target, filename, name, mode, access, compressed, max_header_size,
-             stacklevel):
+def load_npz(fd, first, target, filename, name, mode, access, compressed, max_header_size):
     """Open an archive (called by `mmarray.load` with the file's first bytes read)."""
     st = os.fstat(fd)
     if access == _engine.WRITE and filename is None:
@@ -54,10 +53,10 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
         if compressed == "error":
             raise ValueError(f"{msg} (compressed='error'); write the archive with np.savez or "
                              f"mmarray.save_npz to map every member")
-        warnings.warn(f"{msg}, so they are decompressed into memory when accessed. Write the "
-                      f"archive with np.savez or mmarray.save_npz to map them; pass "
-                      f"compressed='error' to refuse or 'ignore' to silence this.",
-                      CompressedMemberWarning, stacklevel=stacklevel)
+        warn_at_caller(f"{msg}, so they are decompressed into memory when accessed. Write the "
+                       f"archive with np.savez or mmarray.save_npz to map them; pass "
+                       f"compressed='error' to refuse or 'ignore' to silence this.",
+                       CompressedMemberWarning)
     npz = NpzMapping.__new__(NpzMapping)
     npz._entries = by_key
     npz._members = {}

@@ -18,6 +18,7 @@ import zlib
 from mmarray import _api
 from mmarray import _npyformat as _fmt
 from mmarray._mapping import Mapping
+from mmarray._warn import warn_at_caller
 from mmarray._zipdir import FFFFFFFF, FLAG_DESCRIPTOR, LOCAL, SIG_DD, U16X2
 
 
@@ -146,9 +147,9 @@ class _Crc:
         try:
             why = self.moved(fd)  # before reading the mapping: past a truncation it SIGBUSes
             if why is not None:
-                warnings.warn(f"{self.label}: its CRC-32 is not updated, nothing is written: "
-                              f"the archive was rewritten or truncated in place since it was "
-                              f"loaded ({why})", RuntimeWarning, stacklevel=4)
+                warn_at_caller(f"{self.label}: its CRC-32 is not updated, nothing is written: "
+                               f"the archive was rewritten or truncated in place since it was "
+                               f"loaded ({why})", RuntimeWarning)
                 return
             if self.faulted or (member is not None and member._faults()):
                 # Zero pages stood for data the file may not have: bless nothing, now or
