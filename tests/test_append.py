@@ -1,4 +1,5 @@
 """mmarray.append_npy (issue #12): rows appended to a .npy in place."""
+import io
 import os
 
 import numpy as np
@@ -146,3 +147,39 @@ def test_append_refuses_a_path_with_a_nul_byte_and_non_paths(tmp_path):
     with pytest.raises(TypeError, match="path"):
         mmarray.append_npy(3, np.zeros(2))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("dtype, order", [
+    ("<f4", "C"), (">i8", "F"), ("<U3", "C"),
+    # a field named like the key, and a titled field: the dict, not the text, is what grows
+    ([("shape", "<i4"), (("a title", "x"), "<f8")], "C"),
+])
+def test_grown_header_from_the_written_cache_equals_the_parsed_one(dtype, order):
+    from mmarray import _append
+
+    dt = np.dtype(dtype)
+    buf = io.BytesIO()
+    npformat.write_array_header_1_0(buf, {"descr": npformat.dtype_to_descr(dt),
+                                          "fortran_order": order == "F", "shape": (3, 4)})
+    header = buf.getvalue()
+    _append._WRITTEN.clear()
+    first = _append._grown_header(header, (5, 4), "f")          # parsed: a miss
+    assert first in _append._WRITTEN
+    cached = _append._grown_header(first, (9, 4), "f")          # from what it wrote
+    _append._WRITTEN.clear()
+    parsed = _append._grown_header(first, (9, 4), "f")          # the same, parsed again
+    assert cached == parsed
+    assert len(cached) == len(header)
+    buf = io.BytesIO(cached)
+    assert npformat.read_magic(buf) == (1, 0)
+    assert npformat.read_array_header_1_0(buf) == ((9, 4), order == "F", dt)
+
+
+def test_many_appends_read_back_exactly(tmp_path):
+    path = tmp_path / "many.npy"
+    rows = np.arange(12, dtype=np.int16).reshape(3, 4)
+    for i in range(300):
+        mmarray.append_npy(path, rows + i)
+    got = np.load(path)
+    assert got.shape == (900, 4)
+    assert (got[-3:] == rows + 299).all() and (got[:3] == rows).all()

@@ -26,6 +26,11 @@ __all__ = ["append_npy"]
 
 _ZIP = b"PK\x03\x04"
 _CHUNK = 64 << 20
+# Headers _grown_header wrote -> the dict they hold (what ast.literal_eval gives back): the
+# next append to the file reads that header again, and parsing it cost a quarter of an
+# append of 1,000 rows (bench case append: 21.7 ms against npy-append-array's 14.7 ms).
+_WRITTEN: dict[bytes, dict[str, Any]] = {}
+_WRITTEN_MAX = 256
 
 
 def append_npy(file: StrOrBytesPath, rows: Any, *, sync: bool = False) -> int:
@@ -190,12 +195,16 @@ def _grown_header(header: bytes, shape: tuple[int, ...], name: str) -> bytes | N
     major = header[6]
     start = 10 if major == 1 else 12
     encoding = "utf-8" if major >= 3 else "latin1"
-    try:
-        d = ast.literal_eval(header[start:].decode(encoding))
-    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
-        raise ValueError(f"{name}: its header is not a Python literal dict") from None
-    if not isinstance(d, dict) or not isinstance(d.get("shape"), tuple):
-        raise ValueError(f"{name}: its header has no shape field that can grow")
+    known = _WRITTEN.get(header)
+    if known is not None:
+        d = dict(known)
+    else:
+        try:
+            d = ast.literal_eval(header[start:].decode(encoding))
+        except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+            raise ValueError(f"{name}: its header is not a Python literal dict") from None
+        if not isinstance(d, dict) or not isinstance(d.get("shape"), tuple):
+            raise ValueError(f"{name}: its header has no shape field that can grow")
     d["shape"] = tuple(int(x) for x in shape)
     text = "{" + "".join(f"'{key}': {value!r}, " for key, value in sorted(d.items())) + "}"
     try:
@@ -204,7 +213,11 @@ def _grown_header(header: bytes, shape: tuple[int, ...], name: str) -> bytes | N
         return None
     if len(body) + 1 > len(header):
         return None
-    return body + b" " * (len(header) - len(body) - 1) + b"\n"
+    grown = body + b" " * (len(header) - len(body) - 1) + b"\n"
+    if len(_WRITTEN) >= _WRITTEN_MAX:
+        _WRITTEN.clear()
+    _WRITTEN[grown] = d  # literal_eval of `text` gives d back: reprs of str, bool, tuples
+    return grown
 
 
 def _with_room(fd: int, path: StrOrBytesPath, dt: np.dtype[Any], shape: tuple[int, ...],

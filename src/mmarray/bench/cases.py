@@ -216,6 +216,9 @@ def case_open_close(ctx):
           for name, stmt in OPEN_CLOSE.items()]
     cs.append(Contender("mmarray, fault guard off", "other",
                         _guard_off(ctx, micro(ctx, OPEN_CLOSE["mmarray"], ns))))
+    # What the array adds (its export, the ndarray, their release): the rest is the Mapping.
+    cs.append(Contender("mmarray, no array (open + close)", "other",
+                        micro(ctx, "m = mmopen(path, mode='r'); m.close()", ns)))
     cs.append(Contender("C floor (open+fstat+mmap+close+munmap)", "limit",
                         _floor_make(ctx, lambda n: floor.open_map(path, n)), skip=why_floor))
     return [run_case(
