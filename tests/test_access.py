@@ -341,35 +341,84 @@ def test_resize_during_a_loop_without_drop_behind_is_allowed(tmp_path):
         assert m.shape == (2048, 8)
 
 
-def test_busy_hold_refuses_resize_until_released_and_counts_one_export(tmp_path):
+def test_pin_refuses_resize_until_released_and_counts_one_export(tmp_path):
     with mmarray.open(tmp_path / "h.bin", mode="w+", shape=4096) as m:
-        hold = mmarray._engine._BusyHold(m)
+        pin = mmarray._engine._Pin(m)
         assert m.exports == 1
         with pytest.raises(BufferError, match="resize once it is done"):
             m.resize(8192)
-        hold.release()
-        hold.release()                          # idempotent
+        pin.release()
+        pin.release()                          # idempotent
         assert m.exports == 0
         m.resize(8192)
-        hold = mmarray._engine._BusyHold(m)
-        del hold                                # garbage: released too
+        pin = mmarray._engine._Pin(m)
+        del pin                                # garbage: released too
         m.resize(4096)
         assert m.shape == (4096,)
     with pytest.raises(ValueError, match="closed"):
-        mmarray._engine._BusyHold(m)
+        mmarray._engine._Pin(m)
     with pytest.raises(TypeError):
-        mmarray._engine._BusyHold(None)
+        mmarray._engine._Pin(None)
 
 
-def test_busy_hold_keeps_a_closed_mapping_mapped_until_released(tmp_path):
+def test_pin_keeps_a_closed_mapping_mapped_until_released(tmp_path):
     path = tmp_path / "k.bin"
     path.write_bytes(b"\x07" * 4096)
     m = mmarray.open(path, mode="r")
-    hold = mmarray._engine._BusyHold(m)
+    pin = mmarray._engine._Pin(m)
     m.close()
     assert m.closed and m.exports == 1
-    hold.release()
+    pin.release()
     assert m.exports == 0
+
+
+def test_pin_or_export_freed_by_the_cycle_collector_is_released(tmp_path):
+    # The collector used to clear their reference to the mapping before __dealloc__ ran:
+    # the export stayed counted, the mapping un-resizable and mapped after close().
+    with mmarray.open(tmp_path / "g.bin", mode="w+", shape=4096) as m:
+        pin = mmarray._engine._Pin(m)
+        loop = [pin]
+        loop.append(loop)
+        export = m.array.base
+        loop2 = [export]
+        loop2.append(loop2)
+        del pin, loop, export, loop2
+        gc.collect()
+        assert m.exports == 0
+        m.resize(8192)
+        assert m.shape == (8192,)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_keeps_the_pin_of_a_drop_behind_loop():
+    # Holds of operations running without the GIL are dropped in a child (their threads are
+    # gone); the pin of a Python loop is not: the loop runs on in the child.
+    code = """
+        import os, tempfile, mmarray
+        path = os.path.join(tempfile.mkdtemp(), "f.f8")
+        with mmarray.open(path, dtype="f8", mode="w+", shape=(1024, 64)) as m:
+            g = m.chunks(64, prefetch=False, drop_behind=True)
+            next(g)
+            pid = os.fork()
+            if pid:
+                os.waitpid(pid, 0)           # the child's lines first, whole
+            who = "child" if pid == 0 else "parent"
+            try:
+                m.resize((2048, 64))
+                out = f"resized {who}\\n"
+            except BufferError:
+                out = f"refused {who}\\n"
+            n = sum(1 for _ in g)
+            m.resize((2048, 64))
+            os.write(1, (out + f"after {n} {m.shape} {who}\\n").encode())
+            if pid == 0:
+                os._exit(0)
+    """
+    proc = run_python(code, timeout=120)
+    assert_clean_exit(proc)
+    lines = sorted(proc.stdout.split("\n"))
+    assert "refused child" in lines and "refused parent" in lines, proc.stdout
+    assert "after 15 (2048, 64) child" in lines and "after 15 (2048, 64) parent" in lines
 
 
 def test_populate_ahead_progress_is_its_start_then_its_end(tmp_path):

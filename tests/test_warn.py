@@ -26,10 +26,16 @@ def test_stacklevel_skips_every_frame_of_the_package():
     assert ns["outer"]() == 3
 
 
-def test_a_module_named_like_the_package_but_outside_it_is_the_caller():
-    ns = _in_package("def f():\n    return _warn.stacklevel_outside_package()\n",
-                     name="mmarray_other.mod")
+@pytest.mark.parametrize("name", ["mmarray_other.mod", "other.mmarray._api", "other"])
+def test_a_module_named_like_the_package_but_outside_it_is_the_caller(name):
+    ns = _in_package("def f():\n    return _warn.stacklevel_outside_package()\n", name=name)
     assert ns["f"]() == 1
+
+
+def test_the_package_itself_counts_as_inside():
+    ns = _in_package("def f():\n    return _warn.stacklevel_outside_package()\n",
+                     name="mmarray")
+    assert ns["f"]() == 2
 
 
 def test_warn_at_caller_names_this_line_through_package_frames():

@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from mmarray import _guard
-from mmarray._engine import _BusyHold, _PopulateAhead
+from mmarray._engine import _Pin, _PopulateAhead
 from mmarray._ranges import ADVICE_CODES, RowIndex
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
                     behind.drop(i, min(i + rows, n))
         finally:
             if behind is not None:
-                behind.hold.release()
+                behind.pin.release()
         return
 
     # ahead * step may pass 64 bits (ahead=2**64): more than the whole range is the whole range
@@ -158,7 +158,7 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
                 if passed > dropped:  # nothing in flight, nothing read next
                     behind.drop(dropped, passed)
             finally:
-                behind.hold.release()
+                behind.pin.release()
 
 
 class _Dropper:
@@ -168,7 +168,7 @@ class _Dropper:
         self.mapping = mapping
         # The releases go to the view the consumer's chunks are on: no resize (which would
         # move the view and leave the old one's pages resident) until the loop ends.
-        self.hold = _BusyHold(mapping)
+        self.pin = _Pin(mapping)
         self.writable = mapping.mode in ("r+", "w+")
         self.cache = cache
         self.cache_from = -1  # byte of the mapping where the next page-cache drop starts

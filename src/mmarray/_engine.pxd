@@ -11,6 +11,7 @@ cdef class Region:
     cdef mm_view view          # the mapped region; view.data is NULL once unmapped or if empty
     cdef Py_ssize_t _exports   # live buffer exports: arrays (through _ArrayExport) and memoryviews
     cdef Py_ssize_t _busy      # of those, held by operations running without the GIL
+    cdef Py_ssize_t _pins      # of those, held by _Pin objects: no resize or rebase meanwhile
     cdef bint _closed          # close() was called; unmap happens when _exports drops to 0
     cdef bint _readonly
     cdef bint _raw_exported    # handed out a raw buffer: unmap waits for __dealloc__
@@ -47,6 +48,7 @@ cdef class Region:
 
 
 @cython.auto_pickle(False)
+@cython.no_gc_clear
 cdef class _ArrayExport:
     cdef Region mapping
     cdef Py_ssize_t generation   # the mapping's view generation the array was made on
@@ -64,9 +66,9 @@ cdef class _Retired:
 
 
 @cython.auto_pickle(False)
-cdef class _BusyHold:
+@cython.no_gc_clear
+cdef class _Pin:
     cdef Region mapping        # None once released
-    cdef Py_ssize_t generation # the fork generation _release_busy must match
 
 
 @cython.auto_pickle(False)

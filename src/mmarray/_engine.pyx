@@ -358,7 +358,7 @@ cdef class Region:
         file."""
         if self._closed:
             raise ValueError("mapping is closed")
-        if self._busy:
+        if self._busy or self._pins:
             raise BufferError("an operation (flush, prefetch, chunks) is using the mapping: "
                               "resize once it is done")
         if self._raw_exported:
@@ -906,6 +906,7 @@ cdef inline void _fill_buffer(Region m, Py_buffer *buffer, object owner, int fla
 
 
 @cython.auto_pickle(False)  # a copy would release an export it never acquired
+@cython.no_gc_clear  # __dealloc__ needs `mapping`, also when the collector frees a cycle
 cdef class _ArrayExport:
     """Holds one export of a Mapping for exactly as long as the array built on it lives.
 
@@ -1668,36 +1669,39 @@ def raise_in_thread(unsigned long thread, exc_type):
 
 
 @cython.auto_pickle(False)
-cdef class _BusyHold:
-    """Keeps a mapping busy (see Region._check_movable: no resize, no rebase) from creation
+@cython.no_gc_clear  # __dealloc__ needs `mapping`, also when the collector frees a cycle
+cdef class _Pin:
+    """Pins a mapping's view (see Region._check_movable: no resize, no rebase) from creation
     until :meth:`release` or garbage: for a Python-level loop that must see the same view
     from start to end, such as ``chunks(drop_behind=...)`` releasing the pages it passed.
-    Counts as one export meanwhile, as the operations running without the GIL do; a forked
-    child drops it (the release there does nothing)."""
+    Counts as one export meanwhile. Unlike the holds of operations running without the GIL,
+    a forked child keeps it: the loop that owns it runs on there and releases it."""
 
     def __cinit__(self, Region mapping not None):
-        self.generation = mapping._acquire_busy()   # ValueError if closed
+        mapping._acquire()           # ValueError if closed
+        mapping._pins += 1
         self.mapping = mapping
 
     def __reduce__(self):
-        raise TypeError("cannot pickle or copy a busy hold (it counts one use of a mapping)")
+        raise TypeError("cannot pickle or copy a pin (it counts one use of a mapping)")
 
     def release(self):
-        """End the hold (idempotent)."""
-        _end_hold(self)
+        """End the pin (idempotent)."""
+        _unpin(self)
 
     def __dealloc__(self):
         try:
-            _end_hold(self)
+            _unpin(self)
         except BaseException:
             PyErr_WriteUnraisable(None)
 
 
-cdef int _end_hold(_BusyHold hold) except -1:
-    cdef Region mapping = hold.mapping
+cdef int _unpin(_Pin pin) except -1:
+    cdef Region mapping = pin.mapping
     if mapping is not None:
-        hold.mapping = None
-        mapping._release_busy(hold.generation)
+        pin.mapping = None
+        mapping._pins -= 1
+        mapping._release()
     return 0
 
 

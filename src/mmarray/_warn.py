@@ -11,7 +11,7 @@ import sys
 import warnings
 from types import FrameType
 
-_PACKAGE = __name__.partition(".")[0]
+_PACKAGE = __name__.rpartition(".")[0]  # "mmarray", or "vendor.mmarray" where vendored
 
 
 def stacklevel_outside_package() -> int:
@@ -22,7 +22,8 @@ def stacklevel_outside_package() -> int:
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         name = frame.f_globals.get("__name__", "")
-        if not isinstance(name, str) or name.partition(".")[0] != _PACKAGE:
+        if not isinstance(name, str) or not (name == _PACKAGE
+                                             or name.startswith(_PACKAGE + ".")):
             return level
         frame = frame.f_back
         level += 1
