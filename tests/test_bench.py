@@ -496,3 +496,21 @@ def test_the_many_files_case_opens_distinct_files(tmp_path):
     paths = ctx.npy_dataset()
     assert len(paths) == 20 and len(set(paths)) == 20
     assert all(os.path.getsize(p) == os.path.getsize(paths[0]) for p in paths)
+
+
+def _virtio(root, name, device, features):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "device").write_text(device + "\n")
+    (d / "features").write_text(features + "\n")
+
+
+def test_free_page_reporting_reads_the_balloon_feature_bit(tmp_path):
+    assert T.free_page_reporting(str(tmp_path / "none")) is None
+    root = tmp_path / "devices"
+    _virtio(root, "virtio1", "0x0002", "0" * 5 + "1" + "0" * 58)     # a disk: ignored
+    assert T.free_page_reporting(str(root)) is None
+    _virtio(root, "virtio0", "0x0005", "011000" + "0" * 58)          # balloon, bit 5 clear
+    assert T.free_page_reporting(str(root)) is False
+    _virtio(root, "virtio9", "0x0005", "011001" + "0" * 58)          # balloon, bit 5 set
+    assert T.free_page_reporting(str(root)) is True

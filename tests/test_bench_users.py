@@ -36,7 +36,11 @@ def test_column_means_drop_behind_keeps_the_peak_rss_down(tmp_path):
     assert plain["peak_rss"] - drop["peak_rss"] > 100 << 20, (plain["peak_rss"],
                                                              drop["peak_rss"])
     assert drop["info"]["peak_rss_mib"] < 300
-    assert drop["info"]["time_vs_chunks"] > 0
+    # the time target compares best samples (the machine's memory is bimodal on a VM that
+    # hands freed pages back to its host); the median per-round ratio is kept beside it
+    best = min(drop["samples_s"]) / min(plain["samples_s"])
+    assert drop["info"]["time_vs_chunks"] == round(best, 3)
+    assert drop["info"]["time_vs_chunks_median"] > 0
     assert [t["status"] for t in res["targets"]][0] == "pass"
 
 

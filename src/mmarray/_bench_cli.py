@@ -173,6 +173,11 @@ def format_table(report):
                  f"kernel {mach.get('kernel') or '?'}, Python {mach.get('python', '?')}, "
                  f"NumPy {mach.get('numpy', '?')}; load average (1/5/15 min) before "
                  f"{_load(meta.get('loadavg_before'))}, after {_load(mach.get('loadavg'))}")
+    if mach.get("free_page_reporting"):
+        lines.append("note: this machine is a VM whose balloon reports free pages to the host "
+                     "(virtio-balloon REPORTING): memory freed and allocated again may cost the "
+                     "host's fault and zeroing, so runs that allocate a lot (column_means) are "
+                     "bimodal")
     lines.append("CPU: process CPU time per op (all threads; worker processes where a case has "
                  "them) and its ratio to wall time; [a–b]: the middle half of the per-round "
                  "ratios")
@@ -281,13 +286,17 @@ def format_markdown(report):
     the ratios and their spread, peak RSS where measured, and each case's targets."""
     meta = report.get("meta", {})
     mach = meta.get("machine") or {}
+    vm = ", a VM whose balloon reports free pages to its host" \
+        if mach.get("free_page_reporting") else ""
     out = [f"{meta.get('mode', '?')} run, {meta.get('started', '')[:10]}: big file "
            f"{meta.get('size_human', '?')}, {meta.get('rounds', '?')} rounds "
            f"({meta.get('micro_rounds', '?')} for micro cases), {meta.get('seconds', 0):.0f} s; "
            f"{mach.get('cpu_model') or '?'} ({mach.get('cpus', '?')} CPUs), kernel "
            f"{mach.get('kernel') or '?'}, Python {mach.get('python', '?')}, NumPy "
-           f"{mach.get('numpy', '?')}, temp dir on {meta.get('fs_type') or '?'}; load average "
-           f"before {_load(meta.get('loadavg_before'))}, after {_load(mach.get('loadavg'))}.",
+           f"{mach.get('numpy', '?')}, temp dir on {meta.get('fs_type') or '?'}"
+           f"{vm}"
+           f"; load average before {_load(meta.get('loadavg_before'))}, after "
+           f"{_load(mach.get('loadavg'))}.",
            "",
            "| case | contender | median | CPU (CPU/wall) | vs numpy [middle half] | "
            "vs limit [middle half] | peak RSS |",

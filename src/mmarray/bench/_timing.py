@@ -646,6 +646,30 @@ def loadavg():
         return None
 
 
+def free_page_reporting(root="/sys/bus/virtio/devices"):
+    """True if a virtio-balloon device reports free pages to its host (feature bit 5,
+    VIRTIO_BALLOON_F_REPORTING, in /sys/bus/virtio/devices/*/features), False if there is a
+    balloon without it, None where it cannot be told (no virtio, not Linux). Memory the guest
+    freed is then handed back and the host backs it again on the next touch: allocating
+    memory (page-cache pages included) is slow or fast depending on which pages it gets."""
+    try:
+        devices = os.listdir(root)
+    except OSError:
+        return None
+    found = None
+    for name in devices:
+        try:
+            with open(os.path.join(root, name, "device")) as f:
+                if int(f.read().strip(), 16) != 5:  # virtio device id 5: the balloon
+                    continue
+            with open(os.path.join(root, name, "features")) as f:
+                bits = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        found = bool(found) or (len(bits) > 5 and bits[5] == "1")
+    return found
+
+
 def machine_info():
     """What the run ran on: Python, NumPy, kernel (uname), CPU model and count, memory, the
     mapping limits, and the load average now (the CLI takes it before and after the run)."""
@@ -665,6 +689,7 @@ def machine_info():
         pass
     info["cpu_model"] = cpu_model()
     info["loadavg"] = loadavg()
+    info["free_page_reporting"] = free_page_reporting()
     for key, path in (("max_map_count", "/proc/sys/vm/max_map_count"),
                       ("thp", "/sys/kernel/mm/transparent_hugepage/enabled")):
         try:
