@@ -411,6 +411,71 @@ def test_map_by_header_checks_the_layout(npys):
     assert _engine.live_views(st.st_dev, st.st_ino) == 0
 
 
+def test_a_dataset_sharing_one_header_is_answered_without_calling_back(tmp_path, monkeypatch):
+    # The engine looks the whole prefix up in _load._prefixes (filled by _known_header's
+    # answers): the second and later files with the same header make no Python call.
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"d{i}.npy"
+        np.save(p, np.arange(64.0) + i)
+        paths.append(str(p))
+    calls = []
+    real = _load._known_header
+
+    def counting(first):
+        calls.append(len(first))
+        return real(first)
+    monkeypatch.setattr(_load, "_known_header", counting)
+    monkeypatch.setattr(_load, "_prefixes", {})
+    monkeypatch.setattr(_load, "_prefix_length", 0)
+    cache = {}                              # an empty header cache, the same for both
+    monkeypatch.setattr(_load, "_header_cache", cache)
+    monkeypatch.setattr(_load._fmt, "header_cache", cache)
+    mmarray.load(paths[0]).close()          # asked (unknown), then parsed by the general path
+    for i, p in enumerate(paths):
+        with mmarray.load(p) as m:
+            assert type(m) is mmarray.Mapping and m.offset == 128
+            assert m.array.tolist() == (np.arange(64.0) + i).tolist()
+    assert len(calls) == 2                  # the first load, then the first known one only
+    assert _load._prefix_length == 128 and len(_load._prefixes) == 1
+
+
+def test_a_known_prefix_over_a_short_file_takes_the_general_path(tmp_path):
+    # Same header bytes, data cut short: the map fails, nothing is left mapped, and the
+    # general path says what is wrong.
+    good, cut = tmp_path / "good.npy", tmp_path / "cut.npy"
+    np.save(good, np.arange(64.0))
+    np.save(cut, np.arange(64.0))
+    with open(cut, "r+b") as f:
+        f.truncate(128 + 8 * 10)
+    mmarray.load(str(good)).close()
+    mmarray.load(str(good)).close()         # the prefix is in the table now
+    with pytest.raises(ValueError, match="data|truncated|bytes"):
+        mmarray.load(str(cut))
+    st = os.stat(cut)
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
+
+
+def test_map_by_header_checks_a_known_layout_as_a_called_one(npys):
+    p = str(npys[0])
+    with open(p, "rb") as f:
+        prefix = f.read(128)
+    dt = np.dtype("f8")
+    bad = {prefix: (128, 100, dt, (512,), "C")}           # nbytes that is not the shape's
+    with pytest.raises(ValueError):
+        _engine.map_by_header(p, _engine.READ, "r", 512, lambda first: None,
+                              mmarray.Mapping, bad, 128)
+    good = {prefix: (128, 8 * 512, dt, (512,), "C")}
+    m = _engine.map_by_header(p, _engine.READ, "r", 512, lambda first: 1 / 0,
+                              mmarray.Mapping, good, 128)
+    assert m is not None and m.array.tolist() == np.arange(512.0).tolist()
+    m.close()
+    # A length past what was read, or a prefix not in the table: the callback answers.
+    for known, length in ((good, 4096), ({}, 128), (good, 127)):
+        assert _engine.map_by_header(p, _engine.READ, "r", 64, lambda first: None,
+                                     mmarray.Mapping, known, length) is None
+
+
 def test_a_class_with_its_own_new_takes_the_general_path(data, npys):
     # The fast paths make the object with Region's tp_new directly: a class whose __new__
     # is its own (which map_file calls and checks) is not theirs to make.

@@ -1163,10 +1163,14 @@ def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
 HEAD_MAX = 4096
 
 
-def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not None):
+def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not None,
+                  dict known=None, Py_ssize_t known_length=0):
     """Open the str path ``file`` (for ``access``, as :func:`map_file` opens a path), read
     its first ``n`` bytes (at most ``HEAD_MAX``) and ask ``layout(first_bytes)`` what to map
-    of it: None, or ``(offset, nbytes, dtype, shape, order)`` with ``nbytes`` > 0 bytes at
+    of it -- or, first, ``known``: when at least ``known_length`` bytes were read, the value
+    ``known`` holds for the first ``known_length`` of them, without a Python call (the caller
+    fills it with layouts ``layout`` gave, keyed by the whole prefix they depend on). Either
+    gives None, or ``(offset, nbytes, dtype, shape, order)`` with ``nbytes`` > 0 bytes at
     ``offset`` holding an array of that dtype, shape and order. That range of the same open
     file is mapped as a ``cls`` of mode ``mode``, whose file name is ``file`` made absolute (as the installed
     ``abspath`` makes it, see :func:`set_fast_open`). One open, one read, one map.
@@ -1196,7 +1200,11 @@ def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not Non
     if status != MM_OK:
         return None
     try:
-        spec = layout(PyBytes_FromStringAndSize(buf, <Py_ssize_t>got))
+        spec = None
+        if known is not None and 0 < known_length <= <Py_ssize_t>got:
+            spec = known.get(PyBytes_FromStringAndSize(buf, known_length))
+        if spec is None:
+            spec = layout(PyBytes_FromStringAndSize(buf, <Py_ssize_t>got))
         if spec is None:
             return None
         offset, nbytes, dtype, shape, order = spec

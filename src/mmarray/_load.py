@@ -29,6 +29,12 @@ _HEAD = 512
 _LOAD_MODES = {"r": _engine.READ, "r+": _engine.WRITE, "c": _engine.COPY}
 _MODE_ALIASES = {"readonly": "r", "readwrite": "r+", "copyonwrite": "c"}
 _abspaths: dict = {}      # absolute str path -> os.path.abspath(path)
+# Whole .npy prefixes (magic to the header's newline) _known_header answered for -> its answer,
+# which the engine looks up itself for the next file with the same prefix (a dataset's files
+# share one header), without calling back; _prefix_length: the length it tries, the last
+# answered prefix's.
+_prefixes: dict = {}
+_prefix_length = 0
 
 
 def check_load_mode(mode):
@@ -128,7 +134,8 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
             # The common case in one open, one read and one map (the engine's), with a header
             # seen before; None for anything else or any failure, which the path below does.
             m = _map_by_header(file, access, mode, _HEAD, _known_header,
-                               _npy.NpyMapping if access == _WRITE else _Mapping)
+                               _npy.NpyMapping if access == _WRITE else _Mapping, _prefixes,
+                               _prefix_length)
             if m is not None:
                 if access == _WRITE:
                     m._header_length = m.offset
@@ -189,7 +196,13 @@ def _known_header(first):
     hit = _header_cache.get(first[10:end]) if end <= len(first) else None
     if hit is None or not hit[3]:
         return None  # not known, or no data: an empty mapping (the general path makes it)
-    return end, hit[3], hit[0], hit[1], hit[2]
+    global _prefix_length
+    answer = end, hit[3], hit[0], hit[1], hit[2]
+    if len(_prefixes) >= _fmt.CACHE_MAX:
+        _prefixes.clear()
+    _prefixes[first[:end]] = answer  # the answer depends on these bytes and no others
+    _prefix_length = end
+    return answer
 
 
 def _abspath(path):
