@@ -427,7 +427,7 @@ def test_a_dataset_sharing_one_header_is_answered_without_calling_back(tmp_path,
         return real(first)
     monkeypatch.setattr(_load, "_known_header", counting)
     monkeypatch.setattr(_load, "_prefixes", {})
-    monkeypatch.setattr(_load, "_prefix_length", 0)
+    monkeypatch.setattr(_load, "_prefix_lengths", ())
     cache = {}                              # an empty header cache, the same for both
     monkeypatch.setattr(_load, "_header_cache", cache)
     monkeypatch.setattr(_load._fmt, "header_cache", cache)
@@ -437,7 +437,30 @@ def test_a_dataset_sharing_one_header_is_answered_without_calling_back(tmp_path,
             assert type(m) is mmarray.Mapping and m.offset == 128
             assert m.array.tolist() == (np.arange(64.0) + i).tolist()
     assert len(calls) == 2                  # the first load, then the first known one only
-    assert _load._prefix_length == 128 and len(_load._prefixes) == 1
+    assert _load._prefix_lengths == (128,) and len(_load._prefixes) == 1
+
+
+def test_datasets_with_headers_of_different_lengths_alternate_without_calling_back(
+        tmp_path, monkeypatch):
+    a = [tmp_path / f"a{i}.npy" for i in range(4)]
+    b = [tmp_path / f"b{i}.npy" for i in range(4)]
+    for i in range(4):
+        np.save(a[i], np.arange(8.0) + i)              # a 128-byte header
+        np.save(b[i], np.full((1,) * 40, float(i)))   # 40 dimensions: a 256-byte header
+    calls = []
+    real = _load._known_header
+    monkeypatch.setattr(_load, "_known_header", lambda first: calls.append(1) or real(first))
+    monkeypatch.setattr(_load, "_prefixes", {})
+    monkeypatch.setattr(_load, "_prefix_lengths", ())
+    for p in (a[0], b[0], a[0], b[0]):                  # each header known and answered once
+        mmarray.load(str(p)).close()
+    asked = len(calls)
+    for i in range(4):
+        with mmarray.load(str(a[i])) as m, mmarray.load(str(b[i])) as n:
+            assert m.offset == 128 and m.array.tolist() == (np.arange(8.0) + i).tolist()
+            assert n.offset == 256 and n.shape == (1,) * 40 and float(n.array.sum()) == i
+    assert len(calls) == asked
+    assert sorted(_load._prefix_lengths) == [128, 256]
 
 
 def test_a_known_prefix_over_a_short_file_takes_the_general_path(tmp_path):
@@ -464,16 +487,28 @@ def test_map_by_header_checks_a_known_layout_as_a_called_one(npys):
     bad = {prefix: (128, 100, dt, (512,), "C")}           # nbytes that is not the shape's
     with pytest.raises(ValueError):
         _engine.map_by_header(p, _engine.READ, "r", 512, lambda first: None,
-                              mmarray.Mapping, bad, 128)
+                              mmarray.Mapping, bad, (128,))
     good = {prefix: (128, 8 * 512, dt, (512,), "C")}
     m = _engine.map_by_header(p, _engine.READ, "r", 512, lambda first: 1 / 0,
-                              mmarray.Mapping, good, 128)
+                              mmarray.Mapping, good, (128,))
     assert m is not None and m.array.tolist() == np.arange(512.0).tolist()
     m.close()
     # A length past what was read, or a prefix not in the table: the callback answers.
-    for known, length in ((good, 4096), ({}, 128), (good, 127)):
+    for known, lengths in ((good, (4096,)), ({}, (128,)), (good, (127, 0, -5)), (good, ())):
         assert _engine.map_by_header(p, _engine.READ, "r", 64, lambda first: None,
-                                     mmarray.Mapping, known, length) is None
+                                     mmarray.Mapping, known, lengths) is None
+    # a later length of the tuple hits
+    m = _engine.map_by_header(p, _engine.READ, "r", 512, lambda first: None,
+                              mmarray.Mapping, good, (256, 64, 128))
+    assert m is not None and m.shape == (512,)
+    m.close()
+    # offsets and byte counts must be ints (not truncated floats)
+    with pytest.raises(TypeError, match="expected ints"):
+        _engine.map_by_header(p, _engine.READ, "r", 512, lambda first: None, mmarray.Mapping,
+                              {prefix: (128.5, 8 * 512, dt, (512,), "C")}, (128,))
+    with pytest.raises(TypeError, match="expected ints"):
+        _engine.map_by_header(p, _engine.READ, "r", 512,
+                              lambda first: (128, 4096.0, dt, (512,), "C"), mmarray.Mapping)
 
 
 def test_a_class_with_its_own_new_takes_the_general_path(data, npys):

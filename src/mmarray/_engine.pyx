@@ -1164,12 +1164,13 @@ HEAD_MAX = 4096
 
 
 def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not None,
-                  dict known=None, Py_ssize_t known_length=0):
+                  dict known=None, tuple known_lengths=()):
     """Open the str path ``file`` (for ``access``, as :func:`map_file` opens a path), read
     its first ``n`` bytes (at most ``HEAD_MAX``) and ask ``layout(first_bytes)`` what to map
-    of it -- or, first, ``known``: when at least ``known_length`` bytes were read, the value
-    ``known`` holds for the first ``known_length`` of them, without a Python call (the caller
-    fills it with layouts ``layout`` gave, keyed by the whole prefix they depend on). Either
+    of it -- or, first, ``known``: the value ``known`` holds for the first ``length`` bytes
+    read, for each ``length`` of ``known_lengths`` in turn that is no more than was read,
+    without a Python call (the caller fills it with layouts ``layout`` gave, keyed by the
+    whole prefix they depend on). Either
     gives None, or ``(offset, nbytes, dtype, shape, order)`` with ``nbytes`` > 0 bytes at
     ``offset`` holding an array of that dtype, shape and order. That range of the same open
     file is mapped as a ``cls`` of mode ``mode``, whose file name is ``file`` made absolute (as the installed
@@ -1182,7 +1183,7 @@ def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not Non
     TypeError or ValueError for a layout that does not describe ``nbytes``."""
     cdef char buf[4096]
     cdef const char *path
-    cdef Py_ssize_t size
+    cdef Py_ssize_t size, length
     cdef mm_handle handle
     cdef uint64_t got
     cdef mm_error err
@@ -1201,13 +1202,21 @@ def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not Non
         return None
     try:
         spec = None
-        if known is not None and 0 < known_length <= <Py_ssize_t>got:
-            spec = known.get(PyBytes_FromStringAndSize(buf, known_length))
+        if known is not None:
+            for item in known_lengths:
+                length = item
+                if 0 < length <= <Py_ssize_t>got:
+                    spec = known.get(PyBytes_FromStringAndSize(buf, length))
+                    if spec is not None:
+                        break
         if spec is None:
             spec = layout(PyBytes_FromStringAndSize(buf, <Py_ssize_t>got))
         if spec is None:
             return None
         offset, nbytes, dtype, shape, order = spec
+        if type(offset) is not int or type(nbytes) is not int:
+            raise TypeError(f"layout gave offset {offset!r} and nbytes {nbytes!r}; expected "
+                            f"ints")
         # dtype.hasobject and dtype.itemsize, read from the C struct (the same fields)
         if not isinstance(dtype, cnp.dtype) or (<cnp.dtype>dtype).flags & _NPY_ITEM_HASOBJECT \
                 or (<cnp.dtype>dtype).itemsize == 0:

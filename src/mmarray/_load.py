@@ -31,10 +31,11 @@ _MODE_ALIASES = {"readonly": "r", "readwrite": "r+", "copyonwrite": "c"}
 _abspaths: dict = {}      # absolute str path -> os.path.abspath(path)
 # Whole .npy prefixes (magic to the header's newline) _known_header answered for -> its answer,
 # which the engine looks up itself for the next file with the same prefix (a dataset's files
-# share one header), without calling back; _prefix_length: the length it tries, the last
-# answered prefix's.
+# share one header), without calling back; _prefix_lengths: the lengths it tries, those of
+# the last few distinct answered prefixes, the latest first (datasets whose headers differ in
+# length may alternate).
 _prefixes: dict = {}
-_prefix_length = 0
+_prefix_lengths: tuple = ()
 
 
 def check_load_mode(mode):
@@ -135,7 +136,7 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
             # seen before; None for anything else or any failure, which the path below does.
             m = _map_by_header(file, access, mode, _HEAD, _known_header,
                                _npy.NpyMapping if access == _WRITE else _Mapping, _prefixes,
-                               _prefix_length)
+                               _prefix_lengths)
             if m is not None:
                 if access == _WRITE:
                     m._header_length = m.offset
@@ -196,12 +197,13 @@ def _known_header(first):
     hit = _header_cache.get(first[10:end]) if end <= len(first) else None
     if hit is None or not hit[3]:
         return None  # not known, or no data: an empty mapping (the general path makes it)
-    global _prefix_length
+    global _prefix_lengths
     answer = end, hit[3], hit[0], hit[1], hit[2]
     if len(_prefixes) >= _fmt.CACHE_MAX:
         _prefixes.clear()
     _prefixes[first[:end]] = answer  # the answer depends on these bytes and no others
-    _prefix_length = end
+    if end not in _prefix_lengths:
+        _prefix_lengths = ((end,) + _prefix_lengths)[:4]
     return answer
 
 
