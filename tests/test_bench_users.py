@@ -1,5 +1,6 @@
 """The user cases of the benchmark (mmarray.bench._users): the nanoGPT loader and the
 out-of-core column means, run small."""
+import statistics
 import sys
 
 import pytest
@@ -36,11 +37,11 @@ def test_column_means_drop_behind_keeps_the_peak_rss_down(tmp_path):
     assert plain["peak_rss"] - drop["peak_rss"] > 100 << 20, (plain["peak_rss"],
                                                              drop["peak_rss"])
     assert drop["info"]["peak_rss_mib"] < 300
-    # the time target compares best samples (the machine's memory is bimodal on a VM that
-    # hands freed pages back to its host); the median per-round ratio is kept beside it
+    # the time target: the median per-round ratio; the best samples' ratio kept beside it
+    ratios = [d / p for d, p in zip(drop["samples_s"], plain["samples_s"])]
+    assert drop["info"]["time_vs_chunks"] == round(statistics.median(ratios), 3)
     best = min(drop["samples_s"]) / min(plain["samples_s"])
-    assert drop["info"]["time_vs_chunks"] == round(best, 3)
-    assert drop["info"]["time_vs_chunks_median"] > 0
+    assert drop["info"]["time_vs_chunks_best"] == round(best, 3)
     assert [t["status"] for t in res["targets"]][0] == "pass"
 
 
@@ -66,3 +67,22 @@ def test_a_child_that_fails_is_an_error_with_its_last_line(tmp_path):
         U._child({"kind": "loader", "way": "no such way", "path": str(tmp_path / "x"),
                   "offsets": []}, timeout=60)
     assert T.Sample(1.0, cpu_s=0.5).cpu_s == 0.5
+
+
+@pytest.mark.parametrize("mode, reporting, waits", [("default", True, True),
+                                                     ("default", False, False),
+                                                     ("quick", True, False)])
+def test_column_means_waits_for_freed_memory_to_go_back_to_the_host(tmp_path, monkeypatch,
+                                                                     mode, reporting, waits):
+    # Each sample starts from the same memory: on a VM with free page reporting, what the
+    # eviction freed is handed back before the sample allocates (no quick-run smoke test).
+    monkeypatch.setattr(U, "MEANS_BYTES", {"quick": 32 << 20, "default": 32 << 20})
+    monkeypatch.setattr(T, "free_page_reporting", lambda: reporting)
+    slept = []
+    real_sleep = U.time.sleep
+    monkeypatch.setattr(U.time, "sleep",
+                        lambda s: slept.append(s) if s == U.SETTLE_S else real_sleep(s))
+    [res] = U.case_column_means(H.Context(str(tmp_path), mode=mode, rounds=1))
+    assert all(e["status"] == "ok" for e in res["contenders"]), res["contenders"]
+    assert len(slept) == (4 if waits else 0)   # one per sample: 4 contenders x 1 round
+    assert any(("waits 3 s" in n) for n in res["notes"])
