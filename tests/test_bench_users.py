@@ -68,21 +68,3 @@ def test_a_child_that_fails_is_an_error_with_its_last_line(tmp_path):
                   "offsets": []}, timeout=60)
     assert T.Sample(1.0, cpu_s=0.5).cpu_s == 0.5
 
-
-@pytest.mark.parametrize("mode, reporting, waits", [("default", True, True),
-                                                     ("default", False, False),
-                                                     ("quick", True, False)])
-def test_column_means_waits_for_freed_memory_to_go_back_to_the_host(tmp_path, monkeypatch,
-                                                                     mode, reporting, waits):
-    # Each sample starts from the same memory: on a VM with free page reporting, what the
-    # eviction freed is handed back before the sample allocates (no quick-run smoke test).
-    monkeypatch.setattr(U, "MEANS_BYTES", {"quick": 32 << 20, "default": 32 << 20})
-    monkeypatch.setattr(T, "free_page_reporting", lambda: reporting)
-    slept = []
-    real_sleep = U.time.sleep
-    monkeypatch.setattr(U.time, "sleep",
-                        lambda s: slept.append(s) if s == U.SETTLE_S else real_sleep(s))
-    [res] = U.case_column_means(H.Context(str(tmp_path), mode=mode, rounds=1))
-    assert all(e["status"] == "ok" for e in res["contenders"]), res["contenders"]
-    assert len(slept) == (4 if waits else 0)   # one per sample: 4 contenders x 1 round
-    assert any(("waits 3 s" in n) for n in res["notes"])
