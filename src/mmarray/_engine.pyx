@@ -1166,15 +1166,15 @@ HEAD_MAX = 4096
 def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not None,
                   dict known=None, tuple known_lengths=()):
     """Open the str path ``file`` (for ``access``, as :func:`map_file` opens a path), read
-    its first ``n`` bytes (at most ``HEAD_MAX``) and ask ``layout(first_bytes)`` what to map
-    of it -- or, first, ``known``: the value ``known`` holds for the first ``length`` bytes
-    read, for each ``length`` of ``known_lengths`` in turn that is no more than was read,
-    without a Python call (the caller fills it with layouts ``layout`` gave, keyed by the
-    whole prefix they depend on). Either
-    gives None, or ``(offset, nbytes, dtype, shape, order)`` with ``nbytes`` > 0 bytes at
-    ``offset`` holding an array of that dtype, shape and order. That range of the same open
-    file is mapped as a ``cls`` of mode ``mode``, whose file name is ``file`` made absolute (as the installed
-    ``abspath`` makes it, see :func:`set_fast_open`). One open, one read, one map.
+    its first ``n`` bytes (at most ``HEAD_MAX``) and find what to map of it: first in
+    ``known``, the value it holds for the first ``length`` bytes read, for each ``length`` of
+    ``known_lengths`` in turn that was read whole (no Python call: the caller fills ``known``
+    with answers ``layout`` gave, keyed by the whole prefix each depends on); else by asking
+    ``layout(first_bytes)``. Either gives None, or ``(offset, nbytes, dtype, shape, order)``
+    with ``nbytes`` > 0 bytes at ``offset`` holding an array of that dtype, shape and order.
+    That range of the same open file is mapped as a ``cls`` of mode ``mode``, whose file name
+    is ``file`` made absolute (as the installed ``abspath`` makes it, see
+    :func:`set_fast_open`). One open, one read, one map.
 
     Returns None when ``layout`` does, for a path the fast open does not take (not a
     non-empty str, or not encodable as the C layer's UTF-8), and for any failure to open,
