@@ -372,6 +372,21 @@ def test_pin_keeps_a_closed_mapping_mapped_until_released(tmp_path):
     assert m.exports == 0
 
 
+def test_a_drop_behind_loop_that_cannot_start_its_thread_leaves_no_pin(tmp_path, monkeypatch):
+    import threading
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+    with mmarray.open(tmp_path / "t.f8", dtype="f8", mode="w+", shape=(1024, 8)) as m:
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError, match="start new thread") as info:
+            next(m.chunks(64, drop_behind=True))
+        monkeypatch.undo()
+        kept = info.value                      # the traceback keeps the generator's frame
+        m.resize((2048, 8))
+        assert m.shape == (2048, 8) and kept is not None
+
+
 def test_pin_or_export_freed_by_the_cycle_collector_is_released(tmp_path):
     # The collector used to clear their reference to the mapping before __dealloc__ ran:
     # the export stayed counted, the mapping un-resizable and mapped after close().

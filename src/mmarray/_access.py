@@ -140,7 +140,12 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
             dropped = upto
 
     worker = threading.Thread(target=populate, name="mmarray-chunks", daemon=True)
-    worker.start()
+    try:
+        worker.start()
+    except BaseException:  # no thread (RuntimeError): not left pinned while the error lives
+        if behind is not None:
+            behind.pin.release()
+        raise
     try:
         for i in range(0, n, rows):
             if failure:
