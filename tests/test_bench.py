@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import mmarray
@@ -514,3 +515,51 @@ def test_free_page_reporting_reads_the_balloon_feature_bit(tmp_path):
     assert T.free_page_reporting(str(root)) is False
     _virtio(root, "virtio9", "0x0005", "011001" + "0" * 58)          # balloon, bit 5 set
     assert T.free_page_reporting(str(root)) is True
+
+
+def _huge_pages_madvised(flag):
+    """numpy's switch for madvise(MADV_HUGEPAGE) on large arrays; returns the old value."""
+    core = getattr(np, "_core", None) or np.core
+    return core.multiarray._set_madvise_hugepage(flag)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+def test_anon_huge_fraction_says_which_page_size_an_array_is_in():
+    assert T.anon_huge_fraction(np.ones(0)) is None
+    old = _huge_pages_madvised(False)
+    try:
+        small_pages = np.ones(1 << 22)  # 32 MiB that numpy does not madvise: 4 KiB pages
+        small_pages[::512] = 2.0
+    finally:
+        _huge_pages_madvised(old)
+    huge = T.anon_huge_fraction(small_pages)
+    thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read() \
+        if os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled") else ""
+    if "[always]" not in thp:  # with THP 'always' the kernel may use 2 MiB pages anyway
+        assert huge == 0.0
+    if "[never]" not in thp and thp:
+        _huge_pages_madvised(True)
+        try:
+            big = np.ones(1 << 23)  # 64 MiB, madvised: at least some 2 MiB pages
+        finally:
+            _huge_pages_madvised(old)
+        assert 0.0 < T.anon_huge_fraction(big) <= 1.0
+
+
+@pytest.mark.slow
+def test_the_4k_scan_is_bounded_by_its_own_pages_pre_mapped(quick_run):
+    proc, report = quick_run
+    by_name = {c["name"]: c for c in report["cases"]}
+    small, large = by_name["sum_cached_4k"], by_name["sum_cached_large"]
+    roles = {e["name"]: e["role"] for e in small["contenders"]}
+    # numpy's in-memory array sits in 2 MiB pages, a file cached in 4 KiB pages cannot:
+    # the 4 KiB case's limit is the file's pages mapped and populated before the clock
+    assert roles["pre-mapped pages: sum + unmap"] == "limit"
+    assert roles["in-memory np.sum, 2 MiB pages (info)"] == "other"
+    assert small["limit"] == "pre-mapped pages: sum + unmap"
+    assert [t["against"] for t in small["targets"]] == ["limit"]
+    assert large["limit"] == "in-memory np.sum"
+    for case in (small, large):
+        assert any(n.startswith("in-memory array: ") for n in case["notes"]), case["notes"]
+        pre = next(e for e in case["contenders"] if e["name"].startswith("pre-mapped pages"))
+        assert pre["status"] == "ok" and pre["median"] > 0, pre["reason"]

@@ -440,6 +440,33 @@ def mappings_of(path):
     return n
 
 
+def anon_huge_fraction(array):
+    """The fraction of ``array``'s bytes held in anonymous huge pages (AnonHugePages of the
+    mappings it lies in, /proc/self/smaps; see proc(5)), or None where the kernel does not
+    say. numpy puts arrays of 4 MiB and more in 2 MiB pages when transparent huge pages are
+    allowed (madvise(MADV_HUGEPAGE))."""
+    start = array.__array_interface__["data"][0]
+    end = start + array.nbytes
+    if array.nbytes == 0:
+        return None
+    huge = 0
+    inside = False
+    found = False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    inside = lo < end and hi > start
+                elif inside and head == "AnonHugePages:":
+                    huge += int(line.split()[1]) * 1024
+                    found = True
+    except (OSError, ValueError):
+        return None
+    return min(1.0, huge / array.nbytes) if found else None
+
+
 def smaps_file_pmd_kb():
     """FilePmdMapped of this process in kB (file pages mapped 2 MiB at a time), or None."""
     try:
