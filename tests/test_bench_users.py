@@ -45,6 +45,49 @@ def test_column_means_drop_behind_keeps_the_peak_rss_down(tmp_path):
     assert [t["status"] for t in res["targets"]][0] == "pass"
 
 
+def _resident_at_each_child(monkeypatch):
+    """Record the cached fraction of the case's file each time a contender's child starts."""
+    seen = []
+    real = U._child
+
+    def child(spec, timeout):
+        if spec["kind"] == "means":
+            seen.append(T.resident_fraction(spec["path"]))
+        return real(spec, timeout)
+    monkeypatch.setattr(U, "_child", child)
+    return seen
+
+
+def test_column_means_cached_times_the_loops_with_the_file_in_the_page_cache(tmp_path,
+                                                                             monkeypatch):
+    seen = _resident_at_each_child(monkeypatch)
+    [res] = U.case_column_means_cached(_ctx(tmp_path))
+    by = {e["name"]: e for e in res["contenders"]}
+    assert all(e["status"] == "ok" for e in by.values()), res["contenders"]
+    assert res["name"] == "column_means_cached" and res["params"]["cached"] is True
+    assert res["cache_state"].startswith("cached in large folios"), res["cache_state"]
+    assert "held in the page cache" in res["title"]
+    assert len(seen) >= 8 and min(seen) >= 0.99, seen  # every sample starts cached
+    rows = res["params"]["chunk_rows"]
+    plain, drop = by[f"mmarray chunks({rows})"], by[f"mmarray chunks({rows}, drop_behind=True)"]
+    assert plain["peak_rss"] - drop["peak_rss"] > 100 << 20, (plain["peak_rss"],
+                                                             drop["peak_rss"])
+    ratios = [d / p for d, p in zip(drop["samples_s"], plain["samples_s"])]
+    assert drop["info"]["time_vs_chunks"] == round(statistics.median(ratios), 3)
+    assert [t["text"] for t in res["targets"]] == [
+        "peak RSS of chunks(drop_behind=True) under 300 MiB",
+        "chunks(drop_behind=True) within 1.05× the time of chunks()"]
+    assert {t["status"] for t in res["targets"]} <= {"pass", "fail"}
+    assert not (tmp_path / "columns.f32").exists()
+
+
+def test_column_means_starts_every_sample_from_an_evicted_file(tmp_path, monkeypatch):
+    seen = _resident_at_each_child(monkeypatch)
+    [res] = U.case_column_means(_ctx(tmp_path))
+    assert res["params"]["cached"] is False
+    assert len(seen) >= 8 and max(seen) <= 0.01, seen
+
+
 def test_a_contender_reading_the_wrong_bytes_is_invalid(tmp_path, monkeypatch):
     real = U._child
 
