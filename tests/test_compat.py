@@ -255,6 +255,47 @@ def test_subclass_of_memmap_keeps_its_type_as_numpy_subclasses_do(path):
     assert type(fp[[0, 1]]) is Sub
 
 
+class _PickledSub(mmarray.memmap):
+    """A subclass at module level: pickle finds a class by its qualified name."""
+
+
+class _NumpySub(np.memmap):
+    """numpy's behaviour, the reference: a pickled subclass comes back as that subclass."""
+
+
+@pytest.mark.parametrize("mode", ["r", "r+", "w+", "c"])
+def test_subclass_of_memmap_unpickles_as_its_own_class_in_every_mode(path, mode):
+    with open(path, "wb") as f:
+        f.write(bytes(range(8)))
+    shape = 8 if mode == "w+" else None
+    reference = _NumpySub(path, dtype="u1", mode=mode, shape=shape)
+    assert type(pickle.loads(pickle.dumps(reference))) is _NumpySub
+    del reference
+    fp = _PickledSub(path, dtype="u1", mode=mode, shape=shape)
+    if mode != "r":
+        fp[:] = np.arange(8)  # ('w+' starts from zeros)
+    back = pickle.loads(pickle.dumps(fp[2:6]))
+    assert type(back) is _PickledSub
+    assert back.tolist() == [2, 3, 4, 5]
+    if mode != "c":  # 'r', 'r+', 'w+' pickle a reference: the same file, mapped again
+        assert mmarray.mapping_of(back) is not None
+        assert back.mode == ("r+" if mode == "w+" else mode)
+    fp.close()
+
+
+def test_memmap_pickled_before_the_class_was_stored_unpickles_as_memmap(path):
+    from mmarray._compat import _memmap_from_ref
+
+    with open(path, "wb") as f:
+        f.write(bytes(range(8)))
+    reference = mmarray.ref(mmarray.open(path, dtype="u1", mode="r").array)
+    old = _memmap_from_ref(reference, path, 0, "r")  # the four arguments of older pickles
+    assert type(old) is mmarray.memmap and old.tolist() == list(range(8))
+    with pytest.raises(TypeError, match="mmarray.memmap or a subclass of it, got <class "
+                                        "'numpy.ndarray'>"):
+        _memmap_from_ref(reference, path, 0, "r", np.ndarray)
+
+
 # -- close ------------------------------------------------------------------------------------
 
 def test_close_without_views_unmaps_once_the_memmap_is_released(path):

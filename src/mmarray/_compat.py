@@ -334,7 +334,8 @@ class memmap(np.memmap):
                 pass
             else:
                 mode = "r+" if self.mode == "w+" else self.mode
-                return (_memmap_from_ref, (reference, self.filename, self.offset, mode))
+                return (_memmap_from_ref, (reference, self.filename, self.offset, mode,
+                                           type(self)))
         by_value: tuple[Any, ...] = super().__reduce__()  # type: ignore[assignment]
         return by_value
 
@@ -474,16 +475,24 @@ def _dask_loads(header: dict[str, Any], frames: list[bytes]) -> memmap:
     return loaded
 
 
-def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str) -> memmap:
-    """Unpickle a memmap: map the referenced bytes and view them as a memmap whose
-    ``filename``, ``offset`` and ``mode`` are the pickled one's."""
+def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str,
+                     cls: type[memmap] | None = None) -> memmap:
+    """Unpickle a memmap: map the referenced bytes and view them as a ``cls`` (the pickled
+    memmap's class, mmarray.memmap or a subclass of it; mmarray.memmap for pickles made
+    before the class was stored) whose ``filename``, ``offset`` and ``mode`` are the pickled
+    one's."""
+    if cls is None:
+        cls = memmap
     if not isinstance(reference, ArrayRef) or mode not in ("r", "r+") or \
             reference.writable != (mode == "r+"):
         raise ValueError(f"a pickled mmarray.memmap holds an ArrayRef and mode 'r' (read-only) "
                          f"or 'r+' (writable), got {type(reference).__name__} and mode "
                          f"{mode!r:.50}")
+    if not (isinstance(cls, type) and issubclass(cls, memmap)):
+        raise TypeError(f"a pickled mmarray.memmap is rebuilt as mmarray.memmap or a subclass "
+                        f"of it, got {cls!r:.80}")
     array = reference.array
-    self = array.view(memmap)
+    self = array.view(cls)
     self._mmap = _mapping_of(array)
     self.filename = filename
     self.offset = offset
