@@ -291,9 +291,31 @@ def test_memmap_pickled_before_the_class_was_stored_unpickles_as_memmap(path):
     reference = mmarray.ref(mmarray.open(path, dtype="u1", mode="r").array)
     old = _memmap_from_ref(reference, path, 0, "r")  # the four arguments of older pickles
     assert type(old) is mmarray.memmap and old.tolist() == list(range(8))
-    with pytest.raises(TypeError, match="mmarray.memmap or a subclass of it, got <class "
-                                        "'numpy.ndarray'>"):
+    with pytest.raises(TypeError, match="mmarray.memmap or a subclass of it, got class "
+                                        "numpy.ndarray"):
         _memmap_from_ref(reference, path, 0, "r", np.ndarray)
+    with pytest.raises(TypeError, match="got a str"):
+        _memmap_from_ref(reference, path, 0, "r", "memmap")
+
+    class Loud(type):
+        def __repr__(cls):
+            raise RuntimeError("repr of a crafted class")
+
+    with pytest.raises(TypeError, match="got class .*Crafted"):
+        _memmap_from_ref(reference, path, 0, "r", Loud("Crafted", (), {}))
+
+
+def test_a_plain_memmap_pickles_with_the_four_fields_older_versions_read(path):
+    with open(path, "wb") as f:
+        f.write(bytes(range(8)))
+    fp = mmarray.memmap(path, dtype="u1", mode="r")
+    rebuild, fields = fp.__reduce__()
+    assert len(fields) == 4  # (reference, filename, offset, mode): no class for memmap itself
+    assert type(rebuild(*fields)) is mmarray.memmap
+    sub = _PickledSub(path, dtype="u1", mode="r")
+    assert sub.__reduce__()[1][4] is _PickledSub
+    fp.close()
+    sub.close()
 
 
 # -- close ------------------------------------------------------------------------------------

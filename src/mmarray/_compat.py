@@ -334,8 +334,12 @@ class memmap(np.memmap):
                 pass
             else:
                 mode = "r+" if self.mode == "w+" else self.mode
-                return (_memmap_from_ref, (reference, self.filename, self.offset, mode,
-                                           type(self)))
+                fields: tuple[Any, ...] = (reference, self.filename, self.offset, mode)
+                # The class only for a subclass: a plain memmap's pickle stays readable
+                # by versions whose _memmap_from_ref takes four arguments.
+                if type(self) is not memmap:
+                    fields += (type(self),)
+                return (_memmap_from_ref, fields)
         by_value: tuple[Any, ...] = super().__reduce__()  # type: ignore[assignment]
         return by_value
 
@@ -489,8 +493,11 @@ def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str,
                          f"or 'r+' (writable), got {type(reference).__name__} and mode "
                          f"{mode!r:.50}")
     if not (isinstance(cls, type) and issubclass(cls, memmap)):
+        # Named without repr(): a crafted class's metaclass may make that raise.
+        got = (f"class {getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}"
+               if isinstance(cls, type) else f"a {type(cls).__name__}")
         raise TypeError(f"a pickled mmarray.memmap is rebuilt as mmarray.memmap or a subclass "
-                        f"of it, got {cls!r:.80}")
+                        f"of it, got {got:.120}")
     array = reference.array
     self = array.view(cls)
     self._mmap = _mapping_of(array)
