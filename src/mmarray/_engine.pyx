@@ -525,8 +525,9 @@ cdef class Region:
         memset(&self.view, 0, sizeof(mm_view))
         _unregister(self)
         # Without the GIL even for a small read-only view (holding it would save ~0.03x of a
-        # 4 KiB open+close): munmap(2) of a FUSE file waits for the file's dirty pages to be
-        # written (fs/fuse/file.c, fuse_vma_close), which needs the FUSE server, and a server
+        # 4 KiB open+close): munmap(2) of any FUSE mapping, read-only ones included, writes
+        # the file's inode out and waits (fs/fuse/file.c, fuse_vma_close): when the file is
+        # dirty (data written by another writer) that needs the FUSE server, and a server
         # running in a thread of this process needs the GIL.
         with nogil:
             status = mm_unmap(&view, &err)
