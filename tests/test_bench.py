@@ -526,6 +526,7 @@ def _huge_pages_madvised(flag):
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
 def test_anon_huge_fraction_says_which_page_size_an_array_is_in():
     assert T.anon_huge_fraction(np.ones(0)) is None
+    assert T.anon_huge_fraction(np.ones(1 << 20)[::1024]) is None  # not contiguous: unsaid
     old = _huge_pages_madvised(False)
     try:
         small_pages = np.ones(1 << 22)  # 32 MiB that numpy does not madvise: 4 KiB pages
@@ -555,11 +556,14 @@ def test_the_cached_scans_are_bounded_by_the_files_pages_pre_mapped(quick_run):
         roles = {e["name"]: e["role"] for e in case["contenders"]}
         # numpy's in-memory array is other memory (2 MiB pages, a file cached in 4 KiB pages
         # cannot be): the limit is the file's pages mapped and populated before the clock
-        assert roles["pre-mapped pages: sum + unmap"] == "limit", roles
+        # (the unmap, which a second thread can overlap, is not part of the bound)
+        assert roles["pre-mapped pages: sum"] == "limit", roles
+        assert roles["pre-mapped pages: sum, then unmap (info)"] == "other", roles
         assert roles["in-memory np.sum (info)"] == "other", roles
-        assert case["limit"] == "pre-mapped pages: sum + unmap"
+        assert case["limit"] == "pre-mapped pages: sum"
         assert [t["against"] for t in case["targets"]] == ["limit"]
         assert any(n.startswith("in-memory array: ") for n in case["notes"]), case["notes"]
-        pre = next(e for e in case["contenders"] if e["name"].startswith("pre-mapped pages"))
-        assert pre["status"] == "ok" and pre["median"] > 0, pre["reason"]
-        assert pre["vs_limit"] == 1.0
+        pre = {e["name"]: e for e in case["contenders"] if e["name"].startswith("pre-mapped")}
+        for e in pre.values():
+            assert e["status"] == "ok" and e["median"] > 0, e["reason"]
+        assert pre["pre-mapped pages: sum"]["vs_limit"] == 1.0

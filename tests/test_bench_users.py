@@ -88,6 +88,23 @@ def test_column_means_starts_every_sample_from_an_evicted_file(tmp_path, monkeyp
     assert len(seen) >= 8 and max(seen) <= 0.01, seen
 
 
+def test_column_means_cached_is_unavailable_when_the_file_does_not_stay_cached(tmp_path,
+                                                                              monkeypatch):
+    real = T.set_cache_state
+
+    def short_of_memory(path, state):
+        info = real(path, state)
+        T.evict(path)  # as if the kernel had to drop the pages at once
+        return dict(info, resident=0.4, verified=False)
+    monkeypatch.setattr(T, "set_cache_state", short_of_memory)
+    [res] = U.case_column_means_cached(_ctx(tmp_path))
+    for e in res["contenders"]:
+        assert e["status"] == "skipped", e
+        assert "does not stay in the page cache (40% resident" in e["reason"], e["reason"]
+    assert {t["status"] for t in res["targets"]} == {"n/a"}
+    assert not (tmp_path / "columns.f32").exists()
+
+
 def test_a_contender_reading_the_wrong_bytes_is_invalid(tmp_path, monkeypatch):
     real = U._child
 

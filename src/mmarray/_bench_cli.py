@@ -152,8 +152,11 @@ def _other(case, t):
 
 
 def _value(t, v):
-    """A value target's figure, with its unit (``at_most`` targets on a contender's info)."""
+    """A value target's figure, with its unit (``at_most`` targets on a contender's info); a
+    ratio with three decimals, so that one just past its bound never prints as the bound."""
     unit = t.get("unit") or ""
+    if unit == "×" and isinstance(v, (int, float)) and math.isfinite(v):
+        return f"{v:.3f} ×"
     return f"{_num(v)} {unit}".rstrip()
 
 
@@ -236,8 +239,8 @@ def format_table(report):
                     shown = f"takes {1 / t['measured']:.3f}× the time of {_other(case, t)}"
                     need = f"≤ {1 / t['required']:.3f}×"
                 else:
-                    shown = f"{t['measured']:.2f}× the speed of {_other(case, t)}"
-                    need = f"≥ {t['required']:.2f}×"
+                    shown = f"{t['measured']:.3f}× the speed of {_other(case, t)}"
+                    need = f"≥ {t['required']:.3f}×"
                 lines.append(f"   target {t['text']}: {status} — {t['contender']} {shown} "
                              f"(needs {need})")
         for note in case.get("notes", []):
@@ -253,9 +256,9 @@ def format_table(report):
             elif t["against"] == "value":
                 got = f"{t['contender']}: {_num(t['measured'])}"
             elif t.get("as_time"):
-                got = f"{t['contender']}: {1 / t['measured']:.2f}× the time of {_other(case, t)}"
+                got = f"{t['contender']}: {1 / t['measured']:.3f}× the time of {_other(case, t)}"
             else:
-                got = f"{t['contender']}: {t['measured']:.2f}× the speed of {_other(case, t)}"
+                got = f"{t['contender']}: {t['measured']:.3f}× the speed of {_other(case, t)}"
             lines.append(f"   {t['status'].upper():<5} {case['name']}: {t['text']} — {got}")
     s = report.get("summary", {})
     tg = s.get("targets", {})
@@ -275,9 +278,9 @@ def _md_target(case, t):
     elif t["against"] == "value":
         got = _num(t["measured"])
     elif t.get("as_time"):
-        got = f"{1 / t['measured']:.2f}× the time"
+        got = f"{1 / t['measured']:.3f}× the time"
     else:
-        got = f"{t['measured']:.2f}×"
+        got = f"{t['measured']:.3f}×"
     return f"{t['text']}: {status} ({got})"
 
 

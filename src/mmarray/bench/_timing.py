@@ -441,14 +441,16 @@ def mappings_of(path):
 
 
 def anon_huge_fraction(array):
-    """The fraction of ``array``'s bytes held in anonymous huge pages (AnonHugePages of the
-    mappings it lies in, /proc/self/smaps; see proc(5)), or None where the kernel does not
-    say. numpy puts arrays of 4 MiB and more in 2 MiB pages when transparent huge pages are
-    allowed (madvise(MADV_HUGEPAGE))."""
+    """The fraction of a contiguous ``array``'s bytes held in anonymous huge pages, or None
+    where the kernel does not say (and for an empty or non-contiguous array). Counted per
+    mapping (AnonHugePages of each mapping the array's bytes lie in, /proc/self/smaps; see
+    proc(5)), so meant for an array that has its mappings to itself: a large one (numpy puts
+    arrays of 4 MiB and more in 2 MiB pages when transparent huge pages are allowed, with
+    madvise(MADV_HUGEPAGE))."""
+    if array.nbytes == 0 or not (array.flags.c_contiguous or array.flags.f_contiguous):
+        return None
     start = array.__array_interface__["data"][0]
     end = start + array.nbytes
-    if array.nbytes == 0:
-        return None
     huge = 0
     inside = False
     found = False

@@ -262,9 +262,8 @@ _EVICTED_NOTE = (
     "cache")
 _CACHED_NOTE = (
     "the file is read into the page cache before the rounds (large folios) and checked before "
-    "every sample: no page is allocated in the timed part, so the time target is judged "
-    "without the machine's memory noise: what drop_behind adds is then its own work (a "
-    "madvise(MADV_DONTNEED) per chunk passed)")
+    "every sample: no page-cache page is allocated in the timed part, so the time target is "
+    "judged without the machine's memory noise")
 
 
 def _column_means(ctx, cached):
@@ -280,12 +279,16 @@ def _column_means(ctx, cached):
             (f"mmarray chunks({chunk_rows})", "mmarray"),
             (f"mmarray chunks({chunk_rows}, drop_behind=True)", "mmarray")]
     drop_name = ways[3][0]
+    unavailable = None
     if cached:
         ctx.progress(f"putting {os.path.basename(path)} in the page cache")
         state = T.set_cache_state(path, "large")
         restored = []
         cache_state = (T.describe_cache_state(state) + "; checked (and restored if needed) "
                        "before every sample")
+        if state["resident"] < 0.99:
+            unavailable = (f"the file does not stay in the page cache ({state['resident']:.0%} "
+                           f"resident right after reading it): not enough free memory")
     else:
         cache_state = ("evicted before every sample; the file is sparse past its first chunk "
                        "(holes read as zero pages through the page cache: no disk I/O, so "
@@ -296,13 +299,16 @@ def _column_means(ctx, cached):
             T.evict(path)  # the same cold start for every contender (sparse: no disk I/O)
             return
         frac = T.resident_fraction(path)
-        if frac < 0.99:  # the same cached file for every contender
+        if frac < 0.99:  # the same cached file, in the same state, for every contender
             restored.append(f"{frac:.1%}")
-            if not T.set_cache_state(path, "large")["resident"] >= 0.99:
-                raise T.Invalid(f"file no longer cached ({frac:.1%}) and could not be read "
-                                f"back; sample dropped")
+            if not T.set_cache_state(path, "large")["verified"]:
+                raise T.Invalid(f"file no longer cached ({frac:.1%}) and its state could not "
+                                f"be restored; sample dropped")
 
     def make(way, info):
+        if unavailable:
+            raise T.Unavailable(unavailable)
+
         def run():
             prepare()
             out = _child({"kind": "means", "way": way, "path": path, "rows_total": rows,
