@@ -158,6 +158,9 @@ def test_list_and_case_selection(tmp_path):
     assert "share_pool, share_joblib" in listed["share"]
     assert "dask_mean" in listed["dask"]
     assert "resize, append" in listed["append"]
+    # the descriptions start in one column, past the longest name (column_means_cached)
+    starts = {line.index(line.split(None, 1)[1]) for line in listed.values()}
+    assert len(starts) == 1 and starts.pop() > len("column_means_cached"), listed
     proc = _bench("--cases", "no_such_case*", cwd=str(tmp_path))
     assert proc.returncode == 2
     assert "matches no case" in proc.stderr

@@ -535,9 +535,10 @@ def run(args, progress):
     cases_mod, T, bench_dir = load_benchmarks(args.bench_dir)
     if args.list:
         names = getattr(cases_mod, "RESULT_NAMES", {})
+        width = max((len(name) for name, _, _ in cases_mod.CASES), default=0)
         for name, _, desc in cases_mod.CASES:
             also = f" (reports {', '.join(names[name])})" if name in names else ""
-            print(f"{name:<18} {desc}{also}")
+            print(f"{name:<{width}}  {desc}{also}")
         return None
     if args.plot:
         _need_matplotlib()
