@@ -638,17 +638,13 @@ def _cached_sum_case(ctx, state):
             a = m.array
             try:
                 m.advise("populate_read")
-            except BaseException:
-                del a
-                m.close()
-                raise
-            with T.Stopwatch() as sw:
-                s = a.sum()
-                if unmap_timed:
-                    del a
-                    m.close()
-            if not unmap_timed:
-                del a
+                with T.Stopwatch() as sw:
+                    s = a.sum()
+                    if unmap_timed:
+                        del a
+                        m.close()
+            finally:
+                a = None  # the array first: close() then unmaps at once (idempotent)
                 m.close()
             _check_sum(expected, s)
             _unmapped(path)
