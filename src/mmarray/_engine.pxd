@@ -34,9 +34,17 @@ cdef class Region:
     # kept mapped for the arrays made on them (a list of _Retired, None until the first).
     cdef Py_ssize_t _generation
     cdef object _retired
+    # The resize running on this region (Mapping.resize: _begin_resize to _end_resize): the
+    # thread running it, how deeply it nests, and the fork generation it began in (a child
+    # forked meanwhile has no such thread: the mark is stale there).
+    cdef unsigned long _resizer
+    cdef Py_ssize_t _resize_depth
+    cdef Py_ssize_t _resize_fork
     cdef object __weakref__
 
     cdef int _acquire(self) except -1
+    cdef bint _resized_elsewhere(self)
+    cdef int _refuse_while_resized(self) except -1
     cdef int _release(self) except -1
     cdef int _release_export(self, Py_ssize_t generation) except -1
     cdef int _retire(self, mm_view view) except -1

@@ -46,6 +46,7 @@ cdef extern from "Python.h":
     ctypedef struct PyTypeObject:
         object (*tp_new)(PyTypeObject *, PyObject *, PyObject *)
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
+    unsigned long PyThread_get_thread_ident()
 
 
 cdef extern from "numpy/arrayobject.h":
@@ -332,6 +333,22 @@ cdef class Region:
         self._exports += 1
         return 0
 
+    cdef bint _resized_elsewhere(self):
+        # A resize runs in another thread of this process (not a stale mark from before a
+        # fork: the thread that ran it is not in the child).
+        return self._resize_depth != 0 and self._resize_fork == _fork_generation \
+            and self._resizer != PyThread_get_thread_ident()
+
+    cdef int _refuse_while_resized(self) except -1:
+        # What would use the region without the GIL, pin its view or hand out a raw pointer
+        # waits for no resize: it is refused while one runs in another thread, whose swap of
+        # the view it could otherwise race (the resize releases the GIL on the way: fstat,
+        # writes, fsync).
+        if self._resized_elsewhere():
+            raise BufferError("another thread is resizing this mapping: retry once the "
+                              "resize is done")
+        return 0
+
     cdef int _release(self) except -1:
         self._exports -= 1
         if self._exports == 0 and self._closed:
@@ -358,12 +375,39 @@ cdef class Region:
         file."""
         if self._closed:
             raise ValueError("mapping is closed")
+        if self._resized_elsewhere():
+            raise BufferError("another thread is resizing this mapping: resize once it is "
+                              "done")
         if self._busy or self._pins:
             raise BufferError("an operation (flush, prefetch, chunks) is using the mapping: "
                               "resize once it is done")
         if self._raw_exported:
             raise BufferError("the Mapping was used as a plain-bytes buffer, whose users it "
                               "cannot count: it cannot be resized or moved to another file")
+
+    def _begin_resize(self):
+        """Mark a resize as running in this thread, until :meth:`_end_resize` (call both,
+        the second in a ``finally``). Meanwhile other threads' operations that run without
+        the GIL, pins, raw buffers and resizes are refused (BufferError), so the checks a
+        resize makes before it writes the file still hold when it moves the view. The same
+        thread may nest (NpyMapping.resize calls Mapping.resize). Raises what
+        :meth:`_check_movable` raises, and BufferError while another thread resizes."""
+        if self._resized_elsewhere():
+            raise BufferError("another thread is resizing this mapping: resize once it is "
+                              "done")
+        if self._resize_depth == 0 or self._resize_fork != _fork_generation:
+            self._check_movable()
+            self._resize_depth = 0
+        self._resizer = PyThread_get_thread_ident()
+        self._resize_fork = _fork_generation
+        self._resize_depth += 1
+
+    def _end_resize(self):
+        """End the mark :meth:`_begin_resize` set (a no-op for another thread or none)."""
+        if self._resize_depth and self._resizer == PyThread_get_thread_ident():
+            self._resize_depth -= 1
+            if self._resize_depth == 0:
+                self._resizer = 0
 
     def _own_views(self, st_dev, st_ino):
         """How many of the live views of file (st_dev, st_ino) that ``live_views`` counts
@@ -387,11 +431,10 @@ cdef class Region:
         cdef int status
         cdef mm_view fresh, old
         cdef uint64_t length
-        if self._closed:
-            raise ValueError("mapping is closed")
-        if self._busy or self._raw_exported:
-            raise BufferError("the mapping is in use by an operation or a raw buffer: it "
-                              "cannot move to another file")
+        self._check_movable()        # closed, busy, pinned, raw buffer, another resize
+        if self._readonly or self.view.access != MM_WRITE:
+            raise ValueError("only a writable (mode 'r+' or 'w+') mapping moves to another "
+                             "file")
         shape, nbytes = _shape_nbytes(shape, self._dtype.itemsize)
         length = nbytes
         if length == 0 or self.view.data == NULL or self.view.data == &_empty_byte:
@@ -439,12 +482,18 @@ cdef class Region:
         self._retired.append(retired)
         return 0
 
-    def _resize(self, int fd, uint64_t length, tuple shape, bint grow):
+    def _resize(self, int fd, uint64_t length, tuple shape, bint grow, bint cut=False):
         """Map ``length`` bytes from the same offset instead (``fd``: the same file, open for
         writing; checked), and take ``shape``. Arrays made before keep the view they were
         made on, mapped until they are gone (a _Retired); with none, the view is moved in
-        place (mm_remap). Refused while an operation runs without the GIL or after a raw
-        buffer export, whose users this cannot count."""
+        place (mm_remap). Refused while an operation runs without the GIL, after a raw
+        buffer export, whose users this cannot count, and while another thread resizes.
+
+        With ``cut``, the file is then truncated where the new view ends: refused
+        (BufferError) while any array of this mapping, or any other view of the file in this
+        process, is alive, checked in the same step as the move; maps of the file that race
+        the truncation see it and map again (as for a 'w+' reset)."""
+        global _epoch
         cdef mm_error err
         cdef int status
         cdef mm_view fresh
@@ -456,42 +505,72 @@ cdef class Region:
         if <uint64_t>nbytes != length:
             raise ValueError(f"shape {shape} of dtype {self._dtype} is {nbytes} bytes, not "
                              f"{length}")
-        st = _os.fstat(fd)
+        st = _os.fstat(fd)           # releases the GIL: everything is checked again below
+        # From here to the swap nothing releases the GIL: what is checked now still holds
+        # when the view moves (another thread's flush or populating loop works on self.view
+        # without the GIL, so the view must not move under it).
+        self._check_movable()
         if (<uint64_t>st.st_dev, <uint64_t>st.st_ino) != (self.view.file_id[0],
                                                             self.view.file_id[1]):
             raise ValueError(f"{self._filename!r} is no longer the file this mapping maps "
                              f"(replaced or renamed over since): refusing to resize into it")
-        if self._exports == 0:
-            _unguard(self)
-            # With the GIL held: another thread's array, close() or resize() must not see the
-            # view while it moves (mremap takes microseconds).
-            status = mm_remap(&self.view, fd, self._offset, length, flags, &err)
-            if _guard_enabled:
-                _guard(self)         # the view, moved or not, guarded again
-            if status != MM_OK:
-                _raise(&err, self._filename, self._offset, length)
-        else:
-            # With the GIL held too: a concurrent resize or close must not retire or unmap
-            # self.view between this map and the swap below.
-            status = mm_map_handle(fd, self.view.access, self._offset, length, flags, &fresh,
-                                   &err)
-            if status != MM_OK:
-                _raise(&err, self._filename, self._offset, length)
-            self._faults_at_unmap += mm_guard_faults(&self.view)   # carried over
-            self._retire(self.view)      # keeps its guard slot: faults there still count
-            self.view = fresh
-            self._exports = 0
-            self._generation += 1
-            self._guard_token = 0
-            if _guard_enabled:
-                _guard(self)
-        self._shape = shape
+        key = None
+        if cut:
+            if self._exports:
+                raise BufferError(f"cannot truncate {self._filename!r}: {self._exports} "
+                                  f"array(s) of this mapping are alive over the part that "
+                                  f"would be cut")
+            if _live_count(self.view.file_id[0], self.view.file_id[1]) > 1:
+                raise BufferError(f"cannot truncate {self._filename!r}: other mappings of it "
+                                  f"are alive in this process")
+            key = (self.view.file_id[0], self.view.file_id[1])
+            if key in _truncating:
+                raise BufferError(f"cannot truncate {self._filename!r}: another thread is "
+                                  f"resetting or truncating it")
+            # Marked as a 'w+' reset marks its file: a map of it from now on maps again.
+            _epoch += 1
+            _truncating[key] = True
+            _truncated_at[key] = _epoch
+        try:
+            if self._exports == 0:
+                _unguard(self)
+                # With the GIL held: another thread's array, close() or resize() must not see
+                # the view while it moves (mremap takes microseconds).
+                status = mm_remap(&self.view, fd, self._offset, length, flags, &err)
+                if _guard_enabled:
+                    _guard(self)     # the view, moved or not, guarded again
+                if status != MM_OK:
+                    _raise(&err, self._filename, self._offset, length)
+            else:
+                # With the GIL held too: a concurrent resize or close must not retire or
+                # unmap self.view between this map and the swap below.
+                status = mm_map_handle(fd, self.view.access, self._offset, length, flags,
+                                       &fresh, &err)
+                if status != MM_OK:
+                    _raise(&err, self._filename, self._offset, length)
+                self._faults_at_unmap += mm_guard_faults(&self.view)   # carried over
+                self._retire(self.view)  # keeps its guard slot: faults there still count
+                self.view = fresh
+                self._exports = 0
+                self._generation += 1
+                self._guard_token = 0
+                if _guard_enabled:
+                    _guard(self)
+            self._shape = shape
+            if cut:
+                # Nothing maps past the new end now (no array, no other view: checked above);
+                # an array taken meanwhile is made on the new view.
+                _os.ftruncate(fd, self._offset + length)
+        finally:
+            if key is not None:
+                _end_truncation(key)
 
     # An operation that uses the region without the GIL (flush, advise, resident, a
     # populating loop) holds an export for its duration, counted as "busy" too: a child
     # forked meanwhile has no thread to release it, and drops it (_reset_after_fork).
     cdef Py_ssize_t _acquire_busy(self) except -1:
         # Returns the fork generation the release must match.
+        self._refuse_while_resized()
         self._acquire()
         self._busy += 1
         _busy_regions[id(self)] = self
@@ -746,6 +825,7 @@ cdef class Region:
             buffer.obj = array
             PyBuffer_Release(&typed)     # numpy keeps no per-buffer state to release
             return
+        self._refuse_while_resized()  # a raw pointer is refused a move: not mid-resize
         self._acquire()
         self._raw_exported = True  # see _unmap_now: the consumer may outlive its export
         _fill_buffer(self, buffer, self, flags)
@@ -1700,6 +1780,7 @@ cdef class _Pin:
     a forked child keeps it: the loop that owns it runs on there and releases it."""
 
     def __cinit__(self, Region mapping not None):
+        mapping._refuse_while_resized()
         mapping._acquire()           # ValueError if closed
         mapping._pins += 1
         self.mapping = mapping
@@ -1774,6 +1855,10 @@ cdef class _PopulateAhead:
         cdef int status
         generation = self.mapping._acquire_busy()  # the region stays mapped while it runs
         try:
+            if self.end > self.mapping.view.length:
+                raise ValueError(f"the mapping was resized to {self.mapping.view.length} "
+                                 f"bytes since this populating loop was set up for bytes "
+                                 f"{self.start} to {self.end}")
             with nogil:
                 status = mm_populate_ahead(&self.mapping.view, self.start, self.end, self.step,
                                            self.window, &self.consumer, &self.stop,

@@ -177,8 +177,9 @@ class Mapping(_engine.Region):
             new size is zero, or ``truncate`` would cut data after the mapping.
         BufferError
             ``truncate`` while arrays or other mappings of the file in this process are
-            alive (they would fault), or an operation (``flush``, ``prefetch``, ``chunks``)
-            is running on the mapping.
+            alive (they would fault), an operation (``flush``, ``prefetch``, ``chunks``) is
+            running on the mapping, or another thread is resizing it. While a resize runs,
+            those operations started by other threads raise :class:`BufferError` too.
 
         Examples
         --------
@@ -215,17 +216,23 @@ class Mapping(_engine.Region):
                              f"mapping; expected a size below 2**63 bytes in all")
         old_end = self.offset + self.nbytes
         end = self.offset + nbytes
-        fd = os.open(filename, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
-                     | getattr(os, "O_BINARY", 0))
+        # Until the end, other threads' flush, advise, prefetch, chunks loops, raw buffers
+        # and resizes are refused: the checks below still hold when the view moves.
+        self._begin_resize()
         try:
-            cut = truncate and end < old_end
-            if cut:
-                self._check_cut(fd, old_end, end)
-            self._resize(fd, nbytes, dims, True)
-            if cut:
-                os.ftruncate(fd, end)  # nothing maps past `end` now (checked above)
+            fd = os.open(filename, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+                         | getattr(os, "O_BINARY", 0))
+            try:
+                cut = truncate and end < old_end
+                if cut:
+                    self._check_cut(fd, old_end, end)
+                # With cut, the engine checks again (arrays, other views) in the step that
+                # moves the view, and truncates the file.
+                self._resize(fd, nbytes, dims, True, cut)
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            self._end_resize()
 
     def _check_cut(self, fd: int, old_end: int, end: int) -> None:
         """Refuse a truncation that would pull pages from under arrays or other mappings, or
@@ -367,6 +374,8 @@ class Mapping(_engine.Region):
         ------
         ValueError
             The mapping is closed.
+        BufferError
+            Another thread is resizing the mapping (:meth:`resize`): retry once it is done.
         OSError
             The write-back failed (for example EIO).
         """
@@ -392,6 +401,13 @@ class Mapping(_engine.Region):
             (``PrefetchVirtualMemory``) and the others are no-ops.
         start, stop : int, optional
             Row range as for :meth:`flush`.
+
+        Raises
+        ------
+        ValueError
+            Unknown advice, advice the mode forbids, or the mapping is closed.
+        BufferError
+            Another thread is resizing the mapping (:meth:`resize`): retry once it is done.
 
         Examples
         --------

@@ -41,8 +41,10 @@ class NpyMapping(Mapping):
         Raises
         ------
         ValueError
-            Another dimension changes, the array is 0-d, or the file's header is not the one
-            this mapping was made from.
+            Another dimension changes, the array is 0-d, the file's header is not the one
+            this mapping was made from, or (to grow) bytes follow the data in the file:
+            another array saved after this one, or rows a shrink without ``truncate`` left,
+            which a larger shape would take as rows.
 
         numpy's headers have room for the growth axis to reach 21 digits; a header without
         room is rewritten once with room (a copy of the file written, synced and renamed
@@ -91,7 +93,17 @@ class NpyMapping(Mapping):
         if self._header_length + 4096 + nbytes >= 1 << 63:
             raise ValueError(f"shape {new} of dtype {self.dtype} is {nbytes} bytes, more than "
                              f"a .npy file can hold; expected a size below 2**63 bytes")
-        self._check_movable()    # what the engine refuses, before the file is written
+        # Until the end, other threads' flush, advise, prefetch, chunks loops, raw buffers
+        # and resizes are refused: what the engine would refuse is refused now, before the
+        # file is written (a rewrite with room renames a copy over the name).
+        self._begin_resize()
+        try:
+            self._resize_npy(filename, old, new, nbytes, truncate)
+        finally:
+            self._end_resize()
+
+    def _resize_npy(self, filename: str, old: tuple[int, ...], new: tuple[int, ...],
+                    nbytes: int, truncate: bool) -> None:
         fd = os.open(filename, _fmt.O_WRITE)
         try:
             header = _fmt.read_at(fd, 0, self._header_length)
@@ -104,6 +116,16 @@ class NpyMapping(Mapping):
                     found[2] != old:
                 raise ValueError(f"{filename!r} no longer has the header this mapping was made "
                                  f"from: refusing to rewrite it")
+            data_end = self.offset + self.nbytes
+            if nbytes > self.nbytes and st.st_size > data_end:
+                # numpy.load ignores them; a larger shape would claim them as rows (and a
+                # rewrite with room would drop them): another array saved after this one
+                # (np.save twice into one file), or rows a shrink without truncate left.
+                raise ValueError(f"{filename!r} has {st.st_size - data_end} bytes after the "
+                                 f"array's data (which ends at byte {data_end}), which a "
+                                 f"larger shape would take as rows: refusing to grow it; "
+                                 f"expected nothing after the data (truncate the file at "
+                                 f"{data_end} bytes if those bytes are not needed)")
             grown = _append._grown_header(header, new, repr(filename))
             if grown is None:
                 # No room in the header: the file is rewritten once with numpy's room (a copy
