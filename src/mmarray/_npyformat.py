@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import errno
+import hashlib
 import io
 import operator
 import os
@@ -427,13 +428,53 @@ _TEMP_TAIL = re.compile(r"([1-9][0-9]{0,9})\.[0-9a-f]{12}" + re.escape(_TEMP_SUF
 _PID_MAX = 2**31 - 1  # pid_t
 
 
+_TEMP_FIXED = 1 + 1 + 10 + 1 + 12 + len(_TEMP_SUFFIX)  # ".", ".", pid (at most 10 digits), ...
+
+
+def _name_max(directory: str) -> int:
+    """The longest file name (in bytes) ``directory`` takes: ``PC_NAME_MAX``, else 255."""
+    try:
+        n = os.pathconf(directory or ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such directory, Windows, ...
+        return 255
+    return n if isinstance(n, int) and n > 0 else 255
+
+
+def _temp_base(directory: str, base: str) -> str:
+    """The part of ``base`` a temporary's name holds: ``base`` itself when the whole name
+    fits the directory's name limit, else a prefix of it, ``~`` and 16 hex digits of a hash
+    of ``base`` (the same for the same ``base``, so `_remove_stale_temps` finds them)."""
+    room = _name_max(directory) - _TEMP_FIXED
+    encoded = os.fsencode(base)
+    if len(encoded) <= room:
+        return base
+    digest = "~" + hashlib.sha256(encoded).hexdigest()[:16]
+    keep = room - len(digest)
+    if keep < 1:
+        return digest[1:][:max(room, 1)]
+    prefix = base[:keep]  # every character takes at least one byte
+    while prefix and len(os.fsencode(prefix)) > keep:
+        prefix = prefix[:-1]
+    return prefix + digest
+
+
+def _named(exc: OSError, path: Any, what: str) -> OSError:
+    """``exc`` (raised for a temporary of ``path``) again, naming ``path`` instead."""
+    return OSError(exc.errno, f"{exc.strerror} ({what})", os.fsdecode(path))
+
+
 def temp_sibling(path: Any) -> tuple[int, Any]:
     """Create a new empty hidden file next to ``path``; return (fd, temp path).
 
-    Its name is ``.{base}.{pid}.{12 hex digits}.mmarray-tmp``; temporaries for the same
-    ``path`` left by processes that are gone are removed first (see `_remove_stale_temps`).
+    Its name is ``.{base}.{pid}.{12 hex digits}.mmarray-tmp``, with ``base`` shortened (a
+    prefix and a hash of it, see `_temp_base`) when the whole name would exceed the
+    directory's ``PC_NAME_MAX``. Temporaries for the same ``path`` left by processes that
+    are gone are removed first (see `_remove_stale_temps`). An error creating it is an
+    OSError naming ``path``, not the temporary.
     """
+    path = os.fsdecode(path)
     directory, base = os.path.split(path)
+    base = _temp_base(directory, base)
     _remove_stale_temps(directory, base)
     for _ in range(100):
         tmp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(6).hex()}"
@@ -442,6 +483,8 @@ def temp_sibling(path: Any) -> tuple[int, Any]:
             return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666), tmp
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise _named(exc, path, "creating a temporary file next to it") from exc
     raise FileExistsError(17, "cannot create a temporary file next to", path)  # pragma: no cover
 
 
@@ -479,7 +522,7 @@ def _remove_stale_temps(directory, base):
             pass
 
 
-def fsync_directory(path):
+def fsync_directory(path: Any) -> None:
     """fsync the directory holding ``path``, so that a rename into it survives a power loss.
 
     POSIX only (Windows cannot open a directory for this); skipped where the directory
@@ -506,7 +549,10 @@ def replace_durably(tmp: Any, path: Any) -> None:
     With the data synced before and the directory entry after, a crash or power loss leaves
     either the old file or the complete new one at ``path``, never an empty or partial one.
     """
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _named(exc, path, "renaming the complete temporary file over it") from exc
     fsync_directory(path)
 
 

@@ -31,6 +31,7 @@ __all__ = ["save_npz"]
 # zipfile's thresholds: it switches to ZIP64 above 2 GiB - 1, as do we.
 _ZIP64_LIMIT = (1 << 31) - 1
 _ZIP_FILECOUNT_LIMIT = (1 << 16) - 1
+_NAME_MAX = 0xFFFF  # the 16-bit name length fields of the local header and directory entry
 #: Alignment of every member's array data in archives written by `save_npz`.
 ALIGN = 64
 _ALIGN_EXTRA_ID = 0xD935          # the extra field Android's zipalign pads with
@@ -66,8 +67,11 @@ def save_npz(file, /, **arrays):
     Raises
     ------
     ValueError
-        An array of object dtype or itemsize 0, a file object that cannot seek or is open in
-        append mode, or a path holding a null byte.
+        An array of object dtype or itemsize 0, a member name that is not valid in a zip
+        archive (longer than 65535 bytes in UTF-8 with its ``.npy`` suffix, not encodable
+        as UTF-8, or holding a null byte, at which zip readers cut it), a file object that
+        cannot seek or is open in append mode, or a path holding a null byte. Checked
+        before anything is written.
     TypeError
         ``file`` is neither a path nor a writable file object.
     OSError
@@ -84,6 +88,8 @@ def save_npz(file, /, **arrays):
     ...     [npz[k].offset % 64 for k in npz]
     [0, 0]
     """
+    for key in arrays:
+        _check_name(key)
     members = []
     for key, value in arrays.items():
         arr = np.asarray(value)
@@ -127,6 +133,35 @@ def save_npz(file, /, **arrays):
                          f"written back after its data, would land there; open it with 'wb' "
                          f"or 'r+b'")
     _write_archive(file, members)
+
+
+def _check_name(key):
+    """ValueError naming the member unless ``key + '.npy'`` can be a zip member's name that
+    every reader reads back as ``key``: UTF-8 encodable, at most 65535 bytes (the length
+    fields of the local header and the directory entry are 16 bits), no NUL (``zipfile``, so
+    ``np.load``, cuts names at the first one)."""
+    shown = _short(key)
+    if not isinstance(key, str):  # pragma: no cover - keyword names are always str
+        raise TypeError(f"member name {shown} is not a str")
+    try:
+        raw = (key + ".npy").encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"member name {shown} cannot be encoded as UTF-8 (character "
+                         f"{key[exc.start]!r} at index {exc.start}); expected a name a zip "
+                         f"archive can hold") from None
+    if len(raw) > _NAME_MAX:
+        raise ValueError(f"member name {shown} is {len(raw)} bytes in UTF-8 with its '.npy' "
+                         f"suffix, more than the {_NAME_MAX} a zip member's name can have; "
+                         f"expected at most {_NAME_MAX - 4} bytes")
+    if "\0" in key:
+        raise ValueError(f"member name {shown} contains a null byte (\\0) at index "
+                         f"{key.index(chr(0))}; zip readers (zipfile, so np.load) cut names "
+                         f"there, so the member would read back as {key[:key.index(chr(0))]!r}")
+
+
+def _short(key, limit=60):
+    text = repr(key)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(key)} characters)"
 
 
 def _write_archive(fp, members):

@@ -22,6 +22,7 @@ Layout facts used below (APPNOTE.TXT, section 4.3):
 from __future__ import annotations
 
 import operator
+import os
 import struct
 import sys
 
@@ -159,6 +160,17 @@ def _find_eocd(tail, end):
 _by_offset = operator.attrgetter("lho")
 
 
+def _zipfile_name(member):
+    """The name ``zipfile`` (so ``np.load``) gives a member named ``member`` in the
+    directory: cut at the first null byte, ``os.sep`` made ``/`` (``ZipInfo.__init__``)."""
+    nul = member.find("\0")
+    if nul >= 0:
+        member = member[:nul]
+    if os.sep != "/" and os.sep in member:  # pragma: no cover - Windows
+        member = member.replace(os.sep, "/")
+    return member
+
+
 def _parse_entries(cd, cd_start, count, concat, name):
     entries = []
     p, n = 0, len(cd)
@@ -191,6 +203,7 @@ def _parse_entries(cd, cd_start, count, concat, name):
         if method == STORED and csize != usize:
             raise _bad(name, f"member {member!r} is stored uncompressed but its sizes differ "
                              f"({csize} stored, {usize} uncompressed)")
+        member = _zipfile_name(member)
         e = Entry()
         e.key = member[:-4] if member.endswith(".npy") else member
         e.name, e.raw, e.flags, e.method, e.crc = member, raw, flags, method, crc

@@ -1,0 +1,266 @@
+"""append_npy and the create-by-rename writers never lose data (audit 2, s20): bytes after the
+data are refused unless they are an unfinished append's own leftover, appends from several
+processes are serialized, long names and dangling symbolic links work as with np.save."""
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from numpy.lib import format as npformat
+
+import mmarray
+from mmarray import _append
+from helpers import run_python
+
+TIMEOUT = 120
+
+
+def _two_arrays_in_one_file(path):
+    with open(path, "wb") as f:
+        np.save(f, np.arange(6, dtype="i8").reshape(3, 2))
+        np.save(f, np.arange(100, 110, dtype="f8"))
+    return path.read_bytes()
+
+
+def _both_arrays(path):
+    with open(path, "rb") as f:
+        return np.load(f).tolist(), np.load(f).tolist()
+
+
+@pytest.mark.parametrize("rows", [np.empty((0, 2), "i8"), np.full((1, 2), 7, "i8"),
+                                  np.full((50, 2), 7, "i8")])
+def test_append_refuses_bytes_after_data_and_leaves_file_unchanged(tmp_path, rows):
+    path = tmp_path / "two.npy"
+    before = _two_arrays_in_one_file(path)
+    end = 128 + 6 * 8  # numpy's 128-byte header, then 3 x 2 int64
+    with pytest.raises(ValueError) as info:
+        mmarray.append_npy(path, rows)
+    message = str(info.value)
+    assert str(path) in message and f"byte {end}" in message and f"{len(before)} bytes" in \
+        message and f"os.truncate(path, {end})" in message
+    assert path.read_bytes() == before
+    assert _both_arrays(path) == ([[0, 1], [2, 3], [4, 5]], [float(x) for x in range(100, 110)])
+
+
+def test_append_refuses_bytes_after_data_also_when_the_header_would_be_rewritten(tmp_path):
+    path = tmp_path / "tight.npy"
+    text = b"{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }\n"  # no room to grow
+    path.write_bytes(npformat.magic(1, 0) + len(text).to_bytes(2, "little") + text
+                     + np.arange(2, dtype="i8").tobytes() + b"other data, not ours")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="not the leftover of an unfinished append_npy"):
+        mmarray.append_npy(path, np.arange(10**4, dtype="i8"))
+    assert path.read_bytes() == before
+
+
+def _crash(path, patch):
+    """Run append_npy(path, [100..109]) in a child that dies (os._exit(9)) where ``patch``
+    says."""
+    proc = run_python(f"""
+        import os
+        import numpy as np
+        import mmarray
+        from mmarray import _append, _npyformat
+
+        def die(*args):
+            os._exit(9)
+        {patch}
+        mmarray.append_npy({str(path)!r}, np.arange(100, 110, dtype="i8"), sync=True)
+    """, timeout=TIMEOUT)
+    assert proc.returncode == 9, proc.stderr
+
+
+@pytest.mark.parametrize("where, patch, seen", [
+    ("before the header", "_npyformat.pwrite = die", list(range(10))),
+    ("after the header, before the trailer is cut", "os.ftruncate = die",
+     [*range(10), *range(100, 110)]),
+])
+def test_an_unfinished_appends_leftover_is_written_over_but_not_bytes_added_after_it(
+        tmp_path, where, patch, seen):
+    path = tmp_path / "c.npy"
+    np.save(path, np.arange(10, dtype="i8"))
+    _crash(path, patch)
+    crashed = path.read_bytes()
+    assert len(crashed) > 128 + len(seen) * 8           # bytes after the data: the leftover
+    assert np.load(path).tolist() == seen
+    with open(path, "ab") as f:                          # then someone else's bytes
+        f.write(b"not ours")
+    with pytest.raises(ValueError, match="not the leftover"):
+        mmarray.append_npy(path, np.arange(50, 53, dtype="i8"))
+    assert path.read_bytes() == crashed + b"not ours"
+    os.truncate(path, len(crashed))
+    assert mmarray.append_npy(path, np.arange(50, 53, dtype="i8")) == len(seen) + 3
+    assert np.load(path).tolist() == [*seen, 50, 51, 52]
+    assert path.stat().st_size == 128 + (len(seen) + 3) * 8  # and nothing after them
+
+
+def test_a_leftover_whose_trailer_does_not_match_the_header_is_refused(tmp_path):
+    path = tmp_path / "c.npy"
+    np.save(path, np.arange(10, dtype="i8"))
+    _crash(path, "_npyformat.pwrite = die")
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 1                   # the trailer's own CRC-32 no longer holds
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="not the leftover"):
+        mmarray.append_npy(path, np.arange(3, dtype="i8"))
+    assert path.read_bytes() == bytes(data)
+    np.save(path, np.arange(11, dtype="i8"))  # another header than the trailer names
+    with open(path, "ab") as f:
+        f.write(bytes(data[128 + 80:]))       # the rows and the trailer of that crash
+    data = path.read_bytes()
+    with pytest.raises(ValueError, match="not the leftover"):
+        mmarray.append_npy(path, np.arange(3, dtype="i8"))
+    assert path.read_bytes() == data
+
+
+def test_a_failed_write_of_the_rows_leaves_the_file_byte_for_byte_unchanged(tmp_path,
+                                                                             monkeypatch):
+    # Guards the trailer written before the rows (passes on the code before it, too).
+    path = tmp_path / "f.npy"
+    np.save(path, np.arange(10, dtype="i8"))
+    before = path.read_bytes()
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(_append, "_write_rows", full)
+    with pytest.raises(OSError, match="No space"):
+        mmarray.append_npy(path, np.arange(5, dtype="i8"))
+    assert path.read_bytes() == before  # the trailer written first is gone again
+
+
+# -- several processes appending at once -------------------------------------------------------
+
+_WORKER = """
+import os, sys, time
+import numpy as np
+import mmarray
+path, go, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+while not os.path.exists(go):
+    time.sleep(0.001)
+for i in range(n):
+    mmarray.append_npy(path, np.array([[tag, i]], dtype="i8"))
+"""
+
+
+@pytest.mark.parametrize("start", ["missing", "with room", "without room"])
+@pytest.mark.parametrize("workers", [2, 4])
+def test_concurrent_appends_from_processes_keep_every_row_once_in_order(tmp_path, start,
+                                                                         workers):
+    path = tmp_path / "conc.npy"
+    first = []
+    if start == "with room":
+        np.save(path, np.array([[-1, 0]], dtype="i8"))
+        first = [[-1, 0]]
+    elif start == "without room":  # rewritten once, with room, while the others append
+        text = b"{'descr': '<i8', 'fortran_order': False, 'shape': (1, 2), }\n"
+        path.write_bytes(npformat.magic(1, 0) + len(text).to_bytes(2, "little") + text
+                         + np.array([-1, 0], dtype="i8").tobytes())
+        first = [[-1, 0]]
+    go = tmp_path / "go"
+    n = 200
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(_WORKER), str(path),
+                               str(go), str(tag), str(n)], stderr=subprocess.PIPE, text=True)
+             for tag in range(1, workers + 1)]
+    try:
+        time.sleep(0.3)  # let them all wait for the signal
+        go.write_bytes(b"")
+        for p in procs:
+            _, err = p.communicate(timeout=TIMEOUT)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    got = np.load(path)
+    assert got.shape == (len(first) + workers * n, 2)
+    assert got[:len(first)].tolist() == first
+    for tag in range(1, workers + 1):
+        assert got[got[:, 0] == tag, 1].tolist() == list(range(n))  # each once, in order
+    assert path.stat().st_size == 128 + got.nbytes
+    assert not [x for x in os.listdir(tmp_path) if x.endswith(".mmarray-tmp")]
+
+
+# -- names and links ----------------------------------------------------------------------------
+
+def _name_max(directory):
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+WRITERS = {
+    "create_npy": lambda p: mmarray.create_npy(p, "f8", 3).close(),
+    "save_npz": lambda p: mmarray.save_npz(p, a=np.ones(3)),
+    "append_npy": lambda p: mmarray.append_npy(p, np.ones(3)),
+}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_writers_create_a_file_whose_name_is_as_long_as_the_directory_allows(tmp_path,
+                                                                             writer):
+    path = tmp_path / ("y" * (_name_max(tmp_path) - 4) + ".npy")
+    np.save(path, np.ones(3))  # numpy can
+    path.unlink()
+    WRITERS[writer](path)
+    got = np.load(path)
+    assert (got["a"] if writer == "save_npz" else got).tolist() == \
+        ([0.0] * 3 if writer == "create_npy" else [1.0] * 3)
+    assert os.listdir(tmp_path) == [path.name]  # no temporary left
+
+
+def test_a_killed_writers_shortened_temporary_is_removed_by_the_next_write(tmp_path):
+    path = tmp_path / ("z" * (_name_max(tmp_path) - 4) + ".npy")
+    child = subprocess.Popen([sys.executable, "-c", f"""if 1:
+        import os, mmarray
+        os.replace = lambda *args, **kwargs: os._exit(9)   # killed before the rename
+        mmarray.create_npy({str(path)!r}, 'i2', 4)
+    """])
+    assert child.wait(timeout=TIMEOUT) == 9
+    left = os.listdir(tmp_path)
+    assert len(left) == 1 and left[0].endswith(".mmarray-tmp") and \
+        len(os.fsencode(left[0])) <= _name_max(tmp_path)
+    mmarray.create_npy(path, "i2", 4).close()
+    assert os.listdir(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_a_missing_directory_is_reported_naming_the_target_not_the_temporary(tmp_path,
+                                                                             writer):
+    path = tmp_path / "no such dir" / "x.npy"
+    with pytest.raises(FileNotFoundError) as info:
+        WRITERS[writer](path)
+    assert info.value.filename == str(path) and "mmarray-tmp" not in str(info.value)
+
+
+def test_append_creates_a_new_file_given_a_bytes_path(tmp_path):
+    path = tmp_path / "b.npy"
+    assert mmarray.append_npy(os.fsencode(path), np.arange(3)) == 3
+    assert mmarray.append_npy(os.fsencode(path), np.arange(2)) == 5
+    assert np.load(path).tolist() == [0, 1, 2, 0, 1]
+
+
+def test_append_through_a_dangling_symlink_creates_its_target(tmp_path):
+    link, target = tmp_path / "link.npy", tmp_path / "sub" / "target.npy"
+    target.parent.mkdir()
+    link.symlink_to(os.path.join("sub", "target.npy"))  # relative, as ln -s makes them
+    assert mmarray.append_npy(link, np.arange(3)) == 3
+    assert link.is_symlink() and target.is_file()
+    assert mmarray.append_npy(link, np.arange(2)) == 5
+    assert link.is_symlink() and np.load(target).tolist() == [0, 1, 2, 0, 1]
+    assert sorted(os.listdir(tmp_path)) == ["link.npy", "sub"]
+    assert os.listdir(target.parent) == ["target.npy"]
+
+
+def test_append_through_a_symlink_into_a_missing_directory_raises_naming_the_link(tmp_path):
+    link = tmp_path / "link.npy"
+    link.symlink_to(tmp_path / "gone" / "target.npy")
+    with pytest.raises(FileNotFoundError) as info:
+        mmarray.append_npy(link, np.arange(3))
+    assert info.value.filename == str(link) and "gone" in str(info.value)
+    assert link.is_symlink() and os.listdir(tmp_path) == ["link.npy"]
