@@ -277,3 +277,42 @@ assert hook["child"] == 0, hook["child"]
 m.close()
 print("ok")
 """)
+
+
+@pytest.mark.skipif("not hasattr(__import__('os'), 'fork')")
+def test_npy_resize_waits_for_an_append_holding_the_file_lock(tmp_path):
+    """A resize and an append_npy of one .npy must not interleave (both rewrite its header):
+    the resize takes the append's lock."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    import numpy as np
+
+    import mmarray
+    path = str(tmp_path / "l.npy")
+    np.save(path, np.arange(4.0))
+    m = mmarray.load(path, mode="r+")
+    holder = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)   # what append_npy holds while it appends
+    done = threading.Event()
+    errors = []
+
+    def resize():
+        try:
+            m.resize(6)
+        except BaseException as exc:
+            errors.append(exc)
+        done.set()
+    t = threading.Thread(target=resize)
+    t.start()
+    try:
+        time.sleep(0.3)
+        assert not done.is_set(), "the resize did not wait for the lock"
+    finally:
+        os.close(holder)                 # releases the lock
+    t.join(30)
+    assert done.is_set() and not errors, errors
+    m.close()
+    assert np.load(path).tolist() == [0.0, 1.0, 2.0, 3.0, 0.0, 0.0]

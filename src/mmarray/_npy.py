@@ -106,6 +106,7 @@ class NpyMapping(Mapping):
                     nbytes: int, truncate: bool) -> None:
         fd = os.open(filename, _fmt.O_WRITE)
         try:
+            _append._lock(fd)   # as append_npy does: an append and a resize do not interleave
             header = _fmt.read_at(fd, 0, self._header_length)
             found = _fmt.parse_header(header, lambda pos, n: _fmt.read_at(fd, pos, n), None,
                                       repr(filename))
@@ -147,10 +148,10 @@ class NpyMapping(Mapping):
                     self._rebase(copy, hlen, old)
                     self._header_length = hlen
                 except BaseException:
-                    os.close(copy)
+                    _append._close(copy)
                     raise
-                os.close(fd)
-                fd = copy
+                _append._close(fd)
+                fd = copy           # locked by _with_room
                 header = _fmt.read_at(fd, 0, hlen)
                 grown = _append._grown_header(header, new, repr(filename))
                 if grown is None:  # pragma: no cover - numpy's header holds 21 digits
@@ -170,7 +171,7 @@ class NpyMapping(Mapping):
                     _fmt.pwrite(fd, header, 0)          # the file as it was
                     raise
         finally:
-            os.close(fd)
+            _append._close(fd)
 
 
 class NpyRowsMapping(Mapping):
