@@ -62,7 +62,16 @@ def A():
 
 threading.excepthook = lambda args: caught["stray"].append(
     f"{{args.thread.name}}: {{args.exc_type.__name__}}")
-sys.unraisablehook = lambda u: caught["stray"].append(f"unraisable: {{u.exc_value!r}}")
+
+def unraisable(u):
+    # The bug: the exception killed the new thread in Thread._bootstrap ("bytes 0 to 0": it
+    # took no record). An asynchronous exception that fires inside a weakref callback or a
+    # __del__ run by thread A is printed and dropped by CPython: a known limit (A misses that
+    # one), not this bug.
+    if "_bootstrap" in repr(u.object) or "bytes 0 to 0" in str(u.exc_value):
+        caught["stray"].append(f"unraisable: {{u.object!r}} {{u.exc_value!r}}")
+
+sys.unraisablehook = unraisable
 t = threading.Thread(target=A, daemon=True)
 t.start()
 while t.is_alive():
