@@ -50,8 +50,10 @@ typedef struct mm_guard_slot {
     uint64_t token;
     uint64_t faults;
     void *owner;
-    uint64_t last_thread; /* thread of the last queued fault: a run of faults of one thread
-                             in one view is queued once (counted every time) */
+    uint64_t last_thread; /* thread of the last queued fault not yet taken by mm_guard_pop:
+                             a run of faults of one thread in one view is queued once
+                             (counted every time) until its record is taken; a fault of that
+                             thread after that is queued again, a new run */
     int prot;         /* PROT_* of the zero page that replaces a faulting one */
 } mm_guard_slot;
 
@@ -480,6 +482,16 @@ int mm_guard_pop(mm_fault *fault) {
         if (LOAD(&entry->seq) != tail + 1) /* rewritten while copied: lapped, next round */
             continue;
         mm_queue_tail = tail + 1;
+        if (fault->slot < MM_GUARD_SLOTS) {
+            /* Taken: the thread's next fault in this view starts a new run and is queued
+             * again (its consumer tells one run from the next, mmarray/_guard.py). Only
+             * while the slot still guards that view and no other thread faulted since. */
+            mm_guard_slot *slot = &mm_slots[fault->slot];
+            uint64_t expected = fault->thread;
+            if (LOAD(&slot->start) > 1 && LOAD(&slot->token) == fault->token)
+                __atomic_compare_exchange_n(&slot->last_thread, &expected, 0, 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        }
         return 1;
     }
 }

@@ -1722,6 +1722,15 @@ static void test_guard_turns_a_fault_into_a_zero_page(void) {
     CHECK_U64(f.offset, 5 * page);
     CHECK(mm_guard_pop(&f) == 0);
     CHECK(t_wake_bytes(mm_guard_wake_fd()) == 2);
+    /* its record taken, the thread's next fault in the view is a new run: queued again */
+    CHECK(data[4 * page] == 0);
+    CHECK(data[5 * page] == 0); /* the same run: counted, not queued */
+    CHECK_U64(mm_guard_faults(&v), 3);
+    CHECK(mm_guard_pop(&f) == 1);
+    CHECK_U64(f.token, 42);
+    CHECK_U64(f.offset, 4 * page);
+    CHECK(mm_guard_pop(&f) == 0);
+    CHECK(t_wake_bytes(mm_guard_wake_fd()) == 1);
     /* a populating loop over a faulted view stops and says so */
     consumer = 0;
     CHECK_ST(mm_populate_ahead(&v, 0, len - 100, page, len, &consumer, &stop, NULL, 0, &e),

@@ -179,6 +179,17 @@ class _Dropper:
         self.cache_from = -1  # byte of the mapping where the next page-cache drop starts
 
     def drop(self, start: int, stop: int) -> None:
+        """Release rows ``[start, stop)``; nothing when the mapping is closed meanwhile (its
+        pages go with it), also when another thread closes it during this call."""
+        try:
+            self._drop(start, stop)
+        except ValueError as exc:
+            # Another thread's close() between the calls below (msync releases the GIL):
+            # only that is quiet; any other ValueError is a real error.
+            if not (self.mapping.closed and str(exc) == "mapping is closed"):
+                raise
+
+    def _drop(self, start: int, stop: int) -> None:
         mapping = self.mapping
         if mapping.closed:
             return  # closed meanwhile: its pages go with it

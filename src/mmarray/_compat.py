@@ -11,7 +11,7 @@ import operator
 import os
 import pickle
 import sys
-from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex, TypeVar
 
 import numpy as np
 
@@ -74,6 +74,7 @@ _EMPTY_FILE = "cannot mmap an empty file"
 
 
 _new_export = Mapping._export
+_M = TypeVar("_M", bound="memmap")
 
 
 class memmap(np.memmap):
@@ -190,98 +191,7 @@ class memmap(np.memmap):
             self.mode = fast.mode
             self.filename = fast.filename
             return self
-        spec = _MODES.get(mode) if type(mode) is str else None
-        if spec is None:  # a bad mode raises in _check_mode; a str subclass passes
-            spec = _MODES[_check_mode(mode)]
-        mode, access, flags = spec
-        if mode == "w+" and shape is None:
-            raise ValueError("shape must be given if mode == 'w+'")
-        dt = _check_dtype(dtype)
-        if type(offset) is not int:
-            offset = operator.index(offset)
-        _check_offset(offset)
-        if order != "C":
-            # numpy.memmap passes order to ndarray.__new__, where 'A' and 'K' mean 'C'
-            order = "C" if order in ("A", "K") else _check_order(order)
-
-        if shape is None:
-            length = _TO_END
-        else:
-            if not isinstance(shape, (tuple, list)):
-                try:  # numpy.memmap takes any integer (np.int64 too) as a 1-D length
-                    shape = (operator.index(shape),)  # type: ignore[arg-type]  # an integer here
-                except TypeError:
-                    pass
-            shape, length = _check_shape(shape, dt.itemsize)
-            _check_end(offset, length)
-
-        # The file: numpy.memmap's rules for what is a file object and what `filename` becomes.
-        path: StrOrBytesPath | None
-        fd: int | None
-        attr_name: StrPath | None  # numpy keeps a resolved pathlib.Path for a path object
-        error_name: str | None
-        path = fd = None
-        if type(filename) is str:  # the common case, without the generic calls
-            if not filename:
-                raise FileNotFoundError(2, "No such file or directory", filename)
-            path = filename
-            attr_name = error_name = _abspath(filename)
-        elif hasattr(filename, "read"):
-            _check_writable_file(filename, mode)
-            if hasattr(filename, "flush"):
-                filename.flush()  # buffered writes must reach the file before it is sized
-            fd = fileno_of(filename)
-            name = getattr(filename, "name", None)
-            attr_name = error_name = _abspath(name) if isinstance(name, str) else None
-            flags &= ~_engine.CREATE  # mode 'w+' on a file object grows it, never truncates
-        else:
-            path = _fspath(filename)
-            if not path:
-                raise FileNotFoundError(2, "No such file or directory", path)
-            if isinstance(filename, str):
-                attr_name = error_name = _abspath(path)  # type: ignore[arg-type]  # a str
-            elif isinstance(filename, os.PathLike):  # numpy keeps a resolved pathlib.Path
-                attr_name = _resolved_path(filename)
-                error_name = str(attr_name)
-            else:
-                attr_name = None  # numpy.memmap gives None for a bytes path
-                error_name = _abspath(os.fsdecode(path))
-
-        def map_it(length: int, shape: tuple[int, ...] | None) -> Mapping:
-            return map_region(path=path, fd=fd, access=access, offset=offset, length=length,
-                              flags=flags, dtype=dt, shape=shape, order=order, mode=mode,
-                              filename=error_name)
-
-        def map_empty(shape: tuple[int, ...] | None) -> Mapping:
-            # numpy gives an empty array, or an error for an empty file in mode 'r'/'c'. The
-            # engine still checks, creates or grows the file as for data.
-            if mode in ("r", "c") and _file_size(path, fd) == 0:
-                raise ValueError(_EMPTY_FILE)
-            return map_it(0, shape)
-
-        if length == 0:
-            mapping = map_empty(shape)
-        else:
-            try:
-                mapping = map_it(length, shape)
-            except SizeNotMultipleError as exc:
-                raise ValueError(
-                    f"Size of available data is not a multiple of the data-type size: "
-                    f"{exc.nbytes} bytes after offset {offset} in {error_name!r}, itemsize "
-                    f"{dt.itemsize} of dtype {dt}; give a shape") from None
-            except ValueError:
-                # Nothing after offset (the engine's E_EMPTY): an empty memmap as numpy makes
-                # one. Anything else re-raises the engine's error.
-                if shape is not None or _file_size(path, fd) != offset:
-                    raise
-                mapping = map_empty((0,))
-
-        self = mapping._array_of(subtype)  # shape, dtype and order are the mapping's
-        self._mmap = mapping
-        self.offset = offset
-        self.mode = mode
-        self.filename = attr_name  # type: ignore[assignment]  # numpy stores a Path too
-        return self
+        return _new_memmap(subtype, filename, dtype, mode, offset, shape, order)
 
     def __array_finalize__(self, obj: Any) -> None:
         # numpy.memmap's rule: a new array sharing memory with a memmap inherits its file
@@ -507,6 +417,110 @@ def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str,
     return self
 
 
+def _new_memmap(subtype: type[_M], filename: StrOrBytesPath | _FileObject,
+                dtype: DTypeLike, mode: Mode, offset: SupportsIndex,
+                shape: ShapeLike | None, order: Literal["C", "F", "A", "K"],
+                on_fd: int | None = None) -> _M:
+    """:class:`memmap`'s general path. With ``on_fd``, the file behind that descriptor is
+    mapped in place of ``filename``, which still names it (in errors and the ``filename``
+    attributes): a file :func:`open_memmap` writes under a temporary name."""
+    spec = _MODES.get(mode) if type(mode) is str else None
+    if spec is None:  # a bad mode raises in _check_mode; a str subclass passes
+        spec = _MODES[_check_mode(mode)]
+    mode, access, flags = spec
+    if mode == "w+" and shape is None:
+        raise ValueError("shape must be given if mode == 'w+'")
+    dt = _check_dtype(dtype)
+    if type(offset) is not int:
+        offset = operator.index(offset)
+    _check_offset(offset)
+    if order != "C":
+        # numpy.memmap passes order to ndarray.__new__, where 'A' and 'K' mean 'C'
+        order = "C" if order in ("A", "K") else _check_order(order)
+
+    if shape is None:
+        length = _TO_END
+    else:
+        if not isinstance(shape, (tuple, list)):
+            try:  # numpy.memmap takes any integer (np.int64 too) as a 1-D length
+                shape = (operator.index(shape),)  # type: ignore[arg-type]  # an integer here
+            except TypeError:
+                pass
+        shape, length = _check_shape(shape, dt.itemsize)
+        _check_end(offset, length)
+
+    # The file: numpy.memmap's rules for what is a file object and what `filename` becomes.
+    path: StrOrBytesPath | None
+    fd: int | None
+    attr_name: StrPath | None  # numpy keeps a resolved pathlib.Path for a path object
+    error_name: str | None
+    path = fd = None
+    if type(filename) is str:  # the common case, without the generic calls
+        if not filename:
+            raise FileNotFoundError(2, "No such file or directory", filename)
+        path = filename
+        attr_name = error_name = _abspath(filename)
+    elif hasattr(filename, "read"):
+        _check_writable_file(filename, mode)
+        if hasattr(filename, "flush"):
+            filename.flush()  # buffered writes must reach the file before it is sized
+        fd = fileno_of(filename)
+        name = getattr(filename, "name", None)
+        attr_name = error_name = _abspath(name) if isinstance(name, str) else None
+        flags &= ~_engine.CREATE  # mode 'w+' on a file object grows it, never truncates
+    else:
+        path = _fspath(filename)
+        if not path:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        if isinstance(filename, str):
+            attr_name = error_name = _abspath(path)  # type: ignore[arg-type]  # a str
+        elif isinstance(filename, os.PathLike):  # numpy keeps a resolved pathlib.Path
+            attr_name = _resolved_path(filename)
+            error_name = str(attr_name)
+        else:
+            attr_name = None  # numpy.memmap gives None for a bytes path
+            error_name = _abspath(os.fsdecode(path))
+    if on_fd is not None:  # the same names, another file: the one open as on_fd
+        path, fd = None, on_fd
+        flags &= ~_engine.CREATE
+
+    def map_it(length: int, shape: tuple[int, ...] | None) -> Mapping:
+        return map_region(path=path, fd=fd, access=access, offset=offset, length=length,
+                          flags=flags, dtype=dt, shape=shape, order=order, mode=mode,
+                          filename=error_name)
+
+    def map_empty(shape: tuple[int, ...] | None) -> Mapping:
+        # numpy gives an empty array, or an error for an empty file in mode 'r'/'c'. The
+        # engine still checks, creates or grows the file as for data.
+        if mode in ("r", "c") and _file_size(path, fd) == 0:
+            raise ValueError(_EMPTY_FILE)
+        return map_it(0, shape)
+
+    if length == 0:
+        mapping = map_empty(shape)
+    else:
+        try:
+            mapping = map_it(length, shape)
+        except SizeNotMultipleError as exc:
+            raise ValueError(
+                f"Size of available data is not a multiple of the data-type size: "
+                f"{exc.nbytes} bytes after offset {offset} in {error_name!r}, itemsize "
+                f"{dt.itemsize} of dtype {dt}; give a shape") from None
+        except ValueError:
+            # Nothing after offset (the engine's E_EMPTY): an empty memmap as numpy makes
+            # one. Anything else re-raises the engine's error.
+            if shape is not None or _file_size(path, fd) != offset:
+                raise
+            mapping = map_empty((0,))
+
+    self = mapping._array_of(subtype)  # shape, dtype and order are the mapping's
+    self._mmap = mapping
+    self.offset = offset
+    self.mode = mode
+    self.filename = attr_name  # type: ignore[assignment]  # numpy stores a Path too
+    return self
+
+
 def _resolved_path(path: Any) -> Any:
     try:
         return path.resolve()
@@ -525,32 +539,62 @@ def _file_size(path: StrOrBytesPath | None, fd: int | None) -> int:
         return -1
 
 
-def _write_npy_header(path: StrOrBytesPath, header: dict[str, Any],
-                      version: tuple[int, int] | None) -> int:
-    """Create or reset the .npy file and write its header; return the data offset.
+def _header_on(fd: int, header: dict[str, Any], version: tuple[int, int] | None) -> int:
+    """Write the .npy header at the start of the (new, empty) file open as ``fd``; return the
+    data offset."""
+    with open(fd, "wb", closefd=False) as fp:
+        if version is None:  # the oldest version that holds the header, as np.save picks
+            fp.write(_npyformat.header_bytes(header))
+        elif version == (1, 0):
+            _npy_format.write_array_header_1_0(fp, header)
+        elif version == (2, 0):
+            _npy_format.write_array_header_2_0(fp, header)
+        else:
+            fp.write(_npyformat._header_3_0(header))
+        return fp.tell()
 
-    As numpy's ``open(filename, 'w+b')``, through a descriptor opened without truncating, so
-    that the file reset is the one this process was proven not to map."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
-                 | getattr(os, "O_CLOEXEC", 0), 0o666)
 
-    def write() -> int:
-        os.ftruncate(fd, 0)
-        with open(fd, "wb", closefd=False) as fp:
-            if version is None:  # the oldest version that holds the header, as np.save picks
-                fp.write(_npyformat.header_bytes(header))
-            elif version == (1, 0):
-                _npy_format.write_array_header_1_0(fp, header)
-            elif version == (2, 0):
-                _npy_format.write_array_header_2_0(fp, header)
-            else:
-                fp.write(_npyformat._header_3_0(header))
-            return fp.tell()
+def _create_npy(filename: StrPath, header: dict[str, Any], version: tuple[int, int] | None,
+                dtype: np.dtype[Any], shape: Any, order: Literal["C", "F"],
+                mode: Mode) -> memmap:
+    """open_memmap's mode ``'w+'``: a new .npy file mapped ``'r+'``, made whole or not at all.
 
-    try:
-        return _engine.truncate_guarded(fd, path, write)
-    finally:
-        os.close(fd)
+    The header and the data's room are made in a temporary file next to the target
+    (:func:`mmarray._npyformat.temp_sibling`), which is mapped and only then renamed over
+    the target: a failure (a full disk, a bad shape, an interrupt) leaves an existing file as
+    it was and creates none. As numpy's ``open(filename, 'w+b')`` would truncate it, a file
+    this process maps is refused (ValueError), and a symbolic link's target is replaced; an
+    existing file keeps its permission bits (not its owner or hard links: it is a new file).
+    """
+    name = os.fspath(filename)
+    if ("\0" if isinstance(name, str) else b"\0") in name:
+        raise ValueError(f"embedded null byte in the file name {name!r}")
+    path, perms = _npyformat.replace_target(name)  # type: ignore[no-untyped-call]
+
+    def create() -> memmap:
+        fd, tmp = _npyformat.temp_sibling(path)
+        array = None
+        try:
+            if perms is not None:
+                os.chmod(tmp, perms)
+            offset = _header_on(fd, header, version)
+            array = _new_memmap(memmap, filename, dtype, mode, offset, shape, order,
+                                on_fd=fd)
+            os.fsync(fd)  # the header and the file's size; the data is the caller's to flush
+            os.close(fd)
+            fd = -1
+            _npyformat.replace_durably(tmp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            mapping = _mapping_of(array) if array is not None else None
+            if mapping is not None:
+                mapping.close()
+            _npyformat.discard(tmp)
+            raise
+        return array
+
+    return _engine.truncate_guarded(path, path, create)
 
 
 def _check_version(version: tuple[int, int] | None) -> None:
@@ -626,7 +670,9 @@ def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | No
             "fortran_order": fortran_order,
             "shape": shape,
         }
-        offset = _write_npy_header(os.fspath(filename), header, version)
+        # mapped 'r+' once written ('w+'); another mode is refused by memmap, as numpy's is
+        return _create_npy(filename, header, version, dtype, shape,
+                           "F" if fortran_order else "C", "r+" if mode == "w+" else mode)
     else:
         with open(os.fspath(filename), "rb") as fp:
             version = _npy_format.read_magic(fp)
@@ -636,8 +682,6 @@ def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | No
             if dtype.hasobject:  # type: ignore[union-attr]  # a numpy.dtype from the header
                 raise ValueError("Array can't be memory-mapped: Python objects in dtype.")
             offset = fp.tell()
-    if mode == "w+":  # the header is written: map the file read-write without truncating it
-        mode = "r+"
     return memmap(filename, dtype=dtype, shape=shape, order="F" if fortran_order else "C",
                   mode=mode, offset=offset)
 

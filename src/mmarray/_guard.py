@@ -6,8 +6,10 @@ the records become exceptions: a daemon thread sleeps on the guard's wake-up pip
 each record, raises :class:`MappedFileError` in the thread that faulted
 (``PyThreadState_SetAsyncExc``: at that thread's next chance, once the C call that touched
 the page has returned). A run of faults of one thread in one mapping raises once: a scan
-that faults on ten thousand pages raises once, and the Mapping says
-:attr:`~mmarray.Mapping.faulted` for good. The thread is found by its ``pthread_self()``
+that faults on ten thousand pages raises once (the records the C layer queued while the
+scan still faulted are taken by that exception as it is made), and the Mapping says
+:attr:`~mmarray.Mapping.faulted` for good. A fault after that exception, in a later call,
+is a new run and raises again. The thread is found by its ``pthread_self()``
 (``threading.get_ident()``), recorded by the handler with its kernel thread id: a thread
 that ``threading`` lists, or one started with ``_thread.start_new_thread`` that Python runs
 (``sys._current_frames()``). A fault in a thread Python does not run (a BLAS worker inside a
@@ -18,9 +20,31 @@ dispatcher raises :class:`MappedFileError` in the main thread saying how many we
 ``faulted`` still says it faulted: its count is kept apart from the queue).
 mmarray's own C loops (prefetch, chunks) are not interrupted: they stop at the fault and
 report it through their usual error path.
+
+The exception is asynchronous, and late: the dispatcher needs the GIL, which the faulting
+thread keeps until its interpreter lets it go (the switch interval, 5 ms by default), or
+until it blocks. Code that faults and returns sooner has returned by then, with what it read
+(zeros), and the exception comes up wherever that thread is: in the code it runs next. So:
+
+- **Thread pools** (``concurrent.futures.ThreadPoolExecutor``,
+  ``multiprocessing.pool.ThreadPool``): a task that faults and returns at once completes
+  with what it read; its future does not carry the error. The dispatcher raises nothing in
+  a pool's worker that is back in the pool's own code (raised there, the exception would end
+  the worker: ``concurrent.futures`` logs "Exception in worker" and later futures never
+  complete). If the worker already runs its next task, the exception comes up in that task.
+  A pool task that must not return zeros checks for itself, before it returns: the
+  :attr:`~mmarray.Mapping.faulted` attribute of its mapping, or
+  :meth:`~mmarray.Mapping.flush` of a writable mapping, which raises
+  :class:`MappedFileError` synchronously, in the task; :meth:`~mmarray.Mapping.close` of a
+  writable mapping that faulted raises too.
+- **Starting a thread**: the exception is not raised in a thread while it runs
+  ``threading.Thread.start``, nor (CPython before 3.12) while any thread is being started,
+  because there it would leave the new thread half started (see :func:`_deliver`); it is
+  held back until the start finishes (at most :data:`_START_WAIT` seconds).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -55,6 +79,13 @@ class MappedFileError(OSError):
     on; writes to them never reach the file. Also raised by :meth:`~mmarray.Mapping.flush`
     and :meth:`~mmarray.Mapping.close` of a writable mapping that faulted, and in the main
     thread when fault records were lost (see :mod:`mmarray._guard`).
+
+    Raised asynchronously, at the faulting thread's next chance: code that faults and
+    returns at once (a thread pool's task reading one element) may have returned zeros by
+    then, and the exception comes up in what that thread runs next; in a pool's worker
+    between tasks it is not raised at all. Such code checks :attr:`Mapping.faulted
+    <mmarray.Mapping.faulted>` before it returns, or calls :meth:`~mmarray.Mapping.flush` of
+    a writable mapping, which raises synchronously (see :mod:`mmarray._guard`).
 
     Made like :class:`OSError` (``MappedFileError(errno, message)``, ``filename`` and
     ``range`` None) or as mmarray makes it, ``(errno, message, filename, start, stop)``.
@@ -95,6 +126,9 @@ class _Raised(MappedFileError):
         if args:
             super().__init__(*args)
             return
+        # This thread's records still queued belong to the run this exception reports (the
+        # C call that faulted has returned): taken now, they cannot make a second one.
+        _drain()
         ident = threading.get_ident()
         faults = _take(ident)
         lost = _take_lost(ident)
@@ -156,17 +190,18 @@ def error(filename: str | None, start: int, stop: int, what: str) -> MappedFileE
     return MappedFileError(5, message, filename, start, stop)
 
 
-def dispatch() -> None:
+def dispatch(take_lost: bool = True) -> None:
     """Turn the queued fault records into exceptions for the threads that faulted.
 
-    The records of the calling thread stay in ``_pending`` (its caller, :func:`error`, takes
-    them); the others are raised once per thread, outside the lock (the exception's
-    ``__init__`` takes it)."""
+    The records of the calling thread stay in ``_pending`` (its caller, :func:`error` or the
+    exception being made, takes them); the others are raised once per thread, outside the
+    lock (the exception's ``__init__`` takes it). With ``take_lost`` False the count of lost
+    records stays with the C layer for the dispatcher's next round."""
     current = threading.get_ident()
     targets = []
     with _lock:
         records = _engine.guard_pop()
-        lost = _engine.guard_lost()
+        lost = _engine.guard_lost() if take_lost else 0
         for _token, filename, offset, thread, native in records:
             start = offset - offset % _PAGE
             target = _python_thread(thread, native)
@@ -183,10 +218,129 @@ def dispatch() -> None:
             if first and main != current and main not in _loop_threads:
                 targets.append(main)
     for target in targets:
-        if not _engine.raise_in_thread(target, _Raised):
+        if not _deliver(target):
             with _lock:
                 _pending.pop(target, None)
                 _lost.pop(target, None)
+
+
+def _drain() -> None:
+    """:func:`dispatch`, quietly, for the exception being made: it takes the records of its
+    thread still queued. Lost records are left to the dispatcher, which tells the main
+    thread about them (it reads the pipe byte each of them wrote)."""
+    try:
+        dispatch(take_lost=False)
+    except Exception:  # the exception being made says what it can without the queue
+        pass
+
+
+#: How long the dispatcher waits for a thread start to finish (see _deliver), seconds.
+_START_WAIT = 2.0
+#: How long it waits for threads listed in ``threading._limbo`` with nobody in
+#: ``Thread.start`` (a start aborted by an exception; before 3.12 only), seconds.
+_LIMBO_WAIT = 0.05
+_STARTS_MOVE_IDENTS = sys.version_info < (3, 12)
+_nothing = contextlib.nullcontext()
+
+
+def _deliver(target: int) -> bool:
+    """Raise :class:`MappedFileError` in thread ``target``; False if it was not raised (the
+    thread is gone, or a pool's worker between tasks: see :func:`_in_pool_loop`).
+
+    Not while a thread is being started: the dispatcher waits (sleeping, so that the start
+    can finish), at most :data:`_START_WAIT` seconds, then raises anyway:
+
+    - not while ``target`` runs ``threading.Thread.start``: raised there, the exception
+      leaves the thread half started (after ``_start_new_thread`` returned, start's own
+      ``except`` clause meets a KeyError in ``del _limbo[self]``; during ``_started.wait()``
+      the caller never learns of the thread it started);
+    - before CPython 3.12, not while any thread runs ``Thread.start``: until the new thread
+      runs, its thread state has the ident of the thread starting it
+      (``_PyThreadState_Prealloc`` in Modules/_threadmodule.c; ``t_bootstrap`` sets its
+      own), and ``PyThreadState_SetAsyncExc(ident)`` takes the newest state with that ident
+      first: the exception would kill the new thread in its bootstrap, before it says it
+      started, and ``Thread.start()`` would wait for ever. ``start()`` returns only once the
+      new thread runs (``_started``). A start aborted by another exception leaves the new
+      thread listed in ``threading._limbo`` until it runs: for that the dispatcher waits at
+      most :data:`_LIMBO_WAIT` seconds. A thread started with ``_thread.start_new_thread`` is
+      not covered.
+
+    The checks and the raise are made holding ``threading._active_limbo_lock``, which
+    ``Thread.start`` takes before it makes the new thread: a thread that enters it meanwhile
+    waits there, and the exception reaches it as it leaves that lock, before the new thread
+    is made (the release is a call, after which the interpreter raises pending asynchronous
+    exceptions), and propagates out of ``start()`` (that Thread stays listed in
+    ``threading._limbo``, never started: hence the short :data:`_LIMBO_WAIT`).
+    """
+    now = time.monotonic()
+    deadline, limbo_deadline = now + _START_WAIT, now + _LIMBO_WAIT
+    while True:
+        # read each time: threading makes the lock anew in a forked child
+        lock = getattr(threading, "_active_limbo_lock", None) or _nothing
+        with lock:
+            frames = sys._current_frames()
+            frame = frames.get(target)
+            if frame is not None and _in_pool_loop(frame):
+                return False
+            now = time.monotonic()
+            if _STARTS_MOVE_IDENTS:
+                starting = any(map(_in_thread_start, frames.values())) or (
+                    now < limbo_deadline and bool(getattr(threading, "_limbo", None)))
+            else:
+                starting = _in_thread_start(frame)
+            if not starting or now >= deadline:
+                return bool(_engine.raise_in_thread(target, _Raised))
+        del frames, frame
+        time.sleep(0.0005)
+
+
+def _in_thread_start(frame: Any) -> bool:
+    """Whether ``frame`` or a caller of it runs ``threading.Thread.start``."""
+    start = threading.Thread.start.__code__
+    while frame is not None:
+        if frame.f_code is start:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _pool_loop_codes() -> tuple[set[Any], tuple[str, ...]]:
+    """The code objects of the thread pools' own loops (``concurrent.futures`` and
+    ``multiprocessing.pool.ThreadPool``, when imported), and the files of their machinery."""
+    codes: set[Any] = set()
+    files: list[str] = []
+    futures = sys.modules.get("concurrent.futures.thread")
+    if futures is not None:
+        codes.update((futures._worker.__code__, futures._WorkItem.run.__code__))
+        files.append(os.path.dirname(futures.__file__ or "") + os.sep)
+    pool = sys.modules.get("multiprocessing.pool")
+    if pool is not None:
+        codes.add(pool.worker.__code__)
+        files.append(pool.__file__ or "")
+    if codes:
+        files.extend(m.__file__ or "" for m in (threading, sys.modules.get("queue")) if m)
+    return codes, tuple(f for f in files if f)
+
+
+def _in_pool_loop(frame: Any) -> bool:
+    """Whether a thread whose innermost frame is ``frame`` is a thread pool's worker between
+    tasks: in the pool's own code, its task function returned (or not called yet).
+
+    An exception raised there would not reach the task that faulted (it has returned, its
+    result is set) but the pool's loop, which it ends: ``concurrent.futures`` logs
+    "Exception in worker" and the worker is gone, so a later future never completes. The
+    dispatcher raises nothing then (see the module's docstring)."""
+    codes, files = _pool_loop_codes()
+    if not codes:
+        return False
+    while frame is not None:
+        code = frame.f_code
+        if code in codes:
+            return True  # reached the loop through the pool's own code only
+        if not code.co_filename.startswith(files):
+            return False  # a task's code runs (or code that is no pool's)
+        frame = frame.f_back
+    return False
 
 
 def _python_thread(ident: int, native: int) -> int | None:
