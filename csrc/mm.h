@@ -248,7 +248,8 @@ int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, 
  * process. While the guard is installed, a SIGBUS with si_code BUS_ADRERR whose address lies
  * in a guarded view is handled instead: that page is replaced by a zero page (mmap(2) with
  * MAP_FIXED | MAP_ANONYMOUS, async-signal-safe), the fault is counted on the view and queued
- * (mm_guard_pop; a run of faults of one thread in one view is queued once), one byte is
+ * (mm_guard_pop; a run of faults of one thread in one view is queued once, until
+ * mm_guard_pop takes its record: the thread's next fault there is queued again), one byte is
  * written to the wake-up pipe (mm_guard_wake_fd), and the access resumes on zeros. When the
  * process has no mapping left for that page (vm.max_map_count), the whole view is replaced
  * by zeros instead. The same page cannot fault twice: it is anonymous memory now. Every

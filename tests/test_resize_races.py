@@ -316,3 +316,25 @@ def test_npy_resize_waits_for_an_append_holding_the_file_lock(tmp_path):
     assert done.is_set() and not errors, errors
     m.close()
     assert np.load(path).tolist() == [0.0, 1.0, 2.0, 3.0, 0.0, 0.0]
+
+
+def test_npy_resize_after_a_rewrite_with_room_does_not_wait_for_its_own_lock(tmp_path):
+    """The rewrite with room locks the copy and the mapping moves to it: the mapping kept the
+    copy's open file description, so closing the descriptor left the flock held and the next
+    resize of the same mapping waited for ever."""
+    path = str(tmp_path / "r.npy")
+    _run(f"""
+import numpy as np
+import mmarray
+header = b"{{'descr':'<f8','fortran_order':False,'shape':(1000,)}}" + bytes([10])
+with open({path!r}, "wb") as f:
+    f.write(bytes([0x93]) + b"NUMPY" + bytes([1, 0]) + len(header).to_bytes(2, "little")
+            + header + np.arange(1000.0).tobytes())
+m = mmarray.load({path!r}, mode="r+")
+m.resize(1001)                  # no room: rewritten, the mapping moves to the copy
+m.resize(1002)
+mmarray.append_npy({path!r}, np.ones(1))
+m.close()
+assert np.load({path!r}).shape == (1003,)
+print("ok")
+""")

@@ -183,8 +183,16 @@ def _lock(fd: int) -> None:
 
 
 def _close(fd: int) -> None:
-    """Close ``fd``, which releases `_lock`'s lock (explicitly first on Windows)."""
-    if _fcntl is None and _msvcrt is not None:  # pragma: no cover - Windows
+    """Release `_lock`'s lock, then close ``fd``. Explicitly: a flock(2) lock belongs to the
+    open file description, which a mapping made from ``fd`` keeps alive after the close
+    (mmap(2) holds a reference to the file), so closing alone would leave it locked for as
+    long as the mapping lives (NpyMapping.resize maps the file it rewrote with room)."""
+    if _fcntl is not None:
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_UN)
+        except OSError:
+            pass  # no lock taken (a filesystem without locks): nothing to release
+    elif _msvcrt is not None:  # pragma: no cover - Windows
         try:
             os.lseek(fd, _WIN_LOCK_AT, os.SEEK_SET)
             _msvcrt.locking(fd, _msvcrt.LK_UNLCK, 1)
