@@ -569,7 +569,7 @@ def _create_npy(filename: StrPath, header: dict[str, Any], version: tuple[int, i
     name = os.fspath(filename)
     if ("\0" if isinstance(name, str) else b"\0") in name:
         raise ValueError(f"embedded null byte in the file name {name!r}")
-    path, perms = _npyformat.replace_target(name)  # type: ignore[no-untyped-call]
+    path, perms = _npyformat.replace_target(name)  # type: ignore[no-untyped-call, unused-ignore]
 
     def create() -> memmap:
         fd, tmp = _npyformat.temp_sibling(path)
