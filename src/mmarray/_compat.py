@@ -571,27 +571,17 @@ def _create_npy(filename: StrPath, header: dict[str, Any], version: tuple[int, i
         raise ValueError(f"embedded null byte in the file name {name!r}")
     path, perms = _npyformat.replace_target(name)  # type: ignore[no-untyped-call, unused-ignore]
 
+    def build(fd: int) -> memmap:
+        offset = _header_on(fd, header, version)
+        return _new_memmap(memmap, filename, dtype, mode, offset, shape, order, on_fd=fd)
+
+    def release(array: memmap) -> None:
+        mapping = _mapping_of(array)
+        if mapping is not None:
+            mapping.close()
+
     def create() -> memmap:
-        fd, tmp = _npyformat.temp_sibling(path)
-        array = None
-        try:
-            if perms is not None:
-                os.chmod(tmp, perms)
-            offset = _header_on(fd, header, version)
-            array = _new_memmap(memmap, filename, dtype, mode, offset, shape, order,
-                                on_fd=fd)
-            os.fsync(fd)  # the header and the file's size; the data is the caller's to flush
-            os.close(fd)
-            fd = -1
-            _npyformat.replace_durably(tmp, path)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            mapping = _mapping_of(array) if array is not None else None
-            if mapping is not None:
-                mapping.close()
-            _npyformat.discard(tmp)
-            raise
+        array: memmap = _npyformat.create_mapped(path, perms, build, release)
         return array
 
     return _engine.truncate_guarded(path, path, create)

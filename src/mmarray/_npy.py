@@ -298,25 +298,13 @@ def create_npy(file, dtype, shape, fortran_order=False):
     path, perms = _fmt.replace_target(file)
     filename = os.path.abspath(path)
     order = "F" if fortran_order else "C"
-    fd, tmp = _fmt.temp_sibling(path)
-    m = None
-    try:
-        if perms is not None:
-            os.chmod(tmp, perms)
+
+    def build(fd: int) -> Mapping:
         _fmt.write_all(fd, header)
         m = _fmt.map_region(fd, _engine.WRITE, len(header), nbytes, dt, shape, order, "w+",
                             filename, NpyMapping if nbytes else None, grow=True)
         if nbytes:
             m._header_length = len(header)
-        os.fsync(fd)  # the header (and the allocation); the data is the caller's to flush
-        os.close(fd)
-        fd = -1
-        _fmt.replace_durably(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        if m is not None:
-            m.close()
-        _fmt.discard(tmp)
-        raise
-    return m
+        return m
+
+    return _fmt.create_mapped(path, perms, build, Mapping.close)

@@ -556,6 +556,36 @@ def replace_durably(tmp: Any, path: Any) -> None:
     fsync_directory(path)
 
 
+def create_mapped(path: Any, perms: int | None, build: Callable[[int], Any],
+                  release: Callable[[Any], None]) -> Any:
+    """Make a new file at ``path`` whole or not at all, and return what ``build`` mapped of it.
+
+    ``build(fd)`` writes through ``fd``, a descriptor of a temporary sibling of ``path``
+    (:func:`temp_sibling`, with mode bits ``perms`` when not None), and maps it; the file is
+    then synced (the data written through the mapping is the caller's to flush), closed and
+    renamed over ``path`` (:func:`replace_durably`). On any failure, ``release(made)`` undoes
+    what ``build`` returned, the temporary goes, and the error propagates: an existing file
+    at ``path`` is left as it was, and none is created."""
+    fd, tmp = temp_sibling(path)
+    made = None
+    try:
+        if perms is not None:
+            os.chmod(tmp, perms)
+        made = build(fd)
+        os.fsync(fd)  # the header and the file's size (its allocation)
+        os.close(fd)
+        fd = -1
+        replace_durably(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        if made is not None:
+            release(made)
+        discard(tmp)
+        raise
+    return made
+
+
 def discard(tmp: Any) -> None:
     """Remove a temporary file after a failure (quietly: the failure is what is reported)."""
     try:
