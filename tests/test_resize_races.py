@@ -338,3 +338,36 @@ m.close()
 assert np.load({path!r}).shape == (1003,)
 print("ok")
 """)
+
+
+def test_npy_grow_interrupted_after_the_view_grew_still_writes_the_header(tmp_path,
+                                                                           monkeypatch):
+    """A KeyboardInterrupt between the grow of the view and the header write left the header
+    saying fewer rows than the mapping had: later resizes were refused and rows written past
+    the header were not what np.load read."""
+    import numpy as np
+
+    import mmarray
+    from mmarray import _npy
+    path = str(tmp_path / "i.npy")
+    np.save(path, np.arange(8.0).reshape(4, 2))
+    m = mmarray.load(path, mode="r+")
+    real = _npy._fmt.pwrite
+    calls = []
+
+    def interrupted(fd, data, pos):
+        calls.append(pos)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(fd, data, pos)
+    monkeypatch.setattr(_npy._fmt, "pwrite", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        m.resize(6)
+    monkeypatch.setattr(_npy._fmt, "pwrite", real)
+    assert m.shape == (6, 2)
+    m.array[5] = 7.0
+    m.flush()
+    assert np.load(path).shape == (6, 2) and np.load(path)[5].tolist() == [7.0, 7.0]
+    m.resize(7)
+    m.close()
+    assert np.load(path).shape == (7, 2)

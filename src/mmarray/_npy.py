@@ -157,8 +157,16 @@ class NpyMapping(Mapping):
                 if grown is None:  # pragma: no cover - numpy's header holds 21 digits
                     raise ValueError(f"{filename!r}: its header cannot hold shape {new}")
             if nbytes > self.nbytes:
-                Mapping.resize(self, new)
-                _fmt.pwrite(fd, grown, 0)
+                try:
+                    Mapping.resize(self, new)
+                    _fmt.pwrite(fd, grown, 0)
+                except BaseException:
+                    # Interrupted (KeyboardInterrupt) once the view grew: the rows are in the
+                    # file, so the header says so too, or the mapping and the file disagree
+                    # for good (later resizes refused, rows written past the header lost).
+                    if self.shape == new:
+                        _fmt.pwrite(fd, grown, 0)
+                    raise
             else:
                 end = self.offset + nbytes
                 old_end = self.offset + self.nbytes
