@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fault guard is POSI
 # exception went to the thread being started (its state still had the ident of the thread
 # starting it), which died before saying it started: Thread.start() waited for ever.
 START_AFTER_FAULT = """
-import os, sys, threading, time, faulthandler
+import os, sys, threading, time, faulthandler, _thread
 import mmarray
 
 d = {d!r}
@@ -68,7 +68,8 @@ def unraisable(u):
     # took no record). An asynchronous exception that fires inside a weakref callback or a
     # __del__ run by thread A is printed and dropped by CPython: a known limit (A misses that
     # one), not this bug.
-    if "_bootstrap" in repr(u.object) or "bytes 0 to 0" in str(u.exc_value):
+    if "_bootstrap" in repr(u.object) or "bytes 0 to 0" in str(u.exc_value) or (
+            "thread started by" in str(u.err_msg)):
         caught["stray"].append(f"unraisable: {{u.object!r}} {{u.exc_value!r}}")
 
 sys.unraisablehook = unraisable
@@ -91,6 +92,7 @@ print("ok", progress[0], caught["A"])
     "m2.prefetch()",
     "for _ in m2.chunks(1024): pass",
     "threading.Thread(target=lambda: None).start()",
+    "_thread.start_new_thread(lambda: None, ())",
 ])
 def test_a_thread_that_faulted_can_start_a_thread(tmp_path, start):
     """Was a hang on CPython 3.11 (audit g01/g02): the MappedFileError killed the thread being

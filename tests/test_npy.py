@@ -588,7 +588,6 @@ def test_unknown_format_version_is_a_value_error(tmp_path, version):
     "['descr', 'fortran_order', 'shape']",
     "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), ",
     "{'descr': '<i4', 'fortran_order': False, 'shape': (-3,), }",
-    "{'descr': '(2,)<i4', 'fortran_order': False, 'shape': (3,), }",
     "{'descr': '|V0', 'fortran_order': False, 'shape': (3,), }",
     "{'descr': " + "(" * 300 + "'<i4'" + ")" * 300 + ", 'fortran_order': False, 'shape': (3,)}",
     "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }\x00",

@@ -380,6 +380,16 @@ def _grown_header(header: bytes, shape: tuple[int, ...], name: str) -> bytes | N
             raise ValueError(f"{name}: its header is not a Python literal dict") from None
         if not isinstance(d, dict) or not isinstance(d.get("shape"), tuple):
             raise ValueError(f"{name}: its header has no shape field that can grow")
+    if isinstance(d.get("descr"), tuple):
+        # A subarray descr such as ('<i4', (2,)): np.load (and parse_header) give its base
+        # dtype, its dimensions after the header's shape, and ``shape`` counts them: the
+        # header says so in numpy's own terms (the base dtype's descr), as np.save would.
+        try:
+            dt = _format.descr_to_dtype(d["descr"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: its header's descr {d['descr']!r} is not a dtype") \
+                from None
+        d["descr"] = _format.dtype_to_descr(_engine.without_subarray(dt, ())[0])
     d["shape"] = tuple(int(x) for x in shape)
     text = "{" + "".join(f"'{key}': {value!r}, " for key, value in sorted(d.items())) + "}"
     try:

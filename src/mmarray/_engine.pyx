@@ -47,6 +47,15 @@ cdef extern from "Python.h":
         object (*tp_new)(PyTypeObject *, PyObject *, PyObject *)
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
     unsigned long PyThread_get_thread_ident()
+    ctypedef struct PyThreadState:
+        unsigned long thread_id      # a field of CPython's (cpython/pystate.h), 3.8 on
+    ctypedef struct PyInterpreterState
+    ctypedef struct PyFrameObject
+    PyInterpreterState *PyInterpreterState_Get()
+    PyThreadState *PyInterpreterState_ThreadHead(PyInterpreterState *interp)
+    PyThreadState *PyThreadState_Next(PyThreadState *tstate)
+    PyFrameObject *PyThreadState_GetFrame(PyThreadState *tstate)
+    void Py_XDECREF(PyObject *)
 
 
 cdef extern from "numpy/arrayobject.h":
@@ -861,7 +870,7 @@ cdef class Region:
         if <uint64_t>nbytes != self._mapped_length():
             raise ValueError(f"shape {shape} of dtype {self._dtype} is {nbytes} bytes, but "
                              f"{self._mapped_length()} bytes are mapped")
-        self._shape = shape
+        self._dtype, self._shape = _without_subarray(self._dtype, shape)
 
     def _faults(self):
         """Faults the fault guard caught in this view (kept after the unmap)."""
@@ -1067,6 +1076,7 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
             raise ValueError(f"shape {shape} of dtype {dtype} is {nbytes} bytes, but "
                              f"{'the rest of the file' if length == MM_TO_END else length} "
                              f"bytes are to be mapped")
+        dtype, shape = _without_subarray(dtype, shape)
     elif length != MM_TO_END:
         raise ValueError("shape must be given unless the mapping runs to the end of the file")
     m = cls.__new__(cls)
@@ -1220,7 +1230,7 @@ def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
         dt = _fast_dtypes.get(dtype)
     except TypeError:                # an unhashable dtype argument (a list of fields)
         return None
-    if dt is None:
+    if dt is None or cnp.PyDataType_HASSUBARRAY(<cnp.dtype>dt):  # subarray: map_file
         return None
     path = _utf8_path(file, &size)
     if path == NULL:
@@ -1313,6 +1323,7 @@ def map_by_header(file, int access, mode, Py_ssize_t n, layout, type cls not Non
         if total != nbytes or nbytes <= 0 or offset < 0:
             raise ValueError(f"layout gave {nbytes} bytes at offset {offset} for shape "
                              f"{shape} of {dtype}; expected the shape's size, at least 1")
+        dtype, shape = _without_subarray(dtype, shape)
         filename = file if _fast_posix and _normal_absolute(path, size) \
             else _fast_abspath(file)
         m = _new_region(cls)
@@ -1357,6 +1368,31 @@ cdef tuple _shape_nbytes_c(shape, Py_ssize_t itemsize):
             return _shape_nbytes(shape, itemsize)   # past 63 bits (or not, after a 0 later)
         total *= <uint64_t>d
     return shape, total
+
+
+cdef tuple _without_subarray(cnp.dtype dtype, tuple shape):
+    """``(dtype, shape)`` as the array numpy builds over them reports them: a subarray dtype
+    such as ``'(2,)i4'`` gives its base dtype, and its dimensions go after ``shape`` (as
+    ``numpy.ndarray`` and ``numpy.memmap`` do, in order 'C' and 'F' alike: the bytes and
+    their layout stay the same). Other dtypes come back as they are. ValueError past
+    ``_MAX_DIMS`` dimensions, as numpy raises."""
+    if dtype is None or not cnp.PyDataType_HASSUBARRAY(dtype):
+        return dtype, shape
+    whole = shape
+    while dtype.subdtype is not None:    # a subarray of subarrays: numpy nests the shapes
+        whole = whole + dtype.shape
+        dtype = dtype.base
+    if len(whole) > _MAX_DIMS:
+        raise ValueError(f"shape {shape} with the {len(whole) - len(shape)} dimensions of "
+                         f"its subarray dtype has {len(whole)} dimensions, more than "
+                         f"{_MAX_DIMS}")
+    return dtype, whole
+
+
+def without_subarray(cnp.dtype dtype not None, tuple shape not None):
+    """``(dtype, shape)`` as an array of ``shape`` and the subarray dtype ``dtype`` reports
+    them (see :func:`map_file`); for the .npy code, which writes and reads headers."""
+    return _without_subarray(dtype, shape)
 
 
 def _shape_nbytes(shape, Py_ssize_t itemsize):
@@ -1758,16 +1794,46 @@ def guard_new_pipe():
         raise OSError(err.code, "cannot make the fault guard's wake-up pipe")
 
 
+#: raise_in_thread's results.
+RAISED = 1
+NO_SUCH_THREAD = 0
+THREAD_STARTING = -1
+
+
 def raise_in_thread(unsigned long thread, exc_type):
     """Raise ``exc_type`` in the Python thread ``thread`` (threading.get_ident()) at its next
-    chance, or with None cancel what is pending there (PyThreadState_SetAsyncExc). Returns
-    whether such a thread was found."""
+    chance, or with None cancel what is pending there (PyThreadState_SetAsyncExc).
+
+    Returns ``RAISED``, ``NO_SUCH_THREAD``, or (``exc_type`` not None) ``THREAD_STARTING``
+    without raising: the thread state PyThreadState_SetAsyncExc would take for ``thread``
+    runs no Python code. That is a thread being started by ``thread``: before CPython 3.12 a
+    new thread's state has the ident of the thread starting it until the new thread runs
+    (``_PyThreadState_Prealloc``, Modules/_threadmodule.c), and is listed first, so the
+    exception would kill the new thread in its bootstrap instead (``threading.Thread.start``
+    and ``_thread.start_new_thread`` alike). The check and the raise are one step under the
+    GIL: no thread can be started between them, and a new thread taking its own ident (which
+    it does without the GIL) only ends the wait."""
+    cdef PyThreadState *state
+    cdef PyFrameObject *frame
     if exc_type is not None and not (isinstance(exc_type, type)
                                      and issubclass(exc_type, BaseException)):
         raise TypeError(f"exc_type must be an exception class or None, got {exc_type!r}")
     if exc_type is None:
-        return PyThreadState_SetAsyncExc(thread, NULL) == 1
-    return PyThreadState_SetAsyncExc(thread, <PyObject *>exc_type) == 1
+        return RAISED if PyThreadState_SetAsyncExc(thread, NULL) == 1 else NO_SUCH_THREAD
+    # The list, newest first, as PyThreadState_SetAsyncExc walks it (Python/pystate.c): it
+    # takes the first state with the ident. States are added and removed holding the GIL,
+    # or (PyGILState_Ensure) added at the head, which a walk begun before does not see.
+    state = PyInterpreterState_ThreadHead(PyInterpreterState_Get())
+    while state != NULL and state.thread_id != thread:
+        state = PyThreadState_Next(state)
+    if state == NULL:
+        return NO_SUCH_THREAD
+    frame = PyThreadState_GetFrame(state)    # a new reference, or NULL: no Python frame
+    if frame == NULL:
+        return THREAD_STARTING
+    Py_XDECREF(<PyObject *>frame)
+    return RAISED if PyThreadState_SetAsyncExc(thread, <PyObject *>exc_type) == 1 \
+        else NO_SUCH_THREAD
 
 
 @cython.auto_pickle(False)

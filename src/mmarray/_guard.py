@@ -38,8 +38,8 @@ until it blocks. Code that faults and returns sooner has returned by then, with 
   :class:`MappedFileError` synchronously, in the task; :meth:`~mmarray.Mapping.close` of a
   writable mapping that faulted raises too.
 - **Starting a thread**: the exception is not raised in a thread while it runs
-  ``threading.Thread.start``, nor (CPython before 3.12) while any thread is being started,
-  because there it would leave the new thread half started (see :func:`_deliver`); it is
+  ``threading.Thread.start``, nor (CPython before 3.12) while it starts a thread, because
+  there it would leave the new thread half started or kill it (see :func:`_deliver`); it is
   held back until the start finishes (at most :data:`_START_WAIT` seconds).
 """
 from __future__ import annotations
@@ -236,61 +236,52 @@ def _drain() -> None:
 
 #: How long the dispatcher waits for a thread start to finish (see _deliver), seconds.
 _START_WAIT = 2.0
-#: How long it waits for threads listed in ``threading._limbo`` with nobody in
-#: ``Thread.start`` (a start aborted by an exception; before 3.12 only), seconds.
-_LIMBO_WAIT = 0.05
-_STARTS_MOVE_IDENTS = sys.version_info < (3, 12)
 _nothing = contextlib.nullcontext()
 
 
 def _deliver(target: int) -> bool:
     """Raise :class:`MappedFileError` in thread ``target``; False if it was not raised (the
-    thread is gone, or a pool's worker between tasks: see :func:`_in_pool_loop`).
+    thread is gone, a pool's worker between tasks: see :func:`_in_pool_loop`, or a start
+    that did not finish in time: below).
 
     Not while a thread is being started: the dispatcher waits (sleeping, so that the start
-    can finish), at most :data:`_START_WAIT` seconds, then raises anyway:
+    can finish), at most :data:`_START_WAIT` seconds:
 
     - not while ``target`` runs ``threading.Thread.start``: raised there, the exception
       leaves the thread half started (after ``_start_new_thread`` returned, start's own
       ``except`` clause meets a KeyError in ``del _limbo[self]``; during ``_started.wait()``
-      the caller never learns of the thread it started);
-    - before CPython 3.12, not while any thread runs ``Thread.start``: until the new thread
-      runs, its thread state has the ident of the thread starting it
-      (``_PyThreadState_Prealloc`` in Modules/_threadmodule.c; ``t_bootstrap`` sets its
-      own), and ``PyThreadState_SetAsyncExc(ident)`` takes the newest state with that ident
-      first: the exception would kill the new thread in its bootstrap, before it says it
-      started, and ``Thread.start()`` would wait for ever. ``start()`` returns only once the
-      new thread runs (``_started``). A start aborted by another exception leaves the new
-      thread listed in ``threading._limbo`` until it runs: for that the dispatcher waits at
-      most :data:`_LIMBO_WAIT` seconds. A thread started with ``_thread.start_new_thread`` is
-      not covered.
+      the caller never learns of the thread it started). Past the wait it is raised anyway.
+    - not while the thread state that ``PyThreadState_SetAsyncExc(target)`` would take runs
+      no Python code: before CPython 3.12 that is a thread ``target`` is starting (with
+      ``Thread.start`` or ``_thread.start_new_thread``), whose state has ``target``'s ident
+      until it runs, and the exception would kill it in its bootstrap (``Thread.start()``
+      then waits for ever). The engine checks and raises in one step
+      (:func:`mmarray._engine.raise_in_thread`). Past the wait it is not raised: the fault
+      stays in the mapping's ``faulted`` and the next fault of the thread raises.
 
     The checks and the raise are made holding ``threading._active_limbo_lock``, which
     ``Thread.start`` takes before it makes the new thread: a thread that enters it meanwhile
     waits there, and the exception reaches it as it leaves that lock, before the new thread
     is made (the release is a call, after which the interpreter raises pending asynchronous
     exceptions), and propagates out of ``start()`` (that Thread stays listed in
-    ``threading._limbo``, never started: hence the short :data:`_LIMBO_WAIT`).
+    ``threading._limbo``, never started).
     """
-    now = time.monotonic()
-    deadline, limbo_deadline = now + _START_WAIT, now + _LIMBO_WAIT
+    deadline = time.monotonic() + _START_WAIT
     while True:
         # read each time: threading makes the lock anew in a forked child
         lock = getattr(threading, "_active_limbo_lock", None) or _nothing
         with lock:
-            frames = sys._current_frames()
-            frame = frames.get(target)
+            frame = sys._current_frames().get(target)
             if frame is not None and _in_pool_loop(frame):
                 return False
-            now = time.monotonic()
-            if _STARTS_MOVE_IDENTS:
-                starting = any(map(_in_thread_start, frames.values())) or (
-                    now < limbo_deadline and bool(getattr(threading, "_limbo", None)))
-            else:
-                starting = _in_thread_start(frame)
-            if not starting or now >= deadline:
-                return bool(_engine.raise_in_thread(target, _Raised))
-        del frames, frame
+            late = time.monotonic() >= deadline
+            if late or not _in_thread_start(frame):
+                got = _engine.raise_in_thread(target, _Raised)
+                if got != _engine.THREAD_STARTING:
+                    return got == _engine.RAISED
+                if late:
+                    return False
+        del frame
         time.sleep(0.0005)
 
 

@@ -296,10 +296,8 @@ def create_npy(file, dtype, shape, fortran_order=False):
     fortran_order = bool(fortran_order)
     dt = _api._check_dtype(dtype)
     if dt.subdtype is not None:  # as ndarray does: the subarray becomes trailing axes
-        dt, sub = dt.subdtype
         shape, _ = _api._check_shape(shape, 1)  # any integer (np.int64 too) or ints
-        shape = shape + sub
-        dt = _api._check_dtype(dt)
+        dt, shape = _engine.without_subarray(dt, shape)
     shape, nbytes = _api._check_shape(shape, dt.itemsize)
     header = _fmt.header_bytes({"descr": _format.dtype_to_descr(dt),
                                 "fortran_order": fortran_order, "shape": shape})

@@ -148,11 +148,17 @@ def _checked_dtype(dt, name):
             f"such data only with allow_pickle=True, and it cannot be memory-mapped")
     if dt.itemsize == 0:
         raise ValueError(f"{name}: dtype {dt} has itemsize 0, which cannot be mapped")
-    if dt.subdtype is not None:
-        raise ValueError(f"{name}: descr {dt} is a subarray dtype; a .npy header's descr must "
-                         f"be a scalar or structured dtype (np.load cannot read this file "
-                         f"either)")
     return dt
+
+
+def _whole_shape(dt, shape, name):
+    """``(dtype, shape)`` of the array np.load gives for a header's descr and shape: a
+    subarray descr such as ``('<i4', (2,))`` (numpy never writes one, np.load reads it) gives
+    its base dtype, its dimensions after the header's shape."""
+    try:
+        return _engine.without_subarray(dt, shape)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _descr_dtype(descr, name):
@@ -207,7 +213,9 @@ def parse_fast(hb, name):
     dt = _descr_dtype(descr, name)
     shape = tuple(map(int, dims.rstrip(b",").split(b","))) if dims else ()
     order = "F" if fortran == b"True" else "C"
-    result = (dt, shape, order, _nbytes(shape, dt.itemsize, name))
+    nbytes = _nbytes(shape, dt.itemsize, name)
+    dt, shape = _whole_shape(dt, shape, name)
+    result = (dt, shape, order, nbytes)
     if len(header_cache) >= CACHE_MAX:
         header_cache.clear()
     header_cache[hb] = result
@@ -279,7 +287,9 @@ def _parse_numpy(raw, version, name, max_header_size):
     if not all(type(d) is int for d in shape):  # numpy's check lets bools through
         raise ValueError(f"{name}: header shape {_api._short_repr(shape)} is not a tuple of "
                          f"integers")
-    return dt, shape, "F" if fortran else "C", _nbytes(shape, dt.itemsize, name)
+    nbytes = _nbytes(shape, dt.itemsize, name)
+    dt, shape = _whole_shape(dt, shape, name)
+    return dt, shape, "F" if fortran else "C", nbytes
 
 
 def _clipped(exc, limit=300):
