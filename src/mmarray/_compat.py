@@ -573,7 +573,8 @@ def _create_npy(filename: StrPath, header: dict[str, Any], version: tuple[int, i
 
     def build(fd: int) -> memmap:
         offset = _header_on(fd, header, version)
-        return _new_memmap(memmap, filename, dtype, mode, offset, shape, order, on_fd=fd)
+        return _with_header(_new_memmap(memmap, filename, dtype, mode, offset, shape, order,
+                                        on_fd=fd), offset)
 
     def release(array: memmap) -> None:
         mapping = _mapping_of(array)
@@ -672,8 +673,18 @@ def open_memmap(filename: StrPath, mode: ShortMode = "r+", dtype: DTypeLike | No
             if dtype.hasobject:  # type: ignore[union-attr]  # a numpy.dtype from the header
                 raise ValueError("Array can't be memory-mapped: Python objects in dtype.")
             offset = fp.tell()
-    return memmap(filename, dtype=dtype, shape=shape, order="F" if fortran_order else "C",
-                  mode=mode, offset=offset)
+    return _with_header(memmap(filename, dtype=dtype, shape=shape,
+                               order="F" if fortran_order else "C", mode=mode, offset=offset),
+                        offset)
+
+
+def _with_header(array: memmap, offset: int) -> memmap:
+    """``array``, its mapping marked as the data of a .npy whose header is ``[0, offset)``:
+    a reference (a pickle) carries that header, and its receiver maps only the same."""
+    mapping = _mapping_of(array)
+    if mapping is not None:
+        mapping._format = ((0, offset),)
+    return array
 
 
 _register_with_distributed()

@@ -14,6 +14,7 @@ shorter than the range is refused, never grown.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any, Optional
 
 from mmarray import _engine
@@ -125,6 +126,117 @@ def verify(mapping: Any, filename: str, identity: FileIdentity, host: str) -> No
             f"{filename!r} is no longer the file that was pickled: {problem} (replaced, "
             f"renamed over or deleted and created again since); refusing to map a different "
             f"file")
+
+
+#: Bytes a pickled layout may hold (a .npy header is at most ``max_header_size``, 10,000 by
+#: default; a .npz member's local header at most 30 + 2 * 65,535).
+LAYOUT_MAX = 1 << 24
+
+
+def read_layout(filename: str, identity: tuple[int, ...],
+                spans: tuple[tuple[int, int], ...]) -> tuple[tuple[int, bytes], ...]:
+    """``((start, bytes), ...)``: the bytes ``[start, stop)`` of each span of ``spans`` in the
+    file of device and inode ``identity[:2]``, read now through ``filename``. These are the
+    bytes that say where a mapping's data lies in its file (a ``.npy`` header, a ``.npz``
+    member's local header): a reference carries them, and its receiver maps only if the file
+    still holds them (:func:`check_layout`).
+
+    Raises ValueError when the name no longer leads to that file, or the file no longer holds
+    the spans."""
+    found = _read_spans(filename, spans)
+    if found is None or found[0] != tuple(identity[:2]):
+        raise ValueError(f"{filename!r} cannot be pickled by reference: the name no longer "
+                         f"leads to the mapped file (replaced or renamed since it was mapped)")
+    layout = found[1]
+    if any(len(data) != stop - start for (start, stop), (_, data) in zip(spans, layout)):
+        raise ValueError(f"{filename!r} cannot be pickled by reference: it is shorter than "
+                         f"its header now (truncated since it was mapped)")
+    return layout
+
+
+def check_layout_field(layout: Any, what: str) -> None:
+    """TypeError unless ``layout`` is as a pickled ``what`` holds it: None or a tuple of
+    ``(start, bytes)`` pairs, start >= 0, at most :data:`LAYOUT_MAX` bytes in all."""
+    if layout is None:
+        return
+    if not (type(layout) is tuple and len(layout) <= 16 and all(
+            type(item) is tuple and len(item) == 2 and type(item[0]) is int
+            and 0 <= item[0] < LIMIT and type(item[1]) is bytes for item in layout)
+            and sum(len(item[1]) for item in layout) <= LAYOUT_MAX):
+        raise TypeError(f"{what} holds a layout of (offset, bytes) pairs, at most "
+                        f"{LAYOUT_MAX} bytes in all, or None; got {layout!r:.100}")
+
+
+def check_layout(mapping: Any, filename: str, layout: Any) -> None:
+    """Close ``mapping`` and raise ValueError unless the file it maps still holds the bytes of
+    ``layout`` (see :func:`read_layout`): a ``.npy`` rewritten in place since the sender
+    pickled (``np.save`` to the same name keeps the inode) may hold another array whose data
+    starts elsewhere, and the pickled range would read, or write, the wrong bytes (its
+    header, for one)."""
+    if not layout:
+        return
+    identity = mapping._identity()
+    if identity is None:  # nothing mapped: no byte of the file is reachable
+        return
+    spans = tuple((start, start + len(data)) for start, data in layout)
+    found = _read_spans(filename, spans)
+    problem = None
+    if found is None or found[0] != tuple(identity[:2]):
+        problem = "the name no longer leads to the file just mapped"
+    else:
+        for (start, data), (_, now) in zip(layout, found[1]):
+            if now != data:
+                problem = (f"its bytes {start} to {start + len(data)} (the header that says "
+                           f"where the data lies) are not those pickled")
+                break
+    if problem is not None:
+        mapping.close()
+        raise ValueError(f"{filename!r} changed since it was pickled: {problem}; it was "
+                         f"rewritten in place (np.save to the same name, for one) and the "
+                         f"pickled range may hold other data now. Refusing to map it: "
+                         f"load the file again and pickle that")
+
+
+def _read_spans(filename: str, spans: tuple[tuple[int, int], ...]
+                ) -> tuple[tuple[int, int], tuple[tuple[int, bytes], ...]] | None:
+    """``((st_dev, st_ino), ((start, bytes), ...))`` of the file ``filename`` names, read
+    from one descriptor (bytes short at the end of the file); None if it cannot be opened.
+    O_NONBLOCK: a FIFO put in its place does not block the open."""
+    flags = (os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(filename, flags)
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        out = []
+        for start, stop in spans:
+            out.append((start, _pread(fd, stop - start, start)))
+        return (st.st_dev, st.st_ino), tuple(out)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _pread(fd: int, n: int, pos: int) -> bytes:
+    """Up to ``n`` bytes at ``pos`` (fewer only at the end of the file)."""
+    chunks = []
+    while n > 0:
+        if hasattr(os, "pread"):
+            data = os.pread(fd, n, pos)
+        else:  # pragma: no cover - Windows
+            os.lseek(fd, pos, os.SEEK_SET)
+            data = os.read(fd, n)
+        if not data:
+            break
+        chunks.append(data)
+        n -= len(data)
+        pos += len(data)
+    return b"".join(chunks)
 
 
 def remap_error(exc: BaseException, what: str, filename: str, offset: int,

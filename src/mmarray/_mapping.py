@@ -76,7 +76,13 @@ class Mapping(_engine.Region):
     >>> del a                   # the region is unmapped now
     """
 
-    __slots__ = ()
+    # _format: the spans ((start, stop), ...) of the file that say where the data lies (a
+    # .npy header, a .npz member's local header), set by the code that read them to map it;
+    # unset for a raw file. A reference carries their bytes (see _fileref.read_layout).
+    __slots__ = ("_format",)
+    _format: tuple[tuple[int, int], ...]
+    #: What a pickle of this class rebuilds: a key of _REOPEN_CLASSES, or None (a Mapping).
+    _pickle_kind: str | None = None
 
     # -- an array-like: what dask.array.from_array, xarray and friends use ------------------
 
@@ -314,8 +320,24 @@ class Mapping(_engine.Region):
             raise ValueError(f"cannot pickle a closed Mapping of {self.filename!r}; pickle it "
                              f"before close()")
         mode = "r+" if self.mode == "w+" else self.mode
-        return (_reopen, (filename, self.offset, self.dtype, self.shape, self.order, mode,
-                          identity, _fileref.host_id()))
+        args: tuple[Any, ...] = (filename, self.offset, self.dtype, self.shape, self.order,
+                                 mode, identity, _fileref.host_id())
+        layout = self._layout(filename, identity)
+        if layout is not None or self._pickle_kind is not None:
+            args += (layout, self._pickle_kind)
+        return (_reopen, args)
+
+    def _layout(self, filename: str, identity: _fileref.FileIdentity
+                ) -> tuple[tuple[int, bytes], ...] | None:
+        """The bytes of the file that say where this mapping's data lies (a ``.npy``
+        header), read now, for a reference to carry; None for a raw file or no mapped byte."""
+        spans = getattr(self, "_format", None)
+        if spans is None or identity is None:
+            return None
+        return _fileref.read_layout(filename, identity, spans)
+
+    def _reopened(self) -> None:
+        """Called on a mapping just unpickled as this class (its layout checked)."""
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         """dask's token: the file (name, identity, modification time) and the region; the
@@ -558,11 +580,26 @@ def map_region(*, path: StrOrBytesPath | None = None, fd: int | None = None, acc
     return m
 
 
+#: Classes a pickled Mapping may come back as (``_pickle_kind`` -> class); _npy adds its own.
+_REOPEN_CLASSES: dict[str, type[Mapping]] = {}
+
+
 def _reopen(filename: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ...],
             order: Order, mode: ShortMode, identity: _fileref.FileIdentity,
-            host: str) -> Mapping:
+            host: str, layout: Any = None, kind: Any = None) -> Mapping:
     """Unpickle a :class:`Mapping`: map the pickled range of ``filename`` and prove it is the
-    same file. Creates, truncates and grows nothing (no CREATE, no GROW)."""
+    same file, and, with ``layout``, that the file still holds the header that said where the
+    range lies. ``kind`` names the class to rebuild (None: Mapping). Creates, truncates and
+    grows nothing (no CREATE, no GROW)."""
+    _fileref.check_layout_field(layout, "a pickled Mapping")
+    if kind is None:
+        cls = Mapping
+    else:
+        found = _REOPEN_CLASSES.get(kind) if type(kind) is str else None
+        if found is None or layout is None:
+            raise TypeError(f"a pickled Mapping is of kind None or one of "
+                            f"{sorted(_REOPEN_CLASSES)} (with a layout), got {kind!r:.50}")
+        cls = found
     if mode not in ("r", "r+"):
         raise ValueError(f"a pickled Mapping has mode 'r' or 'r+', got {mode!r}")
     if not isinstance(dtype, np.dtype) or type(shape) is not tuple or not isinstance(
@@ -589,13 +626,17 @@ def _reopen(filename: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, 
     try:
         m = map_region(path=filename, access=_READ if mode == "r" else _WRITE, offset=offset,
                        length=length, dtype=dtype, shape=shape, order=order, mode=mode,
-                       filename=filename)
+                       filename=filename, cls=cls)
     except (ValueError, OSError) as exc:
         error = _fileref.remap_error(exc, "the pickled Mapping", filename, offset, length)
         if error is exc:
             raise
         raise error from exc
     _fileref.verify(m, filename, identity, host)
+    _fileref.check_layout(m, filename, layout)
+    if layout is not None:
+        m._format = tuple((start, start + len(data)) for start, data in layout)
+    m._reopened()
     return m
 
 

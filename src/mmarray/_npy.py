@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as _format
 
-from mmarray import _api, _append, _engine
+from mmarray import _api, _append, _engine, _mapping
 from mmarray import _npyformat as _fmt
 from mmarray._mapping import Mapping, _resize_dims
 
@@ -28,6 +28,10 @@ class NpyMapping(Mapping):
 
     __slots__ = ("_header_length",)
     _header_length: int
+    _pickle_kind = "npy"
+
+    def _reopened(self) -> None:
+        self._header_length = self.offset  # unpickled: the whole data, after the header
 
     def resize(self, shape: Any, *, truncate: bool = False) -> None:
         """Change the length of the growth axis (the first for C order, the last for
@@ -147,6 +151,7 @@ class NpyMapping(Mapping):
                                              None, repr(filename))[0]
                     self._rebase(copy, hlen, old)
                     self._header_length = hlen
+                    self._format = ((0, hlen),)
                 except BaseException:
                     _append._close(copy)
                     raise
@@ -187,10 +192,14 @@ class NpyRowsMapping(Mapping):
     the header's business, so it does not resize."""
 
     __slots__ = ()
+    _pickle_kind = "npy_rows"
 
     def resize(self, shape: Any, *, truncate: bool = False) -> None:
         raise ValueError("this mapping holds some rows of a .npy file; load the whole file "
                          "(without rows=) to resize it")
+
+
+_mapping._REOPEN_CLASSES.update(npy=NpyMapping, npy_rows=NpyRowsMapping)
 
 
 def _prod(shape: tuple[int, ...]) -> int:
@@ -213,6 +222,7 @@ def map_npy(fd, base, first, mode, access, rows, filename, name, max_header_size
                                 NpyMapping if growable else None)
             if growable:
                 m._header_length = hlen
+            m._format = ((base, offset),)  # the header: what a reference re-checks
         except ValueError:  # E_RANGE: the data runs past the end of the file
             if nbytes:
                 _check_size(fd, offset, nbytes, dt, shape, name)
@@ -225,6 +235,7 @@ def map_npy(fd, base, first, mode, access, rows, filename, name, max_header_size
         m = _fmt.map_region(fd, access, offset + lo * per, (hi - lo) * per, dt, sub, order,
                             mode, filename,
                             NpyRowsMapping if access == _engine.WRITE else None)
+        m._format = ((base, offset),)
     return m, offset + nbytes
 
 
@@ -311,6 +322,7 @@ def create_npy(file, dtype, shape, fortran_order=False):
                             filename, NpyMapping if nbytes else None, grow=True)
         if nbytes:
             m._header_length = len(header)
+        m._format = ((0, len(header)),)
         return m
 
     return _fmt.create_mapped(path, perms, build, Mapping.close)

@@ -314,6 +314,9 @@ class NpzMapping(collections.abc.Mapping):
                 crc.check(fd)
         m = _fmt.map_region(fd, access, offset, nbytes, dt, shape, order, mode, self._filename,
                             cls)
+        # What a reference re-checks: the local header (but its CRC-32, which mode 'r+'
+        # rewrites) and the .npy header, up to the data.
+        m._format = ((e.lho, e.lho + 14), (e.lho + 18, offset))
         if cls is _npzcrc.NpzMember:
             _npzcrc.track(m, crc)
         return m

@@ -52,7 +52,7 @@ class ArrayRef:
     """
 
     __slots__ = ("_filename", "_identity", "_host", "_offset", "_length", "_start", "_dtype",
-                 "_shape", "_strides", "_writable", "_array")
+                 "_shape", "_strides", "_writable", "_layout", "_array")
     _filename: str
     _identity: _fileref.FileIdentity
     _host: str
@@ -63,6 +63,7 @@ class ArrayRef:
     _shape: tuple[int, ...]
     _strides: tuple[int, ...]
     _writable: bool
+    _layout: tuple[tuple[int, bytes], ...] | None
     _array: np.ndarray[Any, Any] | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -71,9 +72,11 @@ class ArrayRef:
     @classmethod
     def _new(cls, filename: str, identity: _fileref.FileIdentity, host: str, offset: int,
              length: int, start: int, dtype: np.dtype[Any], shape: tuple[int, ...],
-             strides: tuple[int, ...], writable: bool) -> ArrayRef:
+             strides: tuple[int, ...], writable: bool,
+             layout: tuple[tuple[int, bytes], ...] | None = None) -> ArrayRef:
         _check_fields(filename, offset, length, start, dtype, shape, strides)
         _fileref.check_identity(identity, host, "an ArrayRef")
+        _fileref.check_layout_field(layout, "an ArrayRef")
         if type(writable) is not bool:
             raise TypeError(f"an ArrayRef's writable flag is a bool, got {writable!r:.50}")
         self = object.__new__(cls)
@@ -87,6 +90,7 @@ class ArrayRef:
         self._shape = shape
         self._strides = strides
         self._writable = writable
+        self._layout = layout      # the header bytes that said where the data lies, if any
         self._array = None
         return self
 
@@ -224,6 +228,7 @@ class ArrayRef:
                 raise
             raise error from exc
         _fileref.verify(m, self._filename, self._identity, self._host)
+        _fileref.check_layout(m, self._filename, self._layout)
         # The Mapping stays open (flush() works on it) and is unmapped once the array and
         # its views are gone. [start + lowest, start + highest] is [0, length): in bounds.
         return np.ndarray(shape, dtype, buffer=m.array, offset=start, strides=strides)
@@ -231,9 +236,12 @@ class ArrayRef:
     # -- crossing processes -------------------------------------------------------------------
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self._filename, self._identity, self._host, self._offset,
-                           self._length, self._start, self._dtype, self._shape, self._strides,
-                           self._writable))
+        fields: tuple[Any, ...] = (
+            self._filename, self._identity, self._host, self._offset, self._length,
+            self._start, self._dtype, self._shape, self._strides, self._writable)
+        if self._layout is not None:  # (without: readable by versions that have none)
+            fields += (self._layout,)
+        return (_rebuild, fields)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("mmarray.ArrayRef", self._filename, self._identity, _mtime(self._filename),
@@ -347,6 +355,7 @@ def ref(array: np.ndarray[Any, Any]) -> ArrayRef:
     if array.size == 0:
         return ArrayRef._new(filename, identity, _fileref.host_id(), mapping.offset, 0, 0,
                              dtype, array.shape, array.strides, writable)
+    layout = mapping._layout(filename, identity)
     base = mapping._data_address()
     lo, hi = _extent(array)
     first = _address(array) + lo - base
@@ -355,4 +364,4 @@ def ref(array: np.ndarray[Any, Any]) -> ArrayRef:
                          f"{_short_repr(array.strides)} reaches bytes outside its mapping of "
                          f"{filename!r}; expected a view that numpy indexing made")
     return ArrayRef._new(filename, identity, _fileref.host_id(), mapping.offset + first,
-                         hi - lo, -lo, dtype, array.shape, array.strides, writable)
+                         hi - lo, -lo, dtype, array.shape, array.strides, writable, layout)

@@ -1,0 +1,169 @@
+"""References (pickles) of mappings whose place in the file a header gave: a ``.npy``'s data,
+a ``.npz`` member. ``np.save`` to the same name rewrites the file in place (same device,
+inode and birth time), so the identity check alone let a receiver map the pickled byte range
+over another array: reading garbage in mode 'r', and in mode 'r+' writing over the new
+header. A reference now carries the header bytes and its receiver refuses a file that no
+longer holds them; a pickled ``.npy`` mapping comes back as the class it was."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import mmarray
+from mmarray import _mapping
+
+
+def wide_record_array():
+    # Its header is 256 bytes where a float64 vector's is 128: the data moved.
+    return np.zeros(8, dtype=[(f"field_{i}", "<f8") for i in range(8)])
+
+
+def pickle_of(kind, path, mode):
+    if kind == "Mapping":
+        m = mmarray.load(path, mode=mode)
+        payload = pickle.dumps(m)
+        m.close()
+    elif kind == "ref":
+        with mmarray.load(path, mode=mode) as m:
+            payload = pickle.dumps(mmarray.ref(m.array[3:10]))
+    elif kind == "memmap":
+        a = mmarray.open_memmap(path, mode=mode)
+        payload = pickle.dumps(a)
+        del a
+    else:  # a slice of mmarray.memmap over the .npy data (through ref)
+        a = mmarray.open_memmap(path, mode=mode)
+        payload = pickle.dumps(a[5:])
+        del a
+    return payload
+
+
+def unpickled_array(payload):
+    got = pickle.loads(payload)
+    return got.array if isinstance(got, (mmarray.Mapping, mmarray.ArrayRef)) else got
+
+
+@pytest.mark.parametrize("kind", ["Mapping", "ref", "memmap", "memmap slice"])
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_pickle_of_npy_refuses_the_file_rewritten_in_place(tmp_path, kind, mode):
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(64, dtype="f8"))
+    payload = pickle_of(kind, path, mode)
+    np.save(path, wide_record_array())  # same inode: os.replace would have been caught
+    before = open(path, "rb").read()
+    with pytest.raises(ValueError, match="changed since it was pickled.*header"):
+        unpickled_array(payload)
+    assert open(path, "rb").read() == before
+    assert np.load(path).shape == (8,)
+
+
+@pytest.mark.parametrize("kind", ["Mapping", "ref", "memmap", "memmap slice"])
+def test_pickle_of_npy_maps_the_unchanged_file(tmp_path, kind):
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(64, dtype="f8"))
+    got = unpickled_array(pickle_of(kind, path, "r+"))
+    expected = np.arange(64.0)[5:] if kind == "memmap slice" else np.arange(64.0)
+    np.testing.assert_array_equal(got, expected[3:10] if kind == "ref" else expected)
+    del got
+
+
+def test_pickle_of_npy_rows_refuses_the_file_rewritten_in_place(tmp_path):
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(64, dtype="f8").reshape(16, 4))
+    with mmarray.load(path, mode="r", rows=(2, 6)) as m:
+        payload = pickle.dumps(m)
+    np.save(path, wide_record_array())
+    with pytest.raises(ValueError, match="changed since it was pickled"):
+        pickle.loads(payload)
+
+
+def test_pickled_npy_mapping_comes_back_resizable_and_keeps_the_header_true(tmp_path):
+    # It came back as a plain Mapping: resize(10) meant shape (10,), grew the file without
+    # touching the header, and np.load never saw the new rows.
+    path = str(tmp_path / "g.npy")
+    np.save(path, np.zeros((4, 3)))
+    with mmarray.load(path, mode="r+") as m:
+        other = pickle.loads(pickle.dumps(m))
+        assert type(other) is type(m)
+        other.resize(10)
+        assert other.shape == (10, 3)
+        other.array[4:] = 7
+        other.flush()
+        other.close()
+    got = np.load(path)
+    assert got.shape == (10, 3) and (got[4:] == 7).all() and (got[:4] == 0).all()
+
+
+def test_pickled_rows_mapping_stays_unresizable(tmp_path):
+    path = str(tmp_path / "r.npy")
+    np.save(path, np.zeros((8, 3)))
+    with mmarray.load(path, mode="r+", rows=(2, 5)) as m:
+        other = pickle.loads(pickle.dumps(m))
+        assert type(other) is type(m)
+        with pytest.raises(ValueError, match="some rows"):
+            other.resize(3)
+        other.close()
+
+
+def test_pickled_npz_member_refuses_the_archive_rewritten_in_place(tmp_path):
+    path = str(tmp_path / "z.npz")
+    np.savez(path, a=np.arange(5), b=np.ones(3))
+    with mmarray.load(path) as z:
+        payload = pickle.dumps(z["b"])
+    np.testing.assert_array_equal(pickle.loads(payload).array, np.ones(3))
+    np.savez(path, a=np.arange(50), b=np.ones(3))  # member b's bytes moved
+    with pytest.raises(ValueError, match="changed since it was pickled"):
+        pickle.loads(payload)
+
+
+def test_pickled_npz_member_survives_a_crc_rewrite_of_its_member(tmp_path):
+    # Mode 'r+' rewrites the member's CRC-32 in its local header: the data is where it was.
+    path = str(tmp_path / "z.npz")
+    mmarray.save_npz(path, a=np.arange(5.0))
+    with mmarray.load(path) as z:
+        payload = pickle.dumps(z["a"])
+    with mmarray.load(path, mode="r+") as z:
+        member = z["a"]
+        member.array[:] = 9
+        member.close()
+    np.testing.assert_array_equal(pickle.loads(payload).array, np.full(5, 9.0))
+    np.testing.assert_array_equal(np.load(path)["a"], np.full(5, 9.0))
+
+
+def test_pickle_without_a_layout_still_loads(tmp_path):
+    # A pickle made before layouts existed: eight fields.
+    path = str(tmp_path / "raw.bin")
+    np.arange(4, dtype="<i4").tofile(path)
+    with mmarray.open(path, dtype="<i4", mode="r") as m:
+        func, args = m.__reduce__()
+    assert func is _mapping._reopen and len(args) == 8  # a raw file carries no layout
+    with func(*args) as again:
+        assert again.array.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("layout, kind, exc, match", [
+    ([(0, b"x")], None, TypeError, "layout"),
+    (((0, "x"),), None, TypeError, "layout"),
+    (((-1, b"x"),), None, TypeError, "layout"),
+    (None, "npy", TypeError, "kind"),
+    (((0, b"x"),), "bogus", TypeError, "kind"),
+    (((0, b"x"),), 3, TypeError, "kind"),
+])
+def test_forged_layout_or_kind_is_refused_before_mapping(tmp_path, layout, kind, exc, match):
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(4.0))
+    with mmarray.load(path) as m:
+        args = m.__reduce__()[1][:8]
+    with pytest.raises(exc, match=match):
+        _mapping._reopen(*args, layout, kind)
+
+
+def test_forged_layout_that_does_not_match_is_refused(tmp_path):
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(4.0))
+    with mmarray.load(path) as m:
+        args = m.__reduce__()[1][:8]
+    with pytest.raises(ValueError, match="changed since it was pickled"):
+        _mapping._reopen(*args, ((0, b"\x93NUMPY\x09"),), None)
+    assert os.path.getsize(path) == 128 + 32
