@@ -491,6 +491,20 @@ def test_offset_past_end_with_shape_none(data_file):
         mmarray.open(data_file, mode="r", offset=10**6)
 
 
+@pytest.mark.parametrize("mode", ["r", "r+", "c"])
+def test_offset_at_the_end_with_shape_none_is_an_empty_array_as_numpy_memmap(data_file, mode):
+    # It was "nothing to map"; numpy.memmap infers shape (0,) there (an empty file stays an
+    # error in both).
+    size = os.path.getsize(data_file)
+    expected = np.memmap(data_file, dtype=np.float64, mode=mode, offset=size)
+    with mmarray.open(data_file, dtype=np.float64, mode=mode, offset=size) as m:
+        assert m.shape == expected.shape == (0,) and m.array.dtype == np.float64
+    with open(data_file, "rb") as f, mmarray.open(f, mode="r", offset=size) as m:
+        assert m.shape == (0,)
+    assert os.path.getsize(data_file) == size
+    del expected
+
+
 def test_shape_overflowing_64_bits(data_file):
     with pytest.raises(ValueError, match="overflows 64 bits"):
         mmarray.open(data_file, dtype=np.float64, mode="r", shape=(2**40, 2**30))
@@ -535,6 +549,16 @@ def test_unsized_dtype_is_type_error(data_file):
 def test_bad_order(data_file):
     with pytest.raises(ValueError, match="order must be 'C' or 'F', got 'K'"):
         mmarray.open(data_file, mode="r", shape=(2, 2), order="K")
+
+
+@pytest.mark.parametrize("order", [None, "a", "k", "A", "K"])
+def test_memmap_takes_the_orders_numpy_memmap_takes_as_c(data_file, order):
+    # order=None raised ValueError in the drop-in; numpy's ndarray reads it as 'C'.
+    expected = np.memmap(data_file, dtype=np.int32, mode="r", shape=(2, 4), order=order)
+    got = mmarray.memmap(data_file, dtype=np.int32, mode="r", shape=(2, 4), order=order)
+    assert got.flags.c_contiguous and expected.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
+    del got, expected
 
 
 def test_empty_file_with_shape_none(tmp_path):

@@ -3,6 +3,7 @@ import io
 import os
 import pickle
 import stat
+import struct
 import sys
 import warnings
 
@@ -743,3 +744,19 @@ def test_create_npy_refuses_file_objects(tmp_path):
 def test_create_npy_in_a_missing_directory_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         mmarray.create_npy(tmp_path / "no" / "such.npy", "f8", 3)
+
+
+def test_version_3_header_over_max_header_size_in_characters_is_refused_as_numpy_does(tmp_path):
+    # It loaded: the v3 limit was 4 x max_header_size bytes (UTF-8), and the parsed
+    # header's characters were never counted, which is what numpy checks.
+    text = "{'descr': '<f8', 'fortran_order': False, 'shape': (4,), }"
+    text = (text + " " * (20000 - len(text) - 1) + "\n").encode()
+    path = tmp_path / "v3.npy"
+    path.write_bytes(b"\x93NUMPY\x03\x00" + struct.pack("<I", len(text)) + text
+                     + np.arange(4.0).tobytes())
+    with pytest.raises(ValueError, match="large"):
+        np.load(path)
+    with pytest.raises(ValueError, match="20000 characters exceeds max_header_size=10000"):
+        mmarray.load(path)
+    with mmarray.load(path, max_header_size=20000) as m:
+        assert m.array.tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -878,3 +878,21 @@ def test_compressed_warning_points_at_the_callers_line(tmp_path, as_file):
         with pytest.warns(mmarray.CompressedMemberWarning) as caught:
             mmarray.load(f if as_file else path).close()
     assert caught[0].filename == __file__
+
+
+def test_corrupt_bzip2_member_error_names_the_archive_and_member(tmp_path):
+    # bz2's OSError("Invalid data stream") came up bare, naming nothing.
+    path = tmp_path / "z.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("b.npy", npy_bytes(np.arange(4)), compress_type=zipfile.ZIP_BZIP2)
+    raw = bytearray(path.read_bytes())
+    start = 30 + len(b"b.npy") + int.from_bytes(raw[28:30], "little")
+    assert raw[start:start + 3] == b"BZh"
+    raw[start:start + 3] = b"XYZ"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(OSError):
+        np.load(path)["b"]
+    npz = mmarray.load(path, compressed="ignore")
+    with pytest.raises(OSError, match=r"z\.npz.*member 'b'.*cannot decompress \(bzip2\)"):
+        npz["b"]
+    npz.close()

@@ -294,9 +294,18 @@ def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mod
 
     # length 0 maps nothing; the engine still checks, creates or grows the file as for data
     # file is a path (str or bytes) or None here: a file object was replaced by its descriptor
-    m = map_region(path=file, fd=fd, access=access, offset=offset,  # type: ignore[arg-type]
-                   length=length, flags=flags, dtype=dt, shape=shape, order=order, mode=mode,
-                   filename=filename)
+    try:
+        m = map_region(path=file, fd=fd, access=access,  # type: ignore[arg-type]
+                       offset=offset, length=length, flags=flags, dtype=dt, shape=shape,
+                       order=order, mode=mode, filename=filename)
+    except ValueError:
+        # Nothing after an offset at the very end of a non-empty file (the engine's E_EMPTY):
+        # an empty array, as numpy.memmap infers one. An empty file stays an error, as there.
+        if shape is not None or offset == 0 or _file_size(file, fd) != offset:  # type: ignore[arg-type]
+            raise
+        m = map_region(path=file, fd=fd, access=access,  # type: ignore[arg-type]
+                       offset=offset, length=0, flags=flags, dtype=dt, shape=(0,),
+                       order=order, mode=mode, filename=filename)
     if advise is not None:
         try:
             m.advise(advise)
@@ -304,6 +313,15 @@ def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mod
             m.close()
             raise
     return m
+
+
+def _file_size(path: StrOrBytesPath | None, fd: int | None) -> int:
+    """Size of the file at ``path`` or behind descriptor ``fd`` (-1 if it cannot be known)."""
+    try:
+        return (os.stat(path).st_size if path is not None
+                else os.fstat(fd).st_size)  # type: ignore[arg-type]  # fd: not None then
+    except (OSError, ValueError):  # ValueError: a NUL byte, which the engine reports
+        return -1
 
 
 def _check_writable_file(file: object, mode: str) -> None:

@@ -26,6 +26,7 @@ from mmarray._api import (
     _check_order,
     _check_shape,
     _check_writable_file,
+    _file_size,
     fileno_of,
 )
 from mmarray._api import mapping_of as _mapping_of
@@ -180,7 +181,7 @@ class memmap(np.memmap):
 
     def __new__(subtype, filename: StrOrBytesPath | _FileObject, dtype: DTypeLike = np.uint8,
                 mode: Mode = "r+", offset: SupportsIndex = 0, shape: ShapeLike | None = None,
-                order: Literal["C", "F", "A", "K"] = "C") -> Self:
+                order: Literal["C", "F", "A", "K"] | None = "C") -> Self:
         # The common case (a str path mapped whole, as mmarray.open's fast path takes it):
         # the same Mapping the general path below makes, with numpy's attributes for it.
         fast = _open_to_end(filename, dtype, mode, offset, shape, order, False, None)
@@ -419,7 +420,7 @@ def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str,
 
 def _new_memmap(subtype: type[_M], filename: StrOrBytesPath | _FileObject,
                 dtype: DTypeLike, mode: Mode, offset: SupportsIndex,
-                shape: ShapeLike | None, order: Literal["C", "F", "A", "K"],
+                shape: ShapeLike | None, order: Literal["C", "F", "A", "K"] | None,
                 on_fd: int | None = None) -> _M:
     """:class:`memmap`'s general path. With ``on_fd``, the file behind that descriptor is
     mapped in place of ``filename``, which still names it (in errors and the ``filename``
@@ -435,8 +436,9 @@ def _new_memmap(subtype: type[_M], filename: StrOrBytesPath | _FileObject,
         offset = operator.index(offset)
     _check_offset(offset)
     if order != "C":
-        # numpy.memmap passes order to ndarray.__new__, where 'A' and 'K' mean 'C'
-        order = "C" if order in ("A", "K") else _check_order(order)
+        # numpy.memmap passes order to ndarray.__new__, where None, 'A' and 'K' (either
+        # case) mean 'C'
+        order = "C" if order is None or order in ("A", "K", "a", "k") else _check_order(order)
 
     if shape is None:
         length = _TO_END
@@ -528,15 +530,6 @@ def _resolved_path(path: Any) -> Any:
         import pathlib
 
         return pathlib.Path(_fspath(path)).resolve()
-
-
-def _file_size(path: StrOrBytesPath | None, fd: int | None) -> int:
-    """Size of the file at ``path`` or behind descriptor ``fd`` (-1 if it cannot be known)."""
-    try:
-        return (os.stat(path).st_size if path is not None
-                else os.fstat(fd).st_size)  # type: ignore[arg-type]  # fd: not None then
-    except (OSError, ValueError):  # ValueError: a NUL byte, which the engine reports
-        return -1
 
 
 def _header_on(fd: int, header: dict[str, Any], version: tuple[int, int] | None) -> int:

@@ -899,7 +899,8 @@ cdef class Region:
         """Bytes mapped (0 once unmapped)."""
         return self.view.length if self.view.data != &_empty_byte else 0
 
-    # -- region operations (byte ranges relative to the array's first byte) -----------------
+    # -- region operations (byte ranges relative to the array's first byte; errors name
+    # -- file offsets) ------------------------------------------------------------------------
 
     def _flush_bytes(self, uint64_t start, uint64_t length, bint sync):
         cdef mm_error err
@@ -913,7 +914,7 @@ cdef class Region:
             with nogil:
                 status = mm_flush(&self.view, start, length, sync, &err)
             if status != MM_OK:
-                _raise(&err, self._filename, start, length)
+                _raise(&err, self._filename, self._offset + start, length)
         finally:
             self._release_busy(generation)
 
@@ -929,7 +930,7 @@ cdef class Region:
             with nogil:
                 status = mm_advise(&self.view, start, length, advice, &err)
             if status != MM_OK:
-                _raise(&err, self._filename, start, length)
+                _raise(&err, self._filename, self._offset + start, length)
         finally:
             self._release_busy(generation)
 
@@ -946,7 +947,7 @@ cdef class Region:
             with nogil:
                 status = mm_resident(&self.view, start, length, &resident, &total, &err)
             if status != MM_OK:
-                _raise(&err, self._filename, start, length)
+                _raise(&err, self._filename, self._offset + start, length)
         finally:
             self._release_busy(generation)
         return resident, total

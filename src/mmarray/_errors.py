@@ -73,6 +73,15 @@ def from_status(status: int, code: int, file_size: int, filename: object, offset
         return ValueError(
             f"nothing to map: {filename!r} has {file_size} bytes and offset is {offset}; "
             f"cannot map an empty range (give a shape, or an offset below the file size)")
+    if status == E_ADVISE and code == errno.EFAULT and os.name != "nt":
+        # madvise(2): MADV_POPULATE_(READ|WRITE) fail with EFAULT where "a SIGBUS would have
+        # been generated on actual access": pages past the end of a truncated file.
+        name = filename if isinstance(filename, str) else None
+        return _guard.MappedFileError(
+            errno.EIO, f"advise() could not populate bytes {offset} to {offset + length} of "
+                       f"the mapped file: some of them would fault (the file is shorter than "
+                       f"the mapping now: truncated since it was mapped)", name, offset,
+            offset + length)
     what = _WHAT.get(status, f"mapping layer error {status}")
     if status == E_STAT and code == errno.ENODEV and os.name != "nt":
         return OSError(code, f"{what}: not a regular file (a FIFO, socket, device or a "

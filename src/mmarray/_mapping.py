@@ -400,6 +400,9 @@ class Mapping(_engine.Region):
             Another thread is resizing the mapping (:meth:`resize`): retry once it is done.
         OSError
             The write-back failed (for example EIO).
+        MappedFileError
+            The mapping faulted, or the file no longer covers the range flushed (another
+            process truncated it): what was written past its end is lost.
         """
         if self.closed:
             raise ValueError("mapping is closed")
@@ -410,6 +413,31 @@ class Mapping(_engine.Region):
         if self._faults():
             raise _guard.error(self.filename, self.offset, self.offset + self.nbytes,
                                "flush() of a mapping that faulted")
+        self._check_covered(first, length)
+
+    def _check_covered(self, first: int, length: int) -> None:
+        """MappedFileError unless the file still covers bytes ``[first, first + length)`` of
+        the mapping: another process truncated it. msync(2) writes nothing back past the end
+        of a file and reports nothing either (the truncation dropped those pages, written or
+        not), and the fault guard hears of it only when a page there is touched again. Read
+        by name (the mapping holds no descriptor); a name that leads to another file now
+        says nothing of this one."""
+        filename = self.filename
+        identity = self._identity()
+        if filename is None or not length or identity is None:
+            return
+        try:
+            st = os.stat(filename)
+        except (OSError, ValueError):
+            return
+        end = self.offset + first + length
+        if (st.st_dev, st.st_ino) == tuple(identity[:2]) and st.st_size < end:
+            begin = max(st.st_size, self.offset + first)
+            raise _guard.MappedFileError(
+                5, f"flush(): bytes {begin} to {end} of {filename!r} are past the end of the "
+                   f"file, which is {st.st_size} bytes now (truncated since it was mapped, by "
+                   f"another process or through another descriptor): what was written there "
+                   f"is lost", filename, begin, end)
 
     def advise(self, advice: Advice, start: RowIndex = None, stop: RowIndex = None) -> None:
         """Tell the kernel how rows ``[start, stop)`` will be used (``madvise``).

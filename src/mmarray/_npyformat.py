@@ -347,6 +347,17 @@ def parse_header(first: bytes, read: Callable[[int, int], bytes], limit: int | N
             raise ValueError(f"{name}: header length {hlen} runs past the end of the file "
                              f"({len(first)} bytes)")
     hb = first[start:end]
+    if major == 3 and hlen > max_header_size:
+        # numpy counts the characters of a version 3.0 header (UTF-8), not its bytes
+        try:
+            chars = len(hb.decode("utf-8"))
+        except UnicodeDecodeError:
+            chars = 0  # not UTF-8: numpy's reader says so below
+        if chars > max_header_size:
+            raise ValueError(
+                f"{name}: header of {chars} characters exceeds max_header_size="
+                f"{max_header_size}; large headers may not be safe to load (pass a larger "
+                f"max_header_size if you trust the file)")
     hit = header_cache.get(hb)
     if hit is None:
         hit = parse_fast(hb, name)

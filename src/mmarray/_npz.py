@@ -365,15 +365,18 @@ class NpzMapping(collections.abc.Mapping):
         """
         import zipfile  # rare path: keep it off the import time of mmarray
 
+        method = _zipdir.METHOD_NAMES.get(e.method, f"method {e.method}")
         try:
             with (open(fd, "rb", closefd=False) if fd is not None else
                   contextlib.nullcontext(self._target)) as fp, zipfile.ZipFile(fp) as zf:
                 return zf.read(e.name)
-        except (ValueError, OSError):
-            raise
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # the operating system's: it names the file
+            # bz2's "Invalid data stream" (np.load raises that OSError too): say where
+            raise OSError(f"{label}: cannot decompress ({method}): {exc}") from exc
         except Exception as exc:  # BadZipFile, NotImplementedError, lzma.LZMAError, ...
-            raise ValueError(f"{label}: cannot decompress "
-                             f"({_zipdir.METHOD_NAMES.get(e.method, f'method {e.method}')}): "
+            raise ValueError(f"{label}: cannot decompress ({method}): "
                              f"{type(exc).__name__}: {exc}") from exc
 
 
