@@ -167,3 +167,46 @@ def test_forged_layout_that_does_not_match_is_refused(tmp_path):
     with pytest.raises(ValueError, match="changed since it was pickled"):
         _mapping._reopen(*args, ((0, b"\x93NUMPY\x09"),), None)
     assert os.path.getsize(path) == 128 + 32
+
+
+@pytest.mark.parametrize("kind", ["Mapping", "ref", "memmap", "memmap slice"])
+def test_pickle_of_npy_still_maps_after_rows_were_appended(tmp_path, kind):
+    # append_npy rewrites the header's shape in place: the data did not move, so a reference
+    # made before stays valid (byte for byte comparison refused it).
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(64, dtype="f8"))
+    payload = pickle_of(kind, path, "r")
+    mmarray.append_npy(path, np.arange(64.0, 70.0))
+    got = unpickled_array(payload)
+    expected = np.arange(64.0)[5:] if kind == "memmap slice" else np.arange(64.0)
+    np.testing.assert_array_equal(got, expected[3:10] if kind == "ref" else expected)
+    del got
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_pickle_of_npy_rows_survives_a_grow_and_refuses_a_shrink_below_it(tmp_path, order):
+    path = str(tmp_path / "g.npy")
+    data = np.arange(40.0).reshape(8, 5) if order == "C" else np.asfortranarray(
+        np.arange(40.0).reshape(5, 8))
+    np.save(path, data)
+    with mmarray.load(path, mode="r", rows=(4, 6)) as m:
+        payload = pickle.dumps(m)
+        expected = m.array.copy()
+    with mmarray.load(path, mode="r+") as m:
+        m.resize(10)
+    with pickle.loads(payload) as again:
+        np.testing.assert_array_equal(again.array, expected)
+    with mmarray.load(path, mode="r+") as m:
+        m.resize(5)               # rows 4 and 5 no longer in the header (bytes still there)
+    with pytest.raises(ValueError, match="data ends at byte"):
+        pickle.loads(payload)
+
+
+def test_pickle_of_npy_refuses_another_dtype_in_a_header_of_the_same_length(tmp_path):
+    path = str(tmp_path / "d.npy")
+    np.save(path, np.arange(64, dtype="<f8"))
+    with mmarray.load(path) as m:
+        payload = pickle.dumps(m)
+    np.save(path, np.arange(64, dtype="<i8"))  # the same header length, the same size
+    with pytest.raises(ValueError, match="int64"):
+        pickle.loads(payload)

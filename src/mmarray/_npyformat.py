@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 from numpy.lib import format as _format
 
-from mmarray import _api, _engine
+from mmarray import _api, _engine, _fileref
 from mmarray._mapping import Mapping as _Mapping
 from mmarray._mapping import map_region as _map_region
 from mmarray._warn import warn_at_caller
@@ -365,6 +365,39 @@ def parse_header(first: bytes, read: Callable[[int, int], bytes], limit: int | N
             hit = _parse_numpy(first[8:end], (major, minor), name, max_header_size)
     dt, shape, order, nbytes = hit
     return end, dt, shape, order, nbytes
+
+
+def _same_layout(mapping: Any, start: int, pickled: bytes, now: bytes) -> str | None:
+    """The check of a reference to .npy data (see ``_fileref.HEADER_CHECKS``): the header
+    ``now`` at ``start`` places the data where ``pickled`` did (same header length, dtype and
+    order, the same shape but along the growth axis) and still covers the bytes ``mapping``
+    maps; else what changed. ``append_npy`` and ``NpyMapping.resize`` change the shape along
+    the growth axis only: references made before stay valid."""
+    def parsed(header: bytes) -> tuple[int, np.dtype[Any], tuple[int, ...], str, int] | None:
+        try:
+            return parse_header(header, lambda pos, n: b"", len(header), "header",
+                                max(len(header), MAX_HEADER_SIZE))
+        except ValueError:
+            return None
+    old, new = parsed(pickled), parsed(now)
+    if old is None or new is None:
+        return "its .npy header is not the one pickled, nor one that can be read"
+    (hlen, dt, shape, order, _), (hlen2, dt2, shape2, order2, nbytes2) = old, new
+    if (hlen, dt, order) != (hlen2, dt2, order2):
+        return (f"its .npy header says {dt2}, order {order2}, data from byte {start + hlen2}; "
+                f"it said {dt}, order {order}, data from byte {start + hlen}")
+    keep = slice(1, None) if order == "C" else slice(None, -1)
+    if len(shape) != len(shape2) or shape[keep] != shape2[keep] or (not shape and shape2):
+        return f"its .npy header says shape {shape2}; it said {shape}"
+    end = start + hlen2 + nbytes2
+    mapped_end = mapping.offset + mapping.nbytes
+    if mapped_end > end:
+        return (f"its .npy header says shape {shape2}, whose data ends at byte {end}, before "
+                f"the end of the pickled range (byte {mapped_end})")
+    return None
+
+
+_fileref.HEADER_CHECKS[MAGIC] = _same_layout
 
 
 # -- rows -------------------------------------------------------------------------------------
