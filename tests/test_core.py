@@ -547,8 +547,14 @@ def test_unsized_dtype_is_type_error(data_file):
 
 
 def test_bad_order(data_file):
-    with pytest.raises(ValueError, match="order must be 'C' or 'F', got 'K'"):
-        mmarray.open(data_file, mode="r", shape=(2, 2), order="K")
+    with pytest.raises(ValueError, match=r"order must be 'C' or 'F' .*got 'X'"):
+        mmarray.open(data_file, mode="r", shape=(2, 2), order="X")
+
+
+@pytest.mark.parametrize("order", [None, "A", "K", "k"])
+def test_open_takes_the_orders_numpy_memmap_takes_as_c(data_file, order):
+    with mmarray.open(data_file, dtype=np.int32, mode="r", shape=(2, 4), order=order) as m:
+        assert m.order == "C" and m.array.flags.c_contiguous
 
 
 @pytest.mark.parametrize("order", [None, "a", "k", "A", "K"])

@@ -210,3 +210,49 @@ def test_pickle_of_npy_refuses_another_dtype_in_a_header_of_the_same_length(tmp_
     np.save(path, np.arange(64, dtype="<i8"))  # the same header length, the same size
     with pytest.raises(ValueError, match="int64"):
         pickle.loads(payload)
+
+
+def test_pickle_of_an_empty_rows_mapping_comes_back(tmp_path):
+    # rows past the end give a mapping of no byte: it pickled as kind 'npy_rows' without a
+    # layout, which the receiver refused as forged (a multiprocessing.Pool then hung).
+    path = str(tmp_path / "e.npy")
+    np.save(path, np.arange(10.0))
+    with mmarray.load(path, mode="r+", rows=(12, 16)) as m:
+        again = pickle.loads(pickle.dumps(m))
+    assert again.shape == (0,)
+    again.close()
+
+
+def test_header_too_large_for_a_reference_is_refused_when_pickled(tmp_path, monkeypatch):
+    from mmarray import _fileref
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(4.0))
+    monkeypatch.setattr(_fileref, "LAYOUT_MAX", 64)  # the header is 128 bytes
+    with mmarray.load(path) as m:
+        with pytest.raises(ValueError, match="over 64 bytes"):
+            pickle.dumps(m)
+
+
+def test_pickle_of_a_header_that_cannot_be_read_says_so(tmp_path, monkeypatch):
+    # It said the file was "replaced or renamed" (a read that failed, e.g. EACCES after a
+    # chmod: root here ignores permissions, so the read is made to fail).
+    from mmarray import _fileref
+
+    def denied(filename, spans):
+        raise PermissionError(13, "Permission denied", filename)
+
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(4.0))
+    with mmarray.load(path) as m:
+        monkeypatch.setattr(_fileref, "_read_spans", denied)
+        with pytest.raises(ValueError, match=r"cannot be read now \(Permission denied\)"):
+            pickle.dumps(m)
+
+
+def test_forged_layout_past_the_largest_offset_is_a_mismatch(tmp_path):
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(4.0))
+    with mmarray.load(path) as m:
+        args = m.__reduce__()[1][:8]
+    with pytest.raises(ValueError, match="are not those pickled"):
+        _mapping._reopen(*args, ((2**63 - 2, b"x"),), None)

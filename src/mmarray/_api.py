@@ -171,16 +171,21 @@ def _check_end(offset: int, length: int) -> None:
                          f"of at most {_INT64_MAX}")
 
 
-def _check_order(order: str) -> Order:
+def _check_order(order: str | None) -> Order:
     if order in ("C", "F"):
         return order  # type: ignore[return-value]  # 'C' or 'F'
     if order in ("c", "f"):
         return order.upper()  # type: ignore[return-value]  # 'C' or 'F'
-    raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    if order is None or order in ("A", "K", "a", "k"):
+        # numpy.memmap passes order to ndarray.__new__, where these mean 'C'
+        return "C"
+    raise ValueError(f"order must be 'C' or 'F' (or None, 'A', 'K', meaning 'C' as in "
+                     f"numpy.memmap), got {order!r}")
 
 
 def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mode = "r+",
-         offset: SupportsIndex = 0, shape: ShapeLike | None = None, order: Order = "C", *,
+         offset: SupportsIndex = 0, shape: ShapeLike | None = None,
+         order: Order | Literal["A", "K"] | None = "C", *,
          populate: bool = False, advise: Advice | None = None) -> Mapping:
     """Map a file, or part of it, as an array.
 
@@ -207,7 +212,8 @@ def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mod
         must then be a multiple of the itemsize). A zero-size shape gives an empty array
         without mapping anything.
     order : {'C', 'F'}, optional
-        Memory layout of a multi-dimensional array.
+        Memory layout of a multi-dimensional array. None, ``'A'`` and ``'K'`` mean ``'C'``,
+        as for :class:`numpy.memmap`.
     populate : bool, optional
         Fault the whole range in at open (``MAP_POPULATE``).
     advise : str, optional

@@ -110,7 +110,8 @@ class memmap(np.memmap):
         The array shape. By default a 1-D array of all the data after `offset`, whose size
         must then be a multiple of the itemsize.
     order : {'C', 'F'}, optional
-        Memory layout of a multi-dimensional array.
+        Memory layout of a multi-dimensional array. None, ``'A'`` and ``'K'`` mean ``'C'``,
+        as for :class:`numpy.memmap`.
 
     Attributes
     ----------
@@ -436,9 +437,7 @@ def _new_memmap(subtype: type[_M], filename: StrOrBytesPath | _FileObject,
         offset = operator.index(offset)
     _check_offset(offset)
     if order != "C":
-        # numpy.memmap passes order to ndarray.__new__, where None, 'A' and 'K' (either
-        # case) mean 'C'
-        order = "C" if order is None or order in ("A", "K", "a", "k") else _check_order(order)
+        order = _check_order(order)
 
     if shape is None:
         length = _TO_END

@@ -143,8 +143,16 @@ def read_layout(filename: str, identity: tuple[int, ...],
 
     Raises ValueError when the name no longer leads to that file, or the file no longer holds
     the spans."""
-    found = _read_spans(filename, spans)
-    if found is None or found[0] != tuple(identity[:2]):
+    if sum(stop - start for start, stop in spans) > LAYOUT_MAX:
+        raise ValueError(f"{filename!r} cannot be pickled by reference: its header is over "
+                         f"{LAYOUT_MAX} bytes, more than a reference carries; copy the data "
+                         f"to a file with a header numpy writes (np.save)")
+    try:
+        found = _read_spans(filename, spans)
+    except OSError as exc:
+        raise ValueError(f"{filename!r} cannot be pickled by reference: its header cannot be "
+                         f"read now ({exc.strerror or exc})") from None
+    if found[0] != tuple(identity[:2]):
         raise ValueError(f"{filename!r} cannot be pickled by reference: the name no longer "
                          f"leads to the mapped file (replaced or renamed since it was mapped)")
     layout = found[1]
@@ -186,11 +194,15 @@ def check_layout(mapping: Any, filename: str, layout: Any) -> None:
     if identity is None:  # nothing mapped: no byte of the file is reachable
         return
     spans = tuple((start, start + len(data)) for start, data in layout)
-    found = _read_spans(filename, spans)
     problem = None
-    if found is None or found[0] != tuple(identity[:2]):
-        problem = "the name no longer leads to the file just mapped"
+    try:
+        found = _read_spans(filename, spans)
+    except OSError as exc:
+        problem = f"its header cannot be read again ({exc.strerror or exc})"
     else:
+        if found[0] != tuple(identity[:2]):
+            problem = "the name no longer leads to the file just mapped"
+    if problem is None:
         for (start, data), (_, now) in zip(layout, found[1]):
             if now == data:
                 continue
@@ -211,26 +223,30 @@ def check_layout(mapping: Any, filename: str, layout: Any) -> None:
 
 
 def _read_spans(filename: str, spans: tuple[tuple[int, int], ...]
-                ) -> tuple[tuple[int, int], tuple[tuple[int, bytes], ...]] | None:
+                ) -> tuple[tuple[int, int], tuple[tuple[int, bytes], ...]]:
     """``((st_dev, st_ino), ((start, bytes), ...))`` of the file ``filename`` names, read
-    from one descriptor (bytes short at the end of the file); None if it cannot be opened.
-    O_NONBLOCK: a FIFO put in its place does not block the open."""
+    from one descriptor (bytes short at the end of the file, or where the offset is past
+    what the file system allows); OSError if it cannot be opened. O_NONBLOCK: a FIFO put in
+    its place does not block the open (and is not read: its identity is not the file's)."""
     flags = (os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
              | getattr(os, "O_CLOEXEC", 0))
     try:
         fd = os.open(filename, flags)
-    except (OSError, ValueError):
-        return None
+    except ValueError as exc:  # a NUL byte in the name
+        raise OSError(f"cannot open {filename!r}: {exc}") from None
     try:
         st = os.fstat(fd)
+        identity = (st.st_dev, st.st_ino)
         if not stat.S_ISREG(st.st_mode):
-            return None
+            return identity, tuple((start, b"") for start, _ in spans)
         out = []
         for start, stop in spans:
-            out.append((start, _pread(fd, stop - start, start)))
-        return (st.st_dev, st.st_ino), tuple(out)
-    except OSError:
-        return None
+            try:
+                data = _pread(fd, stop - start, start)
+            except OSError:  # EINVAL: an offset past the file system's largest
+                data = b""
+            out.append((start, data))
+        return identity, tuple(out)
     finally:
         os.close(fd)
 

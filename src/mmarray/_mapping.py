@@ -323,7 +323,7 @@ class Mapping(_engine.Region):
         args: tuple[Any, ...] = (filename, self.offset, self.dtype, self.shape, self.order,
                                  mode, identity, _fileref.host_id())
         layout = self._layout(filename, identity)
-        if layout is not None or self._pickle_kind is not None:
+        if layout is not None:  # (a mapping of no byte comes back as a plain Mapping)
             args += (layout, self._pickle_kind)
         return (_reopen, args)
 
@@ -436,8 +436,8 @@ class Mapping(_engine.Region):
             raise _guard.MappedFileError(
                 5, f"flush(): bytes {begin} to {end} of {filename!r} are past the end of the "
                    f"file, which is {st.st_size} bytes now (truncated since it was mapped, by "
-                   f"another process or through another descriptor): what was written there "
-                   f"is lost", filename, begin, end)
+                   f"another process or through another descriptor): they are not in the "
+                   f"file, and whatever was written there is lost", filename, begin, end)
 
     def advise(self, advice: Advice, start: RowIndex = None, stop: RowIndex = None) -> None:
         """Tell the kernel how rows ``[start, stop)`` will be used (``madvise``).
