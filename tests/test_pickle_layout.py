@@ -39,6 +39,14 @@ def pickle_of(kind, path, mode):
     return payload
 
 
+def reduce_args_of_a_small_npy(tmp_path):
+    """(path, _reopen's first eight arguments) for a pickle of a small .npy's mapping."""
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(4.0))
+    with mmarray.load(path) as m:
+        return path, m.__reduce__()[1][:8]
+
+
 def unpickled_array(payload):
     got = pickle.loads(payload)
     return got.array if isinstance(got, (mmarray.Mapping, mmarray.ArrayRef)) else got
@@ -151,19 +159,13 @@ def test_pickle_without_a_layout_still_loads(tmp_path):
     (((0, b"x"),), 3, TypeError, "kind"),
 ])
 def test_forged_layout_or_kind_is_refused_before_mapping(tmp_path, layout, kind, exc, match):
-    path = str(tmp_path / "a.npy")
-    np.save(path, np.arange(4.0))
-    with mmarray.load(path) as m:
-        args = m.__reduce__()[1][:8]
+    path, args = reduce_args_of_a_small_npy(tmp_path)
     with pytest.raises(exc, match=match):
         _mapping._reopen(*args, layout, kind)
 
 
 def test_forged_layout_that_does_not_match_is_refused(tmp_path):
-    path = str(tmp_path / "a.npy")
-    np.save(path, np.arange(4.0))
-    with mmarray.load(path) as m:
-        args = m.__reduce__()[1][:8]
+    path, args = reduce_args_of_a_small_npy(tmp_path)
     with pytest.raises(ValueError, match="changed since it was pickled"):
         _mapping._reopen(*args, ((0, b"\x93NUMPY\x09"),), None)
     assert os.path.getsize(path) == 128 + 32
@@ -250,9 +252,38 @@ def test_pickle_of_a_header_that_cannot_be_read_says_so(tmp_path, monkeypatch):
 
 
 def test_forged_layout_past_the_largest_offset_is_a_mismatch(tmp_path):
-    path = str(tmp_path / "a.npy")
-    np.save(path, np.arange(4.0))
-    with mmarray.load(path) as m:
-        args = m.__reduce__()[1][:8]
+    path, args = reduce_args_of_a_small_npy(tmp_path)
     with pytest.raises(ValueError, match="are not those pickled"):
         _mapping._reopen(*args, ((2**63 - 2, b"x"),), None)
+
+
+def test_second_pickle_reuses_the_header_read_by_the_first(tmp_path, monkeypatch):
+    from mmarray import _fileref
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(8.0))
+    reads = []
+    real = _fileref.read_layout
+    monkeypatch.setattr(_fileref, "read_layout", lambda *a: reads.append(a) or real(*a))
+    with mmarray.load(path) as m:
+        first, second = pickle.dumps(m), pickle.dumps(m)
+    assert len(reads) == 1 and first == second
+    np.testing.assert_array_equal(pickle.loads(second).array, np.arange(8.0))
+
+
+def test_pickle_after_a_resize_that_moved_the_data_reads_the_new_header(tmp_path):
+    # A header without room is rewritten with room (a new file, the data moved): the
+    # header read for an earlier pickle is not reused.
+    path = str(tmp_path / "a.npy")
+    text = b"{'descr': '<f8', 'fortran_order': False, 'shape': (4,), }\n"  # no padding
+    header = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+    header_length = len(header)
+    with open(path, "wb") as f:
+        f.write(header + np.arange(4.0).tobytes())
+    assert np.load(path).tolist() == [0.0, 1.0, 2.0, 3.0]
+    with mmarray.load(path, mode="r+") as m:
+        pickle.dumps(m)
+        m.resize(10**6)
+        assert m.offset != header_length  # moved
+        again = pickle.loads(pickle.dumps(m))
+        assert again.shape == (10**6,) and again.array[3] == 3.0
+        again.close()
