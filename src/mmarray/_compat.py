@@ -675,7 +675,7 @@ def _with_header(array: memmap, offset: int) -> memmap:
     a reference (a pickle) carries that header, and its receiver maps only the same."""
     mapping = _mapping_of(array)
     if mapping is not None:
-        mapping._format = ((0, offset),)
+        mapping._format = offset
     return array
 
 

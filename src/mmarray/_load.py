@@ -138,7 +138,7 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
                                _npy.NpyMapping if access == _WRITE else _Mapping, _prefixes,
                                _prefix_lengths)
             if m is not None:
-                m._format = ((0, m.offset),)  # the header: what a reference re-checks
+                m._format = m.offset  # the header [0, offset): what a reference re-checks
                 if access == _WRITE:
                     m._header_length = m.offset
                 return m
@@ -175,7 +175,7 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
                 except ValueError:
                     pass  # data past the end of the file: the general path says so
                 else:
-                    m._format = ((0, end),)
+                    m._format = end
                     if growable:
                         m._header_length = end
                     return m

@@ -78,10 +78,11 @@ class Mapping(_engine.Region):
 
     # _format: the spans ((start, stop), ...) of the file that say where the data lies (a
     # .npy header, a .npz member's local header), set by the code that read them to map it;
-    # unset for a raw file. A reference carries their bytes (see _fileref.read_layout).
+    # an int n for the one span (0, n), a .npy's header (no tuple to build on the open
+    # path); unset for a raw file. A reference carries their bytes (_fileref.read_layout).
     # _layout_read: (spans, layout) of the first pickle, for the next ones (see _layout).
     __slots__ = ("_format", "_layout_read")
-    _format: tuple[tuple[int, int], ...]
+    _format: int | tuple[tuple[int, int], ...]
     _layout_read: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, bytes], ...]]
     #: What a pickle of this class rebuilds: a key of _REOPEN_CLASSES, or None (a Mapping).
     _pickle_kind: str | None = None
@@ -336,12 +337,14 @@ class Mapping(_engine.Region):
         spans = getattr(self, "_format", None)
         if spans is None or identity is None:
             return None
-        # Read once per spans (a resize that moves the data sets new ones): a header
+        if type(spans) is int:
+            spans = ((0, spans),)
+        # Read once per spans (a resize that moves the data sets others): a header
         # rewritten since then stays a mismatch at the receiver, as it would be for a
         # reference made before; one only grown along its growth axis stays valid there.
         known: tuple[Any, tuple[tuple[int, bytes], ...]] | None = getattr(
             self, "_layout_read", None)
-        if known is not None and known[0] is spans:
+        if known is not None and known[0] == spans:
             return known[1]
         layout = _fileref.read_layout(filename, identity, spans)
         self._layout_read = (spans, layout)

@@ -151,7 +151,7 @@ class NpyMapping(Mapping):
                                              None, repr(filename))[0]
                     self._rebase(copy, hlen, old)
                     self._header_length = hlen
-                    self._format = ((0, hlen),)
+                    self._format = hlen
                 except BaseException:
                     _append._close(copy)
                     raise
@@ -322,7 +322,7 @@ def create_npy(file, dtype, shape, fortran_order=False):
                             filename, NpyMapping if nbytes else None, grow=True)
         if nbytes:
             m._header_length = len(header)
-        m._format = ((0, len(header)),)
+        m._format = len(header)
         return m
 
     return _fmt.create_mapped(path, perms, build, Mapping.close)
