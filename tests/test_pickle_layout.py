@@ -287,3 +287,53 @@ def test_pickle_after_a_resize_that_moved_the_data_reads_the_new_header(tmp_path
         again = pickle.loads(pickle.dumps(m))
         assert again.shape == (10**6,) and again.array[3] == 3.0
         again.close()
+
+
+@pytest.mark.parametrize("kind", ["Mapping", "ref"])
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_npy_rewritten_in_place_before_the_first_pickle_is_refused_by_the_sender(
+        tmp_path, kind, mode):
+    # The header was read at pickle time and sent as it was: the new file's header with the
+    # old range, which the receiver then found unchanged and mapped (over the new header).
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(10, dtype="f8"))
+    with mmarray.load(path, mode=mode) as m:
+        np.save(path, np.zeros(4, [(f"field_{i:02d}", "<i2") for i in range(12)]))
+        before = open(path, "rb").read()
+        with pytest.raises(ValueError, match="rewritten in place since it was mapped"):
+            pickle.dumps(m if kind == "Mapping" else mmarray.ref(m.array))
+    assert open(path, "rb").read() == before
+
+
+def test_npy_rewritten_with_the_same_header_length_but_another_dtype_is_refused_by_the_sender(
+        tmp_path):
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(64, dtype="<f8"))
+    with mmarray.load(path) as m:
+        np.save(path, np.arange(64, dtype="<i8"))
+        with pytest.raises(ValueError, match="int64"):
+            pickle.dumps(m)
+
+
+def test_npz_member_of_an_archive_rewritten_before_the_first_pickle_is_refused(tmp_path):
+    path = str(tmp_path / "z.npz")
+    np.savez(path, a=np.arange(5), b=np.ones(3))
+    with mmarray.load(path) as z:
+        member = z["b"]
+        np.savez(path, a=np.arange(50), b=np.ones(3))  # in place: b's bytes moved
+        payload = pickle.dumps(member)                  # the headers read at open travel
+        with pytest.raises(ValueError, match="changed since it was pickled"):
+            pickle.loads(payload)
+        member.close()
+
+
+def test_a_receiver_pickling_on_sends_the_header_it_checked(tmp_path):
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(10, dtype="f8"))
+    with mmarray.load(path) as m:
+        first = pickle.loads(pickle.dumps(m))
+    np.save(path, np.zeros(4, [(f"field_{i:02d}", "<i2") for i in range(12)]))
+    onward = pickle.dumps(first)   # the checked header, not the file's new one
+    first.close()
+    with pytest.raises(ValueError, match="changed since it was pickled"):
+        pickle.loads(onward)

@@ -133,16 +133,18 @@ def verify(mapping: Any, filename: str, identity: FileIdentity, host: str) -> No
 LAYOUT_MAX = 1 << 24
 
 
-def read_layout(filename: str, identity: tuple[int, ...],
+def read_layout(mapping: Any, filename: str, identity: tuple[int, ...],
                 spans: tuple[tuple[int, int], ...]) -> tuple[tuple[int, bytes], ...]:
     """``((start, bytes), ...)``: the bytes ``[start, stop)`` of each span of ``spans`` in the
     file of device and inode ``identity[:2]``, read now through ``filename``. These are the
-    bytes that say where a mapping's data lies in its file (a ``.npy`` header, a ``.npz``
+    bytes that say where ``mapping``'s data lies in its file (a ``.npy`` header, a ``.npz``
     member's local header): a reference carries them, and its receiver maps only if the file
-    still holds them (:func:`check_layout`).
+    still holds them (:func:`check_layout`). A header with a check in
+    :data:`HEADER_DESCRIBES` must still describe ``mapping``.
 
-    Raises ValueError when the name no longer leads to that file, or the file no longer holds
-    the spans."""
+    Raises ValueError when the name no longer leads to that file, the file no longer holds
+    the spans, or a header no longer places the data where ``mapping`` maps it (the file was
+    rewritten in place since it was mapped)."""
     if sum(stop - start for start, stop in spans) > LAYOUT_MAX:
         raise ValueError(f"{filename!r} cannot be pickled by reference: its header is over "
                          f"{LAYOUT_MAX} bytes, more than a reference carries; copy the data "
@@ -159,6 +161,14 @@ def read_layout(filename: str, identity: tuple[int, ...],
     if any(len(data) != stop - start for (start, stop), (_, data) in zip(spans, layout)):
         raise ValueError(f"{filename!r} cannot be pickled by reference: it is shorter than "
                          f"its header now (truncated since it was mapped)")
+    for start, data in layout:
+        describes = HEADER_DESCRIBES.get(data[:6])
+        problem = describes(mapping, start, data) if describes is not None else None
+        if problem is not None:
+            raise ValueError(f"{filename!r} cannot be pickled by reference: {problem}; it was "
+                             f"rewritten in place since it was mapped (np.save to the same "
+                             f"name, for one), so this mapping no longer maps its data: load "
+                             f"it again")
     return layout
 
 
@@ -180,6 +190,10 @@ def check_layout_field(layout: Any, what: str) -> None:
 #: did, else what changed. Headers without one must be byte for byte the same. The .npy
 #: code registers its own (a shape that grew along the growth axis is the same layout).
 HEADER_CHECKS: dict[bytes, Callable[[Any, int, bytes, bytes], str | None]] = {}
+#: Magic prefix -> ``check(mapping, start, header)``: None if ``header``, read at ``start``
+#: when ``mapping`` is pickled, still places the data where ``mapping`` maps it; else what
+#: differs. The .npy code registers its own.
+HEADER_DESCRIBES: dict[bytes, Callable[[Any, int, bytes], str | None]] = {}
 
 
 def check_layout(mapping: Any, filename: str, layout: Any) -> None:

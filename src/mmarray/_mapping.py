@@ -346,7 +346,7 @@ class Mapping(_engine.Region):
             self, "_layout_read", None)
         if known is not None and known[0] == spans:
             return known[1]
-        layout = _fileref.read_layout(filename, identity, spans)
+        layout = _fileref.read_layout(self, filename, identity, spans)
         self._layout_read = (spans, layout)
         return layout
 
@@ -678,6 +678,7 @@ def _reopen(filename: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, 
     _fileref.check_layout(m, filename, layout)
     if layout is not None:
         m._format = tuple((start, start + len(data)) for start, data in layout)
+        m._layout_read = (m._format, layout)  # checked: what a pickle of m sends on
     m._reopened()
     return m
 

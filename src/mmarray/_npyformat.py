@@ -367,37 +367,65 @@ def parse_header(first: bytes, read: Callable[[int, int], bytes], limit: int | N
     return end, dt, shape, order, nbytes
 
 
-def _same_layout(mapping: Any, start: int, pickled: bytes, now: bytes) -> str | None:
-    """The check of a reference to .npy data (see ``_fileref.HEADER_CHECKS``): the header
-    ``now`` at ``start`` places the data where ``pickled`` did (same header length, dtype and
-    order, the same shape but along the growth axis) and still covers the bytes ``mapping``
-    maps; else what changed. ``append_npy`` and ``NpyMapping.resize`` change the shape along
-    the growth axis only: references made before stay valid."""
-    def parsed(header: bytes) -> tuple[int, np.dtype[Any], tuple[int, ...], str, int] | None:
-        try:
-            return parse_header(header, lambda pos, n: b"", len(header), "header",
-                                max(len(header), MAX_HEADER_SIZE))
-        except ValueError:
-            return None
-    old, new = parsed(pickled), parsed(now)
-    if old is None or new is None:
-        return "its .npy header is not the one pickled, nor one that can be read"
-    (hlen, dt, shape, order, _), (hlen2, dt2, shape2, order2, nbytes2) = old, new
-    if (hlen, dt, order) != (hlen2, dt2, order2):
-        return (f"its .npy header says {dt2}, order {order2}, data from byte {start + hlen2}; "
-                f"it said {dt}, order {order}, data from byte {start + hlen}")
+# -- references (pickles) of .npy data ---------------------------------------------------------
+# A reference carries the .npy header that located its data (see _fileref.read_layout). Both
+# checks below accept a header whose shape changed along the growth axis only (append_npy,
+# NpyMapping.resize): the data did not move. They cannot tell that from the file rewritten in
+# place with a longer array of the same dtype and other dimensions.
+
+def _parsed_header(header: bytes) -> tuple[int, np.dtype[Any], tuple[int, ...], str, int] | None:
+    try:
+        return parse_header(header, lambda pos, n: b"", len(header), "header",
+                            max(len(header), MAX_HEADER_SIZE))
+    except ValueError:
+        return None
+
+
+def _places(start: int, header: tuple[int, np.dtype[Any], tuple[int, ...], str, int],
+            dt: np.dtype[Any], shape: tuple[int, ...], order: str, data_start: int,
+            mapped_end: int) -> str | None:
+    """None if the parsed ``header`` (of the .npy at ``start``) has its data from byte
+    ``data_start``, of dtype ``dt`` and order ``order``, with the dimensions of ``shape``
+    but along the growth axis, up to at least ``mapped_end``; else what differs."""
+    hlen, dt2, shape2, order2, nbytes2 = header
+    if (start + hlen, dt2, order2) != (data_start, dt, order):
+        return (f"its .npy header says {dt2}, order {order2}, data from byte {start + hlen}; "
+                f"expected {dt}, order {order}, data from byte {data_start}")
     keep = slice(1, None) if order == "C" else slice(None, -1)
-    if len(shape) != len(shape2) or shape[keep] != shape2[keep] or (not shape and shape2):
-        return f"its .npy header says shape {shape2}; it said {shape}"
-    end = start + hlen2 + nbytes2
-    mapped_end = mapping.offset + mapping.nbytes
+    if len(shape) != len(shape2) or shape[keep] != shape2[keep]:
+        return f"its .npy header says shape {shape2}, not one of {shape} grown or shrunk"
+    end = start + hlen + nbytes2
     if mapped_end > end:
         return (f"its .npy header says shape {shape2}, whose data ends at byte {end}, before "
-                f"the end of the pickled range (byte {mapped_end})")
+                f"the end of the mapped range (byte {mapped_end})")
     return None
 
 
+def _same_layout(mapping: Any, start: int, pickled: bytes, now: bytes) -> str | None:
+    """The receiver's check (``_fileref.HEADER_CHECKS``): the header ``now`` at ``start``
+    places the data where the ``pickled`` one did and covers what ``mapping`` maps."""
+    old, new = _parsed_header(pickled), _parsed_header(now)
+    if old is None or new is None:
+        return "its .npy header is not the one pickled, nor one that can be read"
+    return _places(start, new, old[1], old[2], old[3], start + old[0],
+                   mapping.offset + mapping.nbytes)
+
+
+def _describes(mapping: Any, start: int, header: bytes) -> str | None:
+    """The sender's check (``_fileref.HEADER_DESCRIBES``): the header read now at ``start``
+    (the span up to the data) places the data where ``mapping`` maps it, as it did when the
+    file was loaded. Without it, a file rewritten in place between the load and the first
+    pickle would send the new header with the old range."""
+    parsed = _parsed_header(header)
+    if parsed is None:
+        return (f"its first {len(header)} bytes, where the mapped data starts, are no longer a "
+                f"whole .npy header")
+    return _places(start, parsed, mapping.dtype, mapping.shape, mapping.order,
+                   start + len(header), mapping.offset + mapping.nbytes)
+
+
 _fileref.HEADER_CHECKS[MAGIC] = _same_layout
+_fileref.HEADER_DESCRIBES[MAGIC] = _describes
 
 
 # -- rows -------------------------------------------------------------------------------------

@@ -315,8 +315,15 @@ class NpzMapping(collections.abc.Mapping):
         m = _fmt.map_region(fd, access, offset, nbytes, dt, shape, order, mode, self._filename,
                             cls)
         # What a reference re-checks: the local header (but its CRC-32, which mode 'r+'
-        # rewrites) and the .npy header, up to the data.
+        # rewrites) and the .npy header, up to the data. Read now, from the descriptor just
+        # mapped, for the first pickle to send (read at pickle time, it would be whatever
+        # the archive holds then: rewritten in place, another member's headers). An 'r+'
+        # member is not pickled.
         m._format = ((e.lho, e.lho + 14), (e.lho + 18, offset))
+        if cls is not _npzcrc.NpzMember and nbytes:
+            raw = _fmt.read_at(fd, e.lho, offset - e.lho)
+            if len(raw) == offset - e.lho:
+                m._layout_read = (m._format, ((e.lho, raw[:14]), (e.lho + 18, raw[18:])))
         if cls is _npzcrc.NpzMember:
             _npzcrc.track(m, crc)
         return m
