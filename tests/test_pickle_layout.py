@@ -337,3 +337,24 @@ def test_a_receiver_pickling_on_sends_the_header_it_checked(tmp_path):
     first.close()
     with pytest.raises(ValueError, match="changed since it was pickled"):
         pickle.loads(onward)
+
+
+def test_npz_member_with_a_long_extra_field_pickles_its_whole_headers(tmp_path):
+    # The headers a member sends are read at open; a local extra field longer than the
+    # first read is read on its own.
+    import struct
+    import zipfile
+
+    from _npy_helpers import npy_bytes
+    path = str(tmp_path / "x.npz")
+    info = zipfile.ZipInfo("b.npy")
+    info.extra = struct.pack("<HH", 0xCAFE, 9000) + bytes(9000)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(info, npy_bytes(np.arange(6.0)))
+    with mmarray.load(path) as z:
+        member = z["b"]
+        payload = pickle.dumps(member)
+        member.close()
+    got = pickle.loads(payload)
+    np.testing.assert_array_equal(got.array, np.arange(6.0))
+    got.close()

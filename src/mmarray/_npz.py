@@ -275,13 +275,15 @@ class NpzMapping(collections.abc.Mapping):
                                               e, label)
             if not stored:
                 return self._inflate(fd, owned, e, data, label)
-            return self._map(fd, block[data - e.lho:], e, data, head, label)
+            return self._map(fd, block[data - e.lho:], e, data, head, label,
+                             block[:data - e.lho])
         finally:
             if owned:
                 os.close(fd)
 
-    def _map(self, fd, first, e, data, head, label):
-        """Map the stored member ``e``; ``first``: the file's bytes from ``data`` on, if any."""
+    def _map(self, fd, first, e, data, head, label, local):
+        """Map the stored member ``e``; ``first``: the file's bytes from ``data`` on, if any;
+        ``local``: from its local header to ``data``, as far as they were read."""
         mode, access = self._mode, self._access
         if len(first) < min(e.csize, 256):
             first = _fmt.read_at(fd, data, min(e.csize, 1024))
@@ -321,7 +323,9 @@ class NpzMapping(collections.abc.Mapping):
         # member is not pickled.
         m._format = ((e.lho, e.lho + 14), (e.lho + 18, offset))
         if cls is not _npzcrc.NpzMember and nbytes:
-            raw = _fmt.read_at(fd, e.lho, offset - e.lho)
+            if len(local) != data - e.lho:  # a long extra field: not all in the first read
+                local = _fmt.read_at(fd, e.lho, data - e.lho)
+            raw = local + header
             if len(raw) == offset - e.lho:
                 m._layout_read = (m._format, ((e.lho, raw[:14]), (e.lho + 18, raw[18:])))
         if cls is _npzcrc.NpzMember:
