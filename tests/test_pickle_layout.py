@@ -358,3 +358,36 @@ def test_npz_member_with_a_long_extra_field_pickles_its_whole_headers(tmp_path):
     got = pickle.loads(payload)
     np.testing.assert_array_equal(got.array, np.arange(6.0))
     got.close()
+
+
+@pytest.mark.parametrize("kind", ["Mapping", "ref"])
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_npy_rewritten_in_place_as_something_else_is_refused_by_the_sender(
+        tmp_path, kind, mode):
+    # The sender's check was chosen by the magic of the bytes read now: a .npy rewritten in
+    # place as a zip (np.savez into the open file) or raw data was checked by nobody, and a
+    # receiver in mode 'r+' wrote over the archive.
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(100.0))
+    with mmarray.load(path, mode=mode) as m:
+        with open(path, "r+b") as f:
+            np.savez(f, x=np.arange(200.0))
+        before = open(path, "rb").read()
+        with pytest.raises(ValueError, match="no longer a whole .npy header"):
+            pickle.dumps(m if kind == "Mapping" else mmarray.ref(m.array))
+    assert open(path, "rb").read() == before
+
+
+def test_an_array_ref_passed_on_by_its_receiver_carries_the_header_it_checked(tmp_path):
+    # The array an ArrayRef comes back as lies on a uint8 Mapping of its bytes, which had no
+    # layout: ref() of it carried none, and the next process mapped without any check.
+    path = str(tmp_path / "a.npy")
+    np.save(path, np.arange(100.0))
+    with mmarray.load(path) as m:
+        received = np.asarray(pickle.loads(pickle.dumps(mmarray.ref(m.array[10:50]))))
+    onward = pickle.dumps(mmarray.ref(received))
+    del received
+    with open(path, "r+b") as f:
+        np.save(f, np.arange(100, dtype="<i4").reshape(10, 10))
+    with pytest.raises(ValueError, match="changed since it was pickled"):
+        np.asarray(pickle.loads(onward))

@@ -134,13 +134,15 @@ LAYOUT_MAX = 1 << 24
 
 
 def read_layout(mapping: Any, filename: str, identity: tuple[int, ...],
-                spans: tuple[tuple[int, int], ...]) -> tuple[tuple[int, bytes], ...]:
+                spans: tuple[tuple[int, int], ...], kind: str | None = None
+                ) -> tuple[tuple[int, bytes], ...]:
     """``((start, bytes), ...)``: the bytes ``[start, stop)`` of each span of ``spans`` in the
     file of device and inode ``identity[:2]``, read now through ``filename``. These are the
     bytes that say where ``mapping``'s data lies in its file (a ``.npy`` header, a ``.npz``
     member's local header): a reference carries them, and its receiver maps only if the file
-    still holds them (:func:`check_layout`). A header with a check in
-    :data:`HEADER_DESCRIBES` must still describe ``mapping``.
+    still holds them (:func:`check_layout`). With ``kind`` (the mapping was made from a
+    header of that kind: ``"npy"``), the check :data:`HEADER_DESCRIBES` holds for it must
+    find that the bytes read still describe ``mapping``.
 
     Raises ValueError when the name no longer leads to that file, the file no longer holds
     the spans, or a header no longer places the data where ``mapping`` maps it (the file was
@@ -161,15 +163,32 @@ def read_layout(mapping: Any, filename: str, identity: tuple[int, ...],
     if any(len(data) != stop - start for (start, stop), (_, data) in zip(spans, layout)):
         raise ValueError(f"{filename!r} cannot be pickled by reference: it is shorter than "
                          f"its header now (truncated since it was mapped)")
+    describes = HEADER_DESCRIBES[kind] if kind is not None else _describes_nothing
     for start, data in layout:
-        describes = HEADER_DESCRIBES.get(data[:6])
-        problem = describes(mapping, start, data) if describes is not None else None
+        problem = describes(mapping, start, data)
         if problem is not None:
             raise ValueError(f"{filename!r} cannot be pickled by reference: {problem}; it was "
                              f"rewritten in place since it was mapped (np.save to the same "
                              f"name, for one), so this mapping no longer maps its data: load "
                              f"it again")
     return layout
+
+
+def _describes_nothing(mapping: Any, start: int, header: bytes) -> None:
+    """The check of a header of no known kind: its bytes travel and are compared as such."""
+    return None
+
+
+def keep_layout(mapping: Any, layout: tuple[tuple[int, bytes], ...]) -> None:
+    """Give ``mapping``, just mapped from a reference whose ``layout`` was checked, that
+    layout to send on: a pickle of it carries the header checked, not what the file holds
+    by then. A .npy header (one span at 0, the magic) is recorded as such (see
+    ``Mapping._format``)."""
+    spans: Any = tuple((start, start + len(data)) for start, data in layout)
+    if len(layout) == 1 and layout[0][0] == 0 and layout[0][1][:6] == NPY_MAGIC:
+        spans = len(layout[0][1])
+    mapping._format = spans
+    mapping._layout_read = (((0, spans),) if type(spans) is int else spans, layout)
 
 
 def check_layout_field(layout: Any, what: str) -> None:
@@ -190,10 +209,13 @@ def check_layout_field(layout: Any, what: str) -> None:
 #: did, else what changed. Headers without one must be byte for byte the same. The .npy
 #: code registers its own (a shape that grew along the growth axis is the same layout).
 HEADER_CHECKS: dict[bytes, Callable[[Any, int, bytes, bytes], str | None]] = {}
-#: Magic prefix -> ``check(mapping, start, header)``: None if ``header``, read at ``start``
-#: when ``mapping`` is pickled, still places the data where ``mapping`` maps it; else what
-#: differs. The .npy code registers its own.
-HEADER_DESCRIBES: dict[bytes, Callable[[Any, int, bytes], str | None]] = {}
+#: Kind of header ("npy") -> ``check(mapping, start, header)``: None if ``header``, read at
+#: ``start`` when ``mapping`` is pickled, still places the data where ``mapping`` maps it;
+#: else what differs. The .npy code registers its own. Chosen by what the mapping was made
+#: from, never by the bytes read now (a file rewritten in place may hold anything).
+HEADER_DESCRIBES: dict[str, Callable[[Any, int, bytes], str | None]] = {}
+#: The first bytes of a .npy (numpy.lib.format.MAGIC_PREFIX).
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def check_layout(mapping: Any, filename: str, layout: Any) -> None:

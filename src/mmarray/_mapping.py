@@ -337,8 +337,9 @@ class Mapping(_engine.Region):
         spans = getattr(self, "_format", None)
         if spans is None or identity is None:
             return None
-        if type(spans) is int:
-            spans = ((0, spans),)
+        kind = None
+        if type(spans) is int:  # a .npy's header: it must still describe this mapping
+            spans, kind = ((0, spans),), "npy"
         # Read once per spans (a resize that moves the data sets others): a header
         # rewritten since then stays a mismatch at the receiver, as it would be for a
         # reference made before; one only grown along its growth axis stays valid there.
@@ -346,7 +347,7 @@ class Mapping(_engine.Region):
             self, "_layout_read", None)
         if known is not None and known[0] == spans:
             return known[1]
-        layout = _fileref.read_layout(self, filename, identity, spans)
+        layout = _fileref.read_layout(self, filename, identity, spans, kind)
         self._layout_read = (spans, layout)
         return layout
 
@@ -677,8 +678,7 @@ def _reopen(filename: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, 
     _fileref.verify(m, filename, identity, host)
     _fileref.check_layout(m, filename, layout)
     if layout is not None:
-        m._format = tuple((start, start + len(data)) for start, data in layout)
-        m._layout_read = (m._format, layout)  # checked: what a pickle of m sends on
+        _fileref.keep_layout(m, layout)
     m._reopened()
     return m
 

@@ -222,7 +222,8 @@ def map_npy(fd, base, first, mode, access, rows, filename, name, max_header_size
                                 NpyMapping if growable else None)
             if growable:
                 m._header_length = hlen
-            m._format = ((base, offset),)  # the header: what a reference re-checks
+            if base == 0:  # (a file object's .npy at another base is not pickled)
+                m._format = offset  # the header [0, offset): what a reference re-checks
         except ValueError:  # E_RANGE: the data runs past the end of the file
             if nbytes:
                 _check_size(fd, offset, nbytes, dt, shape, name)
@@ -235,7 +236,8 @@ def map_npy(fd, base, first, mode, access, rows, filename, name, max_header_size
         m = _fmt.map_region(fd, access, offset + lo * per, (hi - lo) * per, dt, sub, order,
                             mode, filename,
                             NpyRowsMapping if access == _engine.WRITE else None)
-        m._format = ((base, offset),)
+        if base == 0:
+            m._format = offset
     return m, offset + nbytes
 
 

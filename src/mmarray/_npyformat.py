@@ -425,7 +425,7 @@ def _describes(mapping: Any, start: int, header: bytes) -> str | None:
 
 
 _fileref.HEADER_CHECKS[MAGIC] = _same_layout
-_fileref.HEADER_DESCRIBES[MAGIC] = _describes
+_fileref.HEADER_DESCRIBES["npy"] = _describes
 
 
 # -- rows -------------------------------------------------------------------------------------

@@ -229,6 +229,8 @@ class ArrayRef:
             raise error from exc
         _fileref.verify(m, self._filename, self._identity, self._host)
         _fileref.check_layout(m, self._filename, self._layout)
+        if self._layout is not None:  # a ref() of this array sends the header checked
+            _fileref.keep_layout(m, self._layout)
         # The Mapping stays open (flush() works on it) and is unmapped once the array and
         # its views are gone. [start + lowest, start + highest] is [0, length): in bounds.
         return np.ndarray(shape, dtype, buffer=m.array, offset=start, strides=strides)
