@@ -271,6 +271,8 @@ typedef struct mm_fault {
     uint64_t native_thread; /* its kernel thread id (Linux gettid(2); Python's
                                threading.get_native_id), 0 where there is none: thread
                                idents are reused as soon as a thread ends, these much later */
+    uint64_t number; /* its place in the queue: faults are numbered from 0 in the order they
+                        were queued (see mm_guard_recorded) */
 } mm_fault;
 
 /* Install the SIGBUS handler, or put it back in front if another handler was installed since
@@ -323,6 +325,13 @@ int mm_guard_pop(mm_fault *fault);
 /* How many queued faults mm_guard_pop dropped (overwritten before they were taken) since the
  * last call; resets the count. Called by mm_guard_pop's consumer only. */
 uint64_t mm_guard_take_lost(void);
+
+/* How many faults were queued since the guard was first installed: the next fault's number.
+ * Read by a thread after it faulted, it is above the numbers of all that thread's faults (a
+ * thread's faults are queued by the thread itself, in its handler), so a consumer can tell
+ * the faults a thread had made before a point in its own code from those made after. 0 on
+ * Windows. */
+uint64_t mm_guard_recorded(void);
 
 /* The identity of the file at `path` now (following symbolic links): id[0], id[1] as a view's
  * file_id, and id[2] its birth time in the filesystem's units, 0 where it keeps none (Linux

@@ -110,6 +110,7 @@ static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
     entry->fault.slot = (uint32_t)(slot - mm_slots); /* slot is an element of mm_slots */
     entry->fault.offset = (uint64_t)(addr - LOAD(&slot->data));
     entry->fault.thread = thread;
+    entry->fault.number = n;
 #ifdef SYS_gettid
     entry->fault.native_thread = (uint64_t)syscall(SYS_gettid); /* async-signal-safe */
 #else
@@ -495,6 +496,8 @@ int mm_guard_pop(mm_fault *fault) {
         return 1;
     }
 }
+
+uint64_t mm_guard_recorded(void) { return LOAD(&mm_queue_head); }
 
 uint64_t mm_guard_take_lost(void) {
     uint64_t lost = mm_queue_lost;

@@ -676,6 +676,8 @@ int mm_guard_pop(mm_fault *fault) {
 
 uint64_t mm_guard_take_lost(void) { return 0; }
 
+uint64_t mm_guard_recorded(void) { return 0; }
+
 int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, int flags,
              mm_error *err) {
     mm_error spare;

@@ -240,33 +240,48 @@ def test_guard_in_a_forked_child_raises_there(tmp_path):
 
 
 def test_readers_racing_truncations_never_crash_or_hang(tmp_path):
-    """4 threads read while another process truncates and regrows the file 200 times."""
+    """4 threads read while another process truncates and regrows the file 200 times.
+
+    Each thread that faulted hears of it, and no fault is reported twice: at most one
+    exception per mapping that faulted (fewer when an exception comes late, after the thread
+    faulted in its next mapping too: one exception then reports both)."""
     proc = run_case(tmp_path, """
         fresh().close()
         stop = threading.Event()
-        raised, mapped = [0], []
+        raised, mapped = {}, []
+        def reads(me):
+            while True:
+                if stop.is_set():
+                    settle()    # a last fault's exception arrives in here
+                    return
+                try:
+                    m = mmarray.open(PATH, dtype="f8", mode="r", shape=SIZE // 8)
+                except mmarray.MappedFileError:
+                    raise
+                except (ValueError, OSError):
+                    m = None    # caught the file short: mapping it is refused
+                if m is None:
+                    continue
+                # Counted at the end, from the mappings (faulted is kept after close):
+                # counted in the finally below, a late exception landing there before the
+                # count made a fault look reported twice.
+                mapped.append((me, m))
+                try:
+                    float(m.array[::512].sum())   # one element per page
+                finally:
+                    m.close()
         def reader():
+            # The exception is asynchronous: it comes up where the thread runs Python code,
+            # at a loop's back edge too, and CPython 3.11 and 3.12 raise it there as if
+            # outside a `try` around the loop (python/cpython#108214). The loop runs in a
+            # function called inside the `try`: the exception leaves that call.
+            me = threading.get_ident()
             while True:
                 try:
-                    if stop.is_set():
-                        settle()    # a last fault's exception arrives in here
-                        return
-                    try:
-                        m = mmarray.open(PATH, dtype="f8", mode="r", shape=SIZE // 8)
-                    except mmarray.MappedFileError:
-                        raise
-                    except (ValueError, OSError):
-                        continue    # caught the file short: mapping it is refused
-                    # Counted at the end, from the mappings (faulted is kept after close):
-                    # counted in the finally below, a late exception landing there before
-                    # the count made a fault look reported twice.
-                    mapped.append(m)
-                    try:
-                        float(m.array[::512].sum())   # one element per page
-                    finally:
-                        m.close()
+                    reads(me)
+                    return
                 except mmarray.MappedFileError:
-                    raised[0] += 1
+                    raised[me] = raised.get(me, 0) + 1
         threads = [threading.Thread(target=reader) for _ in range(4)]
         for t in threads:
             t.start()
@@ -280,11 +295,14 @@ def test_readers_racing_truncations_never_crash_or_hang(tmp_path):
             t.join(timeout=60)
             assert not t.is_alive(), "a reader hung"
         assert churn.returncode == 0
-        print(sum(m.faulted for m in mapped), raised[0])
+        for t in threads:
+            print(sum(m.faulted for me, m in mapped if me == t.ident), raised.get(t.ident, 0))
     """, timeout=240)
     assert_clean_exit(proc)
-    faulted, raised = map(int, proc.stdout.split())
-    assert faulted > 0 and raised == faulted, (faulted, raised)  # each fault reported once
+    counts = [tuple(map(int, line.split())) for line in proc.stdout.splitlines()]
+    assert len(counts) == 4 and sum(faulted for faulted, _ in counts) > 0, counts
+    for faulted, raised in counts:  # per thread: told if it faulted, never told twice
+        assert (raised == 0) if faulted == 0 else (1 <= raised <= faulted), counts
 
 
 def _can_mount_tmpfs(where):

@@ -1684,9 +1684,11 @@ static void test_guard_turns_a_fault_into_a_zero_page(void) {
     mm_view v, w;
     mm_error e;
     mm_fault f;
+    uint64_t before;
     if (!T_HAS_GUARD) {
         CHECK_ST(mm_guard_install(&e), MM_E_ARG, &e);
         CHECK(mm_guard_wake_fd() == -1);
+        CHECK_U64(mm_guard_recorded(), 0);
         return;
     }
     t_path(path, sizeof path, "guard.bin");
@@ -1702,6 +1704,7 @@ static void test_guard_turns_a_fault_into_a_zero_page(void) {
     CHECK_OK(mm_guard_add(&v, 42, &v, &e), &e);
     CHECK_OK(mm_guard_add(&w, 43, NULL, &e), &e);
     CHECK_U64(mm_guard_faults(&v), 0);
+    before = mm_guard_recorded();
     CHECK(t_shrink(path, 2 * page) == 0); /* pages 2.. of the file are gone */
     data = v.data;
     CHECK(data[10] == (char)t_pat(110)); /* still in the file */
@@ -1717,9 +1720,12 @@ static void test_guard_turns_a_fault_into_a_zero_page(void) {
     CHECK(mm_guard_owner(&f) == (void *)&v);
     CHECK_U64(f.offset, 3 * page);
     CHECK_U64(f.thread, t_thread_id());
+    CHECK_U64(f.number, before); /* numbered in the order they were queued */
     CHECK(mm_guard_pop(&f) == 1);
     CHECK_U64(f.token, 43);
     CHECK_U64(f.offset, 5 * page);
+    CHECK_U64(f.number, before + 1);
+    CHECK_U64(mm_guard_recorded(), before + 2); /* the next one's number */
     CHECK(mm_guard_pop(&f) == 0);
     CHECK(t_wake_bytes(mm_guard_wake_fd()) == 2);
     /* its record taken, the thread's next fault in the view is a new run: queued again */

@@ -1762,8 +1762,8 @@ def guard_wake_fd():
 
 def guard_pop():
     """The queued fault records, oldest first: a list of (token, file name, file offset of
-    the faulting byte, thread ident, native thread id); the name is None (and the offset the
-    view's) for a view unmapped since."""
+    the faulting byte, thread ident, native thread id, number in the queue); the name is None
+    (and the offset the view's) for a view unmapped since."""
     cdef mm_fault fault
     cdef void *owner
     cdef Region region
@@ -1774,12 +1774,19 @@ def guard_pop():
         # run (before __dealloc__ unguards it): taking a reference would resurrect it.
         if owner == NULL or Py_REFCNT(<object>owner) == 0:
             records.append((fault.token, None, fault.offset, fault.thread,
-                            fault.native_thread))
+                            fault.native_thread, fault.number))
         else:
             region = <Region>owner
             records.append((fault.token, region._filename, region._offset + fault.offset,
-                            fault.thread, fault.native_thread))
+                            fault.thread, fault.native_thread, fault.number))
     return records
+
+
+def guard_recorded():
+    """How many faults the guard has queued so far: the next one's number (csrc/mm.h,
+    mm_guard_recorded). Read in a thread, it is above the numbers of all the faults that
+    thread made before."""
+    return mm_guard_recorded()
 
 
 def guard_lost():

@@ -63,6 +63,10 @@ _lock = threading.RLock()  # re-entrant: an exception raised in a thread holding
 # thread id -> [(file name, first byte, end byte)] not yet carried by an exception
 _pending: dict[int, list[tuple[str | None, int, int]]] = {}
 _lost: dict[int, int] = {}  # thread id -> fault records lost (queue overflow) to tell it
+# thread id -> the guard's queue count (_engine.guard_recorded) when that thread was last told
+# of its faults, read by the thread itself: its records numbered below were made before and
+# are reported already, wherever the queue held them then (see _mark_reported).
+_reported: dict[int, int] = {}
 _QUEUE = 1024  # csrc/mm.h MM_GUARD_QUEUE
 _loop_threads: set[int] = set()  # mmarray's own loop threads: they report through a status
 _helper: threading.Thread | None = None
@@ -132,6 +136,7 @@ class _Raised(MappedFileError):
         ident = threading.get_ident()
         faults = _take(ident)
         lost = _take_lost(ident)
+        _mark_reported(ident)
         filename, start, stop = _merge(faults)
         message = _message(filename, start, stop) if faults or not lost else ""
         if lost:
@@ -154,6 +159,22 @@ def _lost_message(lost: int) -> str:
     return (f"{lost} fault record(s) were lost (the fault guard's queue of "
             f"{_QUEUE} records overflowed): some threads may have read zeros from a mapped "
             f"file without an exception; check the `faulted` attribute of your mappings")
+
+
+def _mark_reported(thread: int) -> None:
+    """Called in ``thread`` as it is told of its faults (an exception is made there, or its
+    loop ends): every fault it made so far is reported by that, including any still queued.
+
+    The exception takes this thread's records from the queue first (:func:`_drain`), but a
+    record can stay behind: a record of another thread ahead of it in the queue may still be
+    being written by that thread's handler, and the queue is taken in order. The dispatcher
+    would take it later, find nothing pending for the thread and raise a second exception
+    for one run of faults. Every fault of this thread was queued by this thread, before
+    this point in it, so its number is below the count read here: the dispatcher drops
+    those records (:func:`dispatch`)."""
+    recorded = _engine.guard_recorded()
+    with _lock:
+        _reported[thread] = recorded
 
 
 def _take_lost(thread: int) -> int:
@@ -179,6 +200,7 @@ def error(filename: str | None, start: int, stop: int, what: str) -> MappedFileE
     ident = threading.get_ident()
     faults = _take(ident)
     lost = _take_lost(ident)
+    _mark_reported(ident)
     if faults or lost:  # if this thread's: this exception carries them
         if ident not in _loop_threads:  # one is on its way here: this one replaces it
             _engine.raise_in_thread(ident, None)
@@ -202,7 +224,9 @@ def dispatch(take_lost: bool = True) -> None:
     with _lock:
         records = _engine.guard_pop()
         lost = _engine.guard_lost() if take_lost else 0
-        for _token, filename, offset, thread, native in records:
+        for _token, filename, offset, thread, native, number in records:
+            if number < _reported.get(thread, 0):
+                continue  # made before that thread was last told of its faults: reported
             start = offset - offset % _PAGE
             target = _python_thread(thread, native)
             if target is None:
@@ -217,6 +241,11 @@ def dispatch(take_lost: bool = True) -> None:
             _lost[main] = _lost.get(main, 0) + lost
             if first and main != current and main not in _loop_threads:
                 targets.append(main)
+    if records and _reported:
+        with _lock:  # a mark no record still queued is below has done its job
+            taken = records[-1][5] + 1
+            for thread in [t for t, mark in _reported.items() if mark <= taken]:
+                del _reported[thread]
     for target in targets:
         if not _deliver(target):
             with _lock:
@@ -391,6 +420,7 @@ def _after_fork_in_child() -> None:
     _loop_threads.clear()
     _pending.clear()
     _lost.clear()
+    _reported.clear()
     _engine.guard_new_pipe()  # the inherited one is the parent's too: its reader takes bytes
     if _helper is not None:  # threads do not survive fork(): start the child's own reader
         _helper = None
@@ -407,6 +437,7 @@ class loop_thread:
 
     def __exit__(self, *exc_info: object) -> None:
         dispatch()  # this thread's records, while it is still known as a loop thread
+        _mark_reported(threading.get_ident())  # its loop's status reported them
         with _lock:
             _loop_threads.discard(threading.get_ident())
             _pending.pop(threading.get_ident(), None)

@@ -16,6 +16,7 @@ cdef extern from "mm.h" nogil:
         uint64_t offset
         uint64_t thread
         uint64_t native_thread
+        uint64_t number
 
     ctypedef struct mm_error:
         int status
@@ -101,3 +102,4 @@ cdef extern from "mm.h" nogil:
     uint64_t mm_guard_faults(const mm_view *view)
     int mm_guard_pop(mm_fault *fault)
     uint64_t mm_guard_take_lost()
+    uint64_t mm_guard_recorded()
