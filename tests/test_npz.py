@@ -806,6 +806,15 @@ def test_multi_disk_archive_is_a_value_error(archive):
         mmarray.load(archive)
 
 
+def test_end_record_counting_more_members_than_the_directory_holds_is_a_value_error(archive):
+    # np.load reads such an archive (zipfile walks the directory, not the count): refused here
+    eocd = _eocd(archive)
+    count = struct.unpack_from("<H", open(archive, "rb").read(), eocd + 10)[0]
+    _mutate(archive, eocd + 8, struct.pack("<HH", count + 40, count + 40))
+    with pytest.raises(ValueError, match=f"claims {count + 40} entries"):
+        mmarray.load(archive)
+
+
 def test_zip64_extra_missing_is_a_value_error(archive):
     cd = _cd_offset(archive)
     _mutate(archive, cd + 42, struct.pack("<L", 0xFFFFFFFF))
