@@ -271,8 +271,6 @@ typedef struct mm_fault {
     uint64_t native_thread; /* its kernel thread id (Linux gettid(2); Python's
                                threading.get_native_id), 0 where there is none: thread
                                idents are reused as soon as a thread ends, these much later */
-    uint64_t number; /* its place in the queue: faults are numbered from 0 in the order they
-                        were queued (see mm_guard_recorded) */
 } mm_fault;
 
 /* Install the SIGBUS handler, or put it back in front if another handler was installed since
@@ -326,12 +324,21 @@ int mm_guard_pop(mm_fault *fault);
  * last call; resets the count. Called by mm_guard_pop's consumer only. */
 uint64_t mm_guard_take_lost(void);
 
-/* How many faults were queued since the guard was first installed: the next fault's number.
- * Read by a thread after it faulted, it is above the numbers of all that thread's faults (a
- * thread's faults are queued by the thread itself, in its handler), so a consumer can tell
- * the faults a thread had made before a point in its own code from those made after. 0 on
- * Windows. */
+/* How many faults were queued (mm_guard_recorded) and how many of them mm_guard_pop has
+ * taken or dropped (mm_guard_taken), since the process started. A fault's handler counts it
+ * as recorded before it writes its record, which mm_guard_pop takes in order: a record still
+ * being written (its thread preempted in the handler) holds back the ones queued after it,
+ * and mm_guard_pop returns 0 meanwhile. A consumer that needs every fault made before some
+ * point (a thread's own faults, before it is told of them) reads mm_guard_recorded there and
+ * pops until mm_guard_taken reaches that count. mm_guard_taken: mm_guard_pop's consumer
+ * only. 0 on Windows. */
 uint64_t mm_guard_recorded(void);
+uint64_t mm_guard_taken(void);
+
+/* In a forked child, first thing: forget the queue and every view's current run. The child
+ * has only the thread that forked; a record the parent's other threads were writing at the
+ * fork is never finished here, and would hold back the child's own records for good. */
+void mm_guard_after_fork(void);
 
 /* The identity of the file at `path` now (following symbolic links): id[0], id[1] as a view's
  * file_id, and id[2] its birth time in the filesystem's units, 0 where it keeps none (Linux

@@ -110,7 +110,6 @@ static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
     entry->fault.slot = (uint32_t)(slot - mm_slots); /* slot is an element of mm_slots */
     entry->fault.offset = (uint64_t)(addr - LOAD(&slot->data));
     entry->fault.thread = thread;
-    entry->fault.number = n;
 #ifdef SYS_gettid
     entry->fault.native_thread = (uint64_t)syscall(SYS_gettid); /* async-signal-safe */
 #else
@@ -498,6 +497,18 @@ int mm_guard_pop(mm_fault *fault) {
 }
 
 uint64_t mm_guard_recorded(void) { return LOAD(&mm_queue_head); }
+
+uint64_t mm_guard_taken(void) { return mm_queue_tail; }
+
+void mm_guard_after_fork(void) {
+    uint32_t used = LOAD(&mm_slots_used), i;
+    /* Everything claimed so far counts as taken: the parent's records are the parent's
+     * (its dispatcher reports them), and one half written at the fork never completes. */
+    mm_queue_tail = LOAD(&mm_queue_head);
+    mm_queue_lost = 0;
+    for (i = 0; i < used; i++) /* no run is queued any more: the next fault queues again */
+        STORE(&mm_slots[i].last_thread, 0);
+}
 
 uint64_t mm_guard_take_lost(void) {
     uint64_t lost = mm_queue_lost;

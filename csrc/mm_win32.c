@@ -678,6 +678,10 @@ uint64_t mm_guard_take_lost(void) { return 0; }
 
 uint64_t mm_guard_recorded(void) { return 0; }
 
+uint64_t mm_guard_taken(void) { return 0; }
+
+void mm_guard_after_fork(void) {}
+
 int mm_remap(mm_view *view, mm_handle handle, uint64_t offset, uint64_t length, int flags,
              mm_error *err) {
     mm_error spare;

@@ -239,6 +239,38 @@ def test_guard_in_a_forked_child_raises_there(tmp_path):
     assert proc.stdout.split() == ["0"]
 
 
+def test_a_child_forked_with_a_fault_still_queued_is_told_of_its_own(tmp_path):
+    """The parent's record, not yet taken at the fork, was the forking thread's current run in
+    the view: the child's fault there queued nothing, and the child was never told."""
+    proc = run_case(tmp_path, """
+        import ctypes
+        m = fresh(mode="r")
+        truncate_elsewhere()
+        byte = ctypes.create_string_buffer(1)
+        def touch(page):  # one byte read in C: the exception, if any, comes after
+            ctypes.memmove(byte, m.array.ctypes.data + page * 4096, 1)
+        from mmarray import _guard
+        with _guard._lock:    # the dispatcher cannot take the record before the fork
+            touch(8)
+            pid = os.fork()
+        if pid == 0:
+            try:
+                touch(16)
+                settle()
+                os._exit(3)
+            except mmarray.MappedFileError as e:
+                os._exit(0 if e.range[0] == 16 * 4096 else 4)
+        try:
+            settle()
+        except mmarray.MappedFileError:
+            pass              # the parent's own fault
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["0"]
+
+
 def test_readers_racing_truncations_never_crash_or_hang(tmp_path):
     """4 threads read while another process truncates and regrows the file 200 times.
 

@@ -1762,8 +1762,8 @@ def guard_wake_fd():
 
 def guard_pop():
     """The queued fault records, oldest first: a list of (token, file name, file offset of
-    the faulting byte, thread ident, native thread id, number in the queue); the name is None
-    (and the offset the view's) for a view unmapped since."""
+    the faulting byte, thread ident, native thread id); the name is None (and the offset the
+    view's) for a view unmapped since."""
     cdef mm_fault fault
     cdef void *owner
     cdef Region region
@@ -1774,19 +1774,30 @@ def guard_pop():
         # run (before __dealloc__ unguards it): taking a reference would resurrect it.
         if owner == NULL or Py_REFCNT(<object>owner) == 0:
             records.append((fault.token, None, fault.offset, fault.thread,
-                            fault.native_thread, fault.number))
+                            fault.native_thread))
         else:
             region = <Region>owner
             records.append((fault.token, region._filename, region._offset + fault.offset,
-                            fault.thread, fault.native_thread, fault.number))
+                            fault.thread, fault.native_thread))
     return records
 
 
 def guard_recorded():
-    """How many faults the guard has queued so far: the next one's number (csrc/mm.h,
-    mm_guard_recorded). Read in a thread, it is above the numbers of all the faults that
-    thread made before."""
+    """How many faults the guard has counted as queued so far (csrc/mm.h, mm_guard_recorded):
+    read in a thread, it counts every fault that thread made before."""
     return mm_guard_recorded()
+
+
+def guard_taken():
+    """How many queued faults :func:`guard_pop` has taken or dropped so far (csrc/mm.h,
+    mm_guard_taken); below :func:`guard_recorded` while a record is still being written."""
+    return mm_guard_taken()
+
+
+def guard_after_fork():
+    """In a forked child: forget the parent's queued faults and every view's current run
+    (csrc/mm.h, mm_guard_after_fork)."""
+    mm_guard_after_fork()
 
 
 def guard_lost():

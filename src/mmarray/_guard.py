@@ -63,10 +63,6 @@ _lock = threading.RLock()  # re-entrant: an exception raised in a thread holding
 # thread id -> [(file name, first byte, end byte)] not yet carried by an exception
 _pending: dict[int, list[tuple[str | None, int, int]]] = {}
 _lost: dict[int, int] = {}  # thread id -> fault records lost (queue overflow) to tell it
-# thread id -> the guard's queue count (_engine.guard_recorded) when that thread was last told
-# of its faults, read by the thread itself: its records numbered below were made before and
-# are reported already, wherever the queue held them then (see _mark_reported).
-_reported: dict[int, int] = {}
 _QUEUE = 1024  # csrc/mm.h MM_GUARD_QUEUE
 _loop_threads: set[int] = set()  # mmarray's own loop threads: they report through a status
 _helper: threading.Thread | None = None
@@ -132,11 +128,12 @@ class _Raised(MappedFileError):
             return
         # This thread's records still queued belong to the run this exception reports (the
         # C call that faulted has returned): taken now, they cannot make a second one.
-        _drain()
         ident = threading.get_ident()
-        faults = _take(ident)
-        lost = _take_lost(ident)
-        _mark_reported(ident)
+        try:
+            _drain()
+        finally:  # even cut short (KeyboardInterrupt in its wait): a _pending entry left
+            faults = _take(ident)  # behind would keep the dispatcher from telling this
+            lost = _take_lost(ident)  # thread of any later fault
         filename, start, stop = _merge(faults)
         message = _message(filename, start, stop) if faults or not lost else ""
         if lost:
@@ -161,22 +158,6 @@ def _lost_message(lost: int) -> str:
             f"file without an exception; check the `faulted` attribute of your mappings")
 
 
-def _mark_reported(thread: int) -> None:
-    """Called in ``thread`` as it is told of its faults (an exception is made there, or its
-    loop ends): every fault it made so far is reported by that, including any still queued.
-
-    The exception takes this thread's records from the queue first (:func:`_drain`), but a
-    record can stay behind: a record of another thread ahead of it in the queue may still be
-    being written by that thread's handler, and the queue is taken in order. The dispatcher
-    would take it later, find nothing pending for the thread and raise a second exception
-    for one run of faults. Every fault of this thread was queued by this thread, before
-    this point in it, so its number is below the count read here: the dispatcher drops
-    those records (:func:`dispatch`)."""
-    recorded = _engine.guard_recorded()
-    with _lock:
-        _reported[thread] = recorded
-
-
 def _take_lost(thread: int) -> int:
     with _lock:
         return _lost.pop(thread, 0)
@@ -196,11 +177,10 @@ def _take(thread: int) -> list[tuple[str | None, int, int]]:
 
 def error(filename: str | None, start: int, stop: int, what: str) -> MappedFileError:
     """A MappedFileError for ``what`` found out synchronously (flush, close, a C loop)."""
-    dispatch()
+    _drain(take_lost=True)
     ident = threading.get_ident()
     faults = _take(ident)
     lost = _take_lost(ident)
-    _mark_reported(ident)
     if faults or lost:  # if this thread's: this exception carries them
         if ident not in _loop_threads:  # one is on its way here: this one replaces it
             _engine.raise_in_thread(ident, None)
@@ -224,9 +204,7 @@ def dispatch(take_lost: bool = True) -> None:
     with _lock:
         records = _engine.guard_pop()
         lost = _engine.guard_lost() if take_lost else 0
-        for _token, filename, offset, thread, native, number in records:
-            if number < _reported.get(thread, 0):
-                continue  # made before that thread was last told of its faults: reported
+        for _token, filename, offset, thread, native in records:
             start = offset - offset % _PAGE
             target = _python_thread(thread, native)
             if target is None:
@@ -241,11 +219,6 @@ def dispatch(take_lost: bool = True) -> None:
             _lost[main] = _lost.get(main, 0) + lost
             if first and main != current and main not in _loop_threads:
                 targets.append(main)
-    if records and _reported:
-        with _lock:  # a mark no record still queued is below has done its job
-            taken = records[-1][5] + 1
-            for thread in [t for t, mark in _reported.items() if mark <= taken]:
-                del _reported[thread]
     for target in targets:
         if not _deliver(target):
             with _lock:
@@ -253,14 +226,43 @@ def dispatch(take_lost: bool = True) -> None:
                 _lost.pop(target, None)
 
 
-def _drain() -> None:
-    """:func:`dispatch`, quietly, for the exception being made: it takes the records of its
-    thread still queued. Lost records are left to the dispatcher, which tells the main
-    thread about them (it reads the pipe byte each of them wrote)."""
-    try:
-        dispatch(take_lost=False)
-    except Exception:  # the exception being made says what it can without the queue
-        pass
+#: How long a thread being told of its faults waits for fault records that other threads'
+#: handlers are still writing (see :func:`_drain`), seconds.
+_WRITE_WAIT = 0.1
+
+
+def _drain(take_lost: bool = False) -> None:
+    """:func:`dispatch`, quietly, until every fault record queued before this call is taken:
+    called in a thread as it is told of its faults (the exception being made, :func:`error`,
+    a loop thread's end), it puts all that thread's records still queued into ``_pending``,
+    where its caller takes them. Lost records are left to the dispatcher unless
+    ``take_lost``: it tells the main thread about them (it reads the pipe byte each of them
+    wrote).
+
+    The queue is taken in order, and a record of another thread ahead of this thread's may
+    still be being written by that thread's signal handler (counted, not yet published): the
+    records behind it wait for it. Taken later by the dispatcher, this thread's record would
+    find nothing pending for it and raise a second exception for one run of faults. So this
+    waits for the records counted before the call, sleeping (the handler needs no GIL), at
+    most :data:`_WRITE_WAIT` seconds: a handler preempted longer than that leaves the rest
+    to the dispatcher (an exception more, never one fewer)."""
+    recorded = _engine.guard_recorded()
+    deadline = None
+    while True:
+        try:
+            dispatch(take_lost=take_lost)
+        except _Raised:  # this thread's own report, arriving here (error()): it goes on up
+            raise
+        except Exception:  # the exception being made says what it can without the queue
+            return
+        if _engine.guard_taken() >= recorded:
+            return
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + _WRITE_WAIT
+        elif now >= deadline:
+            return
+        time.sleep(0.0002)
 
 
 #: How long the dispatcher waits for a thread start to finish (see _deliver), seconds.
@@ -368,9 +370,12 @@ def _python_thread(ident: int, native: int) -> int | None:
     ``native``): that thread while it lives; the main thread for a thread Python does not
     run (a BLAS worker faulting inside a numpy call); None when it is gone. Native ids tell a
     thread from a later one that reuses its ident."""
-    for thread in threading.enumerate():
-        if thread.ident == ident and (not native or thread.native_id == native):
-            return ident
+    # threading._active (ident -> Thread), read without threading._active_limbo_lock, which
+    # threading.enumerate() takes: the dispatcher holds _lock here, and a thread whose
+    # exception is made while it holds that lock (raised inside enumerate()) waits for _lock.
+    thread = getattr(threading, "_active", {}).get(ident)
+    if thread is not None and (not native or thread.native_id == native):
+        return ident
     if native and os.path.isdir(f"/proc/self/task/{native}"):
         # Alive. The pthread_t of a live thread is its own (pthread_self(3): reused only
         # after the thread ended), so an ident Python runs a frame in is that thread: one
@@ -420,7 +425,7 @@ def _after_fork_in_child() -> None:
     _loop_threads.clear()
     _pending.clear()
     _lost.clear()
-    _reported.clear()
+    _engine.guard_after_fork()  # a record half written at the fork would hold up the queue
     _engine.guard_new_pipe()  # the inherited one is the parent's too: its reader takes bytes
     if _helper is not None:  # threads do not survive fork(): start the child's own reader
         _helper = None
@@ -436,8 +441,7 @@ class loop_thread:
             _loop_threads.add(threading.get_ident())
 
     def __exit__(self, *exc_info: object) -> None:
-        dispatch()  # this thread's records, while it is still known as a loop thread
-        _mark_reported(threading.get_ident())  # its loop's status reported them
+        _drain(take_lost=True)  # this thread's records, while it is still a loop thread
         with _lock:
             _loop_threads.discard(threading.get_ident())
             _pending.pop(threading.get_ident(), None)

@@ -16,7 +16,6 @@ cdef extern from "mm.h" nogil:
         uint64_t offset
         uint64_t thread
         uint64_t native_thread
-        uint64_t number
 
     ctypedef struct mm_error:
         int status
@@ -103,3 +102,5 @@ cdef extern from "mm.h" nogil:
     int mm_guard_pop(mm_fault *fault)
     uint64_t mm_guard_take_lost()
     uint64_t mm_guard_recorded()
+    uint64_t mm_guard_taken()
+    void mm_guard_after_fork()
