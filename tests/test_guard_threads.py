@@ -391,3 +391,63 @@ def test_an_interrupted_wait_leaves_nothing_pending():
     proc = run_python(INTERRUPTED_WAIT, timeout=60)
     assert_clean_exit(proc)
     assert proc.stdout.split() == ["interrupted", "False"]
+
+
+# flush() of a faulted mapping raises synchronously and cancels the exception "on its way"
+# to its thread. The dispatcher, preempted between taking the record and raising, raised it
+# after that: a second exception, for nothing (helper-40's review). Its raise now checks, in
+# the same step, that the thread still has something pending. The preemption is made here
+# with a sleep before the dispatcher's raise.
+FLUSH_THEN_LATE_RAISE = """
+import ctypes, os, tempfile, time
+import mmarray
+from mmarray import _guard
+
+real_deliver = _guard._deliver
+def preempted_deliver(target):
+    time.sleep(0.05)
+    return real_deliver(target)
+_guard._deliver = preempted_deliver
+PAGE = 4096
+d = tempfile.mkdtemp()
+path = os.path.join(d, "b.bin")
+with open(path, "wb") as f:
+    f.write(b"\\1" * 16 * PAGE)
+B = mmarray.open(path, dtype="u1", mode="r+")
+os.truncate(path, 0)
+byte = ctypes.create_string_buffer(1)
+told = []
+try:
+    ctypes.memmove(byte, B.array.ctypes.data + 3 * PAGE, 1)   # the fault, queued
+    time.sleep(0.01)                                         # the dispatcher takes it
+    try:
+        B.flush()
+    except mmarray.MappedFileError as e:
+        told.append(e.range)
+    time.sleep(0.5)
+except mmarray.MappedFileError as e:
+    told.append(e.range)
+print(told)
+"""
+
+
+def test_a_flush_that_reported_a_fault_gets_no_second_exception_for_it():
+    proc = run_python(FLUSH_THEN_LATE_RAISE, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "[(12288, 16384)]"
+
+
+def test_the_engine_raises_and_takes_only_for_a_listed_thread():
+    import threading
+
+    from mmarray import _engine
+
+    me = threading.get_ident()
+    pending: dict = {me: []}   # listed, but nothing true: as good as absent
+    lost: dict = {me + 1: 3}   # another thread's
+    assert _engine.raise_in_thread(me, RuntimeError, (pending, lost)) == _engine.NOTHING_TO_RAISE
+    assert _engine.cancel_and_take(me, (pending, lost)) == (None, None)
+    assert pending == {me: []} and lost == {me + 1: 3}
+    pending[me] = [("/x", 0, 4096)]
+    assert _engine.cancel_and_take(me, (pending, lost)) == ([("/x", 0, 4096)], None)
+    assert me not in pending and lost == {me + 1: 3}

@@ -1817,9 +1817,35 @@ def guard_new_pipe():
 RAISED = 1
 NO_SUCH_THREAD = 0
 THREAD_STARTING = -1
+NOTHING_TO_RAISE = 2
 
 
-def raise_in_thread(unsigned long thread, exc_type):
+cdef bint _listed(unsigned long thread, tuple dicts) except -1:
+    # Whether one of the dicts holds a true value for `thread`. No Python code runs here (an
+    # int key, dict lookups, the truth of the values the caller stores: lists and ints), so
+    # no other thread takes the GIL between this and what the caller does next.
+    cdef object key = thread
+    for d in dicts:
+        value = (<dict?>d).get(key)
+        if value is not None and value:
+            return True
+    return False
+
+
+def cancel_and_take(unsigned long thread, tuple dicts not None):
+    """If one of ``dicts`` holds a true value for ``thread``: cancel the exception pending in
+    that thread (PyThreadState_SetAsyncExc(thread, NULL)) and pop ``thread`` from each dict.
+    Returns the popped values (None where absent). One step under the GIL: another thread's
+    :func:`raise_in_thread` with the same dicts comes wholly before it (and is cancelled) or
+    wholly after (and finds nothing)."""
+    if not _listed(thread, dicts):
+        return tuple([None] * len(dicts))
+    PyThreadState_SetAsyncExc(thread, NULL)
+    key = thread
+    return tuple([(<dict>d).pop(key, None) for d in dicts])
+
+
+def raise_in_thread(unsigned long thread, exc_type, tuple only_if_listed=None):
     """Raise ``exc_type`` in the Python thread ``thread`` (threading.get_ident()) at its next
     chance, or with None cancel what is pending there (PyThreadState_SetAsyncExc).
 
@@ -1831,12 +1857,18 @@ def raise_in_thread(unsigned long thread, exc_type):
     exception would kill the new thread in its bootstrap instead (``threading.Thread.start``
     and ``_thread.start_new_thread`` alike). The check and the raise are one step under the
     GIL: no thread can be started between them, and a new thread taking its own ident (which
-    it does without the GIL) only ends the wait."""
+    it does without the GIL) only ends the wait.
+
+    With ``only_if_listed`` (a tuple of dicts), raises only if one of them holds a true value
+    for ``thread``, checked in the same step: ``NOTHING_TO_RAISE`` otherwise (see
+    :func:`cancel_and_take`)."""
     cdef PyThreadState *state
     cdef PyFrameObject *frame
     if exc_type is not None and not (isinstance(exc_type, type)
                                      and issubclass(exc_type, BaseException)):
         raise TypeError(f"exc_type must be an exception class or None, got {exc_type!r}")
+    if only_if_listed is not None and not _listed(thread, only_if_listed):
+        return NOTHING_TO_RAISE
     if exc_type is None:
         return RAISED if PyThreadState_SetAsyncExc(thread, NULL) == 1 else NO_SUCH_THREAD
     # The list, newest first, as PyThreadState_SetAsyncExc walks it (Python/pystate.c): it

@@ -179,11 +179,14 @@ def error(filename: str | None, start: int, stop: int, what: str) -> MappedFileE
     """A MappedFileError for ``what`` found out synchronously (flush, close, a C loop)."""
     _drain(take_lost=True)
     ident = threading.get_ident()
-    faults = _take(ident)
-    lost = _take_lost(ident)
-    if faults or lost:  # if this thread's: this exception carries them
-        if ident not in _loop_threads:  # one is on its way here: this one replaces it
-            _engine.raise_in_thread(ident, None)
+    with _lock:
+        if ident in _loop_threads:  # nothing is raised in a loop thread
+            faults, lost = _pending.pop(ident, []), _lost.pop(ident, 0)
+        else:  # one may be on its way here: this one replaces it. Taken and cancelled in
+            # one step (the dispatcher's raise checks _pending in one step too): between
+            # the two, the one on its way would find nothing pending, or come on top.
+            taken = _engine.cancel_and_take(ident, (_pending, _lost))
+            faults, lost = taken[0] or [], taken[1] or 0
     if faults:  # the pages that faulted
         filename, start, stop = _merge(faults)
     message = f"{what}: {_message(filename, start, stop)}"
@@ -307,7 +310,11 @@ def _deliver(target: int) -> bool:
                 return False
             late = time.monotonic() >= deadline
             if late or not _in_thread_start(frame):
-                got = _engine.raise_in_thread(target, _Raised)
+                # Only while the thread still has something pending, checked in the same
+                # step: error() may have taken it since (see error()).
+                got = _engine.raise_in_thread(target, _Raised, (_pending, _lost))
+                if got == _engine.NOTHING_TO_RAISE:
+                    return True  # reported already: nothing for the caller to drop
                 if got != _engine.THREAD_STARTING:
                     return got == _engine.RAISED
                 if late:
