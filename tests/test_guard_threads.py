@@ -399,7 +399,7 @@ def test_an_interrupted_wait_leaves_nothing_pending():
 # the same step, that the thread still has something pending. The preemption is made here
 # with a sleep before the dispatcher's raise.
 FLUSH_THEN_LATE_RAISE = """
-import ctypes, os, tempfile, time
+import ctypes, os, tempfile, threading, time
 import mmarray
 from mmarray import _guard
 
@@ -417,9 +417,12 @@ B = mmarray.open(path, dtype="u1", mode="r+")
 os.truncate(path, 0)
 byte = ctypes.create_string_buffer(1)
 told = []
+me = threading.get_ident()
 try:
     ctypes.memmove(byte, B.array.ctypes.data + 3 * PAGE, 1)   # the fault, queued
-    time.sleep(0.01)                                         # the dispatcher takes it
+    deadline = time.monotonic() + 10
+    while not _guard._pending.get(me) and time.monotonic() < deadline:
+        time.sleep(0.001)                                    # until the dispatcher takes it
     try:
         B.flush()
     except mmarray.MappedFileError as e:
@@ -437,6 +440,38 @@ def test_a_flush_that_reported_a_fault_gets_no_second_exception_for_it():
     assert proc.stdout.strip() == "[(12288, 16384)]"
 
 
+@pytest.mark.parametrize("listed", [True, False])
+def test_the_engine_cancels_only_for_a_listed_thread(listed):
+    import threading
+
+    from mmarray import _engine
+
+    started, go, seen = threading.Event(), threading.Event(), []
+
+    def waiter():
+        try:
+            started.set()
+            go.wait()
+            for _ in range(1000):  # an async exception comes up at a call or a back edge
+                pass
+            seen.append("none")
+        except RuntimeError:
+            seen.append("RuntimeError")
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    started.wait()
+    pending: dict = {t.ident: [("/x", 0, 4096)]} if listed else {}
+    assert _engine.raise_in_thread(t.ident, RuntimeError) == _engine.RAISED
+    taken = _engine.cancel_and_take(t.ident, (pending, {}))
+    go.set()
+    t.join()
+    if listed:
+        assert taken == ([("/x", 0, 4096)], None) and seen == ["none"]
+    else:
+        assert taken == (None, None) and seen == ["RuntimeError"]
+
+
 def test_the_engine_raises_and_takes_only_for_a_listed_thread():
     import threading
 
@@ -451,3 +486,4 @@ def test_the_engine_raises_and_takes_only_for_a_listed_thread():
     pending[me] = [("/x", 0, 4096)]
     assert _engine.cancel_and_take(me, (pending, lost)) == ([("/x", 0, 4096)], None)
     assert me not in pending and lost == {me + 1: 3}
+

@@ -1821,9 +1821,10 @@ NOTHING_TO_RAISE = 2
 
 
 cdef bint _listed(unsigned long thread, tuple dicts) except -1:
-    # Whether one of the dicts holds a true value for `thread`. No Python code runs here (an
-    # int key, dict lookups, the truth of the values the caller stores: lists and ints), so
-    # no other thread takes the GIL between this and what the caller does next.
+    # Whether one of the dicts holds a true value for `thread`. No Python code runs here and
+    # nothing the garbage collector tracks is allocated (an int key, dict lookups, the truth
+    # of the values the caller stores: lists and ints), so no other thread takes the GIL
+    # between this and what the caller does next.
     cdef object key = thread
     for d in dicts:
         value = (<dict?>d).get(key)
@@ -1833,16 +1834,23 @@ cdef bint _listed(unsigned long thread, tuple dicts) except -1:
 
 
 def cancel_and_take(unsigned long thread, tuple dicts not None):
-    """If one of ``dicts`` holds a true value for ``thread``: cancel the exception pending in
-    that thread (PyThreadState_SetAsyncExc(thread, NULL)) and pop ``thread`` from each dict.
-    Returns the popped values (None where absent). One step under the GIL: another thread's
-    :func:`raise_in_thread` with the same dicts comes wholly before it (and is cancelled) or
-    wholly after (and finds nothing)."""
+    """If one of ``dicts`` holds a true value for ``thread``: pop ``thread`` from each dict
+    and cancel the exception pending in that thread (PyThreadState_SetAsyncExc(thread,
+    NULL)). Returns the popped values (None where absent). One step under the GIL: another
+    thread's :func:`raise_in_thread` with the same dicts comes wholly before it (and is
+    cancelled) or wholly after (and finds nothing)."""
+    cdef Py_ssize_t i, n = len(dicts)
+    # Allocated first: on CPython 3.11 allocating an object the garbage collector tracks may
+    # run a collection, whose finalizers may run Python code or release the GIL. Nothing
+    # between the check and the cancel allocates one.
+    cdef list taken = [None] * n
     if not _listed(thread, dicts):
-        return tuple([None] * len(dicts))
-    PyThreadState_SetAsyncExc(thread, NULL)
+        return tuple(taken)
     key = thread
-    return tuple([(<dict>d).pop(key, None) for d in dicts])
+    for i in range(n):
+        taken[i] = (<dict>dicts[i]).pop(key, None)
+    PyThreadState_SetAsyncExc(thread, NULL)
+    return tuple(taken)     # the state is changed: a collection here is harmless
 
 
 def raise_in_thread(unsigned long thread, exc_type, tuple only_if_listed=None):
