@@ -311,6 +311,13 @@ static void mm_make_ballast(void) {
         munmap(spare, MM_BALLAST_PAGES * page);
 }
 
+static pthread_once_t mm_atfork_once = PTHREAD_ONCE_INIT;
+static int mm_atfork_status; /* pthread_atfork's error (ENOMEM), 0 once registered */
+
+static void mm_register_atfork(void) {
+    mm_atfork_status = pthread_atfork(NULL, NULL, mm_guard_after_fork);
+}
+
 int mm_guard_install(mm_error *err) {
     struct sigaction current, act;
     mm_error spare;
@@ -332,6 +339,14 @@ int mm_guard_install(mm_error *err) {
         mm_wake[1] = fds[1];
         mm_wake[0] = fds[0];
     }
+    /* "pthread_atfork(3)": child handlers run inside fork(), in the order registered, so
+     * this one runs before every later one and before Python's after-fork hooks
+     * (os.register_at_fork): a fault the child makes in those is queued after the reset, not
+     * forgotten by it. Registered once: handlers cannot be removed, and mm_guard_after_fork
+     * only stores to static memory (async-signal-safe, as a child handler must be). */
+    pthread_once(&mm_atfork_once, mm_register_atfork);
+    if (mm_atfork_status != 0)
+        return mm_fail(err, MM_E_ARG, mm_atfork_status);
     memset(&act, 0, sizeof act);
     act.sa_sigaction = mm_handler;
     act.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;

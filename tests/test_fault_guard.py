@@ -271,6 +271,42 @@ def test_a_child_forked_with_a_fault_still_queued_is_told_of_its_own(tmp_path):
     assert proc.stdout.split() == ["0"]
 
 
+def test_a_fault_in_an_earlier_after_fork_hook_is_reported_in_the_child(tmp_path):
+    """A fault made in the child before mmarray's own after-fork hook runs (here: a hook
+    registered before mmarray was imported; in C, another library's pthread_atfork handler)
+    was forgotten when that hook reset the queue: the child was never told of it."""
+    path = str(tmp_path / "data.bin")
+    proc = run_python(f"""
+        import ctypes, os, subprocess, sys, time
+        state = {{}}
+        def touch_in_child():  # registered first: runs before mmarray's hook
+            m = state.get("m")
+            if m is not None:
+                ctypes.memmove(state["byte"], m.array.ctypes.data + 16 * 4096, 1)
+        os.register_at_fork(after_in_child=touch_in_child)
+        import mmarray
+        with open({path!r}, "wb") as f:
+            f.truncate(1 << 20)
+        m = mmarray.open({path!r}, mode="r")
+        subprocess.run([sys.executable, "-c", "import os; os.truncate({path!r}, 4096)"],
+                       check=True)
+        state["byte"] = ctypes.create_string_buffer(1)
+        state["m"] = m
+        pid = os.fork()
+        if pid == 0:
+            try:
+                time.sleep(0.5)  # the exception comes at the thread's next chance
+                os._exit(3)      # never told
+            except mmarray.MappedFileError as e:
+                os._exit(0 if e.range[0] == 16 * 4096 else 4)
+        state.clear()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["0"], proc.stdout + proc.stderr
+
+
 def test_readers_racing_truncations_never_crash_or_hang(tmp_path):
     """4 threads read while another process truncates and regrows the file 200 times.
 

@@ -215,6 +215,10 @@ static int t_shrink(const char *path, uint64_t size) { (void)path; (void)size; r
 static int t_child_dies_of_sigbus(int how) { (void)how; return -1; }
 static uint64_t t_thread_id(void) { return 0; }
 static int t_wake_bytes(int fd) { (void)fd; return -1; }
+static int t_forked_child_starts_an_empty_queue(volatile const char *page_data) {
+    (void)page_data;
+    return -1;
+}
 
 static int t_is_wine(void) {
     HMODULE ntdll = GetModuleHandleA("ntdll.dll");
@@ -440,6 +444,30 @@ static int t_child_dies_of_sigbus(int how) {
         return -1;
     if (WIFSIGNALED(status))
         return WTERMSIG(status) == SIGBUS ? T_KILLED_BY_SIGBUS : -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Fork with a fault record queued and not taken: in the child (no call of its own: the
+ * pthread_atfork handler of mm_guard_install runs inside fork()) the queue starts empty, and
+ * a fault at page_data, the same thread's next in the view, is queued as a new run. Returns
+ * the child's exit status: 0, or the number of the check that failed. */
+static int t_forked_child_starts_an_empty_queue(volatile const char *page_data) {
+    int status = 0;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        mm_fault f;
+        if (mm_guard_taken() != mm_guard_recorded())
+            _exit(1);
+        if (page_data[0] != 0) /* past the end of the file: the guard's zero page */
+            _exit(2);
+        if (mm_guard_pop(&f) != 1 || mm_guard_pop(&f) != 0)
+            _exit(3);
+        _exit(0);
+    }
+    if (waitpid(pid, &status, 0) != pid)
+        return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -1740,13 +1768,17 @@ static void test_guard_turns_a_fault_into_a_zero_page(void) {
     /* a forked child forgets the queue and the runs: its next fault is queued again */
     CHECK(data[6 * page] == 0);                    /* queued, not taken */
     CHECK(mm_guard_recorded() == mm_guard_taken() + 1);
+    CHECK(t_forked_child_starts_an_empty_queue(data + 7 * page) == 0);
+    CHECK(mm_guard_recorded() == mm_guard_taken() + 1); /* the parent's record stays */
+    /* the wake bytes of the fault at page 6 and of the child's, through the inherited pipe */
+    CHECK(t_wake_bytes(mm_guard_wake_fd()) == 2);
     mm_guard_after_fork();
     CHECK_U64(mm_guard_taken(), mm_guard_recorded());
     CHECK(mm_guard_pop(&f) == 0);                  /* forgotten */
     CHECK(data[7 * page] == 0);                    /* the same thread and view: a new run */
     CHECK(mm_guard_pop(&f) == 1);
     CHECK_U64(f.offset, 7 * page);
-    CHECK(t_wake_bytes(mm_guard_wake_fd()) == 2);
+    CHECK(t_wake_bytes(mm_guard_wake_fd()) == 1);
     /* a populating loop over a faulted view stops and says so */
     consumer = 0;
     CHECK_ST(mm_populate_ahead(&v, 0, len - 100, page, len, &consumer, &stop, NULL, 0, &e),

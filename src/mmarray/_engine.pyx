@@ -1794,12 +1794,6 @@ def guard_taken():
     return mm_guard_taken()
 
 
-def guard_after_fork():
-    """In a forked child: forget the parent's queued faults and every view's current run
-    (csrc/mm.h, mm_guard_after_fork)."""
-    mm_guard_after_fork()
-
-
 def guard_lost():
     """How many fault records the guard's queue dropped (it overflowed) since the last
     call (csrc/mm.h, mm_guard_take_lost); call it after guard_pop."""

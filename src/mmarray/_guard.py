@@ -404,6 +404,10 @@ _EXIT_POLLS = 10  # x 10 ms: how long an ended thread's /proc entry may linger
 
 
 def _serve(fd: int) -> None:
+    try:
+        dispatch()  # records queued before this reader started (a forked child's, above)
+    except Exception:
+        pass
     while True:
         try:
             os.read(fd, 4096)
@@ -432,8 +436,11 @@ def _after_fork_in_child() -> None:
     _loop_threads.clear()
     _pending.clear()
     _lost.clear()
-    _engine.guard_after_fork()  # a record half written at the fork would hold up the queue
-    _engine.guard_new_pipe()  # the inherited one is the parent's too: its reader takes bytes
+    # The C layer forgot the parent's queue inside fork() (mm_guard_after_fork, a
+    # pthread_atfork handler): what is queued now is the child's own, from hooks that ran
+    # before this one. Their wake bytes went to the inherited pipe, which is the parent's
+    # too; the child's reader takes them from the queue when it starts (_serve).
+    _engine.guard_new_pipe()
     if _helper is not None:  # threads do not survive fork(): start the child's own reader
         _helper = None
         _start()

@@ -103,4 +103,3 @@ cdef extern from "mm.h" nogil:
     uint64_t mm_guard_take_lost()
     uint64_t mm_guard_recorded()
     uint64_t mm_guard_taken()
-    void mm_guard_after_fork()
