@@ -338,8 +338,10 @@ uint64_t mm_guard_taken(void);
 /* In a forked child, first thing: forget the queue and every view's current run. The child
  * has only the thread that forked; a record the parent's other threads were writing at the
  * fork is never finished here, and would hold back the child's own records for good. Runs by
- * itself: the first mm_guard_install registers it as a pthread_atfork child handler (and
- * fails if it cannot). Callable directly (tests). A no-op on Windows. */
+ * itself: the first mm_guard_install registers it as a pthread_atfork child handler (an
+ * install that cannot fails, and the next one tries again). Child handlers registered before
+ * it run before it: a fault in one of those is forgotten with the parent's records. Callable
+ * directly (tests). A no-op on Windows. */
 void mm_guard_after_fork(void);
 
 /* The identity of the file at `path` now (following symbolic links): id[0], id[1] as a view's

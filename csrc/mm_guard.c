@@ -311,17 +311,26 @@ static void mm_make_ballast(void) {
         munmap(spare, MM_BALLAST_PAGES * page);
 }
 
-static pthread_once_t mm_atfork_once = PTHREAD_ONCE_INIT;
-static int mm_atfork_status; /* pthread_atfork's error (ENOMEM), 0 once registered */
+/* 0: mm_guard_after_fork not registered yet; 1: being registered; 2: registered. */
+static int mm_atfork_state;
 
-static void mm_register_atfork(void) {
-    mm_atfork_status = pthread_atfork(NULL, NULL, mm_guard_after_fork);
+/* Register mm_guard_after_fork as a pthread_atfork child handler, once. Returns 0, or
+ * pthread_atfork's error (ENOMEM): the next install tries again. */
+static int mm_register_atfork(void) {
+    int expected = 0, code;
+    if (!__atomic_compare_exchange_n(&mm_atfork_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return 0; /* registered, or being registered by another thread's install */
+    code = pthread_atfork(NULL, NULL, mm_guard_after_fork);
+    STORE(&mm_atfork_state, code == 0 ? 2 : 0);
+    return code;
 }
 
 int mm_guard_install(mm_error *err) {
     struct sigaction current, act;
     mm_error spare;
     long page;
+    int code;
     err = mm_err_or(err, &spare);
     if (sigaction(SIGBUS, NULL, &current) != 0)
         return mm_fail(err, MM_E_ARG, errno);
@@ -333,7 +342,8 @@ int mm_guard_install(mm_error *err) {
     if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == mm_handler)
         return mm_ok(err);
     if (mm_wake[0] < 0) {
-        int fds[2], code = mm_make_pipe(fds);
+        int fds[2];
+        code = mm_make_pipe(fds);
         if (code != 0)
             return mm_fail(err, MM_E_ARG, code);
         mm_wake[1] = fds[1];
@@ -344,9 +354,9 @@ int mm_guard_install(mm_error *err) {
      * (os.register_at_fork): a fault the child makes in those is queued after the reset, not
      * forgotten by it. Registered once: handlers cannot be removed, and mm_guard_after_fork
      * only stores to static memory (async-signal-safe, as a child handler must be). */
-    pthread_once(&mm_atfork_once, mm_register_atfork);
-    if (mm_atfork_status != 0)
-        return mm_fail(err, MM_E_ARG, mm_atfork_status);
+    code = mm_register_atfork();
+    if (code != 0)
+        return mm_fail(err, MM_E_ARG, code);
     memset(&act, 0, sizeof act);
     act.sa_sigaction = mm_handler;
     act.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;

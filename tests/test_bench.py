@@ -89,7 +89,8 @@ def test_quick_run_structure(quick_run):
 def test_every_case_produced_numbers(quick_run):
     proc, report = quick_run
     names = {c["name"] for c in report["cases"]}
-    expected = {"open_close_4k", "npy_open_many_files", "npy_open_same_file",
+    expected = {"open_close_4k", "npy_open_many_files", "npy_open_many_shapes",
+                "npy_open_same_file",
                 "npz_member_open", "op_index_scalar", "op_slice_10", "op_slice_sum",
                 "op_ufunc_add", "sum_cached_4k",
                 "sum_cached_large", "cold_seq_scan", "cold_random_4k", "live_mappings",
@@ -350,6 +351,10 @@ def test_share_and_dask_cases_run_small(tmp_path):
             assert len(info["payload_bytes_per_task"]) == 8
             assert info["message_bytes"] > info["payload_bytes"]
             assert len(info["cpu_parent_s"]) == len(info["cpu_children_s"]) == e["n"]
+            # the CPU column counts the workers too: each sample's CPU >= its workers'
+            assert len(e["cpu_samples_s"]) == len(info["cpu_children_s"])
+            assert all(c >= w for c, w in zip(e["cpu_samples_s"], info["cpu_children_s"])), \
+                (name, e["name"])
         for n in MM_SHARE:
             assert es[n]["info"]["payload_bytes"] < 1024, (name, n)
         assert es["path, offset, count"]["info"]["payload_bytes"] < 200
@@ -364,6 +369,10 @@ def test_share_and_dask_cases_run_small(tmp_path):
         es = _by_name(cases["dask_mean"])
         for e in es.values():
             assert e["status"] == "ok" and e["median"] > 0, (e["name"], e["reason"])
+            # the CPU column counts the workers too: each sample's CPU >= its workers'
+            workers = e["info"]["cpu_children_s"]
+            assert len(e["cpu_samples_s"]) == len(workers)
+            assert all(c >= w for c, w in zip(e["cpu_samples_s"], workers)), e["name"]
         assert es["from_array(numpy.memmap)"]["info"]["graph_bytes"] > 8 << 20
         for n in ("from_array(Mapping)", "mmarray.to_dask"):
             assert es[n]["info"]["graph_bytes"] < 1 << 20
@@ -478,7 +487,8 @@ def test_quick_run_reports_cpu_time_spread_and_machine(quick_run):
     assert len(meta["loadavg_before"]) == 3 and len(meta["machine"]["loadavg"]) == 3
     assert "machine: " in proc.stdout and "load average" in proc.stdout
     by_name = {c["name"]: c for c in report["cases"]}
-    for name in ("open_close_4k", "sum_cached_4k", "cold_seq_scan", "npy_open_many_files"):
+    for name in ("open_close_4k", "sum_cached_4k", "cold_seq_scan", "npy_open_many_files",
+                 "npy_open_many_shapes"):
         for e in by_name[name]["contenders"]:
             if e["status"] != "ok":
                 continue
@@ -500,6 +510,21 @@ def test_the_many_files_case_opens_distinct_files(tmp_path):
     paths = ctx.npy_dataset()
     assert len(paths) == 20 and len(set(paths)) == 20
     assert all(os.path.getsize(p) == os.path.getsize(paths[0]) for p in paths)
+
+
+def test_the_many_shapes_case_gives_every_file_its_own_header(tmp_path):
+    from mmarray.bench import cases as C
+
+    ctx = C.Context(str(tmp_path), mode="quick", npy_files=20)
+    paths = ctx.npy_dataset_shapes()
+    headers = set()
+    for p in paths:
+        with open(p, "rb") as f:
+            first = f.read(128)
+        assert first[8:10] == (118).to_bytes(2, "little")  # 128-byte headers, as the floor reads
+        headers.add(first)
+    assert len(paths) == len(headers) == C.SHAPE_FILES_MIN   # at least that many, whatever
+                                                              # npy_files says
 
 
 def _virtio(root, name, device, features):
@@ -570,3 +595,28 @@ def test_the_cached_scans_are_bounded_by_the_files_pages_pre_mapped(quick_run):
         for e in pre.values():
             assert e["status"] == "ok" and e["median"] > 0, e["reason"]
         assert pre["pre-mapped pages: sum"]["vs_limit"] == 1.0
+
+
+def test_each_run_draws_its_own_order_seed_and_a_given_seed_repeats_the_orders(tmp_path):
+    from mmarray.bench import cases as C
+
+    assert C.Context(str(tmp_path), mode="quick").seed != \
+        C.Context(str(tmp_path), mode="quick").seed      # drawn per run (2**-32 to collide)
+    orders = []
+    for seed in (5, 5, 6):
+        ctx = C.Context(str(tmp_path), mode="quick", seed=seed)
+        seen = []
+        cs = [C.Contender(n, "other", lambda n=n, seen=seen: (lambda: seen.append(n) or 1e-6))
+              for n in "abcd"]
+        C.run_case(ctx, "orders", "orders", "µs", cs, rounds=6)
+        orders.append(seen)
+    assert orders[0] == orders[1] and orders[0] != orders[2]
+
+
+def test_the_order_seed_is_recorded_and_printed(tmp_path):
+    out = tmp_path / "r.json"
+    proc = _bench("--quick", "--cases", "op_index_scalar", "--seed", "12345", "--json",
+                  str(out), "--no-progress", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["meta"]["seed"] == 12345
+    assert "--seed 12345 repeats them" in proc.stdout

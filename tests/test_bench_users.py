@@ -24,6 +24,11 @@ def test_loader_reports_time_cpu_and_peak_rss_per_batch(tmp_path):
         assert 0 < e["median"] < 1e6, e          # µs per batch
         assert e["cpu_median"] > 0 and e["peak_rss"] > res["params"]["baseline_rss"] / 2
     assert {t["status"] for t in res["targets"]} <= {"pass", "fail"}
+    # "opened once" is judged against the re-created memmap and, like for like, the one kept
+    # open (the baseline role)
+    assert res["baseline"] == "numpy.memmap kept open"
+    assert [(t["contender"], t["against"]) for t in res["targets"]][:2] == [
+        ("mmarray opened once", "reference"), ("mmarray opened once", "baseline")]
     assert not (tmp_path / "train.bin").exists()
 
 

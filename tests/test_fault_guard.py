@@ -271,37 +271,102 @@ def test_a_child_forked_with_a_fault_still_queued_is_told_of_its_own(tmp_path):
     assert proc.stdout.split() == ["0"]
 
 
-def test_a_fault_in_an_earlier_after_fork_hook_is_reported_in_the_child(tmp_path):
-    """A fault made in the child before mmarray's own after-fork hook runs (here: a hook
-    registered before mmarray was imported; in C, another library's pthread_atfork handler)
-    was forgotten when that hook reset the queue: the child was never told of it."""
+# An early after-fork hook (registered before mmarray) faults in the child. Its report was
+# forgotten when mmarray's hook reset the queue. With a later hook, from Python or from C,
+# that takes a while, the report must also wait until fork() has returned: raised in the
+# later hook it would end that hook (and be swallowed as unraisable), raised at fork()'s
+# return the child would take the OSError for a failed fork.
+_EARLY_FAULT_THEN_SLOW_HOOK = """
+import ctypes, functools, os, subprocess, sys, time
+state = {{}}
+def touch_in_child():  # registered first: runs before mmarray's hook
+    m = state.get("m")
+    if m is not None:
+        ctypes.memmove(state["byte"], m.array.ctypes.data + 16 * 4096, 1)
+os.register_at_fork(after_in_child=touch_in_child)
+import mmarray
+def slow_python_hook():
+    time.sleep(0.02)   # blocks: the reader gets the GIL meanwhile
+    for _ in range(200000):
+        pass           # and runs past the switch interval
+    state["later hook done"] = True
+if {kind!r} == "python":
+    os.register_at_fork(after_in_child=slow_python_hook)
+elif {kind!r} == "c":  # a hook that is C code (no Python frame of its own)
+    os.register_at_fork(after_in_child=functools.partial(time.sleep, 0.05))
+with open({path!r}, "wb") as f:
+    f.truncate(1 << 20)
+m = mmarray.open({path!r}, mode="r")
+subprocess.run([sys.executable, "-c", "import os; os.truncate({path!r}, 4096)"], check=True)
+state["byte"] = ctypes.create_string_buffer(1)
+state["m"] = m
+try:
+    pid = os.fork()
+except OSError as exc:
+    print("fork raised in", "the child" if state.get("m") is not None and os.getpid() !=
+          PARENT else "the parent", repr(exc), flush=True)
+    os._exit(5)
+if pid == 0:
+    if {kind!r} == "python" and not state.get("later hook done"):
+        os._exit(6)    # the later hook was cut short
+    try:
+        time.sleep(0.5)
+        os._exit(3)    # never told
+    except mmarray.MappedFileError as e:
+        os._exit(0 if e.range[0] == 16 * 4096 else 4)
+state.clear()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("kind", ["no later hook", "python", "c"])
+def test_a_fault_from_an_earlier_after_fork_hook_is_reported_once_fork_returns(tmp_path, kind):
     path = str(tmp_path / "data.bin")
-    proc = run_python(f"""
-        import ctypes, os, subprocess, sys, time
-        state = {{}}
-        def touch_in_child():  # registered first: runs before mmarray's hook
-            m = state.get("m")
-            if m is not None:
-                ctypes.memmove(state["byte"], m.array.ctypes.data + 16 * 4096, 1)
-        os.register_at_fork(after_in_child=touch_in_child)
+    script = "import os\nPARENT = os.getpid()\n" + _EARLY_FAULT_THEN_SLOW_HOOK.format(
+        kind=kind, path=path)
+    proc = run_python(script, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["0"], proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
+def test_an_after_fork_hook_before_mmarrays_never_waits_for_the_parents_lock(tmp_path):
+    """Another thread of the parent held the guard's lock at the fork. An after-fork hook
+    that runs before mmarray's own (registered before mmarray was imported) and reaches the
+    guard (a flush() of a faulted mapping goes through it) used the inherited lock, which no
+    thread of the child will ever release: the child hung."""
+    proc = run_python("""
+        import os, sys, threading, time
+        def early_hook():
+            sys.modules["mmarray._guard"].dispatch()  # what error() and flush() go through
+        os.register_at_fork(after_in_child=early_hook)
         import mmarray
-        with open({path!r}, "wb") as f:
-            f.truncate(1 << 20)
-        m = mmarray.open({path!r}, mode="r")
-        subprocess.run([sys.executable, "-c", "import os; os.truncate({path!r}, 4096)"],
-                       check=True)
-        state["byte"] = ctypes.create_string_buffer(1)
-        state["m"] = m
+        from mmarray import _guard
+        held, release = threading.Event(), threading.Event()
+        def holder():
+            with _guard._lock:
+                held.set()
+                release.wait()
+        t = threading.Thread(target=holder)
+        t.start()
+        held.wait()
         pid = os.fork()
         if pid == 0:
-            try:
-                time.sleep(0.5)  # the exception comes at the thread's next chance
-                os._exit(3)      # never told
-            except mmarray.MappedFileError as e:
-                os._exit(0 if e.range[0] == 16 * 4096 else 4)
-        state.clear()
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status))
+            os._exit(0)
+        release.set()
+        t.join()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print(os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("the child hung")
     """, timeout=120)
     assert_clean_exit(proc)
     assert proc.stdout.split() == ["0"], proc.stdout + proc.stderr

@@ -431,13 +431,50 @@ def test_a_dataset_sharing_one_header_is_answered_without_calling_back(tmp_path,
     cache = {}                              # an empty header cache, the same for both
     monkeypatch.setattr(_load, "_header_cache", cache)
     monkeypatch.setattr(_load._fmt, "header_cache", cache)
-    mmarray.load(paths[0]).close()          # asked (unknown), then parsed by the general path
+    mmarray.load(paths[0]).close()          # asked (unknown): parsed and answered
     for i, p in enumerate(paths):
         with mmarray.load(p) as m:
             assert type(m) is mmarray.Mapping and m.offset == 128
             assert m.array.tolist() == (np.arange(64.0) + i).tolist()
-    assert len(calls) == 2                  # the first load, then the first known one only
+    assert len(calls) == 1                  # the first load only
     assert _load._prefix_lengths == (128,) and len(_load._prefixes) == 1
+
+
+def test_a_header_not_seen_before_is_mapped_in_the_engines_one_open(tmp_path, monkeypatch):
+    # A dataset whose files all differ in shape: each header is parsed once, in the engine's
+    # call back, and the file is mapped from that same open (no second open by the general
+    # path, which would cost a second open and read per file).
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"s{i}.npy"
+        np.save(p, np.arange(8.0 + i))
+        paths.append(str(p))
+    monkeypatch.setattr(_load, "_prefixes", {})
+    monkeypatch.setattr(_load, "_prefix_lengths", ())
+    cache = {}
+    monkeypatch.setattr(_load, "_header_cache", cache)
+    monkeypatch.setattr(_load._fmt, "header_cache", cache)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    for i, p in enumerate(paths):
+        with mmarray.load(p) as m:
+            assert m.array.tolist() == np.arange(8.0 + i).tolist()
+    assert opened == []                      # no general path
+    assert len(cache) == 4 and len(_load._prefixes) == 4
+
+
+def test_a_bad_header_in_the_call_back_is_left_to_the_general_path(tmp_path):
+    # A header of numpy's form whose descr is no dtype: the call back says None, and the
+    # general path raises, naming the file.
+    p = tmp_path / "bad.npy"
+    header = b"{'descr': '<q9', 'fortran_order': False, 'shape': (3,), }"
+    header += b" " * (117 - len(header)) + b"\n"
+    p.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+                  + bytes(24))
+    assert _load._known_header(p.read_bytes()[:512]) is None
+    with pytest.raises(ValueError, match=r"bad\.npy.*descr '<q9' is not a valid dtype"):
+        mmarray.load(str(p))
 
 
 def test_datasets_with_headers_of_different_lengths_alternate_without_calling_back(

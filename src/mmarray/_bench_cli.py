@@ -168,9 +168,11 @@ def format_table(report):
                  f"{meta.get('size_human', '?')}, {meta.get('rounds', '?')} rounds "
                  f"({meta.get('micro_rounds', '?')} for micro cases), temp dir on "
                  f"{meta.get('fs_type') or '?'}")
+    seed = meta.get("seed")
     lines.append("ratios are speed ratios, median of per-round ratios (contenders run "
-                 "interleaved): >1× = faster than (or, for counts, more than) the NumPy way / "
-                 "the limit")
+                 "interleaved" + (f", orders drawn from seed {seed}: --seed {seed} repeats them"
+                                  if seed is not None else "") +
+                 "): >1× = faster than (or, for counts, more than) the NumPy way / the limit")
     mach = meta.get("machine") or {}
     lines.append(f"machine: {mach.get('cpu_model') or '?'} ({mach.get('cpus', '?')} CPUs), "
                  f"kernel {mach.get('kernel') or '?'}, Python {mach.get('python', '?')}, "
@@ -291,13 +293,14 @@ def format_markdown(report):
     mach = meta.get("machine") or {}
     vm = ", a VM whose balloon reports free pages to its host" \
         if mach.get("free_page_reporting") else ""
+    seed_text = "" if meta.get("seed") is None else f"; contenders' order seed {meta['seed']}"
     out = [f"{meta.get('mode', '?')} run, {meta.get('started', '')[:10]}: big file "
            f"{meta.get('size_human', '?')}, {meta.get('rounds', '?')} rounds "
            f"({meta.get('micro_rounds', '?')} for micro cases), {meta.get('seconds', 0):.0f} s; "
            f"{mach.get('cpu_model') or '?'} ({mach.get('cpus', '?')} CPUs), kernel "
            f"{mach.get('kernel') or '?'}, Python {mach.get('python', '?')}, NumPy "
            f"{mach.get('numpy', '?')}, temp dir on {meta.get('fs_type') or '?'}"
-           f"{vm}"
+           f"{vm}{seed_text}"
            f"; load average before {_load(meta.get('loadavg_before'))}, after "
            f"{_load(mach.get('loadavg'))}.",
            "",
@@ -482,6 +485,8 @@ def build_parser():
                    help="print Markdown tables (as in README's Benchmarks section) instead of "
                         "the text table")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    p.add_argument("--seed", type=int, help="seed of the contenders' order in each round "
+                   "(default: drawn anew for each run, and printed)")
     return p
 
 
@@ -562,6 +567,8 @@ def run(args, progress):
                                     micro_rounds=args.micro_rounds, progress=progress)
         except ValueError as exc:
             raise SetupError(str(exc)) from None
+        if args.seed is not None:
+            ctx.seed = args.seed
         _check_resources(workdir, ctx.size, getattr(ctx, "share_size", 0))
         about = getattr(cases_mod, "MODES", {}).get(args.mode, {}).get("about")
         expect = f", about {about}" if about and not args.cases else ""
@@ -593,6 +600,7 @@ def run(args, progress):
         meta = {"schema": SCHEMA, "mmarray": __version__, "mode": args.mode,
                 "size": ctx.size, "size_human": T.format_bytes(ctx.size), "rounds": ctx.rounds,
                 "micro_rounds": ctx.micro_rounds, "fs_type": ctx.fs_type,
+                "seed": getattr(ctx, "seed", None),
                 "c_floor": floor.compiler if floor else None, "c_floor_note": floor_note,
                 "bench_dir": bench_dir, "argv": sys.argv[1:],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -60,6 +60,7 @@ __all__ = ["MappedFileError", "set_fault_guard"]
 ENVIRONMENT_VARIABLE = "MMARRAY_FAULT_GUARD"
 
 _lock = threading.RLock()  # re-entrant: an exception raised in a thread holding it takes it
+_lock_pid = os.getpid()  # the process _lock and the tables below belong to (see _state_lock)
 # thread id -> [(file name, first byte, end byte)] not yet carried by an exception
 _pending: dict[int, list[tuple[str | None, int, int]]] = {}
 _lost: dict[int, int] = {}  # thread id -> fault records lost (queue overflow) to tell it
@@ -67,6 +68,21 @@ _QUEUE = 1024  # csrc/mm.h MM_GUARD_QUEUE
 _loop_threads: set[int] = set()  # mmarray's own loop threads: they report through a status
 _helper: threading.Thread | None = None
 _PAGE = _engine.PAGE_SIZE
+
+
+def _state_lock() -> threading.RLock:
+    """``_lock``, made anew (with the tables it guards emptied) the first time it is taken in
+    a forked child: the parent's may be held by a thread that does not exist in the child.
+    Checked on every use, not only in the after-fork hook, because other after-fork hooks run
+    before that one and may use the guard (a ``flush()`` there goes through :func:`error`)."""
+    global _lock, _lock_pid
+    if _lock_pid != os.getpid():
+        _lock = threading.RLock()
+        _lock_pid = os.getpid()
+        _loop_threads.clear()
+        _pending.clear()
+        _lost.clear()
+    return _lock
 
 
 class MappedFileError(OSError):
@@ -159,7 +175,7 @@ def _lost_message(lost: int) -> str:
 
 
 def _take_lost(thread: int) -> int:
-    with _lock:
+    with _state_lock():
         return _lost.pop(thread, 0)
 
 
@@ -171,7 +187,7 @@ def _merge(faults: list[tuple[str | None, int, int]]) -> tuple[str | None, int, 
 
 
 def _take(thread: int) -> list[tuple[str | None, int, int]]:
-    with _lock:
+    with _state_lock():
         return _pending.pop(thread, [])
 
 
@@ -179,7 +195,7 @@ def error(filename: str | None, start: int, stop: int, what: str) -> MappedFileE
     """A MappedFileError for ``what`` found out synchronously (flush, close, a C loop)."""
     _drain(take_lost=True)
     ident = threading.get_ident()
-    with _lock:
+    with _state_lock():
         if ident in _loop_threads:  # nothing is raised in a loop thread
             faults, lost = _pending.pop(ident, []), _lost.pop(ident, 0)
         else:  # one may be on its way here: this one replaces it. Taken and cancelled in
@@ -204,7 +220,7 @@ def dispatch(take_lost: bool = True) -> None:
     records stays with the C layer for the dispatcher's next round."""
     current = threading.get_ident()
     targets = []
-    with _lock:
+    with _state_lock():
         records = _engine.guard_pop()
         lost = _engine.guard_lost() if take_lost else 0
         for _token, filename, offset, thread, native in records:
@@ -224,7 +240,7 @@ def dispatch(take_lost: bool = True) -> None:
                 targets.append(main)
     for target in targets:
         if not _deliver(target):
-            with _lock:
+            with _state_lock():
                 _pending.pop(target, None)
                 _lost.pop(target, None)
 
@@ -403,17 +419,42 @@ def _python_thread(ident: int, native: int) -> int | None:
 _EXIT_POLLS = 10  # x 10 ms: how long an ended thread's /proc entry may linger
 
 
+#: In a forked child, until fork() has returned: (the frame that called os.fork(), its
+#: instruction then). Set by the after-fork hook, cleared by _await_fork_return.
+_fork_call: tuple[Any, int] | None = None
+#: Seconds the reader waits at most for fork() to return in a child (after-fork hooks that
+#: block longer than that get their exception in them).
+_FORK_RETURN_WAIT = 10.0
+
+
+def _await_fork_return() -> None:
+    """In a forked child's reader: wait until the thread that forked is back from os.fork()
+    in the frame that called it before raising anything in it. After-fork hooks run inside
+    os.fork(): raised there, the exception would end whichever hook it lands in (CPython
+    reports it as unraisable, and the thread never hears of its fault), or come up from
+    os.fork() itself, and the child would run the parent's error path."""
+    global _fork_call
+    call = _fork_call
+    if call is None:
+        return
+    frame, instruction = call
+    deadline = time.monotonic() + _FORK_RETURN_WAIT
+    while frame.f_lasti == instruction and time.monotonic() < deadline:
+        time.sleep(0.001)  # the frame moves on (or returns) once fork() has returned
+    _fork_call = None
+
+
 def _serve(fd: int) -> None:
-    try:
-        dispatch()  # records queued before this reader started (a forked child's, above)
-    except Exception:
-        pass
-    while True:
+    first = True  # records queued before this reader started: a forked child's, made in
+    while True:   # after-fork hooks (their wake bytes went to the parent's pipe)
+        if not first:
+            try:
+                os.read(fd, 4096)
+            except OSError:  # the pipe is gone (interpreter teardown): nothing left to serve
+                return
+        first = False
         try:
-            os.read(fd, 4096)
-        except OSError:  # the pipe is gone (interpreter teardown): nothing left to serve
-            return
-        try:
+            _await_fork_return()
             dispatch()
         except Exception:  # a daemon must not die of one bad record; the next one may do
             pass
@@ -431,11 +472,18 @@ def _start() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _helper
-    _lock = threading.RLock()
-    _loop_threads.clear()
-    _pending.clear()
-    _lost.clear()
+    global _helper, _fork_call
+    _state_lock()  # the child's own lock and tables, if no earlier hook made them already
+    # The frame that called os.fork(): the reader raises nothing until fork() has returned
+    # to it (see _await_fork_return). From C with no Python frame: nothing to wait for.
+    _fork_call = None
+    if _helper is not None:
+        try:
+            caller = sys._getframe(1)
+        except ValueError:
+            pass
+        else:
+            _fork_call = (caller, caller.f_lasti)
     # The C layer forgot the parent's queue inside fork() (mm_guard_after_fork, a
     # pthread_atfork handler): what is queued now is the child's own, from hooks that ran
     # before this one. Their wake bytes went to the inherited pipe, which is the parent's
@@ -451,12 +499,12 @@ class loop_thread:
     in them are reported by the loop's status, not raised asynchronously."""
 
     def __enter__(self) -> None:
-        with _lock:
+        with _state_lock():
             _loop_threads.add(threading.get_ident())
 
     def __exit__(self, *exc_info: object) -> None:
         _drain(take_lost=True)  # this thread's records, while it is still a loop thread
-        with _lock:
+        with _state_lock():
             _loop_threads.discard(threading.get_ident())
             _pending.pop(threading.get_ident(), None)
             _lost.pop(threading.get_ident(), None)

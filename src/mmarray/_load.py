@@ -18,6 +18,7 @@ _READ = _engine.READ
 _WRITE = _engine.WRITE
 _MAGIC_V1 = _fmt.MAGIC_V1
 _header_cache = _fmt.header_cache
+_parse_fast = _fmt.parse_fast
 _map_by_header = _engine.map_by_header
 _Mapping = _mapping.Mapping
 # Bytes the fast path reads: the header numpy writes is 128 bytes for most arrays, longer
@@ -190,15 +191,24 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
 
 def _known_header(first):
     """(data offset, nbytes, dtype, shape, order) of a .npy whose first bytes are ``first``
-    and whose version 1.0 header, whole in ``first``, is one the header cache holds (numpy
-    wrote it, and it was parsed before); None for anything else (the general path reads,
-    parses and checks it, and remembers it if numpy wrote it)."""
+    and whose version 1.0 header, whole in ``first`` and within the default
+    ``max_header_size``, is one numpy wrote (the header cache holds it, or the regular
+    expression of ``_npyformat.parse_fast`` reads it now); None for anything else: the
+    general path reads, parses and checks it, and names the file in its errors."""
     if first[:8] != _MAGIC_V1 or len(first) < 10:
         return None
     end = 10 + (first[8] | first[9] << 8)
-    hit = _header_cache.get(first[10:end]) if end <= len(first) else None
+    if end > len(first) or end - 10 > MAX_HEADER_SIZE:
+        return None
+    hb = first[10:end]
+    hit = _header_cache.get(hb)
+    if hit is None:
+        try:
+            hit = _parse_fast(hb, "the .npy header")
+        except ValueError:
+            return None  # the general path parses it again, and its error names the file
     if hit is None or not hit[3]:
-        return None  # not known, or no data: an empty mapping (the general path makes it)
+        return None  # not numpy's, or no data: an empty mapping (the general path makes it)
     global _prefix_lengths
     answer = end, hit[3], hit[0], hit[1], hit[2]
     if len(_prefixes) >= _fmt.CACHE_MAX:

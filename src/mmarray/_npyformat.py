@@ -210,11 +210,24 @@ def parse_fast(hb, name):
     if m is None:
         return None
     descr, fortran, dims = m.groups()
-    dt = _descr_dtype(descr, name)
-    shape = tuple(map(int, dims.rstrip(b",").split(b","))) if dims else ()
+    dt = _descr_cache.get(descr)
+    if dt is None:
+        dt = _descr_dtype(descr, name)
+    # dims as the expression matched them: 'N,' (1-D), 'N, M, ...' or '' (0-D)
+    if dims[-1:] == b",":
+        shape = (int(dims[:-1]),)
+    elif dims:
+        shape = tuple([int(d) for d in dims.split(b", ")])
+    else:
+        shape = ()
     order = "F" if fortran == b"True" else "C"
-    nbytes = _nbytes(shape, dt.itemsize, name)
-    dt, shape = _whole_shape(dt, shape, name)
+    nbytes = dt.itemsize
+    for d in shape:
+        nbytes *= d
+    if not 0 < nbytes <= _INTP_MAX:  # else every dimension is 1 to nbytes: nothing to check
+        nbytes = _nbytes(shape, dt.itemsize, name)  # no data, or too much: checked there
+    if dt.subdtype is not None:
+        dt, shape = _whole_shape(dt, shape, name)
     result = (dt, shape, order, nbytes)
     if len(header_cache) >= CACHE_MAX:
         header_cache.clear()

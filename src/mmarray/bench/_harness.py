@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 import statistics
+import zlib
 
 import numpy as np
 
@@ -22,6 +24,8 @@ from . import _timing as T
 #: ``about``: what the run takes on a 2-core machine (measured; README's Benchmarks section).
 #: ``micro_rounds``: rounds of the micro cases (open/close, ops): enough that the middle half of
 #: the per-round ratios (shown next to each ratio) is narrow and repeated runs agree;
+#: Files of the npy_open_many_shapes case, at least: twice mmarray's header cache (512).
+SHAPE_FILES_MIN = 1024
 #: ``npy_files``: how many distinct small .npy files the npy_open_close case opens per round;
 #: ``share_size``: the float32 file of the share and dask cases (None: ``size``);
 #: ``share_rounds`` / ``dask_rounds``: their rounds (few: numpy.memmap's contenders there ship
@@ -46,7 +50,7 @@ class Context:
     it."""
 
     def __init__(self, workdir, *, mode="default", size=None, rounds=None, micro_rounds=None,
-                 progress=None, live_cap=None, random_reads=None, npy_files=None):
+                 progress=None, live_cap=None, random_reads=None, npy_files=None, seed=None):
         import mmarray
 
         if mode not in MODES:
@@ -69,6 +73,9 @@ class Context:
         self.live_cap = int(live_cap or 64_000)
         self.random_reads = int(random_reads or preset["random_reads"])
         self.npy_files = int(npy_files or preset["npy_files"])
+        # The seed of the contenders' orders (see _timing.interleave): drawn per run unless
+        # given, so that order effects average out over runs; recorded with the results.
+        self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(1 << 32)
         self.chunk_bytes = 8 << 20
         self.progress = progress or (lambda msg: None)
         self._floor = None
@@ -138,6 +145,25 @@ class Context:
                 paths.append(p)
             self._files["npy_dataset"] = paths
         return list(self._files["npy_dataset"])
+
+    def npy_dataset_shapes(self):
+        """Create (once) and return the paths of ``max(npy_files, SHAPE_FILES_MIN)`` small
+        .npy files that all differ in shape (file ``i`` holds ``np.arange(512. + i)``): every
+        header is another one, and there are more of them than a cache of 512 headers keeps,
+        so a cache keyed by the header bytes never hits in a pass over them in order (quick
+        runs too). Their headers are all 128 bytes long, as np.save pads them."""
+        if "npy_dataset_shapes" not in self._files:
+            d = self.path("npyshapes")
+            os.makedirs(d, exist_ok=True)
+            count = max(self.npy_files, SHAPE_FILES_MIN)
+            self.progress(f"writing {count} small .npy files of distinct shapes")
+            paths = []
+            for i in range(count):
+                p = os.path.join(d, f"{i:06d}.npy")
+                np.save(p, np.arange(512 + i, dtype=np.float64))
+                paths.append(p)
+            self._files["npy_dataset_shapes"] = paths
+        return list(self._files["npy_dataset_shapes"])
 
     def share_file(self):
         """(path, shape, per-task sums) of the float32 file of the share and dask cases:
@@ -251,8 +277,11 @@ def run_case(ctx, name, title, unit, contenders, *, targets=(), cache_state="n/a
             continue
         runners.append((c.name, fn))
     ctx.progress(f"{name}: {len(runners)} contenders x {rounds} rounds")
+    # each case its own orders, all from the run's seed (a Context of another harness
+    # version may have none: the fixed default)
+    seed = (getattr(ctx, "seed", T.DEFAULT_SEED) + zlib.crc32(name.encode())) % (1 << 32)
     measured = T.interleave(runners, rounds, progress=ctx.progress, warmup=warmup,
-                            label=f"{name}: ")
+                            label=f"{name}: ", seed=seed)
     by_name = {e["name"]: e for e in results}
     for cname, m in measured.items():
         e = by_name[cname]

@@ -126,11 +126,17 @@ def calibrate(stmt, namespace, target_seconds, max_number=10_000_000):
     return max(1, min(max_number, int(target_seconds / per)))
 
 
-def interleave(runners, rounds, progress=None, warmup=0, label="", seed=20240601):
+#: interleave's seed when none is given (a run picks its own: see Context.seed).
+DEFAULT_SEED = 20240601
+
+
+def interleave(runners, rounds, progress=None, warmup=0, label="", seed=DEFAULT_SEED):
     """Run each runner once per round, in a new (seeded, reproducible) random order each
     round. A fixed or merely rotated order would give every contender the same predecessor
     each round, and what ran just before matters (on a virtio disk a cold read right after an
-    O_DIRECT scan is measurably slower, for example).
+    O_DIRECT scan is measurably slower, for example). The same seed gives the same orders;
+    a benchmark run draws its seed anew (and prints it), so that what ran just before a
+    contender varies from run to run instead of favouring one of them in every run.
 
     ``runners`` is a list of ``(name, callable)``. Returns ``{name: {"samples": [...],
     "cpu": [...], "peak_rss": [...], "cpu_source": ..., "errors": [...], "invalid": [...]}}``

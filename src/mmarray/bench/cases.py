@@ -53,6 +53,7 @@ from . import _timing as T
 from . import _users
 from ._harness import (  # noqa: F401  (re-exported: benchmarks/, tests)
     MODES,
+    SHAPE_FILES_MIN,
     SHARE_COLS,
     SHARE_TASKS,
     SHARE_WORKERS,
@@ -266,6 +267,19 @@ def _micro_per_file(ctx, stmt, namespace, nfiles):
     return make
 
 
+def _floor_many_runner(floor, paths, data_off):
+    """The runner of the C floor over ``paths`` (.npy files whose data starts at
+    ``data_off``): one pass a sample, seconds and CPU seconds per file."""
+    arr = floor.path_array(paths)
+    floor.open_reads_map_many(arr, 1, data_off, data_off)  # fails here if it fails
+
+    def run():
+        c0 = time.process_time()
+        seconds = floor.open_reads_map_many(arr, 1, data_off, data_off)
+        return T.Sample(seconds, cpu_s=(time.process_time() - c0) / len(paths))
+    return run
+
+
 def case_npy_open(ctx):
     """.npy open + close over a dataset of many distinct small files (the real case), and
     the same file again and again (caches always hit: for information)."""
@@ -297,14 +311,7 @@ def case_npy_open(ctx):
         return _micro_per_file(ctx, _loop(stmt), lns, nfiles)()
 
     def make_floor_many():
-        arr = floor.path_array(paths)
-        floor.open_reads_map_many(arr, 1, data_off, data_off)  # fails here if it fails
-
-        def run():
-            c0 = time.process_time()
-            seconds = floor.open_reads_map_many(arr, 1, data_off, data_off)
-            return T.Sample(seconds, cpu_s=(time.process_time() - c0) / nfiles)
-        return run
+        return _floor_many_runner(floor, paths, data_off)
 
     files_info = {"files": nfiles, "distinct_paths": len(set(paths))}
     many_info = dict(files_info)  # the result's entry shares this dict: make() fills it
@@ -335,6 +342,47 @@ def case_npy_open(ctx):
                "munmap (no parsing), over the same distinct paths",
                "vs numpy (np.load) is for information: no target"])
 
+    # distinct files, each of another shape ------------------------------------------------------
+    shaped = ctx.npy_dataset_shapes()
+    for p in (shaped[0], shaped[-1]):
+        with open(p, "rb") as f:
+            if npy_data_offset(f) != data_off:  # pragma: no cover - np.save changed its header
+                raise AssertionError("the shapes dataset's .npy headers differ in length")
+    shapes_info = {"files": len(shaped), "distinct_paths": len(set(shaped)),
+                   "distinct_headers": len(shaped)}
+    shaped_load_info = dict(shapes_info)
+    ns_shaped = {"np": np, "paths": shaped}
+
+    def make_load_shapes():
+        stmt, lns, kw = load_npy_stmt(ctx, shaped[0])
+        lns["paths"] = shaped
+        shaped_load_info.update(call=f"mmarray.load(path, **{kw!r})", stmt=stmt)
+        return _micro_per_file(ctx, _loop(stmt), lns, len(shaped))()
+
+    def make_floor_shapes():
+        return _floor_many_runner(floor, shaped, data_off)
+
+    res_shapes = run_case(
+        ctx, "npy_open_many_shapes",
+        f".npy open + close over {len(shaped):,} distinct files, each of another shape "
+        f"(no header seen twice in a row), per file",
+        "µs", [
+            Contender("np.load(mmap_mode='r')", "reference",
+                      _micro_per_file(ctx, _loop(np_load), ns_shaped, len(shaped)),
+                      info=dict(shapes_info)),
+            Contender("mmarray.load", "mmarray", make_load_shapes, info=shaped_load_info),
+            Contender("C floor + header pread, per file", "limit", make_floor_shapes,
+                      skip=why_floor, info=dict(shapes_info)),
+        ], rounds=ctx.micro_rounds, warmup=1,
+        cache_state="cached (all the files in the page cache)",
+        params=dict(shapes_info),
+        notes=[f"as npy_open_many_files, but file i holds np.arange(512. + i): all "
+               f"{len(shaped):,} headers differ, more than mmarray's header cache keeps, so "
+               f"every header is parsed (a dataset of arrays of many shapes: token "
+               f"sequences, variable-length records)",
+               "no target (issue #13 sets its target on npy_open_many_files); the ratio to "
+               "the C floor says what the parse costs"])
+
     # the same file again and again ------------------------------------------------------------
     ns1 = namespace(one)
     same_info = {}
@@ -361,7 +409,7 @@ def case_npy_open(ctx):
                "figure to read. No targets here.",
                "mmarray.open (offset known) skips header parsing: the floor of mmarray's own "
                "mapping path"])
-    return [res_many, res_same]
+    return [res_many, res_shapes, res_same]
 
 
 def case_npz_member(ctx):
@@ -788,8 +836,11 @@ def case_cold_random(ctx):
         return make
 
     def touch_all(a):
+        # Through a plain ndarray for every contender: numpy.memmap's own __getitem__ costs
+        # about 0.5 us more per read (a Python call), which is not the read path measured here.
+        v = a if type(a) is np.ndarray else a.view(np.ndarray)
         for o in offsets:
-            a[o]
+            v[o]
 
     def np_memmap():
         a = np.memmap(path, dtype=np.uint8, mode="r")
@@ -860,7 +911,9 @@ def case_cold_random(ctx):
         targets=[target("mmarray advise='random' ≥0.9× pread IOPS", "mmarray advise=random",
                         "baseline", 0.9)],
         notes=["one byte touched per page (the fault reads the page) vs pread of 4 KiB; "
-               "timed: open + the reads + close/unmap",
+               "timed: open + the reads + close/unmap; every mapped contender is indexed "
+               "through a plain ndarray (numpy.memmap's own indexing adds a Python call per "
+               "read)",
                "pread is a baseline, not a limit: one stream of synchronous reads, which a "
                "mapping with readahead off matches or beats (the real bound, a deep queue "
                "of reads, is not measured)",
@@ -1455,8 +1508,11 @@ def _share_result(ctx, name, backend_cls, backend_why, W, path, shape, sums, bef
                 del h
                 check(got)
                 info.setdefault("cpu_parent_s", []).append(round(p1 - p0, 6))
-                info.setdefault("cpu_children_s", []).append(round(T.cpu_delta(c0, c1), 6))
-                return sw.seconds
+                workers = T.cpu_delta(c0, c1)
+                info.setdefault("cpu_children_s", []).append(round(workers, 6))
+                # the CPU column: this process and its workers (pool workers are not waited
+                # for, so the Stopwatch's own reading leaves them out)
+                return sw.sample(extra_cpu=workers)
             return run
 
         c.make = make
@@ -1560,6 +1616,22 @@ def _graph_bytes(x):
         return len(cloudpickle.dumps(graph, protocol=5)), "cloudpickle (protocol 5)", len(graph)
 
 
+def _memmap_chunks(da, path, dtype, shape, chunk_rows):
+    """A dask array of ``shape`` over the file at ``path`` whose every chunk is a task that
+    maps its own rows with numpy.memmap (nothing of the data in the graph)."""
+    import dask
+
+    rows, cols = shape
+    itemsize = np.dtype(dtype).itemsize
+    blocks = []
+    for lo in range(0, rows, chunk_rows):
+        n = min(chunk_rows, rows - lo)
+        task = dask.delayed(np.memmap, pure=True)(path, dtype=dtype, mode="r",
+                                                  offset=lo * cols * itemsize, shape=(n, cols))
+        blocks.append(da.from_delayed(task, shape=(n, cols), dtype=dtype))
+    return da.concatenate(blocks, axis=0)
+
+
 def case_dask(ctx):
     """The mean of the share file on a 2-worker distributed.LocalCluster, from dask arrays
     made 3 ways."""
@@ -1589,6 +1661,10 @@ def case_dask(ctx):
         "mmarray.to_dask": ("mmarray", lambda shp, c: to_dask(
             path, dtype=f32, shape=shp, chunks=(c, cols)),
             None if to_dask else "not available: mmarray.to_dask does not exist yet"),
+        # numpy done by hand: each chunk's task maps only its rows with numpy.memmap (the
+        # graph holds path, offset and shape), as a careful numpy user would write it
+        "numpy.memmap per chunk (from_delayed)": ("baseline", lambda shp, c: _memmap_chunks(
+            da, path, f32, shp, c), None),
     }
     timeout = 60 + ctx.share_size / (1 << 20)
     large_graph = []
@@ -1655,8 +1731,9 @@ def case_dask(ctx):
                         raise AssertionError(f"wrong mean {got!r}, expected "
                                              f"{sum(sums) / (rows * cols)!r}")
                     cinfo.setdefault("cpu_parent_s", []).append(round(p1 - p0, 6))
-                    cinfo.setdefault("cpu_children_s", []).append(round(T.cpu_delta(c0, c1), 6))
-                    return sw.seconds
+                    workers = T.cpu_delta(c0, c1)
+                    cinfo.setdefault("cpu_children_s", []).append(round(workers, 6))
+                    return sw.sample(extra_cpu=workers)  # the workers' CPU in the column
                 return run
 
             c.make = make
@@ -1681,7 +1758,10 @@ def case_dask(ctx):
                    f".result(), checked; the cluster was started and every way warmed on the "
                    f"first 8 rows before the rounds",
                    f"{ctx.dask_rounds} round(s) only: from_array(numpy.memmap) puts the whole "
-                   f"array in the graph (seconds per round at 512 MiB)"])
+                   f"array in the graph (seconds per round at 512 MiB)",
+                   "baseline: numpy done by hand, a from_delayed task per chunk that maps "
+                   "its own rows with numpy.memmap (what mmarray's ways make easy; no target "
+                   "against it)"])
         if why is None:
             res["cache_state"] = _cache_desc(info, restored)
         sized = [e for e in res["contenders"] if e["info"].get("graph_bytes") is not None]
@@ -1705,7 +1785,7 @@ def case_dask(ctx):
 
 def case_append(ctx):
     """Grow a .npy by appending rows (issue #12): mmarray.append_npy against numpy's round
-    trip, npy-append-array, and the limit (write() of the rows plus one header patch)."""
+    trip, npy-append-array, and the baseline (write() of the rows plus one header patch)."""
     from numpy.lib import format as npformat
 
     appends = 40 if ctx.mode == "quick" else 200
@@ -1754,7 +1834,7 @@ def case_append(ctx):
                 out.append(rows)
 
     def raw_write():
-        # The limit: one header with room, then each append is a write() of the rows and a
+        # The baseline: one header with room, then each append is a write() of the rows and a
         # rewrite of the header's shape in place.
         with open(path, "wb") as f:
             npformat.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
@@ -1856,7 +1936,8 @@ CASES = [
 ]
 
 #: Cases that report under other names than their own (``--cases`` matches these too).
-RESULT_NAMES = {"npy_open_close": ["npy_open_many_files", "npy_open_same_file"],
+RESULT_NAMES = {"npy_open_close": ["npy_open_many_files", "npy_open_many_shapes",
+                                   "npy_open_same_file"],
                 "ops": [f"op_{key}" for key, _ in OPS], "share": ["share_pool", "share_joblib"],
                 "append": ["resize", "append"],
                 "dask": ["dask_mean"]}
