@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <sched.h>
 
 #include "mm.h"
 #include "mm_internal.h"
@@ -314,16 +315,22 @@ static void mm_make_ballast(void) {
 /* 0: mm_guard_after_fork not registered yet; 1: being registered; 2: registered. */
 static int mm_atfork_state;
 
-/* Register mm_guard_after_fork as a pthread_atfork child handler, once. Returns 0, or
- * pthread_atfork's error (ENOMEM): the next install tries again. */
+/* Register mm_guard_after_fork as a pthread_atfork child handler, once. Returns 0 once it
+ * is registered (by this call or another thread's), or pthread_atfork's error (ENOMEM): the
+ * next install tries again. */
 static int mm_register_atfork(void) {
-    int expected = 0, code;
-    if (!__atomic_compare_exchange_n(&mm_atfork_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE))
-        return 0; /* registered, or being registered by another thread's install */
-    code = pthread_atfork(NULL, NULL, mm_guard_after_fork);
-    STORE(&mm_atfork_state, code == 0 ? 2 : 0);
-    return code;
+    for (;;) {
+        int expected = 0, code;
+        if (__atomic_compare_exchange_n(&mm_atfork_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            code = pthread_atfork(NULL, NULL, mm_guard_after_fork);
+            STORE(&mm_atfork_state, code == 0 ? 2 : 0);
+            return code;
+        }
+        if (expected == 2)
+            return 0;
+        sched_yield(); /* another thread's install is registering it: its outcome counts */
+    }
 }
 
 int mm_guard_install(mm_error *err) {

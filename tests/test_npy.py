@@ -589,13 +589,37 @@ def test_unknown_format_version_is_a_value_error(tmp_path, version):
     "['descr', 'fortran_order', 'shape']",
     "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), ",
     "{'descr': '<i4', 'fortran_order': False, 'shape': (-3,), }",
-    "{'descr': '|V0', 'fortran_order': False, 'shape': (3,), }",
+    "{'descr': '<i4', 'fortran_order': False, 'shape': (" + "1, " * 65 + "), }",  # > 64
     "{'descr': " + "(" * 300 + "'<i4'" + ")" * 300 + ", 'fortran_order': False, 'shape': (3,)}",
     "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }\x00",
 ])
 def test_bad_header_contents_are_a_value_error(tmp_path, text):
     with pytest.raises(ValueError):
         mmarray.load(_write(tmp_path, npy_header(text) + bytes(64)))
+
+
+@pytest.mark.parametrize("descr", ["'<f8'", "[('a', '<f8')]"])  # the regex, numpy's parser
+def test_a_header_of_more_than_64_dimensions_is_refused_naming_the_file(tmp_path, descr):
+    text = "{'descr': " + descr + ", 'fortran_order': False, 'shape': (" + "1, " * 65 + "), }"
+    path = _write(tmp_path, npy_header(text) + bytes(8))
+    for file in (str(path), str(path), path):  # the first load, a later one, a Path
+        with pytest.raises(ValueError, match=r"bad\.npy.*65 dimensions, more than 64"):
+            mmarray.load(file)
+
+
+def test_a_dtype_with_fields_is_never_shared_between_loads(tmp_path):
+    # dtype.names can be set: renaming one file's fields must not rename the next one's (as
+    # a dtype cached by its header bytes and handed to every file would)
+    paths = []
+    for i in range(3):
+        p = str(tmp_path / f"s{i}.npy")
+        np.save(p, np.zeros(2 + i, "i4,i4"))  # the header is parsed by the regex
+        paths.append(p)
+    with mmarray.load(paths[0]) as m:
+        m.array.dtype.names = ("x", "y")
+    for p in paths + paths:
+        with mmarray.load(p) as m:
+            assert m.dtype.names == ("f0", "f1") == np.load(p).dtype.names
 
 
 def test_not_a_npy_or_npz_file_is_a_value_error_saying_so(tmp_path):

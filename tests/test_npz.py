@@ -572,11 +572,9 @@ def test_save_npz_accepts_an_array_named_file(tmp_path):
     assert np.load(tmp_path / "f.npz")["file"].tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("value, match", [(np.array([None]), "objects"),
-                                          (np.zeros(2, "V0"), "itemsize 0")])
-def test_save_npz_refuses_what_cannot_be_mapped(tmp_path, value, match):
-    with pytest.raises(ValueError, match=match):
-        mmarray.save_npz(tmp_path / "bad.npz", x=value)
+def test_save_npz_refuses_what_cannot_be_mapped(tmp_path):
+    with pytest.raises(ValueError, match="objects"):
+        mmarray.save_npz(tmp_path / "bad.npz", x=np.array([None]))
     assert os.listdir(tmp_path) == []
 
 

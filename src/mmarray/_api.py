@@ -122,13 +122,23 @@ def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
         raise TypeError(f"dtype {dt!r} contains Python objects, which cannot be memory-mapped; "
                         f"expected a dtype of plain data (numbers, bytes, structs of them)")
     if dt.itemsize == 0:
-        raise TypeError(f"dtype {dt!r} has itemsize 0; expected a sized dtype such as 'S8'")
+        # As numpy.memmap takes it ('S', 'V0', '(0,)i4', np.dtype([])): an array of no bytes,
+        # given a shape (see _check_no_bytes). Not cached: the engine's fast paths, which
+        # look dtypes up in this cache, size a whole file by the itemsize.
+        return dt
     try:
         if len(_dtype_cache) < 256:
             _dtype_cache[dtype] = dt
     except TypeError:  # unhashable spec, e.g. a list of fields
         pass
     return dt
+
+
+def _check_sized(dt: np.dtype[Any]) -> None:
+    """ValueError for a dtype of itemsize 0 with no shape: no file size tells a length."""
+    if dt.itemsize == 0:
+        raise ValueError(f"dtype {dt!r} has itemsize 0, so the length cannot be inferred "
+                         f"from the file size; give a shape (the array then holds no bytes)")
 
 
 def _check_shape(shape: Any, itemsize: int) -> tuple[tuple[int, ...], int]:
@@ -142,6 +152,7 @@ def _check_shape(shape: Any, itemsize: int) -> tuple[tuple[int, ...], int]:
             raise TypeError(f"shape must be an int or a sequence of ints, got "
                             f"{_short_repr(shape)}") from None
     n = itemsize
+    span = itemsize or 1  # numpy's bound: the nonzero dimensions, an itemsize of 0 as 1
     for d in shape:
         if d < 0:
             raise ValueError(f"shape {_short_repr(shape)} has a negative dimension; expected "
@@ -150,10 +161,15 @@ def _check_shape(shape: Any, itemsize: int) -> tuple[tuple[int, ...], int]:
             raise ValueError(f"shape {_short_repr(shape)} has a dimension above {_INTP_MAX}, "
                              f"the largest numpy allows")
         n *= d
+        span *= d or 1
     if n > _INT64_MAX:
         raise ValueError(f"shape {_short_repr(shape)} of itemsize {itemsize} is "
                          f"{_short_repr(n)} bytes, which overflows 64 bits; expected at most "
                          f"{_INT64_MAX} bytes")
+    if span > _INTP_MAX:  # numpy refuses such an array ("array is too big") even of no bytes
+        raise ValueError(f"shape {_short_repr(shape)} of itemsize {itemsize} is too big for "
+                         f"numpy: its nonzero dimensions times the itemsize (at least 1) come "
+                         f"to {_short_repr(span)}, more than {_INTP_MAX}")
     return shape, n
 
 
@@ -230,7 +246,8 @@ def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mod
         From the operating system.
     ValueError
         A bad mode, order, offset or shape, a shape that does not fit the file in mode
-        ``'r'``/``'c'``, or a file size that is not a multiple of the itemsize.
+        ``'r'``/``'c'``, a file size that is not a multiple of the itemsize, or a dtype of
+        itemsize 0 (``'S'``, ``'V0'``) without a shape (with one, the array holds no bytes).
     TypeError
         A dtype holding objects, or a shape that is not made of integers.
 
@@ -272,6 +289,7 @@ def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mod
         if mode == "w+":
             raise ValueError("shape must be given if mode == 'w+' (there is no data to infer it "
                              "from)")
+        _check_sized(dt)
         length = _TO_END
     else:
         shape, length = _check_shape(shape, dt.itemsize)

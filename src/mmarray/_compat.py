@@ -25,6 +25,7 @@ from mmarray._api import (
     _check_offset,
     _check_order,
     _check_shape,
+    _check_sized,
     _check_writable_file,
     _file_size,
     fileno_of,
@@ -130,7 +131,8 @@ class memmap(np.memmap):
     ValueError
         A bad mode, offset or shape, ``mode='w+'`` without a shape, a shape that does not fit
         the file in mode ``'r'``/``'c'``, an empty file in mode ``'r'``/``'c'``, or data whose
-        size is not a multiple of the itemsize when `shape` is None.
+        size is not a multiple of the itemsize when `shape` is None (a dtype of itemsize 0
+        then, where numpy raises ZeroDivisionError).
     TypeError
         A dtype holding Python objects, or a shape that is not made of integers.
     OSError
@@ -440,6 +442,7 @@ def _new_memmap(subtype: type[_M], filename: StrOrBytesPath | _FileObject,
         order = _check_order(order)
 
     if shape is None:
+        _check_sized(dt)  # numpy.memmap divides by the itemsize here (ZeroDivisionError)
         length = _TO_END
     else:
         if not isinstance(shape, (tuple, list)):

@@ -21,6 +21,8 @@ __test__: dict[str, str]  # Cython's doctests of the module
 ALIGNMENT: int
 PAGE_SIZE: int
 TO_END: int
+#: The most dimensions an array may have (numpy 2's NPY_MAXDIMS).
+_MAX_DIMS: int
 READ: int
 WRITE: int
 COPY: int

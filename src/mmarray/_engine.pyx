@@ -1064,9 +1064,11 @@ def map_file(file, int access, uint64_t offset, uint64_t length, int flags, dtyp
         raise TypeError(f"cls must be Region or a subclass of it, got {cls!r}")
     if not isinstance(dtype, _np.dtype):
         raise TypeError(f"dtype must be a numpy.dtype, got {type(dtype).__name__}")
-    if dtype.hasobject or dtype.itemsize == 0:
-        raise TypeError(f"dtype {dtype} cannot be mapped: it holds Python objects or has "
-                        f"itemsize 0")
+    if dtype.hasobject:
+        raise TypeError(f"dtype {dtype} cannot be mapped: it holds Python objects")
+    if dtype.itemsize == 0 and shape is None:  # an array of no bytes, of a given shape only
+        raise ValueError(f"dtype {dtype} has itemsize 0: a shape is needed (no length of "
+                         f"the file gives one)")
     if not (isinstance(order, str) and (order == "C" or order == "F")):
         raise ValueError(f"order must be 'C' or 'F', got {order!r}")
     if flags & ~(MM_CREATE | MM_GROW | MM_POPULATE):
@@ -1232,6 +1234,8 @@ def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
     except TypeError:                # an unhashable dtype argument (a list of fields)
         return None
     if dt is None or cnp.PyDataType_HASSUBARRAY(<cnp.dtype>dt):  # subarray: map_file
+        return None
+    if (<cnp.dtype>dt).itemsize <= 0:  # the file's length is divided by it below
         return None
     path = _utf8_path(file, &size)
     if path == NULL:

@@ -82,6 +82,7 @@ def _state_lock() -> threading.RLock:
         _loop_threads.clear()
         _pending.clear()
         _lost.clear()
+        _native_threads.clear()
     return _lock
 
 
@@ -408,53 +409,35 @@ def _python_thread(ident: int, native: int) -> int | None:
         # A Python thread that just ended keeps its /proc entry a little while after join()
         # returned (the kernel clears the tid for pthread_join before the task is released):
         # wait for that to pass before telling the main thread about a non-Python thread.
-        for _ in range(_EXIT_POLLS):
-            time.sleep(0.01)
-            if not os.path.isdir(f"/proc/self/task/{native}"):
-                return None
+        # Once per thread: a BLAS worker faulting through a matrix queues a record for every
+        # run, and this wait, made under the dispatcher's lock for each, held up the thread
+        # being told (its exception takes that lock) for a second per ten records.
+        if (ident, native) not in _native_threads:
+            for _ in range(_EXIT_POLLS):
+                time.sleep(0.01)
+                if not os.path.isdir(f"/proc/self/task/{native}"):
+                    return None
+            if len(_native_threads) >= 256:
+                _native_threads.clear()
+            # While that thread lives its ids are its own ("pthread_self(3)", "gettid(2)"):
+            # a later thread with both is checked above first, as a Python thread.
+            _native_threads.add((ident, native))
         return threading.main_thread().ident  # not a Python thread (a BLAS worker)
     return None
 
 
 _EXIT_POLLS = 10  # x 10 ms: how long an ended thread's /proc entry may linger
-
-
-#: In a forked child, until fork() has returned: (the frame that called os.fork(), its
-#: instruction then). Set by the after-fork hook, cleared by _await_fork_return.
-_fork_call: tuple[Any, int] | None = None
-#: Seconds the reader waits at most for fork() to return in a child (after-fork hooks that
-#: block longer than that get their exception in them).
-_FORK_RETURN_WAIT = 10.0
-
-
-def _await_fork_return() -> None:
-    """In a forked child's reader: wait until the thread that forked is back from os.fork()
-    in the frame that called it before raising anything in it. After-fork hooks run inside
-    os.fork(): raised there, the exception would end whichever hook it lands in (CPython
-    reports it as unraisable, and the thread never hears of its fault), or come up from
-    os.fork() itself, and the child would run the parent's error path."""
-    global _fork_call
-    call = _fork_call
-    if call is None:
-        return
-    frame, instruction = call
-    deadline = time.monotonic() + _FORK_RETURN_WAIT
-    while frame.f_lasti == instruction and time.monotonic() < deadline:
-        time.sleep(0.001)  # the frame moves on (or returns) once fork() has returned
-    _fork_call = None
+#: (ident, native id) of threads found alive and not Python's (see _python_thread)
+_native_threads: set[tuple[int, int]] = set()
 
 
 def _serve(fd: int) -> None:
-    first = True  # records queued before this reader started: a forked child's, made in
-    while True:   # after-fork hooks (their wake bytes went to the parent's pipe)
-        if not first:
-            try:
-                os.read(fd, 4096)
-            except OSError:  # the pipe is gone (interpreter teardown): nothing left to serve
-                return
-        first = False
+    while True:
         try:
-            _await_fork_return()
+            os.read(fd, 4096)
+        except OSError:  # the pipe is gone (interpreter teardown): nothing left to serve
+            return
+        try:
             dispatch()
         except Exception:  # a daemon must not die of one bad record; the next one may do
             pass
@@ -472,23 +455,18 @@ def _start() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _helper, _fork_call
+    global _helper
     _state_lock()  # the child's own lock and tables, if no earlier hook made them already
-    # The frame that called os.fork(): the reader raises nothing until fork() has returned
-    # to it (see _await_fork_return). From C with no Python frame: nothing to wait for.
-    _fork_call = None
-    if _helper is not None:
-        try:
-            caller = sys._getframe(1)
-        except ValueError:
-            pass
-        else:
-            _fork_call = (caller, caller.f_lasti)
     # The C layer forgot the parent's queue inside fork() (mm_guard_after_fork, a
-    # pthread_atfork handler): what is queued now is the child's own, from hooks that ran
-    # before this one. Their wake bytes went to the inherited pipe, which is the parent's
-    # too; the child's reader takes them from the queue when it starts (_serve).
-    _engine.guard_new_pipe()
+    # pthread_atfork handler). What is queued now are faults the child made in after-fork
+    # hooks that ran before this one: they are dropped, not raised. No point inside fork()
+    # is safe for an exception (raised in a hook it ends that hook, and CPython reports it
+    # as unraisable; raised at fork()'s return the child takes it for a failed fork), nor
+    # are the first statements after it (multiprocessing's bootstrap catches OSError). The
+    # mapping's `faulted` says it, and a flush() or close() of a writable one raises.
+    _engine.guard_pop()
+    _engine.guard_lost()
+    _engine.guard_new_pipe()  # the inherited one is the parent's too: its reader takes bytes
     if _helper is not None:  # threads do not survive fork(): start the child's own reader
         _helper = None
         _start()

@@ -211,6 +211,8 @@ def _known_header(first):
         return None  # not numpy's, or no data: an empty mapping (the general path makes it)
     global _prefix_lengths
     answer = end, hit[3], hit[0], hit[1], hit[2]
+    if hit[0].names is not None:
+        return answer  # a dtype with fields is mutable: each file gets its own, unshared
     if len(_prefixes) >= _fmt.CACHE_MAX:
         _prefixes.clear()
     _prefixes[first[:end]] = answer  # the answer depends on these bytes and no others

@@ -284,7 +284,7 @@ def create_npy(file, dtype, shape, fortran_order=False):
     Raises
     ------
     TypeError
-        A dtype holding objects or of itemsize 0, a shape not made of integers, a file
+        A dtype holding objects, a shape not made of integers, a file
         object instead of a path, or a non-bool ``fortran_order``.
     ValueError
         A negative dimension, a size that overflows 64 bits, or a path holding a null byte.

@@ -51,6 +51,7 @@ MAX_HEADER_SIZE = 10000
 #: Bytes per read or write of bulk data (CRC-32 passes, archive writing).
 CHUNK = 64 << 20
 _INTP_MAX = int(np.iinfo(np.intp).max)  # the largest dimension numpy can make an array of
+_MAX_DIMS = _engine._MAX_DIMS  # the most dimensions an array may have (numpy 2's NPY_MAXDIMS)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 O_READ = os.O_RDONLY | _O_BINARY
 O_WRITE = os.O_RDWR | _O_BINARY
@@ -146,9 +147,7 @@ def _checked_dtype(dt, name):
         raise ValueError(
             f"{name}: dtype {dt} holds Python objects, which .npy stores pickled; numpy loads "
             f"such data only with allow_pickle=True, and it cannot be memory-mapped")
-    if dt.itemsize == 0:
-        raise ValueError(f"{name}: dtype {dt} has itemsize 0, which cannot be mapped")
-    return dt
+    return dt  # itemsize 0 too ('V0', np.dtype([])): numpy saves and loads such arrays
 
 
 def _whole_shape(dt, shape, name):
@@ -172,9 +171,10 @@ def _descr_dtype(descr, name):
     except Exception as exc:  # TypeError for unknown names; anything else is a bad descr too
         raise ValueError(f"{name}: descr {text!r} is not a valid dtype descriptor") from exc
     _checked_dtype(dt, name)
-    if len(_descr_cache) >= CACHE_MAX:
-        _descr_cache.clear()
-    _descr_cache[descr] = dt
+    if dt.names is None:  # a dtype with fields is mutable (dtype.names = ...): never shared
+        if len(_descr_cache) >= CACHE_MAX:
+            _descr_cache.clear()
+        _descr_cache[descr] = dt
     return dt
 
 
@@ -184,7 +184,8 @@ def _nbytes(shape, itemsize, name):
     numpy needs every dimension, and the product of the nonzero ones times the itemsize, to
     fit its index type (so ``(0, 2**70)`` is refused although it holds no data).
     """
-    n = span = itemsize
+    n = itemsize
+    span = itemsize or 1  # numpy's bound counts an itemsize of 0 as 1
     for d in shape:
         if d < 0 or d > _INTP_MAX:
             what = "negative" if d < 0 else f"above {_INTP_MAX}, the largest numpy allows"
@@ -220,6 +221,8 @@ def parse_fast(hb, name):
         shape = tuple([int(d) for d in dims.split(b", ")])
     else:
         shape = ()
+    if len(shape) > _MAX_DIMS:
+        raise _too_many_dimensions(shape, name)
     order = "F" if fortran == b"True" else "C"
     nbytes = dt.itemsize
     for d in shape:
@@ -229,10 +232,16 @@ def parse_fast(hb, name):
     if dt.subdtype is not None:
         dt, shape = _whole_shape(dt, shape, name)
     result = (dt, shape, order, nbytes)
-    if len(header_cache) >= CACHE_MAX:
-        header_cache.clear()
-    header_cache[hb] = result
+    if dt.names is None:  # see _descr_dtype: each file's fields dtype its own
+        if len(header_cache) >= CACHE_MAX:
+            header_cache.clear()
+        header_cache[hb] = result
     return result
+
+
+def _too_many_dimensions(shape, name):
+    return ValueError(f"{name}: header shape has {len(shape)} dimensions, more than "
+                      f"{_MAX_DIMS}, the most numpy allows")
 
 
 def read_array_header_3_0(fp: Any, max_header_size: int = MAX_HEADER_SIZE) -> tuple[Any, bool, Any]:
@@ -297,6 +306,8 @@ def _parse_numpy(raw, version, name, max_header_size):
         raise ValueError(f"{name}: cannot parse the .npy header ({type(exc).__name__}: "
                          f"{_clipped(exc)})") from exc
     _checked_dtype(dt, name)
+    if len(shape) > _MAX_DIMS:
+        raise _too_many_dimensions(shape, name)
     if not all(type(d) is int for d in shape):  # numpy's check lets bools through
         raise ValueError(f"{name}: header shape {_api._short_repr(shape)} is not a tuple of "
                          f"integers")

@@ -67,7 +67,7 @@ def save_npz(file, /, **arrays):
     Raises
     ------
     ValueError
-        An array of object dtype or itemsize 0, a member name that is not valid in a zip
+        An array of object dtype, a member name that is not valid in a zip
         archive (longer than 65535 bytes in UTF-8 with its ``.npy`` suffix, not encodable
         as UTF-8, or holding a null byte, at which zip readers cut it), a file object that
         cannot seek or is open in append mode, or a path holding a null byte. Checked
@@ -96,9 +96,6 @@ def save_npz(file, /, **arrays):
         if arr.dtype.hasobject:
             raise ValueError(f"array {key!r} has dtype {arr.dtype}, which holds Python objects; "
                              f"they cannot be stored for mapping (np.savez would pickle them)")
-        if arr.dtype.itemsize == 0:
-            raise ValueError(f"array {key!r} has dtype {arr.dtype} of itemsize 0, which cannot "
-                             f"be mapped")
         members.append((key + ".npy", arr,
                         _fmt.header_bytes(_format.header_data_from_array_1_0(arr))))
 

@@ -264,9 +264,8 @@ def _check_fields(filename: Any, offset: Any, length: Any, start: Any, dtype: An
             and all(type(v) is int for v in (*shape, *strides))):
         raise TypeError("an ArrayRef holds a str file name, offsets and lengths >= 0, a "
                         "numpy.dtype, and shape and strides as tuples of ints of one length")
-    if dtype.hasobject or dtype.itemsize == 0:
-        raise TypeError(f"dtype {dtype} cannot be mapped: it holds Python objects or has "
-                        f"itemsize 0")
+    if dtype.hasobject:
+        raise TypeError(f"dtype {dtype} cannot be mapped: it holds Python objects")
     limit = _fileref.LIMIT
     if any(v >= limit for v in ints) or offset + length >= limit:
         raise ValueError(f"an ArrayRef's offset {offset}, length {length} and start {start} "
@@ -354,7 +353,7 @@ def ref(array: np.ndarray[Any, Any]) -> ArrayRef:
     filename, identity = mapping._shared_file()
     dtype = array.dtype
     writable = mapping.mode in ("r+", "w+")
-    if array.size == 0:
+    if array.nbytes == 0:  # no bytes to refer to (size 0, or an itemsize of 0)
         return ArrayRef._new(filename, identity, _fileref.host_id(), mapping.offset, 0, 0,
                              dtype, array.shape, array.strides, writable)
     layout = mapping._layout(filename, identity)
