@@ -80,11 +80,40 @@ def test_the_fast_open_never_sizes_a_file_by_an_itemsize_of_0(tmp_path):
     assert proc.stdout.startswith("refused: "), proc.stdout
 
 
-def test_a_zero_itemsize_shape_too_big_for_numpy_is_a_value_error(data_file):
+def test_shapes_are_bounded_as_numpy_bounds_them(data_file):
+    # numpy bounds the itemsize times the nonzero dimensions: nothing for an itemsize of 0
+    huge = (2**62, 2**62)
+    with np.errstate(over="ignore"):  # numpy.memmap multiplies the dimensions in int64
+        assert np.memmap(data_file, dtype="V0", mode="r", shape=huge).shape == huge
+    with mmarray.open(data_file, dtype="V0", mode="r", shape=huge) as m:
+        assert m.array.shape == huge
+    with pytest.raises(ValueError):
+        np.empty((0, 2**62, 4), "f8")
     with pytest.raises(ValueError, match="too big for numpy"):
-        mmarray.open(data_file, dtype="V0", mode="r", shape=(2**62, 2**62))
-    with pytest.raises(ValueError, match="too big for numpy"):
-        mmarray.open(data_file, dtype="f8", mode="r", shape=(0, 2**62, 4))  # as np.empty
+        mmarray.open(data_file, dtype="f8", mode="r", shape=(0, 2**62, 4))
+
+
+def test_append_never_grows_a_zero_itemsize_npy_past_what_numpy_reads(tmp_path):
+    # rows of no bytes cost nothing: only the length bounds them, and a header numpy cannot
+    # read back would leave the file unreadable
+    path = str(tmp_path / "v.npy")
+    mmarray.create_npy(path, "V0", (2**63 - 1,)).close()
+    before = open(path, "rb").read()
+    with pytest.raises(ValueError, match=r"v\.npy' grown by 1 rows.*dimension"):
+        mmarray.append_npy(path, np.zeros(1, "V0"))
+    assert open(path, "rb").read() == before
+    assert np.load(path, mmap_mode="r").shape == (2**63 - 1,)
+
+
+def test_a_zero_itemsize_field_saves_and_refers_as_numpy_saves_it(tmp_path):
+    rec = np.dtype([("a", "V0"), ("b", "f8")])
+    field = np.zeros(3, rec)["a"]               # not contiguous: strides (8,)
+    mmarray.save_npz(tmp_path / "f.npz", a=field)
+    assert np.load(tmp_path / "f.npz")["a"].shape == (3,)
+    with mmarray.open(str(tmp_path / "r.bin"), dtype=rec, mode="w+", shape=3) as m:
+        for view in (m.array["a"], m.array["a"][::-1]):
+            back = pickle.loads(pickle.dumps(mmarray.ref(view)))
+            assert np.asarray(back).shape == (3,) and np.asarray(back).dtype == np.dtype("V0")
 
 
 @pytest.mark.parametrize("array", [np.zeros(3, np.dtype([])), np.zeros(4, "V0"),

@@ -152,7 +152,7 @@ def _check_shape(shape: Any, itemsize: int) -> tuple[tuple[int, ...], int]:
             raise TypeError(f"shape must be an int or a sequence of ints, got "
                             f"{_short_repr(shape)}") from None
     n = itemsize
-    span = itemsize or 1  # numpy's bound: the nonzero dimensions, an itemsize of 0 as 1
+    span = itemsize  # numpy's bound: the itemsize times the nonzero dimensions
     for d in shape:
         if d < 0:
             raise ValueError(f"shape {_short_repr(shape)} has a negative dimension; expected "
@@ -168,8 +168,8 @@ def _check_shape(shape: Any, itemsize: int) -> tuple[tuple[int, ...], int]:
                          f"{_INT64_MAX} bytes")
     if span > _INTP_MAX:  # numpy refuses such an array ("array is too big") even of no bytes
         raise ValueError(f"shape {_short_repr(shape)} of itemsize {itemsize} is too big for "
-                         f"numpy: its nonzero dimensions times the itemsize (at least 1) come "
-                         f"to {_short_repr(span)}, more than {_INTP_MAX}")
+                         f"numpy: its nonzero dimensions times the itemsize come to "
+                         f"{_short_repr(span)}, more than {_INTP_MAX}")
     return shape, n
 
 

@@ -305,6 +305,9 @@ def _append(fd: int, path: str, name: str, array: np.ndarray[Any, Any],
                 f"np.load(path))), or if the bytes after byte {end} are not wanted, cut them "
                 f"(os.truncate(path, {end})) and append again")
     new_shape = shape[:axis] + (shape[axis] + array.shape[axis],) + shape[axis + 1:]
+    # A length numpy could not read back is refused before the file is touched (rows of an
+    # itemsize of 0 cost no bytes: only this check bounds them).
+    _fmt._nbytes(new_shape, dt.itemsize, f"{name} grown by {array.shape[axis]} rows")
     header = _grown_header(old_header, new_shape, name)
     if header is None:  # no room for the new length: rewrite the file once, with room
         st = os.fstat(fd)

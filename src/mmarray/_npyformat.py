@@ -178,14 +178,13 @@ def _descr_dtype(descr, name):
     return dt
 
 
-def _nbytes(shape, itemsize, name):
+def _nbytes(shape: tuple[int, ...], itemsize: int, name: str) -> int:
     """Bytes of data for ``shape``; ValueError for a shape numpy cannot make an array of.
 
     numpy needs every dimension, and the product of the nonzero ones times the itemsize, to
     fit its index type (so ``(0, 2**70)`` is refused although it holds no data).
     """
-    n = itemsize
-    span = itemsize or 1  # numpy's bound counts an itemsize of 0 as 1
+    n = span = itemsize  # numpy's bound: an itemsize of 0 spans nothing
     for d in shape:
         if d < 0 or d > _INTP_MAX:
             what = "negative" if d < 0 else f"above {_INTP_MAX}, the largest numpy allows"

@@ -219,7 +219,7 @@ def _write_data(fp, arr, crc):
             fp.write(chunk)
         return crc
     for chunk in np.nditer(arr, flags=["external_loop", "buffered", "zerosize_ok"],
-                           buffersize=max(_fmt.CHUNK // arr.itemsize, 1), order="C"):
+                           buffersize=max(_fmt.CHUNK // max(arr.itemsize, 1), 1), order="C"):
         data = chunk.tobytes("C")
         crc = zlib.crc32(data, crc)
         fp.write(data)

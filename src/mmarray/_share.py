@@ -281,7 +281,7 @@ def _check_fields(filename: Any, offset: Any, length: Any, start: Any, dtype: An
     if size * dtype.itemsize >= limit:
         raise ValueError(f"an ArrayRef of shape {shape} and dtype {dtype} is 2**63 bytes or "
                          f"more")
-    if size:  # the bytes the view touches, relative to the lowest mapped one
+    if size and dtype.itemsize:  # the bytes the view touches, relative to the lowest mapped one
         low = start + sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
         high = start + sum((n - 1) * s for n, s in zip(shape, strides) if s > 0) \
             + dtype.itemsize
