@@ -152,3 +152,11 @@ def test_a_zero_itemsize_mapping_pickles_and_refers_by_reference(data_file):
         r = pickle.loads(pickle.dumps(mmarray.ref(m.array[1:3])))
         assert np.asarray(r).shape == (2,)
         assert [c.shape for c in m.chunks(2)] == [(2,), (2,), (1,)]
+
+
+@pytest.mark.parametrize("dtype", ["S", "U", "V0"])
+def test_an_empty_selection_keeps_the_itemsize_0_dtype(data_file, dtype):
+    with mmarray.open(data_file, dtype=dtype, mode="r+", shape=3) as m:
+        want = np.memmap(data_file, dtype=dtype, mode="r+", shape=3)[:0]
+        for got in (m[:0], m.array[:0]):
+            assert (got.shape, got.dtype, got.flags.writeable) == ((0,), want.dtype, True)

@@ -124,7 +124,10 @@ class Mapping(_engine.Region):
         """
         result = self.array[key]
         if type(result) is np.ndarray and result.size == 0:
-            empty = result.copy()
+            if result.dtype.itemsize == 0:  # copy() would give 'S0' a size: 'S1', as numpy
+                empty = np.ndarray(result.shape, result.dtype, buffer=bytearray())  # new arrays
+            else:
+                empty = result.copy()
             empty.flags.writeable = result.flags.writeable
             return empty
         return result
