@@ -183,3 +183,36 @@ def test_many_appends_read_back_exactly(tmp_path):
     got = np.load(path)
     assert got.shape == (900, 4)
     assert (got[-3:] == rows + 299).all() and (got[:3] == rows).all()
+
+
+
+@pytest.mark.parametrize("dtype, order", [("<f8", "C"), ([("a", "<i2"), ("b", "S3")], "C"),
+                                          ("<i4", "F")])
+def test_rows_written_in_short_writes_are_all_written_in_order(tmp_path, monkeypatch,
+                                                               dtype, order):
+    # pwrite(2) may write less than asked (Linux: at most 0x7ffff000 bytes per call): the
+    # rest follows, from where the short write stopped.
+    path = tmp_path / "short.npy"
+    first = np.zeros((2, 5) if order == "C" else (5, 2), dtype=dtype, order=order)
+    np.save(path, first)
+    shape = (70, 5) if order == "C" else (5, 70)
+    raw = (np.arange(np.dtype(dtype).itemsize * 350) % 251).astype(np.uint8)
+    rows = np.asarray(raw.view(dtype).reshape(shape), order=order)
+    real = os.pwrite
+    pieces = []
+
+    def short(fd, data, pos):
+        view = np.frombuffer(data, dtype=np.uint8)
+        if len(view) > 200:        # the rows (the trailer and the header are smaller)
+            view = view[:7]
+            pieces.append(len(view))
+        return real(fd, view, pos)
+    monkeypatch.setattr(os, "pwrite", short)
+    grown = mmarray.append_npy(path, rows)
+    monkeypatch.undo()
+    assert grown == 72
+    assert len(pieces) > 3                                # it did write in short pieces
+    axis = 0 if order == "C" else 1
+    got = np.load(path)
+    assert got.tobytes(order="A") == np.concatenate([first, rows], axis=axis).tobytes(order="A")
+    assert np.array_equal(got, np.concatenate([first, rows], axis=axis))
