@@ -708,6 +708,35 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write_to_that_target(
 
 
 @pytest.mark.parametrize("writer", list(WRITERS))
+def test_writes_into_one_directory_list_it_once_per_interval(tmp_path, monkeypatch, writer):
+    # Listing the directory for stale temporaries at every write made the n-th write into
+    # a directory O(n): a dataset of many small files was written in O(n^2).
+    from mmarray import _npyformat
+    listed = []
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        listed.append(os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    for i in range(20):
+        WRITERS[writer](tmp_path / f"f{i}.dat")
+    assert listed == [str(tmp_path)]
+    assert sorted(os.listdir(tmp_path)) == sorted(f"f{i}.dat" for i in range(20))
+    # A writer that died after that listing: its temporary goes once the interval is over.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=120)
+    stale = tmp_path / f".f3.dat.{dead.pid}.{'d' * 12}.mmarray-tmp"
+    stale.write_bytes(b"left")
+    WRITERS[writer](tmp_path / "f3.dat")
+    assert stale.exists() and len(listed) == 1            # not listed again yet
+    monkeypatch.setattr(_npyformat, "STALE_SCAN_EVERY", 0.0)
+    WRITERS[writer](tmp_path / "f3.dat")
+    assert not stale.exists() and listed == [str(tmp_path)] * 2
+    assert _temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
 def test_the_temporary_is_fsynced_before_the_rename_and_the_directory_after(tmp_path,
                                                                            monkeypatch,
                                                                            writer):
