@@ -8,6 +8,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import zipfile
 import zlib
 
@@ -734,6 +735,74 @@ def test_writes_into_one_directory_list_it_once_per_interval(tmp_path, monkeypat
     WRITERS[writer](tmp_path / "f3.dat")
     assert not stale.exists() and listed == [str(tmp_path)] * 2
     assert _temps(tmp_path) == []
+
+
+DEAD_PID = 999999999  # above any pid_max: os.kill says no such process
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_threads_writing_one_target_past_a_dead_temporary_all_succeed(tmp_path, attempt):
+    # Found by review: two threads removing the same listed temporary, the second raised
+    # ValueError (list.remove) out of save_npz.
+    from mmarray import _npyformat
+    (tmp_path / f".t.npz.{DEAD_PID}.0123456789ab.mmarray-tmp").write_bytes(b"left")
+    _npyformat._temps_listed.clear()
+    errors, barrier = [], threading.Barrier(8)
+
+    def work():
+        barrier.wait()
+        try:
+            mmarray.save_npz(tmp_path / "t.npz", a=np.arange(3))
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and _temps(tmp_path) == []
+    assert np.load(tmp_path / "t.npz")["a"].tolist() == [0, 1, 2]
+
+
+def test_a_dead_temporary_is_found_in_the_directory_a_symlink_and_dotdot_lead_to(tmp_path,
+                                                                                monkeypatch):
+    # "link/.." is the parent of the link's target for the kernel, not the current directory.
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "cwd").mkdir()
+    os.symlink(tmp_path / "real" / "sub", tmp_path / "cwd" / "link")
+    monkeypatch.chdir(tmp_path / "cwd")
+    beside = tmp_path / "real" / f".x.npz.{DEAD_PID}.0123456789ab.mmarray-tmp"
+    elsewhere = tmp_path / "cwd" / f".x.npz.{DEAD_PID}.ba9876543210.mmarray-tmp"
+    beside.write_bytes(b"left")
+    elsewhere.write_bytes(b"another directory's")
+    mmarray.save_npz("link/../x.npz", a=np.arange(3))
+    assert (tmp_path / "real" / "x.npz").exists()
+    assert not beside.exists() and elsewhere.read_bytes() == b"another directory's"
+
+
+def test_a_write_from_a_removed_working_directory_names_the_file(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(FileNotFoundError) as info:
+        mmarray.save_npz("x.npz", a=np.arange(3))
+    assert info.value.filename == "x.npz"
+
+
+def test_a_listed_temporary_replaced_by_a_symlink_is_not_removed(tmp_path):
+    from mmarray import _npyformat
+    _npyformat._temps_listed.clear()
+    mmarray.save_npz(tmp_path / "first.npz", a=np.arange(3))       # lists the directory
+    link = tmp_path / f".t.npz.{DEAD_PID}.0123456789ab.mmarray-tmp"
+    link.write_bytes(b"a temporary when listed")
+    _npyformat._temps_listed.clear()
+    mmarray.save_npz(tmp_path / "second.npz", a=np.arange(3))      # lists it with the file
+    link.unlink()
+    (tmp_path / "kept").write_bytes(b"keep")
+    os.symlink(tmp_path / "kept", link)                           # a link at that name now
+    mmarray.save_npz(tmp_path / "t.npz", a=np.arange(3))
+    assert os.path.islink(link) and (tmp_path / "kept").read_bytes() == b"keep"
 
 
 @pytest.mark.parametrize("writer", list(WRITERS))

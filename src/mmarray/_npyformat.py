@@ -617,7 +617,11 @@ def _remove_stale_temps(directory, base):
     """
     if not POSIX:
         return
-    key = os.path.abspath(directory or ".")
+    try:  # absolute, but not normalized: "link/.." is the symbolic link's target's parent
+        key = directory if os.path.isabs(directory) else \
+            os.path.join(os.getcwd(), directory or ".")
+    except OSError:  # no working directory (removed): nothing to list; the create says why
+        return
     now = time.monotonic()
     listed = _temps_listed.get(key)
     if listed is None or not 0 <= now - listed[0] < STALE_SCAN_EVERY:
@@ -641,12 +645,18 @@ def _remove_stale_temps(directory, base):
             os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
         except ProcessLookupError:
             try:
-                os.unlink(tmp)
+                # Listed as a regular file, perhaps a while ago: still one (a symbolic link
+                # put at that name since is not a temporary).
+                if stat.S_ISREG(os.lstat(tmp).st_mode):
+                    os.unlink(tmp)
             except FileNotFoundError:  # removed by another writer meanwhile
                 pass
             except OSError:  # not ours to remove
                 continue
-            listed[1].remove((name, tmp))
+            try:
+                listed[1].remove((name, tmp))
+            except ValueError:  # another thread got there first
+                pass
         except OSError:  # PermissionError: alive, another user's
             pass
 
