@@ -1867,7 +1867,7 @@ def case_append(ctx):
     ]
     return [_resize_result(ctx), run_case(
         ctx, "append", f"{appends} appends of 1000 x 64 float32 rows to a .npy", "ms", cs,
-        rounds=min(ctx.rounds, 3), cache_state="new file each sample (removed after)",
+        rounds=ctx.rounds, cache_state="new file each sample (removed after)",
         params={"appends": appends, "rows": 1000},
         targets=[target("≥50× faster than numpy's load + concatenate + save", "mmarray.append_npy",
                         "reference", 50.0),
