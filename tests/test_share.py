@@ -341,28 +341,6 @@ def test_from_array_of_a_mapping_keeps_the_data_out_of_the_graph(tmp_path):
         assert float(x.sum().compute(scheduler="threads")) == 3.0
 
 
-def test_from_array_of_a_mapping_with_auto_chunks_chunks_it_as_an_ndarray(tmp_path):
-    # dask reads x.chunks as the storage's chunk layout (h5py, zarr): Mapping.chunks, a
-    # method, made from_array(m) raise TypeError inside dask's chunks="auto".
-    da = pytest.importorskip("dask.array")
-    path = tmp_path / "big.f8"
-    with open(path, "wb") as f:
-        f.truncate(1 << 30)                                  # sparse: 1 GiB of zeros
-    with mmarray.open(path, dtype="f8", mode="r+", shape=(1 << 24, 8)) as m:
-        m[5, 3] = 2.5
-        for chunks in ("auto", None):
-            x = da.from_array(m) if chunks is None else da.from_array(m, chunks=chunks)
-            like = da.core.normalize_chunks("auto", m.shape, dtype=m.dtype)  # an ndarray's
-            assert x.chunks == like and x.numblocks[0] > 1
-            assert float(x[:10].sum().compute(scheduler="threads")) == 2.5
-        assert m.chunks == () and not m.chunks               # no chunk layout to report
-        scan = m.chunks(8, prefetch=False)                   # still the method
-        assert next(scan)[5, 3] == 2.5 and next(scan).shape == (8, 8)
-        scan.close()
-        assert "Mapping.chunks" in repr(m.chunks) and m.chunks.__doc__.startswith("Iterate")
-        assert mmarray.Mapping.chunks.__doc__ == m.chunks.__doc__
-
-
 def test_store_into_a_mapping_writes_the_file(tmp_path):
     da = pytest.importorskip("dask.array")
     with mmarray.open(tmp_path / "out.i8", dtype="i8", mode="w+", shape=(100, 10)) as out:

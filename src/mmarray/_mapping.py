@@ -594,59 +594,6 @@ class Mapping(_engine.Region):
 Mapping.__module__ = "mmarray"
 
 
-class _BoundChunks(tuple):  # type: ignore[type-arg]
-    """:meth:`Mapping.chunks` of one mapping: call it to scan. Also an empty tuple, because
-    the array ecosystem reads ``x.chunks`` as the chunk layout of its storage (h5py, zarr;
-    ``dask.array.from_array`` hands it to its ``chunks="auto"``, where a method raised
-    TypeError): a file mapped whole has none, and dask then chunks it as it chunks an ndarray.
-    """
-
-    __func__: Any
-    __self__: Mapping
-
-    def __new__(cls, func: Any, mapping: Mapping) -> _BoundChunks:
-        bound = super().__new__(cls)
-        bound.__func__ = func
-        bound.__self__ = mapping
-        return bound
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.__func__(self.__self__, *args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<bound method Mapping.chunks of {self.__self__!r}>"
-
-    def __reduce__(self) -> Any:
-        return getattr, (self.__self__, "chunks")
-
-    @property
-    def __doc__(self) -> str | None:  # type: ignore[override]
-        doc: str | None = self.__func__.__doc__
-        return doc
-
-    @property
-    def __wrapped__(self) -> Any:  # what inspect.signature and help() follow
-        return self.__func__.__get__(self.__self__)
-
-
-class _ChunksAttribute:
-    """``Mapping.chunks``: the function on the class (for documentation), a `_BoundChunks`
-    on a mapping."""
-
-    def __init__(self, func: Any) -> None:
-        self.func = func
-        self.__doc__ = func.__doc__
-        self.__name__ = func.__name__
-
-    def __get__(self, mapping: Mapping | None, owner: Any = None) -> Any:
-        if mapping is None:
-            return self.func
-        return _BoundChunks(self.func, mapping)
-
-
-Mapping.chunks = _ChunksAttribute(Mapping.__dict__["chunks"])  # type: ignore[method-assign, assignment]
-
-
 def map_region(*, path: StrOrBytesPath | None = None, fd: int | None = None, access: int,
                offset: int = 0, length: int, flags: int = 0, dtype: np.dtype[Any],
                shape: tuple[int, ...] | None = None, order: Order = "C", mode: ShortMode,
