@@ -341,6 +341,24 @@ def test_from_array_of_a_mapping_keeps_the_data_out_of_the_graph(tmp_path):
         assert float(x.sum().compute(scheduler="threads")) == 3.0
 
 
+def test_from_array_of_a_mapping_with_default_chunks_chunks_it_as_an_ndarray(tmp_path):
+    # dask takes x.chunks for a chunk layout (h5py, zarr) and Mapping.chunks is a method:
+    # from_array(m) raised TypeError inside dask's chunks="auto" before Mapping.shards.
+    da = pytest.importorskip("dask.array")
+    path = tmp_path / "big.f8"
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)                                  # sparse: 1 GiB of zeros
+    with mmarray.open(path, dtype="f8", mode="r+", shape=(1 << 24, 8)) as m:
+        m[5, 3] = 2.5
+        like = da.core.normalize_chunks("auto", m.shape, dtype=m.dtype)  # an ndarray's
+        for x in (da.from_array(m), da.from_array(m, chunks="auto")):
+            assert x.chunks == like and x.numblocks[0] > 1
+            assert float(x[:10].sum().compute(scheduler="threads")) == 2.5
+        assert m.shards == () and callable(m.chunks)         # the method stays a method
+        with pytest.raises(TypeError):
+            iter(m.chunks)                                   # a forgotten call stays loud
+
+
 def test_store_into_a_mapping_writes_the_file(tmp_path):
     da = pytest.importorskip("dask.array")
     with mmarray.open(tmp_path / "out.i8", dtype="i8", mode="w+", shape=(100, 10)) as out:

@@ -94,6 +94,18 @@ class Mapping(_engine.Region):
         """Number of dimensions of the mapped array."""
         return len(self.shape)
 
+    @property
+    def shards(self) -> tuple[()]:
+        """``()``: the file has no shard or chunk layout to respect.
+
+        Read by ``dask.array.from_array`` with ``chunks="auto"`` (its default) in place of
+        ``x.chunks``, which it takes for a chunk layout (h5py, zarr) but which is the
+        :meth:`chunks` method here: without it ``from_array(m)`` raised TypeError. Other
+        automatic forms (``{0: "auto"}``, ``"64 MiB"``) read ``x.chunks`` all the same: give
+        the chunks, or use :func:`mmarray.to_dask`.
+        """
+        return ()
+
     def __len__(self) -> int:
         """Length of the first axis, as ``len(m.array)``."""
         shape = self.shape
