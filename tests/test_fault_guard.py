@@ -839,3 +839,68 @@ def test_mapped_file_error_pickles_with_what_it_says():
     for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
         assert type(again) is mmarray.MappedFileError
         assert (again.errno, again.filename, again.range) == (5, "/data/x.f8", (4096, 8192))
+
+
+# -- views kept for arrays made before a resize or a rebase (found by a fuzzing review) -------
+
+def test_an_array_made_before_a_rebase_faults_into_an_exception_not_sigbus(tmp_path):
+    # NpyMapping.resize rewrites a .npy whose header has no room into a copy renamed over
+    # it; an array made before keeps the old file's view. Its guard slot was removed then,
+    # so a fault there (another holder of the old file truncates it) killed the process.
+    path = tmp_path / "t.npy"
+    proc = run_python(f"""
+        import time
+        import numpy as np
+        import mmarray
+        PATH = {str(path)!r}
+        hdr = b"{{'descr': '<f8', 'fortran_order': False, 'shape': (1024,), }}\\n"  # no room
+        with open(PATH, "wb") as fh:
+            fh.write(b"\\x93NUMPY\\x01\\x00" + len(hdr).to_bytes(2, "little") + hdr
+                     + np.ones(1024).tobytes())
+        old = open(PATH, "r+b")          # someone still has the original file open
+        m = mmarray.load(PATH, mode="r+")
+        a = m.array                       # made before the resize: the old file's view
+        m.resize(10240)                   # no room in the header: a copy is renamed over
+        old.truncate(0)                   # the old file is cut under the array
+        try:
+            float(a.sum())
+            time.sleep(0.5)
+            print("returned")
+        except mmarray.MappedFileError:
+            print("raised")
+        print("faulted", m.faulted)
+        del a
+        try:
+            m.close()
+            print("closed quietly")
+        except mmarray.MappedFileError:
+            print("close raised")
+        print(float(np.load(PATH).sum()))  # the new file: the data, grown with zeros
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split("\n")[:-1] == ["raised", "faulted True", "close raised",
+                                            "1024.0"], proc.stdout
+
+
+def test_faults_in_a_view_kept_after_a_resize_count_for_the_mapping(tmp_path):
+    proc = run_case(tmp_path, """
+        m = fresh()
+        a = m.array                         # made before the resize: the old view's
+        m.resize(((SIZE // 8) * 2,))        # grown: a new view; `a` keeps the old one
+        truncate_elsewhere()
+        try:
+            float(a.sum()); settle()
+        except mmarray.MappedFileError:
+            pass
+        print("faulted", m.faulted)
+        del a                               # the kept view goes: its count stays
+        print("faulted", m.faulted)
+        try:
+            m.close()
+            print("closed quietly")
+        except mmarray.MappedFileError:
+            print("close raised")
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.split("\n")[:-1] == ["faulted True", "faulted True", "close raised"], \
+        proc.stdout

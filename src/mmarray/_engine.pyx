@@ -374,6 +374,8 @@ cdef class Region:
                 retired.exports -= 1
                 if retired.exports == 0:
                     self._retired.remove(retired)
+                    # Its faults stay this mapping's (faulted, close()) once its slot goes.
+                    self._faults_at_unmap += mm_guard_faults(&retired.view)
                     retired._unmap()
                 return 0
         return 0
@@ -453,10 +455,15 @@ cdef class Region:
         status = mm_map_handle(fd, MM_WRITE, offset, length, 0, &fresh, &err)
         if status != MM_OK:
             _raise(&err, self._filename, offset, length)
-        _unguard(self)               # the old view keeps no slot: nothing reports it now
         old = self.view
         if self._exports:
+            # Kept for the arrays made on it, with its guard slot: a fault there (another
+            # holder of the old file truncates it) is still caught, counted and reported as
+            # this mapping's (with the slot removed it killed the process with SIGBUS).
             self._retire(old)
+            self._guard_token = 0
+        else:
+            _unguard(self)           # its count goes to _faults_at_unmap, then the unmap
         _unregister(self)
         self.view = fresh
         self._offset = offset
@@ -557,7 +564,6 @@ cdef class Region:
                                        &fresh, &err)
                 if status != MM_OK:
                     _raise(&err, self._filename, self._offset, length)
-                self._faults_at_unmap += mm_guard_faults(&self.view)   # carried over
                 self._retire(self.view)  # keeps its guard slot: faults there still count
                 self.view = fresh
                 self._exports = 0
@@ -877,11 +883,16 @@ cdef class Region:
         return self._fault_count()
 
     cdef uint64_t _fault_count(self):
+        # The views guarded before this one and gone (a resize or rebase re-guards the view
+        # in a new slot: its faults are carried over, never reset), the views kept for
+        # arrays made before a resize or rebase (each in its own slot), and this one.
+        cdef _Retired retired
+        cdef uint64_t n = self._faults_at_unmap
+        for retired in self._retired or ():
+            n += mm_guard_faults(&retired.view)
         if self.view.data == NULL or self.view.data == &_empty_byte:
-            return self._faults_at_unmap
-        # Plus the views guarded before this one (a resize or rebase re-guards the view in a
-        # new slot: its faults are carried over, never reset).
-        return self._faults_at_unmap + mm_guard_faults(&self.view)
+            return n
+        return n + mm_guard_faults(&self.view)
 
     def _identity(self):
         """(st_dev, st_ino) of the mapped file, or None when nothing is mapped."""
