@@ -2,11 +2,13 @@
 data are refused unless they are an unfinished append's own leftover, appends from several
 processes are serialized, long names and dangling symbolic links work as with np.save."""
 import errno
+import gc
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +17,11 @@ from numpy.lib import format as npformat
 import mmarray
 from mmarray import _append
 from helpers import run_python
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 TIMEOUT = 120
 
@@ -264,3 +271,83 @@ def test_append_through_a_symlink_into_a_missing_directory_raises_naming_the_lin
         mmarray.append_npy(link, np.arange(3))
     assert info.value.filename == str(link) and "gone" in str(info.value)
     assert link.is_symlink() and os.listdir(tmp_path) == ["link.npy"]
+
+
+# -- exceptions landing anywhere (the fault guard raises asynchronously) ------------------------
+
+class _Landed(Exception):
+    """Raised by the tracer at one bytecode of append_npy's code."""
+
+
+def _descriptors_of(path):
+    real = os.path.realpath(path)
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == real:
+                found.append(int(fd))
+        except OSError:
+            pass
+    return found
+
+
+def _raising_at(k, names):
+    """A sys.settrace tracer that raises _Landed at the k-th opcode (from 1) run by the
+    functions ``names`` of mmarray._append."""
+    seen = [0]
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_name not in names or \
+                frame.f_globals.get("__name__") != "mmarray._append":
+            return None
+        frame.f_trace_opcodes = True
+
+        def local(frame, event, arg):
+            if event == "opcode":
+                seen[0] += 1
+                if seen[0] == k:
+                    raise _Landed(k)
+            return local
+        return local
+    return tracer
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd") or fcntl is None,
+                    reason="needs /proc/self/fd and flock")
+def test_an_exception_at_any_bytecode_of_an_append_leaves_no_descriptor_and_no_lock(tmp_path):
+    # The fault guard's MappedFileError (and KeyboardInterrupt) can arrive between any two
+    # bytecodes. Landing between os.open and its try, or inside the unlock-and-close, leaked
+    # the descriptor with its flock(2) lock held: every later append_npy of the file hung.
+    # Here an exception is raised at the k-th opcode that append_npy's own functions run,
+    # for every k until an append runs through.
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((2, 3), "f4"))
+    names = {"append_npy", "_append", "_lock", "_unlock", "_close", "_stat_if_at",
+             "_grown_header", "_padded", "_write_rows", "_write_at", "_leftover"}
+    shapes = set()
+    k = 1
+    while True:
+        tracer = _raising_at(k, names)
+        landed = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # a FileIO closed when freed
+            sys.settrace(tracer)
+            try:
+                mmarray.append_npy(path, np.ones((1, 3), "f4"))
+            except _Landed:
+                landed = True
+            finally:
+                sys.settrace(None)
+            gc.collect()
+        assert _descriptors_of(path) == [], k
+        probe = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still locked
+        finally:
+            os.close(probe)
+        shapes.add(np.load(path).shape)                          # a valid .npy at every k
+        if not landed:
+            break
+        k += 1
+    assert k > 50                                               # it did go through the code
+    assert np.load(path).shape[0] >= 3 and all(s[1:] == (3,) for s in shapes)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import errno
+import io
 import os
 import stat
 import struct
@@ -146,19 +147,29 @@ def append_npy(file: StrOrBytesPath, rows: Any, *, sync: bool = False) -> int:
                          "array")
     for _ in range(_ATTEMPTS):
         try:
-            fd = os.open(path, _fmt.O_WRITE)
+            # The descriptor is owned by a FileIO, which closes it when it is garbage: an
+            # exception landing between any two steps here (the fault guard's are raised
+            # asynchronously, at any bytecode; KeyboardInterrupt too) can neither leak it nor,
+            # since closing the only descriptor of the file description drops its flock(2)
+            # lock, leave the file locked against every later append (found by a fuzzing
+            # review: appends hung in flock). Nothing maps from it.
+            held = io.FileIO(path, "r+")
         except FileNotFoundError:
             n = _create(path, array, sync)
             if n is not None:
                 return n
             continue  # another process created it meanwhile: append to that file
         try:
+            fd = held.fileno()
             _lock(fd)
             st = _stat_if_at(fd, path)
             if st is not None:  # not replaced or removed while this waited for the lock
                 return _append(fd, path, name, array, sync, st.st_size)
         finally:
-            _close(fd)
+            try:
+                _unlock(held.fileno())
+            finally:
+                held.close()
     raise OSError(errno.EAGAIN, f"the file was replaced or removed {_ATTEMPTS} times while "
                                 f"append_npy waited for its lock", path)
 
@@ -189,6 +200,14 @@ def _close(fd: int) -> None:
     open file description, which a mapping made from ``fd`` keeps alive after the close
     (mmap(2) holds a reference to the file), so closing alone would leave it locked for as
     long as the mapping lives (NpyMapping.resize maps the file it rewrote with room)."""
+    try:
+        _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlock(fd: int) -> None:
+    """Release `_lock`'s lock on ``fd`` (nothing if none is held)."""
     if _fcntl is not None:
         try:
             _fcntl.flock(fd, _fcntl.LOCK_UN)
@@ -200,7 +219,6 @@ def _close(fd: int) -> None:
             _msvcrt.locking(fd, _msvcrt.LK_UNLCK, 1)
         except OSError:
             pass
-    os.close(fd)
 
 
 def _stat_if_at(fd: int, path: str) -> os.stat_result | None:
