@@ -351,3 +351,33 @@ def test_an_exception_at_any_bytecode_of_an_append_leaves_no_descriptor_and_no_l
         k += 1
     assert k > 50                                               # it did go through the code
     assert np.load(path).shape[0] >= 3 and all(s[1:] == (3,) for s in shapes)
+
+
+def test_rows_from_a_truncated_mapping_raise_naming_the_file_and_leave_it_as_it_was(tmp_path):
+    # write(2) from pages past the end of a mapped file returns EFAULT (no SIGBUS): the
+    # error was a bare OSError(14, 'Bad address') without a file name.
+    src, dst = tmp_path / "src.f4", tmp_path / "dst.npy"
+    proc = run_python(f"""
+        import errno, os
+        import numpy as np
+        import mmarray
+        src, dst = {str(src)!r}, {str(dst)!r}
+        m = mmarray.open(src, dtype="f4", mode="w+", shape=(4096, 4))
+        m.array[:] = 1
+        m.flush()
+        a = m.array
+        os.truncate(src, 0)               # the mapped source is cut (by another process)
+        np.save(dst, np.zeros((1, 4), "f4"))
+        before = open(dst, "rb").read()
+        try:
+            mmarray.append_npy(dst, a)
+            print("appended")
+        except OSError as exc:
+            assert exc.errno == errno.EFAULT and exc.filename == dst, (exc, exc.filename)
+            assert "truncated" in str(exc) and "left as it was" in str(exc), str(exc)
+            print("raised")
+        assert open(dst, "rb").read() == before
+        print("unchanged")
+    """, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["raised", "unchanged"], proc.stdout

@@ -357,12 +357,19 @@ def _append(fd: int, path: str, name: str, array: np.ndarray[Any, Any],
             _write_rows(fd, array, end, order)
             if sync:
                 os.fsync(fd)  # the data is durable before the header says it is there
-        except BaseException:
+        except BaseException as exc:
             try:              # a failed write (full disk, RLIMIT_FSIZE): the old end again
                 if os.fstat(fd).st_size > size:
                     os.ftruncate(fd, size)
             except OSError:
                 pass
+            if isinstance(exc, OSError) and exc.errno == errno.EFAULT:
+                # write(2) read the rows from pages that are gone (no SIGBUS: the kernel
+                # returns EFAULT), which said neither the file nor why
+                raise OSError(errno.EFAULT, f"{exc.strerror}: the rows could not be read (an "
+                                            f"array mapped from a file that was truncated "
+                                            f"since, or memory that cannot be read); {name} "
+                                            f"is left as it was", path) from exc
             raise
     _fmt.pwrite(fd, header, 0)
     if array.size:
