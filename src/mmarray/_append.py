@@ -166,17 +166,14 @@ def append_npy(file: StrOrBytesPath, rows: Any, *, sync: bool = False) -> int:
             if st is not None:  # not replaced or removed while this waited for the lock
                 return _append(fd, path, name, array, sync, st.st_size)
         finally:
-            try:
-                _unlock(held.fileno())
-            finally:
-                held.close()
+            _release(held)
     raise OSError(errno.EAGAIN, f"the file was replaced or removed {_ATTEMPTS} times while "
                                 f"append_npy waited for its lock", path)
 
 
 def _lock(fd: int) -> None:
     """Take an exclusive advisory lock on the open file ``fd`` (waiting for it); released
-    by `_close`. Nothing on a filesystem that has no locks."""
+    by `_release`. Nothing on a filesystem that has no locks."""
     if _fcntl is not None:
         try:
             _fcntl.flock(fd, _fcntl.LOCK_EX)
@@ -195,15 +192,19 @@ def _lock(fd: int) -> None:
             time.sleep(0.01)
 
 
-def _close(fd: int) -> None:
-    """Release `_lock`'s lock, then close ``fd``. Explicitly: a flock(2) lock belongs to the
-    open file description, which a mapping made from ``fd`` keeps alive after the close
-    (mmap(2) holds a reference to the file), so closing alone would leave it locked for as
-    long as the mapping lives (NpyMapping.resize maps the file it rewrote with room)."""
+def _release(held: io.FileIO) -> None:
+    """Release `_lock`'s lock on the file ``held`` owns, then close it (once: a closed one is
+    left alone). Explicitly: a flock(2) lock belongs to the open file description, which a
+    mapping made from the descriptor keeps alive after the close (mmap(2) holds a reference
+    to the file; NpyMapping.resize maps the file it rewrote with room). If an exception lands
+    in between, the FileIO closes its descriptor when it is freed, which drops the lock too
+    unless a mapping shares the open file."""
+    if held.closed:
+        return
     try:
-        _unlock(fd)
+        _unlock(held.fileno())
     finally:
-        os.close(fd)
+        held.close()
 
 
 def _unlock(fd: int) -> None:
@@ -339,11 +340,11 @@ def _append(fd: int, path: str, name: str, array: np.ndarray[Any, Any],
             raise BufferError(f"{name}: its header has no room for shape {new_shape} and the "
                               f"file would be rewritten, but another mapping of it is open in "
                               f"this process (it would keep the old file): close it first")
-        fd2 = _with_room(fd, path, dt, shape, order, hlen, nbytes, name)
+        held = _with_room(fd, path, dt, shape, order, hlen, nbytes, name)
         try:
-            return _append(fd2, path, name, array, sync)
+            return _append(held.fileno(), path, name, array, sync)
         finally:
-            _close(fd2)
+            _release(held)
     if size > end:  # provably an unfinished append's leftover: cut once committed to write
         os.ftruncate(fd, end)
         size = end
@@ -455,10 +456,10 @@ def _padded(head: bytes, shape: tuple[int, ...], tail: bytes, encoding: str,
 
 
 def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
-               order: str, hlen: int, nbytes: int, name: str) -> int:
+               order: str, hlen: int, nbytes: int, name: str) -> io.FileIO:
     """Rewrite the .npy with a header that has room to grow (numpy's), under a temporary
-    name renamed over the file; return a descriptor of the new file. Arrays mapped from the
-    old file keep its data.
+    name renamed over the file; return the new file, open, locked (`_lock`) and owned by a
+    FileIO (release it with `_release`). Arrays mapped from the old file keep its data.
 
     The copy goes next to the real file (a symbolic link is followed, not replaced) with its
     mode bits, and is renamed over it only if the name still leads to the file ``fd`` opened,
@@ -482,6 +483,7 @@ def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
         raise ValueError(f"{name} is no longer the file that was opened (replaced or renamed "
                          f"since): refusing to rewrite it")
     new, tmp = _fmt.temp_sibling(target)
+    held = io.FileIO(new, "r+")  # owns it: an exception landing anywhere cannot leak it locked
     try:
         _lock(new)  # held until the append to it is done: others wait, then reopen it
         if hasattr(os, "fchmod"):
@@ -507,10 +509,10 @@ def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
                              f"header (replaced, renamed, written or linked): left as it is")
         _fmt.replace_durably(tmp, target)
     except BaseException:
-        _close(new)
+        _release(held)
         _fmt.discard(tmp)
         raise
-    return new
+    return held
 
 
 def _write_rows(fd: int, array: np.ndarray[Any, Any], pos: int, order: str) -> None:

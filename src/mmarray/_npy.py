@@ -7,6 +7,7 @@ writing) is ``_npyformat``'s.
 """
 from __future__ import annotations
 
+import io
 import operator
 import os
 from typing import Any
@@ -108,7 +109,9 @@ class NpyMapping(Mapping):
 
     def _resize_npy(self, filename: str, old: tuple[int, ...], new: tuple[int, ...],
                     nbytes: int, truncate: bool) -> None:
-        fd = os.open(filename, _fmt.O_WRITE)
+        # Owned by a FileIO, as append_npy's: an exception landing anywhere cannot leak it.
+        held = io.FileIO(filename, "r+")
+        fd = held.fileno()
         try:
             _append._lock(fd)   # as append_npy does: an append and a resize do not interleave
             header = _fmt.read_at(fd, 0, self._header_length)
@@ -143,8 +146,10 @@ class NpyMapping(Mapping):
                                       f"and the file would be rewritten, but another mapping "
                                       f"of it is open in this process (it would keep the old "
                                       f"file): close it first")
-                copy = _append._with_room(fd, filename, self.dtype, old, self.order,
-                                          self._header_length, self.nbytes, repr(filename))
+                copy_file = _append._with_room(fd, filename, self.dtype, old, self.order,
+                                               self._header_length, self.nbytes,
+                                               repr(filename))
+                copy = copy_file.fileno()
                 try:
                     first = _fmt.read_at(copy, 0, _fmt.FIRST_READ)
                     hlen = _fmt.parse_header(first, lambda pos, n: _fmt.read_at(copy, pos, n),
@@ -153,10 +158,10 @@ class NpyMapping(Mapping):
                     self._header_length = hlen
                     self._format = hlen
                 except BaseException:
-                    _append._close(copy)
+                    _append._release(copy_file)
                     raise
-                _append._close(fd)
-                fd = copy           # locked by _with_room
+                _append._release(held)
+                held, fd = copy_file, copy  # locked by _with_room
                 header = _fmt.read_at(fd, 0, hlen)
                 grown = _append._grown_header(header, new, repr(filename))
                 if grown is None:  # pragma: no cover - numpy's header holds 21 digits
@@ -184,7 +189,7 @@ class NpyMapping(Mapping):
                     _fmt.pwrite(fd, header, 0)          # the file as it was
                     raise
         finally:
-            _append._close(fd)
+            _append._release(held)
 
 
 class NpyRowsMapping(Mapping):
