@@ -394,3 +394,86 @@ def test_rows_from_a_truncated_mapping_raise_naming_the_file_and_leave_it_as_it_
     """, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["raised", "unchanged"], proc.stdout
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd") or fcntl is None,
+                    reason="needs /proc/self/fd and flock")
+def test_an_exception_at_any_bytecode_of_a_resize_leaves_the_file_unlocked(tmp_path):
+    # NpyMapping.resize of a .npy whose header has no room rewrites it into a copy (locked,
+    # _with_room) and moves the mapping onto the copy. The mapping was made from the locked
+    # descriptor, so it shared the open file that holds the flock(2) lock: an exception
+    # landing before the explicit unlock left the file locked for as long as the mapping
+    # lived, and every append_npy of it waited (helper-49's review). In a subprocess: an
+    # exception raised by a tracer inside an except block can leave the interpreter's
+    # handled-exception state behind for later tests.
+    path = tmp_path / "r.npy"
+    proc = run_python(f"""
+        import fcntl, gc, os, sys, warnings
+        import numpy as np
+        import mmarray
+        path = {str(path)!r}
+        hdr = b"{{'descr': '<f4', 'fortran_order': False, 'shape': (9, 3), }}\\n"  # no room
+
+        class Landed(Exception):
+            pass
+
+        def raising_at(k):  # raises Landed at the k-th opcode these functions run
+            names = {{"resize", "_resize_npy", "_lock", "_unlock", "_release", "_with_room",
+                      "_grown_header"}}
+            seen = [0]
+            def tracer(frame, event, arg):
+                if frame.f_code.co_name not in names or frame.f_globals.get("__name__") \\
+                        not in ("mmarray._append", "mmarray._npy"):
+                    return None
+                frame.f_trace_opcodes = True
+                def local(frame, event, arg):
+                    if event == "opcode":
+                        seen[0] += 1
+                        if seen[0] == k:
+                            raise Landed(k)
+                    return local
+                return local
+            return tracer
+
+        def descriptors():
+            real = os.path.realpath(path)
+            return [fd for fd in os.listdir("/proc/self/fd")
+                    if os.path.realpath(f"/proc/self/fd/{{fd}}") == real]
+
+        shapes = set()
+        k = 1
+        while True:
+            with open(path, "wb") as f:
+                f.write(b"\\x93NUMPY\\x01\\x00" + len(hdr).to_bytes(2, "little") + hdr
+                        + np.zeros((9, 3), "f4").tobytes())
+            m = mmarray.load(path, mode="r+")
+            landed = False
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)  # a FileIO closed when freed
+                sys.settrace(raising_at(k))
+                try:
+                    m.resize((10, 3))
+                except Landed:
+                    landed = True
+                finally:
+                    sys.settrace(None)
+                gc.collect()
+            probe = os.open(path, os.O_RDONLY)
+            try:   # while the mapping lives
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                sys.exit(f"locked after an exception at opcode {{k}}")
+            finally:
+                os.close(probe)
+            m.close()
+            assert descriptors() == [], k
+            shapes.add(np.load(path).shape)                   # a valid .npy at every k
+            if not landed:
+                break
+            k += 1
+        print(k, sorted(shapes), np.load(path).shape)
+    """, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    k, rest = proc.stdout.split(" ", 1)
+    assert int(k) > 50                                            # it went through the code
+    assert rest.strip() == "[(9, 3), (10, 3)] (10, 3)", proc.stdout

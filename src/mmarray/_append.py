@@ -340,7 +340,7 @@ def _append(fd: int, path: str, name: str, array: np.ndarray[Any, Any],
             raise BufferError(f"{name}: its header has no room for shape {new_shape} and the "
                               f"file would be rewritten, but another mapping of it is open in "
                               f"this process (it would keep the old file): close it first")
-        held = _with_room(fd, path, dt, shape, order, hlen, nbytes, name)
+        held = _with_room(fd, path, dt, shape, order, hlen, nbytes, name)[0]
         try:
             return _append(held.fileno(), path, name, array, sync)
         finally:
@@ -456,10 +456,17 @@ def _padded(head: bytes, shape: tuple[int, ...], tail: bytes, encoding: str,
 
 
 def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
-               order: str, hlen: int, nbytes: int, name: str) -> io.FileIO:
+               order: str, hlen: int, nbytes: int, name: str,
+               reopen: bool = False) -> tuple[io.FileIO, io.FileIO | None]:
     """Rewrite the .npy with a header that has room to grow (numpy's), under a temporary
     name renamed over the file; return the new file, open, locked (`_lock`) and owned by a
-    FileIO (release it with `_release`). Arrays mapped from the old file keep its data.
+    FileIO (release it with `_release`), and with ``reopen`` a second FileIO of it, not
+    locked, to map it from (else None). Arrays mapped from the old file keep its data.
+
+    A mapping must not be made from the locked descriptor: mmap(2) keeps a reference to the
+    open file, and with it the flock(2) lock, which belongs to the open file, until the
+    unmap. If an exception then landed before the explicit unlock, closing the FileIO did
+    not drop the lock, and every append to the file waited for as long as the mapping lived.
 
     The copy goes next to the real file (a symbolic link is followed, not replaced) with its
     mode bits, and is renamed over it only if the name still leads to the file ``fd`` opened,
@@ -484,8 +491,15 @@ def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
                          f"since): refusing to rewrite it")
     new, tmp = _fmt.temp_sibling(target)
     held = io.FileIO(new, "r+")  # owns it: an exception landing anywhere cannot leak it locked
+    plain = None
     try:
         _lock(new)  # held until the append to it is done: others wait, then reopen it
+        if reopen:  # another open file of the same temporary: checked to be the same
+            plain = io.FileIO(tmp, "r+")
+            ours, other = os.fstat(new), os.fstat(plain.fileno())
+            if (ours.st_dev, ours.st_ino) != (other.st_dev, other.st_ino):
+                raise ValueError(f"{name}: the temporary copy {tmp!r} was replaced while it "
+                                 f"was being written: left as it is")
         if hasattr(os, "fchmod"):
             os.fchmod(new, stat.S_IMODE(before.st_mode))
         _fmt.write_all(new, header)
@@ -509,10 +523,14 @@ def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
                              f"header (replaced, renamed, written or linked): left as it is")
         _fmt.replace_durably(tmp, target)
     except BaseException:
-        _release(held)
-        _fmt.discard(tmp)
+        try:
+            if plain is not None:
+                plain.close()
+        finally:
+            _release(held)
+            _fmt.discard(tmp)
         raise
-    return held
+    return held, plain
 
 
 def _write_rows(fd: int, array: np.ndarray[Any, Any], pos: int, order: str) -> None:

@@ -70,6 +70,8 @@ cdef class _Retired:
     cdef Py_ssize_t exports      # arrays still made on it
     cdef Py_ssize_t generation
     cdef uint64_t file_dev, file_ino
+    cdef uint64_t guard_token    # the token its guard slot was taken with (0: unguarded)
+    cdef uint64_t offset         # file offset of its first byte (a rebase moves the Region's)
     cdef int _unmap(self) except -1
 
 

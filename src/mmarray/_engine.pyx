@@ -493,6 +493,10 @@ cdef class Region:
         _live_add(view.file_id[0], view.file_id[1], 1)   # one more live view of the file
         retired.file_dev = view.file_id[0]
         retired.file_ino = view.file_id[1]
+        # Its faults are reported from these (guard_pop): after a rebase the Region's own
+        # offset is the new file's, whose header may be longer.
+        retired.guard_token = self._guard_token
+        retired.offset = self._offset
         if self._retired is None:
             self._retired = []
         self._retired.append(retired)
@@ -1775,6 +1779,17 @@ def guard_wake_fd():
     return mm_guard_wake_fd()
 
 
+cdef uint64_t _view_offset(Region region, uint64_t token):
+    # The file offset of the first byte of the view guarded with `token`: the Region's
+    # current view, or one retired for arrays made before a resize or a rebase.
+    cdef _Retired retired
+    if token != region._guard_token:
+        for retired in region._retired or ():
+            if retired.guard_token == token:
+                return retired.offset
+    return region._offset
+
+
 def guard_pop():
     """The queued fault records, oldest first: a list of (token, file name, file offset of
     the faulting byte, thread ident, native thread id); the name is None (and the offset the
@@ -1792,7 +1807,8 @@ def guard_pop():
                             fault.native_thread))
         else:
             region = <Region>owner
-            records.append((fault.token, region._filename, region._offset + fault.offset,
+            records.append((fault.token, region._filename,
+                            _view_offset(region, fault.token) + fault.offset,
                             fault.thread, fault.native_thread))
     return records
 

@@ -112,6 +112,7 @@ class NpyMapping(Mapping):
         # Owned by a FileIO, as append_npy's: an exception landing anywhere cannot leak it.
         held = io.FileIO(filename, "r+")
         fd = held.fileno()
+        copy_file = view_file = None
         try:
             _append._lock(fd)   # as append_npy does: an append and a resize do not interleave
             header = _fmt.read_at(fd, 0, self._header_length)
@@ -146,20 +147,18 @@ class NpyMapping(Mapping):
                                       f"and the file would be rewritten, but another mapping "
                                       f"of it is open in this process (it would keep the old "
                                       f"file): close it first")
-                copy_file = _append._with_room(fd, filename, self.dtype, old, self.order,
-                                               self._header_length, self.nbytes,
-                                               repr(filename))
+                # The view moves onto view_file, not onto the locked copy_file: a mapping
+                # keeps its open file, and so the lock, alive (see _with_room).
+                copy_file, view_file = _append._with_room(
+                    fd, filename, self.dtype, old, self.order, self._header_length,
+                    self.nbytes, repr(filename), reopen=True)
                 copy = copy_file.fileno()
-                try:
-                    first = _fmt.read_at(copy, 0, _fmt.FIRST_READ)
-                    hlen = _fmt.parse_header(first, lambda pos, n: _fmt.read_at(copy, pos, n),
-                                             None, repr(filename))[0]
-                    self._rebase(copy, hlen, old)
-                    self._header_length = hlen
-                    self._format = hlen
-                except BaseException:
-                    _append._release(copy_file)
-                    raise
+                first = _fmt.read_at(copy, 0, _fmt.FIRST_READ)
+                hlen = _fmt.parse_header(first, lambda pos, n: _fmt.read_at(copy, pos, n),
+                                         None, repr(filename))[0]
+                self._rebase(view_file.fileno(), hlen, old)  # type: ignore[union-attr]
+                self._header_length = hlen
+                self._format = hlen
                 _append._release(held)
                 held, fd = copy_file, copy  # locked by _with_room
                 header = _fmt.read_at(fd, 0, hlen)
@@ -189,7 +188,13 @@ class NpyMapping(Mapping):
                     _fmt.pwrite(fd, header, 0)          # the file as it was
                     raise
         finally:
-            _append._release(held)
+            try:
+                _append._release(held)
+            finally:
+                if copy_file is not None:
+                    _append._release(copy_file)  # a no-op once released as `held`
+                if view_file is not None:
+                    view_file.close()
 
 
 class NpyRowsMapping(Mapping):
