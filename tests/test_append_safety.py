@@ -477,3 +477,34 @@ def test_an_exception_at_any_bytecode_of_a_resize_leaves_the_file_unlocked(tmp_p
     k, rest = proc.stdout.split(" ", 1)
     assert int(k) > 50                                            # it went through the code
     assert rest.strip() == "[(9, 3), (10, 3)] (10, 3)", proc.stdout
+
+
+def test_a_temporary_copy_swapped_before_its_reopen_is_refused_and_left_alone(tmp_path,
+                                                                               monkeypatch):
+    # _with_room(reopen=True) opens its temporary copy a second time, to map it from; if the
+    # name leads to another file by then, it refuses, and must not remove that file, which
+    # is not ours (helper-51's review).
+    path = tmp_path / "r.npy"
+    np.save(path, np.zeros((2, 3), "f4"))
+    lock = _append._lock
+    swapped = []
+
+    def lock_then_swap(fd):
+        lock(fd)
+        (tmp,) = [p for p in tmp_path.iterdir() if p.name.endswith(".mmarray-tmp")]
+        other = tmp_path / "other"
+        other.write_bytes(b"someone else's")
+        os.replace(other, tmp)
+        swapped.append(tmp)
+
+    monkeypatch.setattr(_append, "_lock", lock_then_swap)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        hlen = 128  # np.save's header for this array: data at byte 128
+        with pytest.raises(ValueError, match="was replaced while it was being written"):
+            _append._with_room(fd, str(path), np.dtype("f4"), (2, 3), "C", hlen, 24,
+                               repr(str(path)), reopen=True)
+    finally:
+        os.close(fd)
+    assert swapped and swapped[0].read_bytes() == b"someone else's"   # left alone
+    assert np.load(path).shape == (2, 3)                              # the file as it was

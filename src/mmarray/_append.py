@@ -492,12 +492,14 @@ def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
     new, tmp = _fmt.temp_sibling(target)
     held = io.FileIO(new, "r+")  # owns it: an exception landing anywhere cannot leak it locked
     plain = None
+    ours_at_name = True  # the temporary's name still leads to the file `new` made
     try:
         _lock(new)  # held until the append to it is done: others wait, then reopen it
         if reopen:  # another open file of the same temporary: checked to be the same
             plain = io.FileIO(tmp, "r+")
             ours, other = os.fstat(new), os.fstat(plain.fileno())
             if (ours.st_dev, ours.st_ino) != (other.st_dev, other.st_ino):
+                ours_at_name = False  # someone else's file now: not ours to remove
                 raise ValueError(f"{name}: the temporary copy {tmp!r} was replaced while it "
                                  f"was being written: left as it is")
         if hasattr(os, "fchmod"):
@@ -528,7 +530,8 @@ def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
                 plain.close()
         finally:
             _release(held)
-            _fmt.discard(tmp)
+            if ours_at_name:
+                _fmt.discard(tmp)
         raise
     return held, plain
 
