@@ -340,7 +340,7 @@ def _append(fd: int, path: str, name: str, array: np.ndarray[Any, Any],
             raise BufferError(f"{name}: its header has no room for shape {new_shape} and the "
                               f"file would be rewritten, but another mapping of it is open in "
                               f"this process (it would keep the old file): close it first")
-        held = _with_room(fd, path, dt, shape, order, hlen, nbytes, name)[0]
+        held = _with_room(fd, path, dt, shape, order, hlen, nbytes, name)[1]
         try:
             return _append(held.fileno(), path, name, array, sync)
         finally:
@@ -457,11 +457,20 @@ def _padded(head: bytes, shape: tuple[int, ...], tail: bytes, encoding: str,
 
 def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
                order: str, hlen: int, nbytes: int, name: str,
-               reopen: bool = False) -> tuple[io.FileIO, io.FileIO | None]:
+               reopen: bool = False, made: list[str] | None = None
+               ) -> tuple[io.FileIO | None, io.FileIO, str]:
     """Rewrite the .npy with a header that has room to grow (numpy's), under a temporary
-    name renamed over the file; return the new file, open, locked (`_lock`) and owned by a
-    FileIO (release it with `_release`), and with ``reopen`` a second FileIO of it, not
-    locked, to map it from (else None). Arrays mapped from the old file keep its data.
+    name renamed over the file; return (None, the new file, the file's real path), the new
+    file open, locked (`_lock`) and owned by a FileIO (release it with `_release`). Arrays
+    mapped from the old file keep its data.
+
+    With ``reopen``, the copy is not renamed, and the first item is a second FileIO of it,
+    not locked, opened by its temporary name (its ``name``), to map it from: the caller
+    renames it over the real path in the same step as it moves its mapping there
+    (NpyMapping.resize, through Region._rebase), and removes it if that does not happen
+    (`_discard_unrenamed`). ``made`` (a list) gets the temporary's name before the file
+    exists, and loses it if the name is found to lead to someone else's file: a caller can
+    remove what is left there whatever bytecode an exception lands at.
 
     A mapping must not be made from the locked descriptor: mmap(2) keeps a reference to the
     open file, and with it the flock(2) lock, which belongs to the open file, until the
@@ -489,17 +498,21 @@ def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
     if at_name is None or (at_name.st_dev, at_name.st_ino) != (before.st_dev, before.st_ino):
         raise ValueError(f"{name} is no longer the file that was opened (replaced or renamed "
                          f"since): refusing to rewrite it")
-    new, tmp = _fmt.temp_sibling(target)
-    held = io.FileIO(new, "r+")  # owns it: an exception landing anywhere cannot leak it locked
-    plain = None
-    ours_at_name = True  # the temporary's name still leads to the file `new` made
+    if made is None:
+        made = []
+    held = plain = None
     try:
+        # Owned by a FileIO from its creation: an exception landing anywhere cannot leak
+        # it locked; its name is in `made` before it exists, for the cleanup.
+        held = _fmt.temp_sibling_file(target, made)
+        tmp = made[-1]
+        new = held.fileno()
         _lock(new)  # held until the append to it is done: others wait, then reopen it
         if reopen:  # another open file of the same temporary: checked to be the same
             plain = io.FileIO(tmp, "r+")
             ours, other = os.fstat(new), os.fstat(plain.fileno())
             if (ours.st_dev, ours.st_ino) != (other.st_dev, other.st_ino):
-                ours_at_name = False  # someone else's file now: not ours to remove
+                made.remove(tmp)  # someone else's file now: not ours to remove
                 raise ValueError(f"{name}: the temporary copy {tmp!r} was replaced while it "
                                  f"was being written: left as it is")
         if hasattr(os, "fchmod"):
@@ -523,17 +536,40 @@ def _with_room(fd: int, path: str, dt: np.dtype[Any], shape: tuple[int, ...],
                 (after.st_size, after.st_mtime_ns) != same[2:] or after.st_nlink > 1:
             raise ValueError(f"{name} changed while it was being rewritten with a larger "
                              f"header (replaced, renamed, written or linked): left as it is")
-        _fmt.replace_durably(tmp, target)
+        if not reopen:
+            _fmt.replace_durably(tmp, target)
+        return plain, held, target
     except BaseException:
         try:
             if plain is not None:
                 plain.close()
         finally:
-            _release(held)
-            if ours_at_name:
-                _fmt.discard(tmp)
+            if held is not None:
+                _release(held)
+            for name in made:  # a name renamed away is gone: discard ignores it
+                _fmt.discard(name)
         raise
-    return held, plain
+
+
+def _discard_unrenamed(made: list[str], copy: io.FileIO | None) -> None:
+    """Close ``copy`` (`_with_room`'s second FileIO of its temporary copy, or None if an
+    exception kept it from being handed over) and remove the temporaries in ``made`` that
+    were not renamed over the real file (refused, or interrupted). With ``copy``, only a
+    name that still leads to that file is removed; once renamed, the name leads nowhere."""
+    try:
+        ours = os.fstat(copy.fileno()) if copy is not None else None
+        for name in made:
+            if ours is not None:
+                try:
+                    at_name = os.stat(name)
+                except OSError:
+                    continue
+                if (at_name.st_dev, at_name.st_ino) != (ours.st_dev, ours.st_ino):
+                    continue
+            _fmt.discard(name)
+    finally:
+        if copy is not None:
+            copy.close()
 
 
 def _write_rows(fd: int, array: np.ndarray[Any, Any], pos: int, order: str) -> None:

@@ -5,6 +5,8 @@ from libc.stdint cimport uint64_t
 
 from mmarray._mm cimport mm_error, mm_view
 
+cdef class _Retired
+
 
 @cython.auto_pickle(False)
 cdef class Region:
@@ -48,6 +50,8 @@ cdef class Region:
     cdef int _release(self) except -1
     cdef int _release_export(self, Py_ssize_t generation) except -1
     cdef int _retire(self, mm_view view) except -1
+    cdef void _drop_placeholder(self, _Retired retired) noexcept
+    cdef void _undo_rebase(self, mm_view *fresh, mm_view *old, _Retired retired) noexcept
     cdef bint _retired_holds(self, mm_view view)
     cdef Py_ssize_t _acquire_busy(self) except -1
     cdef int _release_busy(self, Py_ssize_t generation) except -1

@@ -433,15 +433,25 @@ cdef class Region:
                 n += 1
         return n
 
-    def _rebase(self, int fd, uint64_t offset, tuple shape):
+    def _rebase(self, int fd, uint64_t offset, tuple shape, commit=None):
         """Map the same array from another file: ``fd``, a copy of this mapping's file that
-        the caller has just written and renamed over the old name (NpyMapping.resize, to give
-        a header room). Arrays made before keep the old file's view, mapped until they are
-        gone; the registry and the guard follow the new file."""
+        the caller has just written (NpyMapping.resize, to give a header room). Arrays made
+        before keep the old file's view, mapped until they are gone; the registry and the
+        guard follow the new file.
+
+        ``commit``, when given, is called once the new view is mapped: the step that puts
+        the copy at the old file's name (``functools.partial(os.replace, tmp, name)``). If
+        it raises, nothing has changed (the new view is unmapped) and its exception
+        propagates. Once it returns, the move completes without running any bytecode: an
+        asynchronous exception (KeyboardInterrupt, the fault guard's) cannot land between
+        the rename and the move and leave the mapping on the unlinked old file, where later
+        writes were lost. So ``commit`` must be a builtin, not a Python function, and
+        everything here that can fail runs before it."""
         cdef mm_error err
         cdef int status
         cdef mm_view fresh, old
         cdef uint64_t length
+        cdef _Retired retired
         self._check_movable()        # closed, busy, pinned, raw buffer, another resize
         if self._readonly or self.view.access != MM_WRITE:
             raise ValueError("only a writable (mode 'r+' or 'w+') mapping moves to another "
@@ -450,31 +460,91 @@ cdef class Region:
         length = nbytes
         if length == 0 or self.view.data == NULL or self.view.data == &_empty_byte:
             raise ValueError("only a mapping of at least one byte moves to another file")
-        # With the GIL held throughout: another thread's close(), resize() or array must not
-        # see the view while it changes (the map and unmap take microseconds).
+        # With the GIL held (but for ``commit``, see below): another thread's close(),
+        # resize() or array must not see the view while it changes.
         status = mm_map_handle(fd, MM_WRITE, offset, length, 0, &fresh, &err)
         if status != MM_OK:
             _raise(&err, self._filename, offset, length)
         old = self.view
+        retired = None
+        counted = 0
+        try:
+            # What can fail (allocations) is done now: an inert placeholder in the list of
+            # retired views (no view, a generation no export has), filled in if arrays made
+            # on the old view are alive once ``commit`` has run; the new file's count, and
+            # one more for the old file's, for that retired view (taken back if unused).
+            retired = _Retired.__new__(_Retired)
+            retired.generation = -1
+            if self._retired is None:
+                self._retired = []
+            self._retired.append(retired)
+            _live_add(fresh.file_id[0], fresh.file_id[1], 1)
+            counted = 1
+            _live_add(old.file_id[0], old.file_id[1], 1)
+        except BaseException:
+            self._drop_placeholder(retired)
+            if counted:
+                _count_view_gone(fresh.file_id[0], fresh.file_id[1])
+            mm_unmap(&fresh, &err)
+            raise
+        if commit is not None:
+            try:
+                commit()             # a rename releases the GIL: other threads run meanwhile
+            except BaseException:
+                self._undo_rebase(&fresh, &old, retired)
+                raise
+        if self._closed or self.view.data != old.data:
+            # Closed by another thread while ``commit`` ran: it unmapped (or keeps for its
+            # arrays) the old view; the copy is at the name all the same.
+            self._undo_rebase(&fresh, &old, retired)
+            raise ValueError("mapping is closed")
+        # From here on nothing fails, allocates or runs Python code.
         if self._exports:
             # Kept for the arrays made on it, with its guard slot: a fault there (another
             # holder of the old file truncates it) is still caught, counted and reported as
             # this mapping's (with the slot removed it killed the process with SIGBUS).
-            self._retire(old)
+            # Counted as a live view of the old file already (above).
+            retired.view = old
+            retired.exports = self._exports
+            retired.generation = self._generation
+            retired.file_dev = old.file_id[0]
+            retired.file_ino = old.file_id[1]
+            # Its faults are reported from these (guard_pop): after a rebase the Region's
+            # own offset is the new file's, whose header may be longer.
+            retired.guard_token = self._guard_token
+            retired.offset = self._offset
             self._guard_token = 0
         else:
+            self._drop_placeholder(retired)
+            _count_view_gone(old.file_id[0], old.file_id[1])   # the count taken for it
             _unguard(self)           # its count goes to _faults_at_unmap, then the unmap
         _unregister(self)
         self.view = fresh
         self._offset = offset
         self._exports = 0
         self._generation += 1
-        _register(self)
+        self._file_dev = fresh.file_id[0]   # counted above
+        self._file_ino = fresh.file_id[1]
+        self._registered = True
         if not self._retired_holds(old):
             mm_unmap(&old, &err)
         if _guard_enabled:
             _guard(self)
         self._shape = shape
+
+    cdef void _drop_placeholder(self, _Retired retired) noexcept:
+        # list.remove compares by identity here (no __eq__) and never allocates.
+        try:
+            self._retired.remove(retired)
+        except BaseException:
+            pass
+
+    cdef void _undo_rebase(self, mm_view *fresh, mm_view *old, _Retired retired) noexcept:
+        cdef mm_error err
+        self._drop_placeholder(retired)
+        _count_view_gone(fresh.file_id[0], fresh.file_id[1])
+        _count_view_gone(old.file_id[0], old.file_id[1])
+        mm_unmap(fresh, &err)
 
     cdef bint _retired_holds(self, mm_view view):
         cdef _Retired retired

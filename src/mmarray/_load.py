@@ -140,8 +140,6 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
                                _prefix_lengths)
             if m is not None:
                 m._format = m.offset  # the header [0, offset): what a reference re-checks
-                if access == _WRITE:
-                    m._header_length = m.offset
                 return m
         path = file
     elif isinstance(file, (str, bytes, os.PathLike)):
@@ -177,8 +175,6 @@ def load(file, mode="r", rows=None, *, compressed="warn", max_header_size=MAX_HE
                     pass  # data past the end of the file: the general path says so
                 else:
                     m._format = end
-                    if growable:
-                        m._header_length = end
                     return m
         if first[:6] == _fmt.MAGIC:
             return _npy.map_npy(fd, 0, first, mode, access, rows, _abspath(path),

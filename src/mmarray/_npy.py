@@ -7,6 +7,7 @@ writing) is ``_npyformat``'s.
 """
 from __future__ import annotations
 
+import functools
 import io
 import operator
 import os
@@ -27,12 +28,25 @@ class NpyMapping(Mapping):
     mode="r+")``, :func:`create_npy`): :meth:`resize` grows or shrinks it along its growth
     axis and rewrites the shape in the header in place."""
 
-    __slots__ = ("_header_length",)
-    _header_length: int
+    __slots__ = ()
     _pickle_kind = "npy"
 
-    def _reopened(self) -> None:
-        self._header_length = self.offset  # unpickled: the whole data, after the header
+    # The header is the file's first ``offset`` bytes (the whole data follows it), so its
+    # length is read from the engine's offset, not kept apart: a rebase onto a rewritten
+    # copy (resize) changes both in one step, with no bytecode in between where an
+    # exception could leave them disagreeing (later resizes were then refused).
+    @property
+    def _header_length(self) -> int:
+        return self.offset
+
+    @property
+    def _format(self) -> int:
+        """The header ``[0, offset)``: what a reference re-checks (``Mapping._format``)."""
+        return self.offset
+
+    @_format.setter
+    def _format(self, value: Any) -> None:
+        pass  # derived from the offset (see _header_length); set for plain Mappings
 
     def resize(self, shape: Any, *, truncate: bool = False) -> None:
         """Change the length of the growth axis (the first for C order, the last for
@@ -113,6 +127,7 @@ class NpyMapping(Mapping):
         held = io.FileIO(filename, "r+")
         fd = held.fileno()
         copy_file = view_file = None
+        made: list[str] = []  # the temporary copy's name, if one is made (_with_room)
         try:
             _append._lock(fd)   # as append_npy does: an append and a resize do not interleave
             header = _fmt.read_at(fd, 0, self._header_length)
@@ -149,16 +164,26 @@ class NpyMapping(Mapping):
                                       f"file): close it first")
                 # The view moves onto view_file, not onto the locked copy_file: a mapping
                 # keeps its open file, and so the lock, alive (see _with_room).
-                copy_file, view_file = _append._with_room(
+                # The copy is renamed over the name inside the rebase (one step, see
+                # Region._rebase): an exception landing between a rename done here and the
+                # move left the mapping on the unlinked old file, and its writes were lost.
+                view_file, copy_file, target = _append._with_room(
                     fd, filename, self.dtype, old, self.order, self._header_length,
-                    self.nbytes, repr(filename), reopen=True)
+                    self.nbytes, repr(filename), reopen=True, made=made)
                 copy = copy_file.fileno()
                 first = _fmt.read_at(copy, 0, _fmt.FIRST_READ)
                 hlen = _fmt.parse_header(first, lambda pos, n: _fmt.read_at(copy, pos, n),
                                          None, repr(filename))[0]
-                self._rebase(view_file.fileno(), hlen, old)  # type: ignore[union-attr]
-                self._header_length = hlen
-                self._format = hlen
+                tmp = view_file.name  # type: ignore[union-attr]
+                try:
+                    self._rebase(view_file.fileno(),  # type: ignore[union-attr]
+                                 hlen, old, functools.partial(os.replace, tmp, target))
+                except OSError as exc:
+                    if exc.filename != tmp:  # not the rename: the map
+                        raise
+                    raise _fmt.named_error(exc, target, "renaming the complete temporary "
+                                           "file over it") from exc
+                _fmt.fsync_directory(target)
                 _append._release(held)
                 held, fd = copy_file, copy  # locked by _with_room
                 header = _fmt.read_at(fd, 0, hlen)
@@ -193,8 +218,8 @@ class NpyMapping(Mapping):
             finally:
                 if copy_file is not None:
                     _append._release(copy_file)  # a no-op once released as `held`
-                if view_file is not None:
-                    view_file.close()
+                # A copy still at its temporary name was not renamed (refused, interrupted).
+                _append._discard_unrenamed(made, view_file)
 
 
 class NpyRowsMapping(Mapping):
@@ -230,8 +255,6 @@ def map_npy(fd, base, first, mode, access, rows, filename, name, max_header_size
         try:
             m = _fmt.map_region(fd, access, offset, nbytes, dt, shape, order, mode, filename,
                                 NpyMapping if growable else None)
-            if growable:
-                m._header_length = hlen
             if base == 0:  # (a file object's .npy at another base is not pickled)
                 m._format = offset  # the header [0, offset): what a reference re-checks
         except ValueError:  # E_RANGE: the data runs past the end of the file
@@ -332,8 +355,6 @@ def create_npy(file, dtype, shape, fortran_order=False):
         _fmt.write_all(fd, header)
         m = _fmt.map_region(fd, _engine.WRITE, len(header), nbytes, dt, shape, order, "w+",
                             filename, NpyMapping if nbytes else None, grow=True)
-        if nbytes:
-            m._header_length = len(header)
         m._format = len(header)
         return m
 

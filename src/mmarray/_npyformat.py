@@ -572,7 +572,7 @@ def _temp_base(directory: str, base: str) -> str:
     return prefix + digest
 
 
-def _named(exc: OSError, path: Any, what: str) -> OSError:
+def named_error(exc: OSError, path: Any, what: str) -> OSError:
     """``exc`` (raised for a temporary of ``path``) again, naming ``path`` instead."""
     return OSError(exc.errno, f"{exc.strerror} ({what})", os.fsdecode(path))
 
@@ -587,19 +587,45 @@ def temp_sibling(path: Any) -> tuple[int, Any]:
     OSError naming ``path``, not the temporary.
     """
     path = os.fsdecode(path)
-    directory, base = os.path.split(path)
-    base = _temp_base(directory, base)
-    _remove_stale_temps(directory, base)
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(6).hex()}"
-                                      f"{_TEMP_SUFFIX}")
+    for tmp in _temp_names(path):
         try:
             return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666), tmp
         except FileExistsError:
             continue
         except OSError as exc:
-            raise _named(exc, path, "creating a temporary file next to it") from exc
+            raise named_error(exc, path, "creating a temporary file next to it") from exc
     raise FileExistsError(17, "cannot create a temporary file next to", path)  # pragma: no cover
+
+
+def temp_sibling_file(path: Any, made: list[str]) -> io.FileIO:
+    """As :func:`temp_sibling`, but the new file comes open in a FileIO (read and write),
+    which owns its descriptor from the moment it exists, and its name is appended to
+    ``made`` just before it is created (taken back if that fails). A caller whose ``try``
+    starts before this call can then remove the file whatever bytecode an exception
+    (KeyboardInterrupt) lands at: with ``os.open``, one landing between the open and the
+    caller's ``try`` left the descriptor open and the file behind."""
+    path = os.fsdecode(path)
+    for tmp in _temp_names(path):
+        made.append(tmp)  # before it exists: removing a name that does not exist is harmless
+        try:
+            return io.FileIO(tmp, "x+")  # O_CREAT | O_EXCL, mode 0o666 & ~umask, as above
+        except FileExistsError:
+            made.pop()     # someone else's
+            continue
+        except OSError as exc:
+            made.pop()
+            raise named_error(exc, path, "creating a temporary file next to it") from exc
+    raise FileExistsError(17, "cannot create a temporary file next to", path)  # pragma: no cover
+
+
+def _temp_names(path: str) -> Any:
+    """Fresh temporary names next to ``path`` (see :func:`temp_sibling`), stale ones swept."""
+    directory, base = os.path.split(path)
+    base = _temp_base(directory, base)
+    _remove_stale_temps(directory, base)
+    for _ in range(100):
+        yield os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(6).hex()}"
+                                      f"{_TEMP_SUFFIX}")
 
 
 def _remove_stale_temps(directory, base):
@@ -691,7 +717,7 @@ def replace_durably(tmp: Any, path: Any) -> None:
     try:
         os.replace(tmp, path)
     except OSError as exc:
-        raise _named(exc, path, "renaming the complete temporary file over it") from exc
+        raise named_error(exc, path, "renaming the complete temporary file over it") from exc
     fsync_directory(path)
 
 

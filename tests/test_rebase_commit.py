@@ -1,0 +1,142 @@
+"""Region._rebase with a ``commit``: the step that puts a rewritten copy at the file's name
+(NpyMapping.resize's rename) runs inside the move, so that no bytecode runs between the
+rename and the move. One test per way the commit can end: it raises, another thread closes
+the mapping while it runs (a rename releases the GIL), it returns. Those that could unmap a
+view twice run in a subprocess with a timeout and check the exit code."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import mmarray
+from mmarray import _engine
+from helpers import assert_clean_exit, run_python
+
+
+def _npy_and_copy(tmp_path):
+    path, copy = tmp_path / "a.npy", tmp_path / "copy.npy"
+    np.save(path, np.arange(12, dtype="f8").reshape(4, 3))
+    shutil.copyfile(path, copy)
+    return path, copy
+
+
+def _identity(path):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def test_a_rebase_whose_commit_raises_leaves_the_mapping_on_its_file(tmp_path):
+    path, copy = _npy_and_copy(tmp_path)
+    m = mmarray.load(path, mode="r+")
+    fd = os.open(copy, os.O_RDWR)
+
+    def refuse():
+        raise OSError(13, "refused", str(copy))
+
+    try:
+        with pytest.raises(OSError, match="refused"):
+            m._rebase(fd, m.offset, m.shape, refuse)
+        assert m._identity() == _identity(path)
+        assert _engine.live_views(*_identity(copy)) == 0      # the new view is unmapped
+        assert _engine.live_views(*_identity(path)) == 1      # the counts as they were
+        m.array[0, 0] = 42
+        m.flush()
+        assert np.load(path)[0, 0] == 42 and np.load(copy)[0, 0] == 0
+    finally:
+        os.close(fd)
+        m.close()
+    assert _engine.live_views(*_identity(path)) == 0
+
+
+def test_a_rebase_whose_commit_returns_moves_after_it_ran(tmp_path):
+    path, copy = _npy_and_copy(tmp_path)
+    m = mmarray.load(path, mode="r+")
+    a = m.array                                  # made before: keeps the old view
+    old_identity = _identity(path)
+    fd = os.open(copy, os.O_RDWR)
+    seen = []
+    try:
+        m._rebase(fd, m.offset, m.shape, lambda: seen.append(m._identity()))
+        assert seen == [old_identity]            # not moved yet while the commit ran
+        assert m._identity() == _identity(copy)
+        assert _engine.live_views(*_identity(copy)) == 1
+        assert _engine.live_views(*old_identity) == 1          # the view kept for `a`
+        m.array[0, 0] = 7
+        a[0, 1] = 8
+        m.flush()
+        assert np.load(copy)[0, 0] == 7 and np.load(path)[0, 1] == 8
+        del a
+        assert _engine.live_views(*old_identity) == 0
+    finally:
+        os.close(fd)
+        m.close()
+
+
+@pytest.mark.parametrize("with_array", [False, True], ids=["no array", "an array alive"])
+def test_a_mapping_closed_while_its_rebase_commits_is_left_closed_and_unmapped_once(
+        tmp_path, with_array):
+    # The rename releases the GIL: another thread may close the mapping meanwhile. The move
+    # must then not touch the old view (unmapped by the close, or kept for its arrays).
+    path, copy = _npy_and_copy(tmp_path)
+    proc = run_python(f"""
+        import os
+        import numpy as np
+        import mmarray
+        from mmarray import _engine
+        m = mmarray.load({str(path)!r}, mode="r+")
+        a = m.array if {with_array!r} else None
+        fd = os.open({str(copy)!r}, os.O_RDWR)
+        try:
+            m._rebase(fd, m.offset, m.shape, m.close)
+        except ValueError as exc:
+            assert "closed" in str(exc), exc
+        else:
+            raise SystemExit("the move went on after the close")
+        st = os.stat({str(copy)!r})
+        assert _engine.live_views(st.st_dev, st.st_ino) == 0
+        if a is not None:
+            a[0, 0] = 5                           # still mapped for it
+            del a
+        st = os.stat({str(path)!r})
+        assert _engine.live_views(st.st_dev, st.st_ino) == 0
+        os.close(fd)
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert "ok" in proc.stdout
+
+
+def test_an_interrupt_after_the_rename_leaves_the_mapping_on_the_file_at_the_name(
+        tmp_path, monkeypatch):
+    # helper-51's reproducer: a KeyboardInterrupt landing after the copy with room was
+    # renamed over the name (here in the directory's fsync) left the mapping on the
+    # unlinked old file: the write below went there and np.load saw 0.
+    from mmarray import _npyformat
+    path = tmp_path / "r.npy"
+    hdr = b"{'descr': '<f4', 'fortran_order': False, 'shape': (9, 3), }\n"   # no room
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr
+                     + np.zeros((9, 3), "f4").tobytes())
+    fsync_directory = _npyformat.fsync_directory
+
+    def then_interrupt(p):
+        fsync_directory(p)
+        raise KeyboardInterrupt
+
+    m = mmarray.load(path, mode="r+")
+    try:
+        monkeypatch.setattr(_npyformat, "fsync_directory", then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            m.resize((10, 3))
+        monkeypatch.undo()
+        assert m._identity() == _identity(path)
+        m.array[0, 0] = 3
+        m.flush()
+        assert np.load(path)[0, 0] == 3
+        m.resize((10, 3))                        # not refused
+        m.array[9] = 4
+        m.flush()
+        assert np.load(path).shape == (10, 3) and np.load(path)[9].tolist() == [4, 4, 4]
+    finally:
+        m.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["r.npy"]
