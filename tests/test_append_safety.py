@@ -2,13 +2,11 @@
 data are refused unless they are an unfinished append's own leftover, appends from several
 processes are serialized, long names and dangling symbolic links work as with np.save."""
 import errno
-import gc
 import os
 import subprocess
 import sys
 import textwrap
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -275,41 +273,86 @@ def test_append_through_a_symlink_into_a_missing_directory_raises_naming_the_lin
 
 # -- exceptions landing anywhere (the fault guard raises asynchronously) ------------------------
 
-class _Landed(Exception):
-    """Raised by the tracer at one bytecode of append_npy's code."""
+# Run in a subprocess before each sweep below: an exception raised by a tracer inside an
+# except block can leave the interpreter's handled-exception state behind for later tests.
+_SWEEP_PRELUDE = """
+import dis, fcntl, gc, os, sys, warnings
+import numpy as np
+import mmarray
+
+NOP = dis.opmap["NOP"]
 
 
-def _descriptors_of(path):
-    real = os.path.realpath(path)
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == real:
-                found.append(int(fd))
-        except OSError:
-            pass
-    return found
+class Landed(Exception):
+    pass
 
 
-def _raising_at(k, names):
-    """A sys.settrace tracer that raises _Landed at the k-th opcode (from 1) run by the
-    functions ``names`` of mmarray._append."""
+def raising_at(k, names, modules):
+    # A sys.settrace tracer raising Landed at the k-th opcode (from 1) that the functions
+    # `names` of the modules `modules` run. Not at a NOP: where a try starts, CPython 3.11's
+    # exception table covers none (an exception there skips every handler), and no
+    # asynchronous exception is delivered at one (the eval breaker is checked at calls and
+    # backward jumps only).
     seen = [0]
 
     def tracer(frame, event, arg):
-        if frame.f_code.co_name not in names or \
-                frame.f_globals.get("__name__") != "mmarray._append":
+        if frame.f_code.co_name not in names or frame.f_globals.get("__name__") not in modules:
             return None
         frame.f_trace_opcodes = True
 
         def local(frame, event, arg):
-            if event == "opcode":
+            if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != NOP:
                 seen[0] += 1
                 if seen[0] == k:
-                    raise _Landed(k)
+                    raise Landed(k)
             return local
         return local
     return tracer
+
+
+def run_interrupted(k, names, modules, call):
+    # call() with an exception raised at its k-th opcode; whether one was.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # a FileIO closed when freed
+        sys.settrace(raising_at(k, names, modules))
+        try:
+            call()
+        except Landed:
+            return True
+        finally:
+            sys.settrace(None)
+            gc.collect()
+    return False
+
+
+def descriptors(path):
+    real = os.path.realpath(path)
+    return [fd for fd in os.listdir("/proc/self/fd")
+            if os.path.realpath(f"/proc/self/fd/{fd}") == real]
+
+
+def check_unlocked(path, k):
+    probe = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"locked after an exception at opcode {k}")
+    finally:
+        os.close(probe)
+
+
+def temporaries(path):
+    return [n for n in os.listdir(os.path.dirname(path)) if n.endswith("mmarray-tmp")]
+
+
+NO_ROOM = b"{'descr': '<f4', 'fortran_order': False, 'shape': (9, 3), }\\n"
+
+
+def write_without_room(path):  # no padding: 10 rows take a digit more than the header holds
+    with open(path, "wb") as f:
+        f.write(b"\\x93NUMPY\\x01\\x00" + len(NO_ROOM).to_bytes(2, "little") + NO_ROOM
+                + np.zeros((9, 3), "f4").tobytes())
+"""
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd") or fcntl is None,
@@ -325,45 +368,34 @@ def test_an_exception_at_any_bytecode_of_an_append_leaves_no_descriptor_and_no_l
     # Without room in the header the file is rewritten under a temporary name first
     # (_with_room), whose descriptor is locked and handed over: that one too (review).
     path = tmp_path / "a.npy"
-
-    def fresh():  # each k starts from the same file (a rewrite gives the header room)
-        if room:
-            np.save(path, np.zeros((9, 3), "f4"))
-        else:  # no padding: 10 rows take a digit more than the header holds
-            hdr = b"{'descr': '<f4', 'fortran_order': False, 'shape': (9, 3), }\n"
-            path.write_bytes(b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr
-                             + np.zeros((9, 3), "f4").tobytes())
-    names = {"append_npy", "_append", "_lock", "_unlock", "_release", "_close", "_stat_if_at",
-             "_grown_header", "_padded", "_write_rows", "_write_at", "_leftover",
-             "_with_room"}
-    shapes = set()
-    k = 1
-    while True:
-        tracer = _raising_at(k, names)
-        fresh()
-        landed = False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)  # a FileIO closed when freed
-            sys.settrace(tracer)
-            try:
-                mmarray.append_npy(path, np.ones((1, 3), "f4"))
-            except _Landed:
-                landed = True
-            finally:
-                sys.settrace(None)
-            gc.collect()
-        assert _descriptors_of(path) == [], k
-        probe = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still locked
-        finally:
-            os.close(probe)
-        shapes.add(np.load(path).shape)                          # a valid .npy at every k
-        if not landed:
-            break
-        k += 1
-    assert k > 50                                               # it did go through the code
-    assert np.load(path).shape == (10, 3) and shapes == {(9, 3), (10, 3)}
+    proc = run_python(_SWEEP_PRELUDE + f"""
+path = {str(path)!r}
+names = {{"append_npy", "_append", "_lock", "_unlock", "_release", "_stat_if_at",
+         "_grown_header", "_padded", "_write_rows", "_write_at", "_leftover", "_with_room",
+         "temp_sibling_file", "_temp_names", "replace_durably", "fsync_directory", "discard"}}
+modules = ("mmarray._append", "mmarray._npyformat")
+shapes = set()
+k = 1
+while True:
+    if {room!r}:
+        np.save(path, np.zeros((9, 3), "f4"))
+    else:
+        write_without_room(path)
+    landed = run_interrupted(k, names, modules,
+                             lambda: mmarray.append_npy(path, np.ones((1, 3), "f4")))
+    assert descriptors(path) == [], k
+    check_unlocked(path, k)
+    assert temporaries(path) == [], (k, temporaries(path))
+    shapes.add(np.load(path).shape)                          # a valid .npy at every k
+    if not landed:
+        break
+    k += 1
+print(k, sorted(shapes), np.load(path).shape)
+""", timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    k, rest = proc.stdout.split(" ", 1)
+    assert int(k) > 50                                            # it went through the code
+    assert rest.strip() == "[(9, 3), (10, 3)] (10, 3)", proc.stdout
 
 
 def test_rows_from_a_truncated_mapping_raise_naming_the_file_and_leave_it_as_it_was(tmp_path):
@@ -411,91 +443,38 @@ def test_an_exception_at_any_bytecode_of_a_resize_leaves_the_file_unlocked_and_m
     # subprocess: an exception raised by a tracer inside an except block can leave the
     # interpreter's handled-exception state behind for later tests.
     path = tmp_path / "r.npy"
-    proc = run_python(f"""
-        import dis, fcntl, gc, os, sys, warnings
-        import numpy as np
-        import mmarray
-        path = {str(path)!r}
-        hdr = b"{{'descr': '<f4', 'fortran_order': False, 'shape': (9, 3), }}\\n"  # no room
-        NOP = dis.opmap["NOP"]
-
-        class Landed(Exception):
-            pass
-
-        def raising_at(k):  # raises Landed at the k-th opcode these functions run
-            names = {{"resize", "_resize_npy", "_lock", "_unlock", "_release", "_with_room",
-                      "_grown_header", "_discard_unrenamed", "fsync_directory",
-                      "replace_durably", "temp_sibling_file", "_temp_names", "discard",
-                      "named_error"}}
-            seen = [0]
-            def tracer(frame, event, arg):
-                if frame.f_code.co_name not in names or frame.f_globals.get("__name__") \\
-                        not in ("mmarray._append", "mmarray._npy", "mmarray._npyformat"):
-                    return None
-                frame.f_trace_opcodes = True
-                def local(frame, event, arg):
-                    # Not at a NOP: where a try starts, CPython 3.11's exception table
-                    # covers none (an exception there skips every handler), and no
-                    # asynchronous exception is delivered at one (the eval breaker is
-                    # checked at calls and backward jumps only).
-                    if event == "opcode" and frame.f_code.co_code[frame.f_lasti] != NOP:
-                        seen[0] += 1
-                        if seen[0] == k:
-                            raise Landed(k)
-                    return local
-                return local
-            return tracer
-
-        def descriptors():
-            real = os.path.realpath(path)
-            return [fd for fd in os.listdir("/proc/self/fd")
-                    if os.path.realpath(f"/proc/self/fd/{{fd}}") == real]
-
-        shapes = set()
-        k = 1
-        while True:
-            with open(path, "wb") as f:
-                f.write(b"\\x93NUMPY\\x01\\x00" + len(hdr).to_bytes(2, "little") + hdr
-                        + np.zeros((9, 3), "f4").tobytes())
-            m = mmarray.load(path, mode="r+")
-            landed = False
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ResourceWarning)  # a FileIO closed when freed
-                sys.settrace(raising_at(k))
-                try:
-                    m.resize((10, 3))
-                except Landed:
-                    landed = True
-                finally:
-                    sys.settrace(None)
-                gc.collect()
-            probe = os.open(path, os.O_RDONLY)
-            try:   # while the mapping lives
-                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                sys.exit(f"locked after an exception at opcode {{k}}")
-            finally:
-                os.close(probe)
-            shapes.add(np.load(path).shape)                   # a valid .npy at every k
-            m.array[0, 0] = k                                 # reaches the file at the name
-            m.flush()
-            if np.load(path)[0, 0] != k:
-                sys.exit(f"a write after an exception at opcode {{k}} was lost")
-            rows = m.shape[0]
-            m.resize(rows + 1)                                # not refused
-            m.array[rows, 0] = -k
-            m.flush()
-            if np.load(path)[rows, 0] != -k:
-                sys.exit(f"a resize after an exception at opcode {{k}} wrote elsewhere")
-            m.close()
-            assert descriptors() == [], k
-            left = [n for n in os.listdir(os.path.dirname(path)) if n.endswith("mmarray-tmp")]
-            assert left == [], (k, left)
-            if not landed:
-                break
-            k += 1
-        print(k, sorted(shapes), np.load(path).shape)
-    """, timeout=TIMEOUT)
+    proc = run_python(_SWEEP_PRELUDE + f"""
+path = {str(path)!r}
+names = {{"resize", "_resize_npy", "_lock", "_unlock", "_release", "_with_room",
+         "_grown_header", "_discard_unrenamed", "fsync_directory", "replace_durably",
+         "temp_sibling_file", "_temp_names", "discard", "named_error"}}
+modules = ("mmarray._append", "mmarray._npy", "mmarray._npyformat")
+shapes = set()
+k = 1
+while True:
+    write_without_room(path)
+    m = mmarray.load(path, mode="r+")
+    landed = run_interrupted(k, names, modules, lambda: m.resize((10, 3)))
+    check_unlocked(path, k)                                   # while the mapping lives
+    shapes.add(np.load(path).shape)                           # a valid .npy at every k
+    m.array[0, 0] = k                                         # reaches the file at the name
+    m.flush()
+    if np.load(path)[0, 0] != k:
+        sys.exit(f"a write after an exception at opcode {{k}} was lost")
+    rows = m.shape[0]
+    m.resize(rows + 1)                                        # not refused
+    m.array[rows, 0] = -k
+    m.flush()
+    if np.load(path)[rows, 0] != -k:
+        sys.exit(f"a resize after an exception at opcode {{k}} wrote elsewhere")
+    m.close()
+    assert descriptors(path) == [], k
+    assert temporaries(path) == [], (k, temporaries(path))
+    if not landed:
+        break
+    k += 1
+print(k, sorted(shapes), np.load(path).shape)
+""", timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     k, rest = proc.stdout.split(" ", 1)
     assert int(k) > 50                                            # it went through the code
