@@ -355,6 +355,14 @@ def write_without_room(path):  # no padding: 10 rows take a digit more than the 
 """
 
 
+def _check_sweep(proc, shapes_then_last):
+    """A sweep's subprocess ran through, past 50 opcodes, and printed the shapes seen."""
+    assert proc.returncode == 0, proc.stderr
+    k, rest = proc.stdout.split(" ", 1)
+    assert int(k) > 50                                            # it went through the code
+    assert rest.strip() == shapes_then_last, proc.stdout
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd") or fcntl is None,
                     reason="needs /proc/self/fd and flock")
 @pytest.mark.parametrize("room", [True, False], ids=["header with room", "header rewritten"])
@@ -392,10 +400,7 @@ while True:
     k += 1
 print(k, sorted(shapes), np.load(path).shape)
 """, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
-    k, rest = proc.stdout.split(" ", 1)
-    assert int(k) > 50                                            # it went through the code
-    assert rest.strip() == "[(9, 3), (10, 3)] (10, 3)", proc.stdout
+    _check_sweep(proc, "[(9, 3), (10, 3)] (10, 3)")
 
 
 def test_rows_from_a_truncated_mapping_raise_naming_the_file_and_leave_it_as_it_was(tmp_path):
@@ -475,10 +480,7 @@ while True:
     k += 1
 print(k, sorted(shapes), np.load(path).shape)
 """, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
-    k, rest = proc.stdout.split(" ", 1)
-    assert int(k) > 50                                            # it went through the code
-    assert rest.strip() == "[(9, 3), (10, 3)] (11, 3)", proc.stdout
+    _check_sweep(proc, "[(9, 3), (10, 3)] (11, 3)")
 
 
 def test_a_temporary_copy_swapped_before_its_reopen_is_refused_and_left_alone(tmp_path,
