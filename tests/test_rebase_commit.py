@@ -140,3 +140,47 @@ def test_an_interrupt_after_the_rename_leaves_the_mapping_on_the_file_at_the_nam
     finally:
         m.close()
     assert [p.name for p in tmp_path.iterdir()] == ["r.npy"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_rebase_commits_keeps_the_old_view_and_no_extra_count(
+        tmp_path):
+    # The rename runs without the GIL: another thread may fork meanwhile. The child has no
+    # thread to finish the move; its counts for both files stayed one too high, and a later
+    # 'w+' of the file was refused there for good (helper-52's review).
+    path, copy = _npy_and_copy(tmp_path)
+    proc = run_python(f"""
+        import os
+        import numpy as np
+        import mmarray
+        from mmarray import _engine
+
+        def count(p):
+            st = os.stat(p)
+            return _engine.live_views(st.st_dev, st.st_ino)
+
+        m = mmarray.load({str(path)!r}, mode="r+")
+        fd = os.open({str(copy)!r}, os.O_RDWR)
+
+        def fork_here():  # as another thread forking while the rename runs
+            pid = os.fork()
+            if pid == 0:
+                ok = (count({str(copy)!r}) == 0 and count({str(path)!r}) == 1
+                      and all(r is not None for r in [m]) and m._identity() is not None)
+                m.array[0, 0] = 9                  # the child's mapping is the old view
+                m.close()
+                ok = ok and count({str(path)!r}) == 0
+                mmarray.open({str(path)!r}, mode="w+", shape=8).close()   # not refused
+                os._exit(0 if ok else 3)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+
+        m._rebase(fd, m.offset, m.shape, fork_here)
+        assert count({str(copy)!r}) == 1 and m._identity() == (os.stat({str(copy)!r}).st_dev,
+                                                              os.stat({str(copy)!r}).st_ino)
+        m.close()
+        os.close(fd)
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert "ok" in proc.stdout

@@ -51,7 +51,7 @@ cdef class Region:
     cdef int _release_export(self, Py_ssize_t generation) except -1
     cdef int _retire(self, mm_view view) except -1
     cdef void _drop_placeholder(self, _Retired retired) noexcept
-    cdef void _undo_rebase(self, mm_view *fresh, mm_view *old, _Retired retired) noexcept
+    cdef void _undo_rebase(self, mm_view *fresh, _Retired retired) noexcept
     cdef bint _retired_holds(self, mm_view view)
     cdef Py_ssize_t _acquire_busy(self) except -1
     cdef int _release_busy(self, Py_ssize_t generation) except -1
@@ -76,6 +76,7 @@ cdef class _Retired:
     cdef uint64_t file_dev, file_ino
     cdef uint64_t guard_token    # the token its guard slot was taken with (0: unguarded)
     cdef uint64_t offset         # file offset of its first byte (a rebase moves the Region's)
+    cdef mm_view pending         # a rebase's new view while its commit runs (the placeholder)
     cdef int _unmap(self) except -1
 
 

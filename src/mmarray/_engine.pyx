@@ -179,6 +179,7 @@ cdef dict _truncating = {}
 cdef dict _truncated_at = {}
 cdef unsigned long long _epoch = 0
 cdef Py_ssize_t _in_flight = 0      # maps between their start and their registration
+cdef dict _rebasing = {}            # placeholder _Retired -> Region: rebases in their commit
 cdef dict _busy_regions = {}        # id -> Region with an operation running without the GIL
 cdef Py_ssize_t _fork_generation = 0  # forks survived: busy exports of an older one are gone
 
@@ -481,22 +482,33 @@ cdef class Region:
             _live_add(fresh.file_id[0], fresh.file_id[1], 1)
             counted = 1
             _live_add(old.file_id[0], old.file_id[1], 1)
+            counted = 2
+            # A child forked while ``commit`` runs without the GIL undoes it from here
+            # (_reset_after_fork): its thread is not there to.
+            retired.pending = fresh
+            retired.file_dev = old.file_id[0]    # what the second count was taken for
+            retired.file_ino = old.file_id[1]
+            _rebasing[retired] = self
         except BaseException:
             self._drop_placeholder(retired)
             if counted:
                 _count_view_gone(fresh.file_id[0], fresh.file_id[1])
+            if counted == 2:
+                _count_view_gone(old.file_id[0], old.file_id[1])
             mm_unmap(&fresh, &err)
             raise
         if commit is not None:
             try:
                 commit()             # a rename releases the GIL: other threads run meanwhile
             except BaseException:
-                self._undo_rebase(&fresh, &old, retired)
+                self._undo_rebase(&fresh, retired)
                 raise
-        if self._closed or self.view.data != old.data:
+        _rebasing.pop(retired, None)  # (removing from a dict never allocates)
+        memset(&retired.pending, 0, sizeof(mm_view))
+        if self._closed or self.view.data != old.data or self.view.length != old.length:
             # Closed by another thread while ``commit`` ran: it unmapped (or keeps for its
             # arrays) the old view; the copy is at the name all the same.
-            self._undo_rebase(&fresh, &old, retired)
+            self._undo_rebase(&fresh, retired)
             raise ValueError("mapping is closed")
         # From here on nothing fails, allocates or runs Python code.
         if self._exports:
@@ -539,11 +551,17 @@ cdef class Region:
         except BaseException:
             pass
 
-    cdef void _undo_rebase(self, mm_view *fresh, mm_view *old, _Retired retired) noexcept:
+    cdef void _undo_rebase(self, mm_view *fresh, _Retired retired) noexcept:
+        # Back to before the commit: the placeholder, both counts and the new view go.
         cdef mm_error err
+        try:
+            _rebasing.pop(retired, None)
+        except BaseException:
+            pass
+        memset(&retired.pending, 0, sizeof(mm_view))
         self._drop_placeholder(retired)
         _count_view_gone(fresh.file_id[0], fresh.file_id[1])
-        _count_view_gone(old.file_id[0], old.file_id[1])
+        _count_view_gone(retired.file_dev, retired.file_ino)
         mm_unmap(fresh, &err)
 
     cdef bint _retired_holds(self, mm_view view):
@@ -1701,6 +1719,14 @@ def _reset_after_fork():
     child inherited stay counted (their mappings are inherited too)."""
     global _in_flight, _fork_generation
     cdef Region region
+    cdef _Retired placeholder
+    cdef mm_view fresh
+    # Rebases whose commit (a rename) was running without the GIL: the child keeps the old
+    # view, and unmaps the new one and the counts taken for both.
+    for placeholder, region in list(_rebasing.items()):
+        fresh = placeholder.pending
+        region._undo_rebase(&fresh, placeholder)
+    _rebasing.clear()
     _in_flight = 0
     _fork_generation += 1
     _truncating.clear()

@@ -6,6 +6,7 @@ and chunked scans (``_access``), and the error messages (``_errors``).
 """
 from __future__ import annotations
 
+import io
 import operator
 import os
 import sys
@@ -244,17 +245,16 @@ class Mapping(_engine.Region):
         # and resizes are refused: the checks below still hold when the view moves.
         self._begin_resize()
         try:
-            fd = os.open(filename, os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
-                         | getattr(os, "O_BINARY", 0))
-            try:
+            # A FileIO owns the descriptor from the open on: with os.open, an exception
+            # (KeyboardInterrupt) landing before the try leaked it.
+            with io.FileIO(filename, "r+") as file:
+                fd = file.fileno()
                 cut = truncate and end < old_end
                 if cut:
                     self._check_cut(fd, old_end, end)
                 # With cut, the engine checks again (arrays, other views) in the step that
                 # moves the view, and truncates the file.
                 self._resize(fd, nbytes, dims, True, cut)
-            finally:
-                os.close(fd)
         finally:
             self._end_resize()
 
