@@ -142,45 +142,152 @@ def test_an_interrupt_after_the_rename_leaves_the_mapping_on_the_file_at_the_nam
     assert [p.name for p in tmp_path.iterdir()] == ["r.npy"]
 
 
+_FORK_PRELUDE = """
+import os, threading
+import numpy as np
+import mmarray
+from mmarray import _engine
+
+
+def count(identity):
+    return _engine.live_views(*identity)
+
+
+def identity(p):
+    st = os.stat(p)
+    return st.st_dev, st.st_ino
+
+
+def in_child(check):
+    # Fork (from the calling thread); the child runs check() and exits 0 if it returns.
+    pid = os.fork()
+    if pid == 0:
+        try:
+            check()
+        except BaseException as exc:
+            print("child:", repr(exc), flush=True)
+            os._exit(3)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+
+
+def from_another_thread(check):
+    # As another thread forking while the rebasing thread is in its commit; what the thread
+    # raised (the child's exit code checked) is raised here.
+    failed = []
+
+    def run():
+        try:
+            in_child(check)
+        except BaseException as exc:
+            failed.append(exc)
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if failed:
+        raise failed[0]
+"""
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_child_forked_while_a_rebase_commits_keeps_the_old_view_and_no_extra_count(
-        tmp_path):
-    # The rename runs without the GIL: another thread may fork meanwhile. The child has no
-    # thread to finish the move; its counts for both files stayed one too high, and a later
-    # 'w+' of the file was refused there for good (helper-52's review).
+@pytest.mark.parametrize("renamed", [False, True], ids=["before the rename", "after it"])
+def test_a_child_forked_by_another_thread_during_a_rebase_finishes_or_undoes_it(tmp_path,
+                                                                               renamed):
+    # The rename runs without the GIL: another thread may fork meanwhile, and the child has
+    # no thread to finish the move. Left half done, its counts stayed one too high for both
+    # files and 'w+' of the file was refused there for good (helper-52). Undone after the
+    # rename, the child's writes went to the unlinked old file (helper-53). The child now
+    # finishes the move if the name leads to the copy, and undoes it otherwise.
     path, copy = _npy_and_copy(tmp_path)
-    proc = run_python(f"""
-        import os
-        import numpy as np
-        import mmarray
-        from mmarray import _engine
+    proc = run_python(_FORK_PRELUDE + f"""
+path, copy = {str(path)!r}, {str(copy)!r}
+m = mmarray.load(path, mode="r+")
+old, new = identity(path), identity(copy)
+fd = os.open(copy, os.O_RDWR)
 
-        def count(p):
-            st = os.stat(p)
-            return _engine.live_views(st.st_dev, st.st_ino)
+def check():
+    if {renamed!r}:     # finished: on the copy, now at the name
+        assert m._identity() == new and count(new) == 1 and count(old) == 0, (
+            count(new), count(old))
+    else:               # undone: on the old file, still at the name
+        assert m._identity() == old and count(new) == 0 and count(old) == 1, (
+            count(new), count(old))
+    m.array[0, 0] = 9
+    m.flush()
+    assert np.load(path)[0, 0] == 9
+    m.close()
+    assert count(new) == 0 and count(old) == 0
+    mmarray.open(path, mode="w+", shape=8).close()     # not refused
 
-        m = mmarray.load({str(path)!r}, mode="r+")
-        fd = os.open({str(copy)!r}, os.O_RDWR)
+def commit():
+    if {renamed!r}:
+        os.replace(copy, path)
+    from_another_thread(check)
+    if not {renamed!r}:
+        os.replace(copy, path)
 
-        def fork_here():  # as another thread forking while the rename runs
-            pid = os.fork()
-            if pid == 0:
-                ok = (count({str(copy)!r}) == 0 and count({str(path)!r}) == 1
-                      and all(r is not None for r in [m]) and m._identity() is not None)
-                m.array[0, 0] = 9                  # the child's mapping is the old view
-                m.close()
-                ok = ok and count({str(path)!r}) == 0
-                mmarray.open({str(path)!r}, mode="w+", shape=8).close()   # not refused
-                os._exit(0 if ok else 3)
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0, status
+m._rebase(fd, m.offset, m.shape, commit, os.fsencode(path))
+assert m._identity() == new and count(new) == 1 and count(old) == 0
+m.close()
+os.close(fd)
+print("ok")
+""", timeout=120)
+    assert_clean_exit(proc)
+    assert "ok" in proc.stdout
 
-        m._rebase(fd, m.offset, m.shape, fork_here)
-        assert count({str(copy)!r}) == 1 and m._identity() == (os.stat({str(copy)!r}).st_dev,
-                                                              os.stat({str(copy)!r}).st_ino)
-        m.close()
-        os.close(fd)
-        print("ok")
-    """, timeout=120)
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("then", ["return", "raise"])
+def test_a_commit_that_forks_goes_on_in_the_child_as_in_the_parent(tmp_path, then):
+    # A fork from the rebasing thread itself (a commit that forks): the child's rebase goes
+    # on. The fork handler undid it as well, so the child then moved onto an unmapped view
+    # (SIGSEGV) or undid it twice, unmapping whatever had been mapped there since and
+    # letting 'w+' truncate the file under its mapping (helper-53).
+    path, copy = _npy_and_copy(tmp_path)
+    proc = run_python(_FORK_PRELUDE + f"""
+path, copy = {str(path)!r}, {str(copy)!r}
+m = mmarray.load(path, mode="r+")
+old, new = identity(path), identity(copy)
+fd = os.open(copy, os.O_RDWR)
+then = {then!r}
+
+def commit():
+    pid = os.fork()
+    if pid == 0:       # the child goes on with the rebase, then checks below
+        globals()["child"] = True
+    else:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+    if then == "raise":
+        raise OSError(5, "refused")
+
+child = False
+try:
+    m._rebase(fd, m.offset, m.shape, commit, os.fsencode(path))
+except OSError:
+    assert then == "raise"
+moved = then == "return"
+assert m._identity() == (new if moved else old)
+assert (count(new), count(old)) == ((1, 0) if moved else (0, 1)), (count(new), count(old))
+other = mmarray.open(os.path.join(os.path.dirname(path), "c.bin"), mode="w+", shape=65536)
+other.array[:] = 1
+m.array[0, 0] = 9
+assert other.array.sum() == 65536
+if not moved:
+    try:
+        mmarray.open(path, mode="w+", shape=8)
+    except ValueError as exc:
+        assert "is mapped by 1 live mapping" in str(exc), exc
+    else:
+        raise SystemExit("'w+' truncated a file still mapped")
+other.close()
+m.close()
+assert count(new) == 0 and count(old) == 0
+os.close(fd)
+if child:
+    os._exit(0)
+print("ok")
+""", timeout=120)
     assert_clean_exit(proc)
     assert "ok" in proc.stdout

@@ -52,6 +52,7 @@ cdef class Region:
     cdef int _retire(self, mm_view view) except -1
     cdef void _drop_placeholder(self, _Retired retired) noexcept
     cdef void _undo_rebase(self, mm_view *fresh, _Retired retired) noexcept
+    cdef void _finish_rebase(self, mm_view *fresh, _Retired retired) noexcept
     cdef bint _retired_holds(self, mm_view view)
     cdef Py_ssize_t _acquire_busy(self) except -1
     cdef int _release_busy(self, Py_ssize_t generation) except -1
@@ -76,7 +77,13 @@ cdef class _Retired:
     cdef uint64_t file_dev, file_ino
     cdef uint64_t guard_token    # the token its guard slot was taken with (0: unguarded)
     cdef uint64_t offset         # file offset of its first byte (a rebase moves the Region's)
-    cdef mm_view pending         # a rebase's new view while its commit runs (the placeholder)
+    # A rebase's placeholder while its commit runs: what a forked child needs to finish
+    # or undo the move (Region._rebase, _reset_after_fork).
+    cdef mm_view pending         # the new view
+    cdef uint64_t pending_offset
+    cdef object pending_shape
+    cdef object pending_name     # bytes: the path the commit puts the new file at, or None
+    cdef unsigned long rebaser   # the thread running the rebase
     cdef int _unmap(self) except -1
 
 

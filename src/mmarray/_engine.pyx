@@ -434,20 +434,25 @@ cdef class Region:
                 n += 1
         return n
 
-    def _rebase(self, int fd, uint64_t offset, tuple shape, commit=None):
+    def _rebase(self, int fd, uint64_t offset, tuple shape, commit=None, bytes name=None):
         """Map the same array from another file: ``fd``, a copy of this mapping's file that
         the caller has just written (NpyMapping.resize, to give a header room). Arrays made
         before keep the old file's view, mapped until they are gone; the registry and the
         guard follow the new file.
 
         ``commit``, when given, is called once the new view is mapped: the step that puts
-        the copy at the old file's name (``functools.partial(os.replace, tmp, name)``). If
-        it raises, nothing has changed (the new view is unmapped) and its exception
-        propagates. Once it returns, the move completes without running any bytecode: an
-        asynchronous exception (KeyboardInterrupt, the fault guard's) cannot land between
-        the rename and the move and leave the mapping on the unlinked old file, where later
-        writes were lost. So ``commit`` must be a builtin, not a Python function, and
-        everything here that can fail runs before it."""
+        the copy at the old file's name, ``name`` (``functools.partial(os.replace, tmp,
+        name)``). If it raises, nothing has changed (the new view is unmapped) and its
+        exception propagates. Once it returns, the move completes without running any
+        bytecode: an asynchronous exception (KeyboardInterrupt, the fault guard's) cannot
+        land between the rename and the move and leave the mapping on the unlinked old file,
+        where later writes were lost. So ``commit`` must be a builtin, not a Python
+        function, and everything here that can fail runs before it.
+
+        A rename releases the GIL: another thread may close the mapping meanwhile (the move
+        is then undone and ValueError raised), or fork. A child forked then has no thread to
+        finish the move: its fork handler finishes it if ``name`` leads to the copy by then,
+        and undoes it otherwise (_reset_after_fork)."""
         cdef mm_error err
         cdef int status
         cdef mm_view fresh, old
@@ -461,7 +466,7 @@ cdef class Region:
         length = nbytes
         if length == 0 or self.view.data == NULL or self.view.data == &_empty_byte:
             raise ValueError("only a mapping of at least one byte moves to another file")
-        # With the GIL held (but for ``commit``, see below): another thread's close(),
+        # With the GIL held (but for ``commit``, see above): another thread's close(),
         # resize() or array must not see the view while it changes.
         status = mm_map_handle(fd, MM_WRITE, offset, length, 0, &fresh, &err)
         if status != MM_OK:
@@ -483,11 +488,14 @@ cdef class Region:
             counted = 1
             _live_add(old.file_id[0], old.file_id[1], 1)
             counted = 2
-            # A child forked while ``commit`` runs without the GIL undoes it from here
-            # (_reset_after_fork): its thread is not there to.
+            # What a forked child needs to finish or undo the move (_reset_after_fork).
             retired.pending = fresh
             retired.file_dev = old.file_id[0]    # what the second count was taken for
             retired.file_ino = old.file_id[1]
+            retired.pending_offset = offset
+            retired.pending_shape = shape
+            retired.pending_name = name
+            retired.rebaser = PyThread_get_thread_ident()
             _rebasing[retired] = self
         except BaseException:
             self._drop_placeholder(retired)
@@ -503,24 +511,31 @@ cdef class Region:
             except BaseException:
                 self._undo_rebase(&fresh, retired)
                 raise
-        _rebasing.pop(retired, None)  # (removing from a dict never allocates)
-        memset(&retired.pending, 0, sizeof(mm_view))
         if self._closed or self.view.data != old.data or self.view.length != old.length:
             # Closed by another thread while ``commit`` ran: it unmapped (or keeps for its
             # arrays) the old view; the copy is at the name all the same.
             self._undo_rebase(&fresh, retired)
             raise ValueError("mapping is closed")
-        # From here on nothing fails, allocates or runs Python code.
+        self._finish_rebase(&fresh, retired)
+
+    cdef void _finish_rebase(self, mm_view *fresh, _Retired retired) noexcept:
+        # The move, once ``commit`` has run: nothing here fails, allocates or runs Python
+        # code (but the guard's first install, which _rebase's mapping has done already).
+        cdef mm_error err
+        cdef mm_view old = self.view
+        try:
+            _rebasing.pop(retired, None)  # (removing from a dict never allocates)
+        except BaseException:
+            pass
+        memset(&retired.pending, 0, sizeof(mm_view))
         if self._exports:
             # Kept for the arrays made on it, with its guard slot: a fault there (another
             # holder of the old file truncates it) is still caught, counted and reported as
             # this mapping's (with the slot removed it killed the process with SIGBUS).
-            # Counted as a live view of the old file already (above).
+            # Counted as a live view of the old file already (in _rebase).
             retired.view = old
             retired.exports = self._exports
             retired.generation = self._generation
-            retired.file_dev = old.file_id[0]
-            retired.file_ino = old.file_id[1]
             # Its faults are reported from these (guard_pop): after a rebase the Region's
             # own offset is the new file's, whose header may be longer.
             retired.guard_token = self._guard_token
@@ -528,21 +543,29 @@ cdef class Region:
             self._guard_token = 0
         else:
             self._drop_placeholder(retired)
-            _count_view_gone(old.file_id[0], old.file_id[1])   # the count taken for it
+            _count_view_gone(retired.file_dev, retired.file_ino)   # the count taken for it
             _unguard(self)           # its count goes to _faults_at_unmap, then the unmap
-        _unregister(self)
-        self.view = fresh
-        self._offset = offset
+        try:
+            _unregister(self)
+        except BaseException:
+            pass
+        self.view = fresh[0]
+        self._offset = retired.pending_offset
         self._exports = 0
         self._generation += 1
-        self._file_dev = fresh.file_id[0]   # counted above
+        self._file_dev = fresh.file_id[0]   # counted in _rebase
         self._file_ino = fresh.file_id[1]
         self._registered = True
         if not self._retired_holds(old):
             mm_unmap(&old, &err)
         if _guard_enabled:
-            _guard(self)
-        self._shape = shape
+            try:
+                _guard(self)
+            except BaseException:
+                pass
+        self._shape = retired.pending_shape
+        retired.pending_shape = None
+        retired.pending_name = None
 
     cdef void _drop_placeholder(self, _Retired retired) noexcept:
         # list.remove compares by identity here (no __eq__) and never allocates.
@@ -559,6 +582,8 @@ cdef class Region:
         except BaseException:
             pass
         memset(&retired.pending, 0, sizeof(mm_view))
+        retired.pending_shape = None
+        retired.pending_name = None
         self._drop_placeholder(retired)
         _count_view_gone(fresh.file_id[0], fresh.file_id[1])
         _count_view_gone(retired.file_dev, retired.file_ino)
@@ -1721,12 +1746,6 @@ def _reset_after_fork():
     cdef Region region
     cdef _Retired placeholder
     cdef mm_view fresh
-    # Rebases whose commit (a rename) was running without the GIL: the child keeps the old
-    # view, and unmaps the new one and the counts taken for both.
-    for placeholder, region in list(_rebasing.items()):
-        fresh = placeholder.pending
-        region._undo_rebase(&fresh, placeholder)
-    _rebasing.clear()
     _in_flight = 0
     _fork_generation += 1
     _truncating.clear()
@@ -1741,10 +1760,35 @@ def _reset_after_fork():
                 region._unmap_now()
             except Exception:
                 pass
+    # Rebases whose commit (a rename) another thread was running without the GIL: that
+    # thread is gone. The move is finished if the name leads to the copy by now, else
+    # undone (the child keeps the old view). The forking thread's own rebase (a commit that
+    # forks) goes on in the child, as in the parent.
+    me = PyThread_get_thread_ident()
+    for placeholder, region in list(_rebasing.items()):
+        if placeholder.rebaser == me:
+            continue
+        fresh = placeholder.pending
+        if not region._closed and placeholder.pending_name is not None and \
+                _names_file(placeholder.pending_name, &fresh):
+            region._finish_rebase(&fresh, placeholder)
+        else:
+            region._undo_rebase(&fresh, placeholder)
 
 
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+cdef bint _names_file(bytes path, mm_view *view) noexcept:
+    """Whether ``path`` leads to the file ``view`` maps now (False on any error)."""
+    cdef uint64_t ident[3]
+    cdef mm_error err
+    if b"\0" in path:
+        return False
+    if mm_path_identity(path, ident, &err) != MM_OK:
+        return False
+    return ident[0] == view.file_id[0] and ident[1] == view.file_id[1]
 
 
 def path_identity(bytes path):

@@ -177,7 +177,8 @@ class NpyMapping(Mapping):
                 tmp = view_file.name  # type: ignore[union-attr]
                 try:
                     self._rebase(view_file.fileno(),  # type: ignore[union-attr]
-                                 hlen, old, functools.partial(os.replace, tmp, target))
+                                 hlen, old, functools.partial(os.replace, tmp, target),
+                                 os.fsencode(target))
                 except OSError as exc:
                     if exc.filename != tmp:  # not the rename: the map
                         raise
