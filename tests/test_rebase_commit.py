@@ -158,6 +158,12 @@ def identity(p):
     return st.st_dev, st.st_ino
 
 
+def start(path, copy):
+    # The mapping of `path`, the two files' identities and a descriptor of `copy`.
+    return mmarray.load(path, mode="r+"), identity(path), identity(copy), \
+        os.open(copy, os.O_RDWR)
+
+
 def in_child(check):
     # Fork (from the calling thread); the child runs check() and exits 0 if it returns.
     pid = os.fork()
@@ -202,9 +208,7 @@ def test_a_child_forked_by_another_thread_during_a_rebase_finishes_or_undoes_it(
     path, copy = _npy_and_copy(tmp_path)
     proc = run_python(_FORK_PRELUDE + f"""
 path, copy = {str(path)!r}, {str(copy)!r}
-m = mmarray.load(path, mode="r+")
-old, new = identity(path), identity(copy)
-fd = os.open(copy, os.O_RDWR)
+m, old, new, fd = start(path, copy)
 
 def check():
     if {renamed!r}:     # finished: on the copy, now at the name
@@ -247,9 +251,7 @@ def test_a_commit_that_forks_goes_on_in_the_child_as_in_the_parent(tmp_path, the
     path, copy = _npy_and_copy(tmp_path)
     proc = run_python(_FORK_PRELUDE + f"""
 path, copy = {str(path)!r}, {str(copy)!r}
-m = mmarray.load(path, mode="r+")
-old, new = identity(path), identity(copy)
-fd = os.open(copy, os.O_RDWR)
+m, old, new, fd = start(path, copy)
 then = {then!r}
 
 def commit():
