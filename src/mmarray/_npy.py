@@ -68,6 +68,10 @@ class NpyMapping(Mapping):
         numpy's headers have room for the growth axis to reach 21 digits; a header without
         room is rewritten once with room (a copy of the file written, synced and renamed
         over it: arrays made before keep the old file's data), and the mapping moves to it.
+        Other mappings of the file stay on the old one: another process's, or that of a
+        child forked while the copy is written; their writes no longer reach the file at
+        the name (in this process, the rewrite is refused while another mapping of the file
+        is open).
 
         Examples
         --------
