@@ -451,8 +451,8 @@ def test_an_exception_at_any_bytecode_of_a_resize_leaves_the_file_unlocked_and_m
     proc = run_python(_SWEEP_PRELUDE + f"""
 path = {str(path)!r}
 names = {{"resize", "_resize_npy", "_check_cut", "_lock", "_unlock", "_release", "_with_room",
-         "_grown_header", "_discard_unrenamed", "fsync_directory", "replace_durably",
-         "temp_sibling_file", "_temp_names", "discard", "named_error"}}
+         "_grown_header", "_discard_unrenamed", "_leads_to", "fsync_directory",
+         "replace_durably", "temp_sibling_file", "_temp_names", "discard", "named_error"}}
 modules = ("mmarray._append", "mmarray._npy", "mmarray._npyformat", "mmarray._mapping")
 shapes = set()
 k = 1

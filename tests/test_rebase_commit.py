@@ -293,3 +293,47 @@ print("ok")
 """, timeout=120)
     assert_clean_exit(proc)
     assert "ok" in proc.stdout
+
+
+def test_a_resize_whose_mapping_is_closed_during_the_rename_makes_the_rename_durable(
+        tmp_path):
+    # Another thread closing the mapping while the copy is renamed over the name: the move
+    # is undone and the resize raises, but the rename stands (the same data and shape), and
+    # its directory entry was not synced (helper-52's review).
+    path = tmp_path / "r.npy"
+    proc = run_python(f"""
+        import os
+        import numpy as np
+        import mmarray
+        from mmarray import _engine, _npyformat
+        path = {str(path)!r}
+        hdr = b"{{'descr': '<f4', 'fortran_order': False, 'shape': (9, 3), }}\\n"  # no room
+        with open(path, "wb") as f:
+            f.write(b"\\x93NUMPY\\x01\\x00" + len(hdr).to_bytes(2, "little") + hdr
+                    + np.arange(27, dtype="f4").tobytes())
+        m = mmarray.load(path, mode="r+")
+        replace, synced = os.replace, []
+
+        def replace_then_close(src, dst):   # as another thread closing meanwhile
+            replace(src, dst)
+            m.close()
+
+        os.replace = replace_then_close
+        _npyformat.fsync_directory = synced.append
+        try:
+            m.resize((10, 3))
+        except ValueError as exc:
+            assert "closed" in str(exc), exc
+        else:
+            raise SystemExit("the resize went on after the close")
+        os.replace = replace
+        assert synced == [os.path.realpath(path)], synced
+        a = np.load(path)
+        assert a.shape == (9, 3) and a.ravel().tolist() == list(range(27)), a
+        st = os.stat(path)
+        assert _engine.live_views(st.st_dev, st.st_ino) == 0
+        assert os.listdir(os.path.dirname(path)) == ["r.npy"], os.listdir(os.path.dirname(path))
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert "ok" in proc.stdout

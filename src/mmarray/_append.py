@@ -557,19 +557,23 @@ def _discard_unrenamed(made: list[str], copy: io.FileIO | None) -> None:
     were not renamed over the real file (refused, or interrupted). With ``copy``, only a
     name that still leads to that file is removed; once renamed, the name leads nowhere."""
     try:
-        ours = os.fstat(copy.fileno()) if copy is not None else None
         for name in made:
-            if ours is not None:
-                try:
-                    at_name = os.stat(name)
-                except OSError:
-                    continue
-                if (at_name.st_dev, at_name.st_ino) != (ours.st_dev, ours.st_ino):
-                    continue
-            _fmt.discard(name)
+            if copy is None or _leads_to(name, copy.fileno()):
+                _fmt.discard(name)
     finally:
         if copy is not None:
             copy.close()
+
+
+def _leads_to(name: str, fd: int) -> bool:
+    """Whether the path ``name`` leads to the file open as ``fd`` (False if it leads
+    nowhere)."""
+    try:
+        at_name = os.stat(name)
+    except OSError:
+        return False
+    ours = os.fstat(fd)
+    return (at_name.st_dev, at_name.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _write_rows(fd: int, array: np.ndarray[Any, Any], pos: int, order: str) -> None:

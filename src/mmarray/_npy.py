@@ -188,6 +188,12 @@ class NpyMapping(Mapping):
                         raise
                     raise _fmt.named_error(exc, target, "renaming the complete temporary "
                                            "file over it") from exc
+                except ValueError:
+                    # Closed by another thread while the copy was renamed over the name:
+                    # the rename stands (the same data and shape), so it is made durable.
+                    if _append._leads_to(target, view_file.fileno()):  # type: ignore[union-attr]
+                        _fmt.fsync_directory(target)
+                    raise
                 _fmt.fsync_directory(target)
                 _append._release(held)
                 held, fd = copy_file, copy  # locked by _with_room
