@@ -61,3 +61,15 @@ def mapped_rss(path):
     """Resident bytes (pages with page-table entries) of this process's mappings of ``path``,
     from /proc/self/smaps: what page faults or populating put in, what MADV_DONTNEED takes out."""
     return mapped_smaps(path, "Rss")
+
+
+def write_npy_without_room(path, array):
+    """Write ``array`` (C order) as a version 1.0 .npy whose header has no padding: a larger
+    shape does not fit in it, so growing the file rewrites it (NpyMapping.resize)."""
+    import numpy as np
+    from numpy.lib import format as npformat
+    array = np.ascontiguousarray(array)
+    text = (f"{{'descr': {npformat.dtype_to_descr(array.dtype)!r}, 'fortran_order': False, "
+            f"'shape': {array.shape!r}, }}\n").encode("latin1")
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + array.tobytes())

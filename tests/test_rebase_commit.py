@@ -11,7 +11,7 @@ import pytest
 
 import mmarray
 from mmarray import _engine
-from helpers import assert_clean_exit, run_python
+from helpers import assert_clean_exit, run_python, write_npy_without_room
 
 
 def _npy_and_copy(tmp_path):
@@ -114,9 +114,7 @@ def test_an_interrupt_after_the_rename_leaves_the_mapping_on_the_file_at_the_nam
     # unlinked old file: the write below went there and np.load saw 0.
     from mmarray import _npyformat
     path = tmp_path / "r.npy"
-    hdr = b"{'descr': '<f4', 'fortran_order': False, 'shape': (9, 3), }\n"   # no room
-    path.write_bytes(b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr
-                     + np.zeros((9, 3), "f4").tobytes())
+    write_npy_without_room(path, np.zeros((9, 3), "f4"))
     fsync_directory = _npyformat.fsync_directory
 
     def then_interrupt(p):
@@ -301,16 +299,13 @@ def test_a_resize_whose_mapping_is_closed_during_the_rename_makes_the_rename_dur
     # is undone and the resize raises, but the rename stands (the same data and shape), and
     # its directory entry was not synced (helper-52's review).
     path = tmp_path / "r.npy"
+    write_npy_without_room(path, np.arange(27, dtype="f4").reshape(9, 3))
     proc = run_python(f"""
         import os
         import numpy as np
         import mmarray
         from mmarray import _engine, _npyformat
         path = {str(path)!r}
-        hdr = b"{{'descr': '<f4', 'fortran_order': False, 'shape': (9, 3), }}\\n"  # no room
-        with open(path, "wb") as f:
-            f.write(b"\\x93NUMPY\\x01\\x00" + len(hdr).to_bytes(2, "little") + hdr
-                    + np.arange(27, dtype="f4").tobytes())
         m = mmarray.load(path, mode="r+")
         replace, synced = os.replace, []
 
