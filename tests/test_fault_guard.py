@@ -956,3 +956,72 @@ def test_a_fault_in_a_view_kept_after_a_rebase_is_reported_at_the_old_files_offs
     assert lines[:2] == ["moved True", "records True"], proc.stdout
     assert lines[2].startswith("first True"), proc.stdout
     assert lines[3] == "inside True", proc.stdout
+
+
+# Where CPython drops an exception (sys.unraisablehook, "Exception ignored in ..."): code
+# that runs `spin()` inside a finalizer, set up by `arm`, run by `fire`.
+SWALLOWING_SITES = {
+    "__del__": ("class Spinner:\n    def __del__(self):\n        spin()\nholder = Spinner()",
+                "del holder"),
+    "weakref callback": ("import weakref\nclass Obj: pass\nobj = Obj()\n"
+                         "ref = weakref.ref(obj, lambda r: spin())", "del obj"),
+    "generator close": ("def gen():\n    try:\n        yield 1\n    finally:\n        spin()\n"
+                        "g = gen()\nnext(g)", "del g"),
+}
+
+
+@pytest.mark.parametrize("site", sorted(SWALLOWING_SITES))
+def test_a_fault_report_that_lands_in_a_finalizer_is_raised_again_after_it(tmp_path, site):
+    """The guard's exception is asynchronous: landing in a finalizer, CPython printed it as
+    "Exception ignored" and dropped it, and the thread went on with the zeros it read."""
+    arm, fire = SWALLOWING_SITES[site]
+    proc = run_case(tmp_path, """
+        spun_whole = []
+        def spin():  # the dispatcher raises meanwhile: the exception ends this loop
+            t = time.monotonic()
+            while time.monotonic() - t < 2.0:
+                pass
+            spun_whole.append(True)
+        m = fresh(mode="r")
+        a = m.array
+        ARM
+        truncate_elsewhere()
+        try:
+            x = float(a[-1])       # faults: a zero page, the exception comes asynchronously
+            FIRE
+            settle()
+            print("returned", x)
+        except mmarray.MappedFileError as exc:
+            print("raised", exc.range == (SIZE - 4096, SIZE), exc.filename == PATH)
+        print("spun whole" if spun_whole else "landed in the finalizer", m.faulted)
+    """.replace("ARM", arm.replace("\n", "\n        ")).replace("FIRE", fire))
+    assert_clean_exit(proc)
+    assert proc.stdout.splitlines() == ["raised True True", "landed in the finalizer True"], \
+        proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
+def test_unraisable_hook_passes_on_what_is_not_a_fault_report(tmp_path):
+    proc = run_case(tmp_path, """
+        import types
+        from mmarray import _guard
+        seen = []
+        sys.unraisablehook = seen.append
+        _guard._UnraisableHook.install()
+        _guard._UnraisableHook.install()              # once: it does not wrap itself
+        assert sys.unraisablehook.previous == seen.append, sys.unraisablehook.previous
+        class Boom:
+            def __del__(self):
+                raise KeyError("not a fault")
+        Boom()
+        # a fault report that took nothing (another call reported its faults) passes on too
+        exc = mmarray.MappedFileError.__new__(_guard._Raised)
+        exc._taken = ([], 0)
+        sys.unraisablehook(types.SimpleNamespace(exc_value=exc))
+        assert [type(u.exc_value).__name__ for u in seen] == ["KeyError", "MappedFileError"], \\
+            seen
+        assert not _guard._handed_back and not _guard._pending, _guard._pending
+        print("ok")
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok"]
