@@ -292,11 +292,6 @@ int mm_guard_uninstall(mm_error *err);
  * full), or -1 before the first install and on Windows. */
 int mm_guard_wake_fd(void);
 
-/* Write one byte to the wake-up pipe, as a queued fault does: wakes its reader with no record
- * (a fault report to hand out again: the caller keeps it). No-op before the first install
- * and on Windows; a full pipe drops the byte (a reader woken already will find the work). */
-void mm_guard_wake(void);
-
 /* In a forked child: replace the wake-up pipe (inherited, it is shared with the parent, whose
  * reader would take the child's bytes and the other way round). No-op before the first
  * install. */

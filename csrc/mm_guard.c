@@ -101,6 +101,7 @@ static mm_guard_slot *mm_find(uintptr_t addr) {
 static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
     uint64_t thread = (uint64_t)(uintptr_t)pthread_self(), n;
     mm_guard_entry *entry;
+    char byte = 1;
     __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
     if (__atomic_exchange_n(&slot->last_thread, thread, __ATOMIC_ACQ_REL) == thread)
         return; /* this thread's run of faults in this view is queued already */
@@ -116,7 +117,13 @@ static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
     entry->fault.native_thread = 0;
 #endif
     STORE(&entry->seq, n + 1);
-    mm_guard_wake(); /* write(2) and an atomic load: async-signal-safe */
+    {
+        int fd = LOAD(&mm_wake[1]);
+        if (fd >= 0) {
+            ssize_t ignored = write(fd, &byte, 1); /* non-blocking: a full pipe is fine */
+            (void)ignored;
+        }
+    }
 }
 
 /* The default action for `sig`, from inside the guard's handler: SIG_DFL, and for a signal
@@ -381,15 +388,6 @@ int mm_guard_uninstall(mm_error *err) {
 }
 
 int mm_guard_wake_fd(void) { return mm_wake[0]; }
-
-void mm_guard_wake(void) {
-    char byte = 1;
-    int fd = LOAD(&mm_wake[1]);
-    if (fd >= 0) {
-        ssize_t ignored = write(fd, &byte, 1); /* non-blocking: a full pipe is fine */
-        (void)ignored;
-    }
-}
 
 int mm_guard_new_pipe(mm_error *err) {
     int fds[2], old[2] = {mm_wake[0], mm_wake[1]}, code;

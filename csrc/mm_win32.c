@@ -637,8 +637,6 @@ int mm_guard_uninstall(mm_error *err) {
 
 int mm_guard_wake_fd(void) { return -1; }
 
-void mm_guard_wake(void) {}
-
 int mm_guard_new_pipe(mm_error *err) {
     mm_error spare;
     err = mm_err_or(err, &spare);

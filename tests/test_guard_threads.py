@@ -65,9 +65,9 @@ threading.excepthook = lambda args: caught["stray"].append(
 
 def unraisable(u):
     # The bug: the exception killed the new thread in Thread._bootstrap ("bytes 0 to 0": it
-    # took no record). (An exception that fires inside a weakref callback or a __del__ run by
-    # thread A does not come here: the guard's own hook, wrapping this one, hands it back and
-    # it is raised in A again.)
+    # took no record). An asynchronous exception that fires inside a weakref callback or a
+    # __del__ run by thread A is printed and dropped by CPython: a known limit (A misses that
+    # one), not this bug.
     if "_bootstrap" in repr(u.object) or "bytes 0 to 0" in str(u.exc_value) or (
             "thread started by" in str(u.err_msg)):
         caught["stray"].append(f"unraisable: {{u.object!r}} {{u.exc_value!r}}")

@@ -1919,13 +1919,6 @@ def guard_wake_fd():
     return mm_guard_wake_fd()
 
 
-def guard_wake():
-    """Wake the reader of :func:`guard_wake_fd` with no fault record, as a fault does (it
-    then looks for work: a report handed back to it). No-op before the guard is installed
-    (and on Windows)."""
-    mm_guard_wake()
-
-
 cdef uint64_t _view_offset(Region region, uint64_t token):
     # The file offset of the first byte of the view guarded with `token`: the Region's
     # current view, or one retired for arrays made before a resize or a rebase.

@@ -37,11 +37,6 @@ until it blocks. Code that faults and returns sooner has returned by then, with 
   :meth:`~mmarray.Mapping.flush` of a writable mapping, which raises
   :class:`MappedFileError` synchronously, in the task; :meth:`~mmarray.Mapping.close` of a
   writable mapping that faulted raises too.
-- **Finalizers**: CPython drops an exception raised inside a ``__del__``, a weakref callback
-  or a generator's ``close`` ("Exception ignored in ...", ``sys.unraisablehook``). One of
-  these that lands there is handed back and raised again at the thread's next chance, after
-  the finalizer (:class:`_UnraisableHook`, which wraps the ``sys.unraisablehook`` in place
-  once the dispatcher has raised; every other unraisable exception goes on to that hook).
 - **Starting a thread**: the exception is not raised in a thread while it runs
   ``threading.Thread.start``, nor (CPython before 3.12) while it starts a thread, because
   there it would leave the new thread half started or kill it (see :func:`_deliver`); it is
@@ -71,7 +66,6 @@ _pending: dict[int, list[tuple[str | None, int, int]]] = {}
 _lost: dict[int, int] = {}  # thread id -> fault records lost (queue overflow) to tell it
 _QUEUE = 1024  # csrc/mm.h MM_GUARD_QUEUE
 _loop_threads: set[int] = set()  # mmarray's own loop threads: they report through a status
-_handed_back: set[int] = set()  # threads whose exception a finalizer swallowed: raise again
 _helper: threading.Thread | None = None
 _PAGE = _engine.PAGE_SIZE
 
@@ -89,7 +83,6 @@ def _state_lock() -> threading.RLock:
         _pending.clear()
         _lost.clear()
         _native_threads.clear()
-        _handed_back.clear()
     return _lock
 
 
@@ -163,8 +156,6 @@ class _Raised(MappedFileError):
         if lost:
             message = (f"{message}; " if message else "") + _lost_message(lost)
         super().__init__(5, message, filename, start, stop)  # EIO
-        # What it took, to be handed back if a finalizer swallows it (_UnraisableHook).
-        self._taken: tuple[list[tuple[str | None, int, int]], int] | None = (faults, lost)
 
 
 MappedFileError.__module__ = "mmarray"
@@ -242,21 +233,12 @@ def dispatch(take_lost: bool = True) -> None:
             _pending.setdefault(target, []).append((filename, start, start + _PAGE))
             if first and target != current and target not in _loop_threads:
                 targets.append(target)
-        # Reports a finalizer swallowed, handed back (_UnraisableHook): raised again.
-        handed_back = list(_handed_back)  # a finalizer run meanwhile may add to it
-        _handed_back.clear()
-        for target in handed_back:
-            if target != current and target not in targets and (
-                    _pending.get(target) or _lost.get(target)):
-                targets.append(target)
         main = threading.main_thread().ident
         if lost and main is not None:  # whose they were is lost too: tell the main thread
             first = not _pending.get(main) and not _lost.get(main)
             _lost[main] = _lost.get(main, 0) + lost
             if first and main != current and main not in _loop_threads:
                 targets.append(main)
-    if targets:
-        _UnraisableHook.install()
     for target in targets:
         if not _deliver(target):
             with _state_lock():
@@ -459,56 +441,6 @@ def _serve(fd: int) -> None:
             dispatch()
         except Exception:  # a daemon must not die of one bad record; the next one may do
             pass
-
-
-class _UnraisableHook:
-    """``sys.unraisablehook`` that hands a swallowed fault report back to the dispatcher.
-
-    CPython drops an exception raised in a finalizer (``__del__``, a weakref callback, a
-    generator's close) and prints "Exception ignored in ..." (``sys.unraisablehook``). The
-    guard's exception is asynchronous: it lands wherever the faulting thread is, a finalizer
-    included, and would be lost there. This hook puts what it reported back among the
-    thread's pending faults and wakes the dispatcher, which raises it again at that thread's
-    next chance, through :func:`_deliver`'s checks. Not during interpreter shutdown, nor in
-    mmarray's own loop threads: those go to the hook this one wraps, as does every other
-    unraisable exception. Installed (wrapping the hook in place) when the dispatcher first
-    raises, and again whenever the hook in place is not one of these: the dispatcher checks
-    before each round of exceptions it raises.
-    """
-
-    def __init__(self, previous: Any) -> None:
-        self.previous = previous
-
-    @classmethod
-    def install(cls) -> None:
-        if not isinstance(sys.unraisablehook, cls):
-            sys.unraisablehook = cls(sys.unraisablehook)
-
-    def __call__(self, unraisable: Any) -> None:
-        exc = getattr(unraisable, "exc_value", None)
-        if not (isinstance(exc, _Raised) and _hand_back(exc)):
-            self.previous(unraisable)
-
-
-def _hand_back(exc: _Raised) -> bool:
-    """Put what ``exc`` took back among this thread's pending faults for the dispatcher to
-    raise again (:class:`_UnraisableHook`); False (nothing done) when there is nothing to put
-    back, the interpreter is shutting down, or this is one of mmarray's loop threads."""
-    taken = getattr(exc, "_taken", None)
-    if not taken or not (taken[0] or taken[1]) or sys.is_finalizing():
-        return False
-    faults, lost = taken
-    ident = threading.get_ident()
-    with _state_lock():
-        if ident in _loop_threads:
-            return False
-        exc._taken = None  # handed back once: a second call for it finds nothing
-        _pending[ident] = faults + _pending.get(ident, [])
-        if lost:
-            _lost[ident] = _lost.get(ident, 0) + lost
-        _handed_back.add(ident)
-    _engine.guard_wake()
-    return True
 
 
 def _start() -> None:

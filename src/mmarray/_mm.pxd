@@ -93,7 +93,6 @@ cdef extern from "mm.h" nogil:
     int mm_guard_install(mm_error *err)
     int mm_guard_uninstall(mm_error *err)
     int mm_guard_wake_fd()
-    void mm_guard_wake()
     int mm_guard_new_pipe(mm_error *err)
     int mm_guard_keep_front(mm_error *err)
     int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err)
