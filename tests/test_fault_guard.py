@@ -841,6 +841,42 @@ def test_mapped_file_error_pickles_with_what_it_says():
         assert (again.errno, again.filename, again.range) == (5, "/data/x.f8", (4096, 8192))
 
 
+def test_faults_in_two_files_before_the_exception_report_the_first_and_name_the_other(
+        tmp_path):
+    """helper-55: the range took its first byte from every file's faults (file A, "bytes 4096
+    to 67108864": 4096 was file B's), and file B went unreported."""
+    proc = run_case(tmp_path, """
+        other = PATH + ".b"
+        with open(other, "wb") as f:
+            f.write(b"\\1" * (1 << 20))
+        m, m2 = fresh(mode="r"), mmarray.open(other, mode="r")
+        a, b = m.array, m2.array
+        truncate_elsewhere()
+        os.truncate(other, 4096)
+        try:
+            x = float(a[-1]) + float(b[4096])   # both fault before the exception is made
+            settle()
+            print("returned")
+        except mmarray.MappedFileError as exc:
+            print(exc.filename == PATH, exc.range == (SIZE - 4096, SIZE))
+            print(f"{other!r} (bytes 4096 to 8192) too" in str(exc), m2.faulted)
+    """)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["True", "True", "True", "True"], proc.stdout
+
+
+def test_fault_report_of_many_files_names_a_few_and_counts_the_rest():
+    from mmarray import _guard
+
+    faults = [("a", 8192, 12288), ("b", 0, 4096), ("a", 4096, 8192), ("b", 8192, 12288),
+              *((f"f{i}", 0, 4096) for i in range(5))]
+    assert _guard._merge(faults) == ("a", 4096, 12288)
+    assert _guard._elsewhere(faults) == (
+        "; this thread faulted in 'b' (bytes 0 to 12288), 'f0' (bytes 0 to 4096), 'f1' "
+        "(bytes 0 to 4096), 'f2' (bytes 0 to 4096) too, and in 2 more file(s)")
+    assert _guard._elsewhere(faults[:1] + faults[2:3]) == ""
+
+
 # -- views kept for arrays made before a resize or a rebase (found by a fuzzing review) -------
 
 def test_an_array_made_before_a_rebase_faults_into_an_exception_not_sigbus(tmp_path):

@@ -152,7 +152,8 @@ class _Raised(MappedFileError):
             faults = _take(ident)  # behind would keep the dispatcher from telling this
             lost = _take_lost(ident)  # thread of any later fault
         filename, start, stop = _merge(faults)
-        message = _message(filename, start, stop) if faults or not lost else ""
+        message = _message(filename, start, stop) + _elsewhere(faults) \
+            if faults or not lost else ""
         if lost:
             message = (f"{message}; " if message else "") + _lost_message(lost)
         super().__init__(5, message, filename, start, stop)  # EIO
@@ -181,10 +182,34 @@ def _take_lost(thread: int) -> int:
 
 
 def _merge(faults: list[tuple[str | None, int, int]]) -> tuple[str | None, int, int]:
+    """(file name, first byte, end byte) of the first file's faults: the range spans those
+    (one exception reports one run of faults; :func:`_elsewhere` names the other files)."""
     if not faults:
         return None, 0, 0
-    return (faults[0][0], min(f[1] for f in faults),
-            max(f[2] for f in faults if f[0] == faults[0][0]))
+    first = [f for f in faults if f[0] == faults[0][0]]
+    return faults[0][0], min(f[1] for f in first), max(f[2] for f in first)
+
+
+#: Other files :func:`_elsewhere` names at most; the rest are counted.
+_ELSEWHERE_MAX = 4
+
+
+def _elsewhere(faults: list[tuple[str | None, int, int]]) -> str:
+    """The part of a message that names the files other than the first that ``faults`` hit
+    (a thread that faulted in two files before its exception was made: one exception says
+    both), with the bytes of each; "" when they all hit one file."""
+    spans: dict[str | None, tuple[int, int]] = {}
+    for name, start, stop in faults:
+        if name != faults[0][0]:
+            lo, hi = spans.get(name, (start, stop))
+            spans[name] = (min(lo, start), max(hi, stop))
+    if not spans:
+        return ""
+    named = [f"{name!r} (bytes {lo} to {hi})"
+             for name, (lo, hi) in list(spans.items())[:_ELSEWHERE_MAX]]
+    more = len(spans) - len(named)
+    return (f"; this thread faulted in {', '.join(named)} too"
+            + (f", and in {more} more file(s)" if more else ""))
 
 
 def _take(thread: int) -> list[tuple[str | None, int, int]]:
@@ -206,7 +231,7 @@ def error(filename: str | None, start: int, stop: int, what: str) -> MappedFileE
             faults, lost = taken[0] or [], taken[1] or 0
     if faults:  # the pages that faulted
         filename, start, stop = _merge(faults)
-    message = f"{what}: {_message(filename, start, stop)}"
+    message = f"{what}: {_message(filename, start, stop)}{_elsewhere(faults)}"
     if lost:
         message += f"; {_lost_message(lost)}"
     return MappedFileError(5, message, filename, start, stop)
