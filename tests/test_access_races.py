@@ -1,5 +1,7 @@
 """chunks(drop_behind=...) while another thread closes the mapping: the loop's releases of
 the rows it passed stop quietly ("closed meanwhile: its pages go with it"), and only then."""
+import os
+
 import numpy as np
 import pytest
 
@@ -9,10 +11,10 @@ from helpers import assert_clean_exit, run_python
 
 
 class _ClosingProxy:
-    """A mapping whose ``_flush_bytes`` is followed by another thread's close(): the moment
-    msync releases the GIL in the real race."""
+    """A mapping whose ``_flush_checked`` (msync and its checks) is followed by another
+    thread's close(): the moment msync releases the GIL in the real race."""
 
-    def __init__(self, mapping, after="_flush_bytes", error=None):
+    def __init__(self, mapping, after="_flush_checked", error=None):
         self._mapping = mapping
         self._after = after
         self._error = error
@@ -107,3 +109,118 @@ def test_chunks_drop_behind_with_a_concurrent_close_does_not_raise(tmp_path):
 def test_chunks_drop_behind_still_works(writable):
     total = sum(float(np.asarray(c).sum()) for c in writable.chunks(8, drop_behind=True))
     assert total == 64 * 1024
+
+
+# -- the page-cache drop reopens the file by name (helper-57) ---------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+@pytest.mark.parametrize("call", ["m.evict()",
+                                  "for c in m.chunks(1 << 18, drop_behind='cache'): pass"])
+def test_page_cache_drop_skips_a_name_that_now_leads_to_a_fifo(tmp_path, call):
+    """A blocking open(O_RDONLY) of the name, now a FIFO, waited for a writer for ever."""
+    proc = run_python(f"""
+        import os
+        import mmarray
+        p = {str(tmp_path / "a.bin")!r}
+        m = mmarray.open(p, mode="w+", shape=1 << 20)
+        m.array[:] = 1
+        os.rename(p, p + ".old")
+        os.mkfifo(p)
+        {call}
+        assert int(m.array.sum()) == 1 << 20
+        m.close()
+        print("ok")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok"]
+
+
+@pytest.mark.parametrize("replacement", ["symlink loop", "not a directory", "another file"])
+def test_evict_does_nothing_to_the_cache_of_a_name_that_leads_elsewhere(tmp_path, replacement):
+    """A name that no longer opens (ELOOP, ENOTDIR) raised a raw OSError after the flush and
+    the advice were done; one that leads to another file had that file's cache dropped."""
+    sub = tmp_path / "d"
+    sub.mkdir()
+    path = sub / "a.bin"
+    m = mmarray.open(path, mode="w+", shape=1 << 16)
+    m.array[:] = 3
+    if replacement == "symlink loop":
+        os.unlink(path)
+        os.symlink(path, path)
+    elif replacement == "not a directory":
+        os.rename(sub, tmp_path / "d.old")
+        (tmp_path / "d").write_bytes(b"x")
+    else:
+        os.rename(path, tmp_path / "moved.bin")
+        with open(path, "wb") as f:  # clean pages in the cache: what the drop would drop
+            f.write(b"y" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    m.evict()
+    assert int(m.array.sum()) == 3 << 16
+    m.close()
+    if replacement == "another file":
+        with mmarray.open(path, mode="r") as other:
+            assert other.resident() == 1.0  # its cached page was left alone
+
+
+@pytest.mark.parametrize("call", [
+    "m.evict()",
+    "for c in m.chunks(16, drop_behind=True, prefetch=False): pass",
+    "for c in m.chunks(16, drop_behind='cache', prefetch=False): pass",  # no populator faults
+])
+def test_release_of_written_rows_reports_writes_lost_to_a_truncation(tmp_path, call):
+    """evict() and chunks(drop_behind=...) flush what they release, and said nothing when
+    another process had truncated the file below it, where flush() raises."""
+    path = tmp_path / "a.bin"
+    m = mmarray.open(path, mode="w+", shape=(256, 4096))
+    m.array[:] = 9
+    os.truncate(path, 128 * 4096)   # as another process would
+    with pytest.raises(mmarray.MappedFileError, match="past the end of the file") as info:
+        exec(call, {"m": m})
+    assert info.value.range[0] == 128 * 4096, info.value.range
+    m.close()
+
+
+def test_chunks_set_up_while_another_thread_resizes_agrees_with_its_array(tmp_path):
+    """chunks() read the array, the shape and the byte ranges at separate moments: a resize
+    in between gave a ValueError from a valid loop, empty chunks, or rows never visited."""
+    proc = run_python(f"""
+        import sys, threading, time
+        import mmarray
+        sys.setswitchinterval(1e-6)
+        m = mmarray.open({str(tmp_path / "a.bin")!r}, mode="w+", shape=(256, 1024))
+        stop = False
+        def resizer():
+            i = 0
+            while not stop:
+                try:
+                    m.resize((128 if i % 2 else 256, 1024))
+                    i += 1
+                except BufferError:
+                    pass
+        th = threading.Thread(target=resizer)
+        th.start()
+        bad, loops, end = [], 0, time.monotonic() + 4
+        while time.monotonic() < end:
+            try:
+                seen, total = 0, None
+                for c in m.chunks(16, prefetch=loops % 2 == 0):
+                    total = c.base.shape[0] if total is None else total
+                    assert c.shape[0] > 0, "an empty chunk"
+                    seen += c.shape[0]
+                if total is not None and seen != total:
+                    bad.append(f"{{seen}} of {{total}} rows")
+                loops += 1
+            except BufferError:
+                pass
+            except (ValueError, AssertionError) as exc:
+                bad.append(repr(exc))
+        stop = True
+        th.join()
+        assert not bad, bad[:3]
+        assert loops > 0
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok"]

@@ -39,18 +39,28 @@ class Prefetch:
 
     def __init__(self, mapping: Mapping, first: int, length: int) -> None:
         self._error: BaseException | None = None
-        # The populate-ahead loop with a window of the whole range: faults it all in, GIL-free.
-        loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
-        self._thread = threading.Thread(target=self._run, args=(loop,),
-                                        name="mmarray-prefetch", daemon=True)
-        self._thread.start()
+        # Pinned until the thread is done: no resize moves the view between the range's
+        # check here and the loop's start (the loop itself refuses resizes while it runs).
+        pin = _Pin(mapping)
+        try:
+            # The populate-ahead loop with a window of the whole range: faults it all in,
+            # GIL-free.
+            loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
+            self._thread = threading.Thread(target=self._run, args=(loop, pin),
+                                            name="mmarray-prefetch", daemon=True)
+            self._thread.start()
+        except BaseException:
+            pin.release()
+            raise
 
-    def _run(self, loop: _PopulateAhead) -> None:
+    def _run(self, loop: _PopulateAhead, pin: _Pin) -> None:
         with _guard.loop_thread():
             try:
                 loop.run()
             except BaseException as exc:  # re-raised in wait()
                 self._error = exc
+            finally:
+                pin.release()
 
     @property
     def done(self) -> bool:
@@ -88,27 +98,43 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
     ahead = operator.index(ahead)
     if ahead < 1:
         raise ValueError(f"ahead must be >= 1 chunk, got {ahead}")
-    array = mapping.array
+    # Pinned first: the array, the shape, the byte ranges and the populator below are all
+    # of one view (a resize by another thread in between would give chunks of one view and
+    # a populator, or releases, of another). The pin is held for as long as the loop needs
+    # the view: a drop_behind loop's releases and a prefetching loop's populator go to it.
     axis = _axis(mapping)
-    n = mapping.shape[axis]
+    behind = _Dropper(mapping, drop_behind == "cache") if drop_behind else None
+    pin = behind.pin if behind is not None else _Pin(mapping)
+    try:
+        array = mapping.array
+        n = mapping.shape[axis]
+        first, total = mapping._byte_range(0, n)
+        step = mapping._byte_range(0, rows)[1]
+    except BaseException:
+        pin.release()
+        raise
     lead = (slice(None),) * axis
-
-    first, total = mapping._byte_range(0, n)
-    step = mapping._byte_range(0, rows)[1]
-    behind = _Dropper(mapping, drop_behind == "cache") if drop_behind and step else None
+    if step == 0 and behind is not None:  # zero-width rows: no bytes to release
+        behind = None
     if not prefetch or n <= rows or step == 0:  # step 0: zero-width rows, no bytes to fault
+        if behind is None:
+            pin.release()  # the chunks are views of `array`, which keeps its own view
         try:
             for i in range(0, n, rows):
                 yield array[lead + (slice(i, i + rows),)]
                 if behind is not None:
                     behind.drop(i, min(i + rows, n))
         finally:
-            if behind is not None:
-                behind.pin.release()
+            pin.release()
         return
 
     # ahead * step may pass 64 bits (ahead=2**64): more than the whole range is the whole range
-    populator = _PopulateAhead(mapping, first, first + total, step, min(ahead * step, total))
+    try:
+        populator = _PopulateAhead(mapping, first, first + total, step,
+                                   min(ahead * step, total))
+    except BaseException:
+        pin.release()
+        raise
     failure: list[BaseException] = []
 
     def populate() -> None:
@@ -143,8 +169,7 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
     try:
         worker.start()
     except BaseException:  # no thread (RuntimeError): not left pinned while the error lives
-        if behind is not None:
-            behind.pin.release()
+        pin.release()
         raise
     try:
         for i in range(0, n, rows):
@@ -158,12 +183,11 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
     finally:
         populator.cancel()
         worker.join()
-        if behind is not None:
-            try:
-                if passed > dropped:  # nothing in flight, nothing read next
-                    behind.drop(dropped, passed)
-            finally:
-                behind.pin.release()
+        try:
+            if behind is not None and passed > dropped:  # nothing in flight, nothing read next
+                behind.drop(dropped, passed)
+        finally:
+            pin.release()
 
 
 class _Dropper:
@@ -199,7 +223,8 @@ class _Dropper:
         if self.writable:
             # drop_behind=True: write-back scheduled (MS_ASYNC). "cache": written (MS_SYNC),
             # because posix_fadvise(2) POSIX_FADV_DONTNEED leaves dirty pages in the cache.
-            mapping._flush_bytes(first, length, self.cache)
+            # Checked as flush() checks: writes lost to a fault or a truncation raise.
+            mapping._flush_checked(first, length, self.cache, "chunks(drop_behind=...)")
         # MADV_DONTNEED on a shared file mapping drops only this process's page-table
         # entries (dirty pages stay in the page cache): the rows read back from the file.
         mapping._advise_bytes(first, length, ADVICE_CODES["dontneed"])
@@ -218,14 +243,19 @@ def _drop_from_page_cache(mapping: Mapping, first: int, length: int) -> None:
     mapping: the kernel drops those clean cached pages of the file. The mapping holds no
     descriptor, so the file is reopened by name; a file object's mapping has no name, and
     Windows has no posix_fadvise: nothing is done there."""
-    if mapping.filename is None or not hasattr(os, "posix_fadvise"):
+    identity = mapping._identity()
+    if mapping.filename is None or identity is None or not hasattr(os, "posix_fadvise"):
         return
     try:
-        fd = os.open(mapping.filename, os.O_RDONLY)
-    except (FileNotFoundError, PermissionError):  # renamed or locked away since: nothing to do
+        # O_NONBLOCK: a FIFO put at the name since must not block the open ("fifo(7)"); it
+        # changes nothing for a regular file's page cache.
+        fd = os.open(mapping.filename, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # renamed, deleted, locked away or made unopenable since: nothing to do
         return
     try:
-        os.posix_fadvise(fd, mapping.offset + first, length, os.POSIX_FADV_DONTNEED)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == tuple(identity[:2]):  # still the mapped file
+            os.posix_fadvise(fd, mapping.offset + first, length, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
@@ -240,7 +270,7 @@ def evict(mapping: Mapping, start: RowIndex, stop: RowIndex) -> None:
     first, length = mapping._byte_range(start, stop)
     if length == 0:
         return
-    if mapping.mode != "r":
-        mapping._flush_bytes(first, length, True)  # dirty pages cannot be dropped from the cache
+    if mapping.mode != "r":  # dirty pages cannot be dropped from the cache; checked as flush()
+        mapping._flush_checked(first, length, True, "evict()")
     mapping._advise_bytes(first, length, ADVICE_CODES["dontneed"])
     _drop_from_page_cache(mapping, first, length)

@@ -149,9 +149,10 @@ class memmap(np.memmap):
     :meth:`close`, :attr:`closed` and the context manager; ``base`` of a freshly opened memmap
     is an mmarray export object, not an :class:`mmap.mmap`; a zero-size memmap in mode
     ``'r+'``/``'w+'`` does not write a byte into an empty file; flushing a closed memmap raises
-    :class:`ValueError`. As with numpy, results of ufuncs and reductions are plain ndarrays or
-    scalars, slices are memmaps, and pickling stores a copy of the data (the unpickled object
-    is a ``memmap`` that maps nothing).
+    :class:`ValueError`; pickling in modes ``'r'``, ``'r+'`` and ``'w+'`` stores a reference
+    to the file, never the data (see :meth:`__reduce__`), where numpy's pickle is a copy that
+    maps nothing (mode ``'c'`` pickles a copy, as numpy does). As with numpy, results of ufuncs
+    and reductions are plain ndarrays or scalars, and slices are memmaps.
 
     Examples
     --------

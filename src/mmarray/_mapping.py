@@ -439,13 +439,19 @@ class Mapping(_engine.Region):
         if self.mode == "r" or self.mode == "c":
             return
         first, length = self._byte_range(start, stop)
+        self._flush_checked(first, length, sync, "flush()")
+
+    def _flush_checked(self, first: int, length: int, sync: bool, what: str) -> None:
+        """Write bytes ``[first, first + length)`` back (``_flush_bytes``), then raise
+        MappedFileError if writes were lost: the mapping faulted, or the file no longer
+        covers the range (``what`` names the call in the message)."""
         self._flush_bytes(first, length, sync)
         if self._faults():
             raise _guard.error(self.filename, self.offset, self.offset + self.nbytes,
-                               "flush() of a mapping that faulted")
-        self._check_covered(first, length)
+                               f"{what} of a mapping that faulted")
+        self._check_covered(first, length, what)
 
-    def _check_covered(self, first: int, length: int) -> None:
+    def _check_covered(self, first: int, length: int, what: str = "flush()") -> None:
         """MappedFileError unless the file still covers bytes ``[first, first + length)`` of
         the mapping: another process truncated it. msync(2) writes nothing back past the end
         of a file and reports nothing either (the truncation dropped those pages, written or
@@ -464,7 +470,7 @@ class Mapping(_engine.Region):
         if (st.st_dev, st.st_ino) == tuple(identity[:2]) and st.st_size < end:
             begin = max(st.st_size, self.offset + first)
             raise _guard.MappedFileError(
-                5, f"flush(): bytes {begin} to {end} of {filename!r} are past the end of the "
+                5, f"{what}: bytes {begin} to {end} of {filename!r} are past the end of the "
                    f"file, which is {st.st_size} bytes now (truncated since it was mapped, by "
                    f"another process or through another descriptor): they are not in the "
                    f"file, and whatever was written there is lost", filename, begin, end)
@@ -576,9 +582,13 @@ class Mapping(_engine.Region):
         (written to the file first in ``'r+'``/``'w+'``, then
         ``posix_fadvise(POSIX_FADV_DONTNEED)`` as in :meth:`evict`), for a scan that must not
         push other data out of memory. Refused in mode ``'c'`` (it would discard private
-        writes). Until such a loop ends (or its iterator is closed or dropped),
-        :meth:`resize` raises :class:`BufferError`: the releases must go to the view the
-        chunks are on.
+        writes).
+
+        Until a loop with ``drop_behind`` or ``prefetch`` ends (or its iterator is closed or
+        dropped), :meth:`resize` raises :class:`BufferError`: the populator and the releases
+        must go to the view the chunks are on. A loop started while another thread resizes
+        the mapping raises :class:`BufferError` at its first chunk: retry once the resize is
+        done.
 
         Examples
         --------
