@@ -129,6 +129,15 @@ def test_page_cache_drop_skips_a_name_that_now_leads_to_a_fifo(tmp_path, call):
         {call}
         assert int(m.array.sum()) == 1 << 20
         m.close()
+        # removed, then a FIFO made at the name: it may get the file's inode number
+        os.unlink(p)
+        os.rename(p + ".old", p)
+        m = mmarray.open(p, mode="r+")
+        os.unlink(p)
+        os.mkfifo(p)
+        {call}
+        assert int(m.array.sum()) == 1 << 20
+        m.close()
         print("ok")
     """, timeout=60)
     assert_clean_exit(proc)

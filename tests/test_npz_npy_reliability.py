@@ -839,3 +839,67 @@ def test_the_temporary_is_fsynced_before_the_rename_and_the_directory_after(tmp_
         assert synced[-1] == final               # ... complete
     if os.name == "posix":
         assert ("fsync", dir_inode, True, b"") in after      # the directory, after it
+
+
+# -- found by a hostile audit of the .npz paths (helper-56) -----------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_member_of_an_archive_whose_path_is_now_a_fifo_is_refused_at_once(tmp_path):
+    """The member's reopen by name blocked for ever in open(2) on the FIFO; and a FIFO made
+    once the archive is gone may reuse its inode number, which passed the identity check."""
+    proc = run_python(f"""
+        import os
+        import numpy as np
+        import mmarray
+        p = {str(tmp_path / "t.npz")!r}
+        np.savez(p, x=np.arange(10))
+        for mode in ("r", "c", "r+"):
+            z = mmarray.load(p, mode=mode)
+            os.rename(p, p + ".old")
+            os.mkfifo(p)
+            try:
+                z["x"]
+            except ValueError as exc:
+                assert "was replaced since it was loaded" in str(exc), exc
+            else:
+                raise AssertionError("mapped a FIFO")
+            os.unlink(p)
+            os.rename(p + ".old", p)
+        z = mmarray.load(p)
+        os.unlink(p)
+        os.mkfifo(p)  # may take the archive's inode number
+        try:
+            z["x"]
+        except ValueError as exc:
+            assert "was replaced since it was loaded" in str(exc), exc
+        print("ok")
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["ok"]
+
+
+def test_close_closes_members_other_threads_open_while_it_runs(tmp_path):
+    """A member opened by another thread while close() ran was stored after close() had
+    taken the members it closes: it stayed open, its CRC-32 stale until garbage collection."""
+    path = str(tmp_path / "race.npz")
+    np.savez(path, **{f"k{i}": np.zeros(1000) for i in range(20)})
+    for _ in range(60):
+        z = mmarray.load(path, mode="r+")
+        got = []
+
+        def opener(z=z, got=got):
+            for k in list(z):
+                try:
+                    m = z[k]
+                except ValueError:  # closed: what a member asked for after close() gets
+                    continue
+                got.append(m)
+
+        threads = [threading.Thread(target=opener) for _ in range(3)]
+        for t in threads:
+            t.start()
+        z.close()
+        for t in threads:
+            t.join()
+        assert all(m.closed for m in got), [m for m in got if not m.closed]
+    assert zipfile.ZipFile(path).testzip() is None

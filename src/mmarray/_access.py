@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 import os
+import stat
 import threading
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
@@ -254,7 +255,9 @@ def _drop_from_page_cache(mapping: Mapping, first: int, length: int) -> None:
         return
     try:
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == tuple(identity[:2]):  # still the mapped file
+        # Still the mapped file: its numbers, and a regular file (a FIFO made at the name
+        # once the file is gone may reuse its inode number).
+        if (st.st_dev, st.st_ino) == tuple(identity[:2]) and stat.S_ISREG(st.st_mode):
             os.posix_fadvise(fd, mapping.offset + first, length, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

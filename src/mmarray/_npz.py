@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import os
+import threading
 import zlib
 
 import numpy as np
@@ -60,6 +61,9 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     npz = NpzMapping.__new__(NpzMapping)
     npz._entries = by_key
     npz._members = {}
+    # Orders member opens and close(): every member opened before close() takes the lock is
+    # closed by it; one asked for after gets ValueError.
+    npz._lock = threading.RLock()
     # key -> _npzcrc._Crc, one per member for the archive's life (reopens share it)
     npz._crcs = {}
     npz._closed = False
@@ -145,12 +149,16 @@ class NpzMapping(collections.abc.Mapping):
             if e is None:
                 raise KeyError(f"{key!r} is not a member of {self._name}; members: "
                                f"{list(self._entries)!r}")
-        if self._closed:
-            raise ValueError(f"archive {self._name} is closed")
-        m = self._members.get(e.key)
-        if m is None or m.closed:
-            m = self._open(e)
-            self._members[e.key] = m
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"archive {self._name} is closed")
+            m = self._members.get(e.key)
+            if m is None or m.closed:
+                m = self._open(e)
+                if self._closed:  # by this thread meanwhile (a finalizer run by the open)
+                    m.close()
+                    raise ValueError(f"archive {self._name} is closed")
+                self._members[e.key] = m
         return m
 
     def _suffixed(self, key):
@@ -182,11 +190,12 @@ class NpzMapping(collections.abc.Mapping):
         it, ``npz[name]`` raises ValueError. If closing members raises, the others are still
         closed and the first error is raised.
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:  # waits for a member being opened: it is closed below
+            if self._closed:
+                return
+            self._closed = True
+            members, self._members = self._members, {}
         error = None
-        members, self._members = self._members, {}
         for m in members.values():
             try:
                 m.close()

@@ -9,6 +9,7 @@ and a finalizer once the last array of a closed member is gone (or at exit).
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 import warnings
@@ -21,6 +22,8 @@ from mmarray._mapping import Mapping
 from mmarray._warn import warn_at_caller
 from mmarray._zipdir import FFFFFFFF, FLAG_DESCRIPTOR, LOCAL, SIG_DD, U16X2
 
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX only
+
 
 def reopen(target, file_id, flags, label, advice):
     """(fd, owned): ``target`` (a path) reopened with ``flags``, or a file object's descriptor.
@@ -31,14 +34,18 @@ def reopen(target, file_id, flags, label, advice):
     object was switched to append mode since (see `refuse_append`).
     """
     if isinstance(target, (str, bytes)):
-        fd, owned = os.open(target, flags), True
+        # O_NONBLOCK: a FIFO put at the path since must not block the open ("fifo(7)"); the
+        # check below then finds it is not the archive. No effect on a regular file's I/O.
+        fd, owned = os.open(target, flags | _O_NONBLOCK), True
     else:
         fd, owned = _api.fileno_of(target), False
         if flags & (os.O_WRONLY | os.O_RDWR):
             refuse_append(target, fd, label)
     try:
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != file_id:
+        # Not a regular file: not the archive, even with its numbers (an inode number is
+        # reused once the file is gone: a FIFO made at the path may get the same one).
+        if (st.st_dev, st.st_ino) != file_id or not stat.S_ISREG(st.st_mode):
             where = target if isinstance(target, (str, bytes)) else getattr(target, "name",
                                                                            target)
             raise ValueError(f"{label}: the archive {where!r} was replaced since it was "
