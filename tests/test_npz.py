@@ -388,6 +388,8 @@ def test_crc_update_refuses_an_archive_replaced_since_load(tmp_path):
     npz = mmarray.load(path, mode="r+")
     m = npz["x"]
     m.array[0] = 1
+    kept = tmp_path / "kept.npz"
+    os.link(path, kept)  # the loaded file, still reachable once replaced at the path
     os.replace(savez(tmp_path, "other.npz", x=np.zeros(10, int)), path)
     with pytest.raises(ValueError, match="replaced"):
         m.flush()
@@ -395,6 +397,9 @@ def test_crc_update_refuses_an_archive_replaced_since_load(tmp_path):
         npz.close()
     assert m.closed
     assert check_archive(path)["x"].tolist() == [0] * 10
+    # what was written has its CRC-32 in the file that was loaded (rewritten through the
+    # descriptor mode 'r+' holds)
+    assert check_archive(kept)["x"].tolist() == [1, *range(1, 10)]
 
 
 def test_reopened_member_writing_back_the_loaded_bytes_keeps_the_crc_valid(tmp_path):

@@ -903,3 +903,50 @@ def test_close_closes_members_other_threads_open_while_it_runs(tmp_path):
             t.join()
         assert all(m.closed for m in got), [m for m in got if not m.closed]
     assert zipfile.ZipFile(path).testzip() is None
+
+
+@pytest.mark.parametrize("change", ["rename", "chmod"])
+def test_crc_of_a_written_member_is_rewritten_after_the_archive_is_renamed_or_made_read_only(
+        tmp_path, change):
+    """The rewrite reopened the archive by name: renamed, close() raised FileNotFoundError
+    (chmod: PermissionError), the CRC-32 was never fixed and the archive failed np.load."""
+    path, moved = str(tmp_path / "a.npz"), str(tmp_path / "moved.npz")
+    np.savez(path, x=np.zeros(1000), y=np.arange(3))
+    z = mmarray.load(path, mode="r+")
+    z["x"].array[:] = 1
+    if change == "rename":
+        os.rename(path, moved)
+    else:
+        os.chmod(path, 0o444)
+        moved = path
+    if change == "rename":
+        with pytest.raises(FileNotFoundError):  # a member opened now still goes by the name
+            z["y"]
+    z.close()
+    assert zipfile.ZipFile(moved).testzip() is None
+    assert np.load(moved)["x"].tolist() == [1.0] * 1000
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_r_plus_archive_holds_one_descriptor_until_its_members_are_gone(tmp_path):
+    path = str(tmp_path / "a.npz")
+    np.savez(path, x=np.zeros(10), y=np.zeros(10))
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    with mmarray.load(path) as warm:  # the fault guard's pipe, made with the first mapping
+        warm["x"]
+    gc.collect()
+    before = open_fds()
+    z = mmarray.load(path, mode="r+")
+    a = z["x"].array
+    z["y"]
+    assert open_fds() == before + 1
+    z.close()
+    assert open_fds() == before + 1  # an array of x is alive: its CRC-32 is rewritten later
+    a[0] = 5
+    del a
+    gc.collect()
+    assert open_fds() == before
+    assert zipfile.ZipFile(path).testzip() is None and np.load(path)["x"][0] == 5

@@ -68,6 +68,9 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     npz._crcs = {}
     npz._closed = False
     npz._target = target if filename is None else filename
+    # r+ by path: the descriptor the members' CRC-32 rewrites go through (see _npzcrc.Held)
+    npz._held = _npzcrc.Held(fd, filename) if access == _engine.WRITE and filename is not None \
+        else None
     npz._filename = filename
     npz._name = name
     npz._mode = mode
@@ -122,6 +125,10 @@ class NpzMapping(collections.abc.Mapping):
 
     The archive holds no file descriptor between accesses: a member access reopens the file
     by name (or uses the file object given to :func:`mmarray.load`, which must stay open).
+    In mode ``'r+'`` by name it holds one, opened for writing when it is loaded, for as long
+    as a member's CRC-32 may need rewriting (until its last member and their arrays are
+    gone): the rewrite goes to the file written, even if the archive is renamed or made
+    read-only meanwhile. Members opened later still go by the name.
 
     Examples
     --------
@@ -195,6 +202,9 @@ class NpzMapping(collections.abc.Mapping):
                 return
             self._closed = True
             members, self._members = self._members, {}
+            # No member opens again: the CRC-32 records (and the descriptor they write
+            # through) stay with the members that still need them, and go with those.
+            self._crcs, self._held = {}, None
         error = None
         for m in members.values():
             try:
@@ -317,7 +327,7 @@ class NpzMapping(collections.abc.Mapping):
         if cls is _npzcrc.NpzMember:
             crc = self._crcs.get(e.key)
             if crc is None:  # first r+ open: the CRC-32 is checked (the member read once)
-                crc = _npzcrc.new_crc(self._target, self._id, self._cd,
+                crc = _npzcrc.new_crc(self._held or self._target, self._id, self._cd,
                                       lambda pos, n: self._read(fd, pos, n), fd, e, data,
                                       head, header, offset, nbytes, label)
                 self._crcs[e.key] = crc

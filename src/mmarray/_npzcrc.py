@@ -57,6 +57,32 @@ def reopen(target, file_id, flags, label, advice):
     return fd, owned
 
 
+class Held:
+    """An archive's descriptor, opened for writing when it was loaded with mode ``'r+'`` by
+    path, and kept by the CRC-32 records of its members (`_Crc.target`) for as long as one
+    may still rewrite its CRC-32: a rewrite goes to the file whose member was written, even
+    if the path was renamed, replaced or made read-only since. Member opens still go by the
+    path (`reopen`): a path that no longer leads to the loaded archive refuses them.
+    A file-object-like (`fileno`, `name`) for `reopen`; closed when garbage."""
+    __slots__ = ("fd", "name")
+
+    def __init__(self, fd, name):
+        self.fd = -1
+        self.name = name
+        self.fd = os.dup(fd)  # not inherited by child processes (os.dup's default)
+
+    def fileno(self):
+        return self.fd
+
+    def __del__(self, _close=os.close):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                _close(fd)
+            except OSError:
+                pass
+
+
 def refuse_append(file, fd, label):
     """ValueError if the file object ``file`` (descriptor ``fd``) appends every write."""
     if _fmt.appends(file, fd):
@@ -187,6 +213,24 @@ class _Crc:
         finally:
             if owned:
                 os.close(fd)
+        if member is not None and isinstance(self.target, Held):
+            self.refuse_if_replaced()
+
+    def refuse_if_replaced(self):
+        """ValueError if the archive's path now leads to another file: what was written
+        through the member, and its CRC-32 (rewritten through the held descriptor), are in
+        the file that was loaded, which is no longer at the path. Nothing at the path
+        (renamed or deleted) says nothing."""
+        name = self.target.name
+        try:
+            st = os.stat(name)
+        except (OSError, ValueError):
+            return
+        if (st.st_dev, st.st_ino) != self.id:
+            raise ValueError(f"{self.label}: the archive {name!r} was replaced since it was "
+                             f"loaded (the file now at that path is another one): what was "
+                             f"written, and its CRC-32, are in the file that was loaded, "
+                             f"which is no longer at that path")
 
 
 class _MemberLock:
