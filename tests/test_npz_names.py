@@ -73,3 +73,14 @@ def test_load_names_members_holding_a_null_byte_as_np_load_does(tmp_path, names)
     with mmarray.load(path) as npz:
         assert list(npz) == list(expected)
         assert {key: npz[key].array.tolist() for key in npz} == expected
+
+
+def test_a_key_ending_in_npy_is_looked_up_as_np_load_does(tmp_path):
+    """With members 'a' and 'a.npy' (stored as a.npy and a.npy.npy), npz['a.npy'] gave the
+    second where np.load gives the first: a member's own name comes first."""
+    path = str(tmp_path / "s.npz")
+    np.savez(path, **{"a": np.array([1, 1]), "a.npy": np.array([2, 2])})
+    with np.load(path) as want, mmarray.load(path) as got:
+        assert list(got) == want.files
+        for key in ("a", "a.npy", "a.npy.npy"):
+            assert got[key].array.tolist() == want[key].tolist(), key

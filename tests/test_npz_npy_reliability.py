@@ -950,3 +950,28 @@ def test_r_plus_archive_holds_one_descriptor_until_its_members_are_gone(tmp_path
     gc.collect()
     assert open_fds() == before
     assert zipfile.ZipFile(path).testzip() is None and np.load(path)["x"][0] == 5
+
+
+def test_second_r_plus_handle_opens_a_member_the_first_wrote_but_did_not_flush(tmp_path):
+    """The second handle's first open checked the member's CRC-32 against its data and
+    called it corrupt: the first handle's writes were not flushed yet."""
+    path = str(tmp_path / "t.npz")
+    np.savez(path, x=np.zeros(10))
+    first = mmarray.load(path, mode="r+")
+    first["x"].array[0] = 1
+    second = mmarray.load(path, mode="r+")
+    assert second["x"].array[0] == 1
+    second["x"].array[1] = 2
+    second.close()
+    first.close()
+    assert zipfile.ZipFile(path).testzip() is None
+    assert np.load(path)["x"].tolist()[:3] == [1, 2, 0]
+    # once no handle holds it, a member changed without its CRC-32 is refused again
+    with open(path, "r+b") as f:
+        raw = f.read()
+        at = raw.index(np.array([1.0, 2.0]).tobytes())
+        f.seek(at)
+        f.write(np.float64(7).tobytes())
+    gc.collect()
+    with mmarray.load(path, mode="r+") as again, pytest.raises(ValueError, match="bad CRC-32"):
+        again["x"]

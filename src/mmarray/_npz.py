@@ -150,9 +150,11 @@ class NpzMapping(collections.abc.Mapping):
     # -- collections.abc.Mapping -------------------------------------------------------------
 
     def __getitem__(self, key):
-        e = self._entries.get(key)
+        # A member's own name first, then its name without '.npy', as np.load looks them up
+        # (np.savez(a=..., **{"a.npy": ...}): 'a.npy' is the member named a.npy, that is a).
+        e = self._suffixed(key)
         if e is None:
-            e = self._suffixed(key)
+            e = self._entries.get(key)
             if e is None:
                 raise KeyError(f"{key!r} is not a member of {self._name}; members: "
                                f"{list(self._entries)!r}")

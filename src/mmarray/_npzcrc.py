@@ -239,10 +239,11 @@ class _MemberLock:
     holding it, so the last one computes after the others wrote, and its value stands.
     Reentrant: finalizers of other Mappings of the member may update from another thread, or
     from a garbage collection inside an update."""
-    __slots__ = ("lock", "__weakref__")
+    __slots__ = ("lock", "verified", "__weakref__")
 
     def __init__(self):
         self.lock = threading.RLock()
+        self.verified = False  # a handle found the member's CRC-32 valid (see new_crc)
 
 
 # (st_dev, st_ino, member data offset) -> _MemberLock, while a _Crc of that member lives
@@ -380,5 +381,10 @@ def new_crc(target, file_id, directory, read, fd, e, data, head, header, offset,
     proof.append((data, header))  # what the mapping was made from: a rewrite may keep the rest
     crc = _Crc(target, file_id, label, data, offset, nbytes, end, positions, where, proof)
     crc.check(fd)
-    crc.verify(fd)
+    with crc.lock:
+        # Once per member in this process: another handle that verified it may hold writes
+        # not flushed yet, which are not corruption (its flush or close rewrites the CRC-32).
+        if not crc.shared.verified:
+            crc.verify(fd)
+            crc.shared.verified = True
     return crc
