@@ -233,3 +233,35 @@ def test_chunks_set_up_while_another_thread_resizes_agrees_with_its_array(tmp_pa
     """, timeout=120)
     assert_clean_exit(proc)
     assert proc.stdout.split() == ["ok"]
+
+
+@pytest.mark.parametrize("shape", [(), (4, 4)])
+@pytest.mark.parametrize("call, name", [
+    ("m.flush(2.0)", "start"), ("m.resident(1.5)", "start"), ("m.prefetch([1])", "start"),
+    ("m.evict(None, 'q')", "stop"), ("m.advise('normal', 'x')", "start"),
+])
+def test_row_bounds_that_are_not_integers_are_type_errors_naming_them(tmp_path, shape, call,
+                                                                      name):
+    """A 0-d mapping took any start/stop, and flush() in modes 'r' and 'c' returned before
+    looking at them; elsewhere the message did not name the argument."""
+    path = tmp_path / "a.bin"
+    with mmarray.open(path, mode="w+", shape=(4, 4)):
+        pass
+    for mode in ("r", "r+", "c"):
+        with mmarray.open(path, mode=mode, shape=shape) as m:
+            if mode == "c" and "evict" in call:
+                continue  # evict() refuses mode 'c' first
+            with pytest.raises(TypeError, match=f"{name} must be an integer row index or "
+                                                f"None, got"):
+                exec(call, {"m": m})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rows": 2.5}, "rows must be a positive number of rows per chunk, got float 2.5"),
+    ({"rows": 2, "ahead": 1.0}, "ahead must be a number of chunks >= 1, got float 1.0"),
+])
+def test_chunk_counts_that_are_not_integers_are_type_errors_naming_them(tmp_path, kwargs,
+                                                                        message):
+    with mmarray.open(tmp_path / "a.bin", mode="w+", shape=(4, 4)) as m:
+        with pytest.raises(TypeError, match=message.replace(".", r"\.")):
+            next(m.chunks(**kwargs))

@@ -6,7 +6,6 @@ concurrent ``close()`` defers the unmap until the thread is done with the region
 """
 from __future__ import annotations
 
-import operator
 import os
 import stat
 import threading
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from mmarray import _guard
 from mmarray._engine import _Pin, _PopulateAhead
-from mmarray._ranges import ADVICE_CODES, RowIndex
+from mmarray._ranges import ADVICE_CODES, RowIndex, as_int
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -93,10 +92,10 @@ def chunks(mapping: Mapping, rows: SupportsIndex, prefetch: bool = True,
     beyond the one the caller is working on, so the caller and the populator never wait for
     each other's GIL.
     """
-    rows = operator.index(rows)
+    rows = as_int(rows, "rows", "a positive number of rows per chunk")
     if rows <= 0:
         raise ValueError(f"rows must be a positive number of rows per chunk, got {rows}")
-    ahead = operator.index(ahead)
+    ahead = as_int(ahead, "ahead", "a number of chunks >= 1")
     if ahead < 1:
         raise ValueError(f"ahead must be >= 1 chunk, got {ahead}")
     # Pinned first: the array, the shape, the byte ranges and the populator below are all

@@ -436,9 +436,9 @@ class Mapping(_engine.Region):
         """
         if self.closed:
             raise ValueError("mapping is closed")
+        first, length = self._byte_range(start, stop)  # checked in every mode
         if self.mode == "r" or self.mode == "c":
             return
-        first, length = self._byte_range(start, stop)
         self._flush_checked(first, length, sync, "flush()")
 
     def _flush_checked(self, first: int, length: int, sync: bool, what: str) -> None:

@@ -36,6 +36,7 @@ def byte_range(shape: tuple[int, ...], order: str, itemsize: int, start: RowInde
     index ranges are contiguous in memory. For a 1-D array these are elements. Negative and
     out-of-range bounds follow Python slicing; ``None`` means the whole range.
     """
+    start, stop = _row_bound(start, "start"), _row_bound(stop, "stop")
     if not shape:  # 0-d
         return 0, itemsize
     axis = 0 if order == "C" else len(shape) - 1
@@ -44,8 +45,25 @@ def byte_range(shape: tuple[int, ...], order: str, itemsize: int, start: RowInde
     for i, d in enumerate(shape):
         if i != axis:
             per *= d
-    lo, hi, _ = slice(None if start is None else operator.index(start),
-                      None if stop is None else operator.index(stop)).indices(n)
+    lo, hi, _ = slice(start, stop).indices(n)
     if hi <= lo:
         return lo * per, 0
     return lo * per, (hi - lo) * per
+
+
+def _row_bound(value: RowIndex, name: str) -> int | None:
+    """``value`` as an int (``operator.index``), or None; TypeError naming it otherwise."""
+    if value is None:
+        return None
+    return as_int(value, name, "an integer row index or None")
+
+
+def as_int(value: SupportsIndex, name: str, expected: str) -> int:
+    """``operator.index(value)``, or TypeError saying what ``name`` got and ``expected``."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        text = repr(value)
+        text = text if len(text) <= 80 else text[:77] + "..."
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} "
+                        f"{text}") from None
