@@ -1,6 +1,7 @@
 """chunks(drop_behind=...) while another thread closes the mapping: the loop's releases of
 the rows it passed stop quietly ("closed meanwhile: its pages go with it"), and only then."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -265,3 +266,26 @@ def test_chunk_counts_that_are_not_integers_are_type_errors_naming_them(tmp_path
     with mmarray.open(tmp_path / "a.bin", mode="w+", shape=(4, 4)) as m:
         with pytest.raises(TypeError, match=message.replace(".", r"\.")):
             next(m.chunks(**kwargs))
+
+
+@pytest.mark.parametrize("stop", ["m.close()", "handle.cancel()"])
+def test_close_or_cancel_stops_a_running_prefetch(tmp_path, stop):
+    """A prefetch went on reading the whole range (4 GiB: about 10 s) after close(), the
+    mapping kept mapped and unresizable meanwhile, and its handle had no way to stop it."""
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as f:
+        f.truncate(2 << 30)
+    try:
+        m = mmarray.open(path, mode="r")
+        handle = m.prefetch()
+        time.sleep(0.05)
+        exec(stop, {"m": m, "handle": handle})
+        started = time.monotonic()
+        assert handle.wait(timeout=30)
+        waited = time.monotonic() - started
+        with mmarray.open(path, mode="r") as again:
+            resident = again.resident()
+        m.close()
+        assert resident < 0.5, (resident, waited)
+    finally:
+        os.unlink(path)

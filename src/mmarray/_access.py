@@ -46,6 +46,7 @@ class Prefetch:
             # The populate-ahead loop with a window of the whole range: faults it all in,
             # GIL-free.
             loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
+            self._loop = loop
             self._thread = threading.Thread(target=self._run, args=(loop, pin),
                                             name="mmarray-prefetch", daemon=True)
             self._thread.start()
@@ -65,6 +66,11 @@ class Prefetch:
     @property
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def cancel(self) -> None:
+        """Stop the prefetch at its next step (at most 8 MiB on); :meth:`wait` then returns
+        at once. Closing the mapping stops it too. What was faulted in stays."""
+        self._loop.cancel()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the prefetch to finish; re-raise its error, if any. Returns ``done``."""

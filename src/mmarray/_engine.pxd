@@ -42,6 +42,9 @@ cdef class Region:
     cdef unsigned long _resizer
     cdef Py_ssize_t _resize_depth
     cdef Py_ssize_t _resize_fork
+    # The populating loops (_PopulateAhead) running on it, a set (None before the first):
+    # close() stops them, so that no background thread goes on faulting a closed mapping in.
+    cdef object _loops
     cdef object __weakref__
 
     cdef int _acquire(self) except -1

@@ -796,6 +796,8 @@ cdef class Region:
                 f"cannot close strictly: {self.exports} export(s) of this mapping are alive")
         faulted = self._fault_count() != 0
         self._closed = True
+        if self._loops:
+            _stop_loops(self)
         if self._exports == 0:
             self._unmap_now()
         if faulted:
@@ -1755,6 +1757,7 @@ def _reset_after_fork():
     for region in busy:
         region._exports -= region._busy
         region._busy = 0
+        region._loops = None         # their threads are gone
         if region._exports == 0 and region._closed:
             try:
                 region._unmap_now()
@@ -2145,6 +2148,9 @@ cdef class _PopulateAhead:
         cdef int status
         generation = self.mapping._acquire_busy()  # the region stays mapped while it runs
         try:
+            if self.mapping._loops is None:
+                self.mapping._loops = set()
+            self.mapping._loops.add(self)   # close() stops it from here on
             if self.end > self.mapping.view.length:
                 raise ValueError(f"the mapping was resized to {self.mapping.view.length} "
                                  f"bytes since this populating loop was set up for bytes "
@@ -2158,4 +2164,15 @@ cdef class _PopulateAhead:
                 _raise(&err, self.mapping._filename, self.mapping._offset + self.start,
                        self.end - self.start)
         finally:
+            if self.mapping._loops is not None:
+                self.mapping._loops.discard(self)
             self.mapping._release_busy(generation)
+
+
+cdef int _stop_loops(Region region) except -1:
+    # Region.close(): the populating loops running on the region stop at their next step
+    # (they read `stop` without the GIL; a stale read costs one more step).
+    cdef _PopulateAhead loop
+    for loop in region._loops:
+        loop.stop = 1
+    return 0

@@ -548,8 +548,10 @@ class Mapping(_engine.Region):
 
         The thread runs a C loop without the GIL (one read per 64 KiB fault-around window,
         about twice as fast as ``madvise(MADV_POPULATE_READ)``), overlapping I/O
-        and page faults with the caller's work. Returns a handle with ``wait()`` and
-        ``done``. Closing the mapping meanwhile is safe: the unmap waits for the thread.
+        and page faults with the caller's work. Returns a handle with ``wait()``,
+        ``cancel()`` and ``done``. Closing the mapping meanwhile stops the prefetch at its next
+        step (at most 8 MiB on), and the unmap waits for the thread; until the prefetch ends,
+        :meth:`resize` raises :class:`BufferError`.
 
         Examples
         --------
