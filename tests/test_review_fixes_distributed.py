@@ -72,3 +72,57 @@ def test_a_worker_write_into_a_scattered_view_reaches_the_file(tmp_path):
     """, timeout=180)
     assert_clean_exit(proc)
     assert proc.stdout.split() == ["memmap", "42"]
+
+
+# dask keyed every numpy.memmap by a hash of its contents; an mmarray.memmap travels by
+# reference, so two regions holding the same values (the zeros of a fresh 'w+' file) got one
+# key, one task ran for both, and the other region's writes were lost (helper-59).
+TOKENS = """
+{imports}
+import os
+import numpy as np
+from dask.base import tokenize
+d = {d!r}
+out = mmarray.memmap(os.path.join(d, "o.f8"), mode="w+", dtype="f8", shape=(100, 10))
+other = mmarray.memmap(os.path.join(d, "p.f8"), mode="w+", dtype="f8", shape=(100, 10))
+copy = mmarray.memmap(os.path.join(d, "o.f8"), mode="c", dtype="f8", shape=(100, 10))
+print(tokenize(out[:50]) != tokenize(out[50:]),     # same values, other bytes of the file
+      tokenize(out[:50]) == tokenize(out[:50]),     # the same region: the same key
+      tokenize(out) != tokenize(other),             # the same values in another file
+      tokenize(out[::2]) != tokenize(out[1::2]),
+      tokenize(copy[:50]) == tokenize(copy[50:]))   # mode 'c' pickles a copy: by contents
+"""
+
+
+@pytest.mark.parametrize("imports", ["import mmarray\nimport dask.base",
+                                     "import dask.base\nimport mmarray",
+                                     "import mmarray\nimport dask.array"])
+def test_dask_tokens_of_memmap_regions_name_their_bytes_not_their_values(tmp_path, imports):
+    proc = run_python(TOKENS.format(imports=imports, d=str(tmp_path)), timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["True"] * 5
+
+
+def test_tasks_submitted_on_zero_regions_of_a_memmap_each_write_their_rows(tmp_path):
+    proc = run_python(f"""
+        import numpy as np
+        import mmarray
+        from dask.distributed import Client, LocalCluster
+
+        def fill(part, value):
+            part[:] = value
+            part.flush()
+            return value
+
+        if __name__ == "__main__":
+            out = mmarray.memmap({str(tmp_path / "out.f8")!r}, dtype="f8", mode="w+",
+                                 shape=(1000, 10))
+            with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                              host="127.0.0.1", dashboard_address="127.0.0.1:0") as cl, \\
+                    Client(cl, timeout=60) as c:
+                futures = [c.submit(fill, out[i:i + 100], 1.0) for i in range(0, 1000, 100)]
+                c.gather(futures)
+                print(len({{f.key for f in futures}}), int((out[:, 0] == 1).sum()))
+    """, timeout=180)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["10", "1000"]

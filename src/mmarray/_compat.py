@@ -374,6 +374,44 @@ def _register_with_distributed() -> None:
     serialize.dask_deserialize.register(memmap)(_dask_loads)
 
 
+_registered_with_dask = False
+
+
+def _register_with_dask() -> None:
+    """Give dask a token for an mmarray.memmap that names the bytes of the file it refers to,
+    as a Mapping's and an ArrayRef's do (``__dask_tokenize__``), instead of the token dask
+    gives every numpy.memmap: a hash of its contents. A memmap travels by reference, so two
+    regions holding the same values (the zeros of a fresh 'w+' file) are different data: with
+    one token, dask ran one task for both, and the writes meant for the other region were
+    lost. Done once dask's tokenizer is imported (no import of it here: dask is optional);
+    called at import and by the post-import hook."""
+    global _registered_with_dask
+    if _registered_with_dask:
+        return
+    module = sys.modules.get("dask.tokenize") or sys.modules.get("dask.base")
+    normalize = getattr(module, "normalize_token", None)
+    if normalize is None:
+        return
+    _registered_with_dask = True
+    normalize.register(memmap)(_dask_token)
+
+
+def _dask_token(x: memmap) -> Any:
+    """dask's token for ``x``: the file and the bytes its reference (its pickle) names, with
+    the mode; for a memmap that pickles a copy (mode 'c', nothing mapped, a file object
+    without a name), dask's own token for a numpy.memmap (its contents)."""
+    if isinstance(x._mmap, Mapping) and x.mode in ("r", "r+", "w+"):
+        try:
+            reference = ref(x.view(_ndarray))
+        except (TypeError, ValueError):
+            pass
+        else:
+            return ("mmarray.memmap", type(x).__module__, type(x).__qualname__, x.mode,
+                    x.offset, reference.__dask_tokenize__())
+    module = sys.modules.get("dask.tokenize") or sys.modules.get("dask.base")
+    return module.normalize_token.dispatch(np.memmap)(x)  # type: ignore[union-attr]
+
+
 def _dask_dumps(x: memmap) -> tuple[dict[str, Any], list[bytes]]:
     return {}, [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)]
 
@@ -684,6 +722,11 @@ def _with_header(array: memmap, offset: int) -> memmap:
 
 
 _register_with_distributed()
-if not _registered_with_distributed:  # distributed imported later: register when it is
+_register_with_dask()
+if not (_registered_with_distributed and _registered_with_dask):
+    # distributed or dask imported later: register when it is
     from mmarray import _posthook
-    _posthook.when_imported("distributed.protocol.serialize", _register_with_distributed)
+    if not _registered_with_distributed:
+        _posthook.when_imported("distributed.protocol.serialize", _register_with_distributed)
+    if not _registered_with_dask:
+        _posthook.when_imported("dask.tokenize", _register_with_dask)
