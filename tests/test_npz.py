@@ -908,3 +908,26 @@ def test_corrupt_bzip2_member_error_names_the_archive_and_member(tmp_path):
     with pytest.raises(OSError, match=r"z\.npz.*member 'b'.*cannot decompress \(bzip2\)"):
         npz["b"]
     npz.close()
+
+
+def test_compressed_member_is_an_array_like_as_a_mapped_member_is(tmp_path):
+    """np.asarray(member) was a 0-d object array, member[2:4] a TypeError, and
+    dask.array.from_array(member) an AttributeError (no ndim) (helper-59)."""
+    path = tmp_path / "zc.npz"
+    np.savez_compressed(path, a=np.arange(10).reshape(2, 5))
+    with mmarray.load(path, compressed="ignore") as npz:
+        member = npz["a"]
+        assert type(member).__name__ == "InMemoryMember"
+        assert np.asarray(member).tolist() == np.arange(10).reshape(2, 5).tolist()
+        assert np.asarray(member, dtype="f8").dtype == np.float64
+        assert member[1, 2:4].tolist() == [7, 8] and member.ndim == 2 and len(member) == 2
+        assert [row.tolist() for row in member] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+        with pytest.raises(ValueError, match="read-only"):
+            member[0, 0] = 5
+    with mmarray.load(path, mode="c", compressed="ignore") as npz:
+        member = npz["a"]
+        member[0, 0] = 5                      # its private copy
+        assert member.array[0, 0] == 5
+    da = pytest.importorskip("dask.array")
+    with mmarray.load(path, compressed="ignore") as npz:
+        assert da.from_array(npz["a"], chunks=1).sum().compute() == 45

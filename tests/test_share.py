@@ -532,3 +532,16 @@ def test_pickling_a_relative_name_is_refused(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="not absolute"):
         pickle.dumps(m)
     m.close()
+
+
+def test_ref_of_an_array_made_before_a_resize_says_so(tmp_path):
+    """It was refused as an array reaching "outside its mapping", with no word of the
+    resize (helper-59)."""
+    m = mmarray.open(tmp_path / "r.bin", mode="w+", shape=1 << 16)
+    old = m.array[10:20]
+    m.resize((1 << 20,))
+    with pytest.raises(ValueError, match="made before a resize"):
+        mmarray.ref(old)
+    assert mmarray.ref(m.array[10:20]).shape == (10,)
+    del old
+    m.close()

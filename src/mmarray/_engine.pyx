@@ -932,7 +932,8 @@ cdef class Region:
         # consumer that asks for plain bytes (hashlib, file.write, np.ndarray(buffer=m)) gets
         # the region as unsigned bytes, owned by the Mapping itself. A dtype whose buffer
         # format does not bring back the same dtype (datetime64, padded structs) has no typed
-        # buffer: BufferError, on which numpy's np.asarray(m) turns to __array__.
+        # buffer: BufferError, on which numpy's np.asarray(m) turns to __array__
+        # (mmarray.Mapping's, from _mapping.ArrayLike).
         cdef Py_buffer typed
         if (flags & PyBUF_WRITABLE) and self._readonly and not self._closed:
             raise BufferError("mapping is read-only (mode 'r')")
@@ -969,21 +970,6 @@ cdef class Region:
             self._release()
         except BaseException:
             PyErr_WriteUnraisable(self)
-
-    def __array__(self, dtype=None, copy=None):
-        """The mapped array for ``np.asarray(m)``: :attr:`array`, or a copy when asked.
-
-        numpy tries the buffer protocol first (the same typed array) and ignores its errors,
-        so this is what it reaches for a closed mapping, or a dtype the buffer protocol
-        cannot describe (datetime64): raise or give :attr:`array`, never a 0-d object array.
-        """
-        array = self.array               # raises for a closed mapping
-        if dtype is not None and _np.dtype(dtype) != array.dtype:
-            if copy is False:
-                raise ValueError(f"cannot give the mapped {array.dtype} data as "
-                                 f"{_np.dtype(dtype)} without a copy (copy=False)")
-            return array.astype(dtype)
-        return array.copy() if copy else array
 
     def _set_shape(self, tuple shape):
         """Give a region mapped to the end of its file its shape, once, before any export."""

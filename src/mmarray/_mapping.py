@@ -54,41 +54,37 @@ else:
         return fd
 
 
-class Mapping(_engine.Region):
-    """A mapped byte range of a file, viewed as an array of one dtype and shape.
+def array_as(array: np.ndarray[Any, Any], dtype: Any, copy: bool | None
+             ) -> np.ndarray[Any, Any]:
+    """What ``__array__(dtype, copy)`` gives for an object whose data is ``array``: it, a
+    copy when asked, or a conversion to ``dtype`` (ValueError with ``copy=False``, which
+    that needs a copy for)."""
+    if dtype is not None and np.dtype(dtype) != array.dtype:
+        if copy is False:
+            raise ValueError(f"cannot give the mapped {array.dtype} data as "
+                             f"{np.dtype(dtype)} without a copy (copy=False)")
+        return array.astype(dtype)
+    return array.copy() if copy else array
 
-    Do not construct directly: use :func:`mmarray.open` (or :func:`mmarray.load`). A Mapping
-    supports the buffer protocol (read-only for mode ``'r'``), hands out plain
-    :class:`numpy.ndarray` objects through :attr:`array`, and can be closed at any time
-    without leaving any array dangling.
 
-    Examples
-    --------
-    >>> import mmarray, numpy as np, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "demo.bin")
-    >>> with mmarray.open(path, dtype="float32", mode="w+", shape=(2, 3)) as m:
-    ...     a = m.array
-    ...     a[:] = 1.5
-    ...     m.flush()
-    >>> m.closed
-    True
-    >>> float(a.sum())          # the array outlived the Mapping's close: still valid
-    9.0
-    >>> del a                   # the region is unmapped now
-    """
+class ArrayLike:
+    """An array-like over ``self.array``: what dask.array.from_array, xarray and friends use.
 
-    # _format: the spans ((start, stop), ...) of the file that say where the data lies (a
-    # .npy header, a .npz member's local header), set by the code that read them to map it;
-    # an int n for the one span (0, n), a .npy's header (no tuple to build on the open
-    # path); unset for a raw file. A reference carries their bytes (_fileref.read_layout).
-    # _layout_read: (spans, layout) of the first pickle, for the next ones (see _layout).
-    __slots__ = ("_format", "_layout_read")
-    _format: int | tuple[tuple[int, int], ...]
-    _layout_read: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, bytes], ...]]
-    #: What a pickle of this class rebuilds: a key of _REOPEN_CLASSES, or None (a Mapping).
-    _pickle_kind: str | None = None
+    The methods :class:`Mapping` and a compressed ``.npz`` member
+    (:class:`~mmarray._npz.InMemoryMember`) share: ``ndim``, ``len()``, indexing and
+    iteration as their :attr:`array`'s. Needs ``shape`` and ``array``."""
+    __slots__ = ()
+    shape: tuple[int, ...]
+    array: np.ndarray[Any, np.dtype[Any]]
 
-    # -- an array-like: what dask.array.from_array, xarray and friends use ------------------
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:
+        """The array for ``np.asarray(m)``: :attr:`array`, or a copy when asked.
+
+        numpy tries the buffer protocol first (the same typed array) and ignores its errors,
+        so this is what it reaches for a closed mapping, or a dtype the buffer protocol
+        cannot describe (datetime64): raise or give :attr:`array`, never a 0-d object array.
+        """
+        return array_as(self.array, dtype, copy)  # self.array raises once closed
 
     @property
     def ndim(self) -> int:
@@ -148,6 +144,41 @@ class Mapping(_engine.Region):
     def __iter__(self) -> Iterator[Any]:
         """Iterate over the first axis, as ``iter(m.array)`` (TypeError for a 0-d mapping)."""
         return iter(self.array)
+
+
+class Mapping(ArrayLike, _engine.Region):
+    """A mapped byte range of a file, viewed as an array of one dtype and shape.
+
+    Do not construct directly: use :func:`mmarray.open` (or :func:`mmarray.load`). A Mapping
+    supports the buffer protocol (read-only for mode ``'r'``), hands out plain
+    :class:`numpy.ndarray` objects through :attr:`array`, and can be closed at any time
+    without leaving any array dangling.
+
+    Examples
+    --------
+    >>> import mmarray, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "demo.bin")
+    >>> with mmarray.open(path, dtype="float32", mode="w+", shape=(2, 3)) as m:
+    ...     a = m.array
+    ...     a[:] = 1.5
+    ...     m.flush()
+    >>> m.closed
+    True
+    >>> float(a.sum())          # the array outlived the Mapping's close: still valid
+    9.0
+    >>> del a                   # the region is unmapped now
+    """
+
+    # _format: the spans ((start, stop), ...) of the file that say where the data lies (a
+    # .npy header, a .npz member's local header), set by the code that read them to map it;
+    # an int n for the one span (0, n), a .npy's header (no tuple to build on the open
+    # path); unset for a raw file. A reference carries their bytes (_fileref.read_layout).
+    # _layout_read: (spans, layout) of the first pickle, for the next ones (see _layout).
+    __slots__ = ("_format", "_layout_read")
+    _format: int | tuple[tuple[int, int], ...]
+    _layout_read: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, bytes], ...]]
+    #: What a pickle of this class rebuilds: a key of _REOPEN_CLASSES, or None (a Mapping).
+    _pickle_kind: str | None = None
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """``m[key] = value`` writes into the mapped pages (modes ``'r+'``, ``'w+'``, ``'c'``)

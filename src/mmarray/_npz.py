@@ -16,7 +16,7 @@ import numpy as np
 
 from mmarray import _api, _engine, _npzcrc, _ranges, _zipdir
 from mmarray import _npyformat as _fmt
-from mmarray._mapping import Mapping
+from mmarray._mapping import ArrayLike, Mapping
 from mmarray._warn import warn_at_caller
 
 __all__ = ["NpzMapping", "InMemoryMember", "CompressedMemberWarning"]
@@ -417,7 +417,7 @@ _U8 = np.dtype(np.uint8)
 
 # -- compressed members -----------------------------------------------------------------------
 
-class InMemoryMember:
+class InMemoryMember(ArrayLike):
     """A compressed ``.npz`` member, decompressed into memory, with a Mapping's interface.
 
     What :class:`NpzMapping` gives for members it cannot map. :attr:`array` returns a new
@@ -465,6 +465,11 @@ class InMemoryMember:
         if self._closed:
             raise ValueError("mapping is closed")
         return self._data.view()
+
+    def __setitem__(self, key, value):
+        """``member[key] = value``: mode ``'c'`` writes into its private copy; the other
+        modes are read-only (ValueError, as numpy says it)."""
+        self.array[key] = value
 
     def close(self, strict=False):
         """Forget the data (arrays handed out keep it alive). Idempotent."""

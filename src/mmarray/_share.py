@@ -15,7 +15,15 @@ from numpy.lib.stride_tricks import as_strided
 
 from mmarray import _engine, _fileref
 from mmarray._api import _short_repr, mapping_of
-from mmarray._mapping import Mapping, _extent, _is_basic_index, _mtime, map_region, view_key
+from mmarray._mapping import (
+    Mapping,
+    _extent,
+    _is_basic_index,
+    _mtime,
+    array_as,
+    map_region,
+    view_key,
+)
 
 __all__ = ["ArrayRef", "ref"]
 
@@ -155,13 +163,7 @@ class ArrayRef:
         return self._array
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:
-        array = self.array
-        if dtype is not None and np.dtype(dtype) != array.dtype:
-            if copy is False:
-                raise ValueError(f"cannot give the mapped {array.dtype} data as "
-                                 f"{np.dtype(dtype)} without a copy (copy=False)")
-            return array.astype(dtype)
-        return array.copy() if copy else array
+        return array_as(self.array, dtype, copy)
 
     def __getitem__(self, key: Any) -> Any:
         """``ref[key]``: for basic indexing (ints, slices, ``...``, ``None``, field names),
@@ -363,6 +365,9 @@ def ref(array: np.ndarray[Any, Any]) -> ArrayRef:
     if base == 0 or first < 0 or first + hi - lo > mapping._mapped_length():
         raise ValueError(f"the array of shape {_short_repr(array.shape)} and strides "
                          f"{_short_repr(array.strides)} reaches bytes outside its mapping of "
-                         f"{filename!r}; expected a view that numpy indexing made")
+                         f"{filename!r}; expected a view that numpy indexing made of the "
+                         f"mapping as it is now (an array made before a resize() keeps the "
+                         f"old region, which a reference cannot name: take it again from "
+                         f"the mapping)")
     return ArrayRef._new(filename, identity, _fileref.host_id(), mapping.offset + first,
                          hi - lo, -lo, dtype, array.shape, array.strides, writable, layout)
