@@ -289,3 +289,53 @@ def test_close_or_cancel_stops_a_running_prefetch(tmp_path, stop):
         assert resident < 0.5, (resident, waited)
     finally:
         os.unlink(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("loop", ["prefetch", "chunks", "chunks drop_behind"])
+def test_child_forked_while_another_thread_runs_a_loop_can_resize_and_close(tmp_path, loop):
+    """helper-58: the loop's pin (taken by a thread the child does not have) stayed counted
+    in the child: resize() and close(strict=True) refused there for good."""
+    proc = run_python(f"""
+        import os, threading, time
+        import mmarray
+        p = {str(tmp_path / "x.bin")!r}
+        with open(p, "wb") as f:
+            f.truncate(1 << 30)          # sparse: a prefetch of it takes a while
+        m = mmarray.open(p, mode="r+", shape=(16384, 65536))
+        go, forked = threading.Event(), threading.Event()
+        loop = {loop!r}
+        if loop == "prefetch":
+            handle = m.prefetch()
+            time.sleep(0.05)
+        else:
+            def scan():
+                for i, c in enumerate(m.chunks(16, drop_behind=loop.endswith("behind"))):
+                    if i == 2:
+                        go.set()
+                        forked.wait()
+                        return
+            t = threading.Thread(target=scan)
+            t.start()
+            go.wait()
+        pid = os.fork()
+        if pid == 0:
+            import signal
+            signal.alarm(20)
+            m.resize((10, 65536))
+            # The scanning thread's frame, gone with it, still holds its chunks in the child:
+            # only the prefetch leaves no export behind.
+            m.close(strict=loop == "prefetch")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        forked.set()
+        if loop == "prefetch":
+            handle.cancel()
+            handle.wait()
+        else:
+            t.join()
+        m.close()
+        print(os.waitstatus_to_exitcode(status))
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["0"]

@@ -975,3 +975,118 @@ def test_second_r_plus_handle_opens_a_member_the_first_wrote_but_did_not_flush(t
     gc.collect()
     with mmarray.load(path, mode="r+") as again, pytest.raises(ValueError, match="bad CRC-32"):
         again["x"]
+
+
+def test_member_corrupted_while_another_handle_keeps_its_archive_open_is_refused(tmp_path):
+    """helper-58: the CRC-32 check was skipped for good once one handle had verified the
+    member, while that handle's archive stayed open (its member closed): a member another
+    writer corrupted since got a fresh CRC-32 written over it."""
+    path = str(tmp_path / "a.npz")
+    np.savez(path, a=np.arange(1000))
+    first = mmarray.load(path, mode="r+")
+    first["a"].close()                         # checked and closed; the archive stays open
+    with open(path, "r+b") as f:               # another writer, without the CRC-32
+        at = f.read().index(np.arange(1000).tobytes()) + 5 * 8
+        f.seek(at)
+        f.write(np.int64(-1).tobytes())
+    with mmarray.load(path, mode="r+") as second, pytest.raises(ValueError, match="bad CRC"):
+        second["a"]
+    first.close()
+    with pytest.raises(zipfile.BadZipFile):    # left as it was: still reported as corrupt
+        np.load(path)["a"]
+
+
+def test_member_closed_by_two_threads_at_once_raises_in_neither(tmp_path):
+    """helper-58: member.close() and npz.close() at once: one raised ValueError('mapping is
+    closed') from the CRC-32 update reading the member another thread had just closed."""
+    path = str(tmp_path / "a.npz")
+    np.savez(path, a=np.zeros(1 << 16))
+    errors = []
+    for _ in range(40):
+        npz = mmarray.load(path, mode="r+")
+        member = npz["a"]
+        member.array[0] += 1
+        start = threading.Barrier(2)
+
+        def close(what, start=start):
+            start.wait()
+            try:
+                what.close()
+            except Exception as exc:  # noqa: BLE001  # any error is the failure
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=close, args=(w,)) for w in (member, npz)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert zipfile.ZipFile(path).testzip() is None and np.load(path)["a"][0] == 40
+
+
+def test_archive_lock_is_not_held_while_a_member_is_opened(tmp_path, monkeypatch):
+    """helper-58: an 'r+' open (which reads the whole member) held the archive's lock, so a
+    member already open, or close(), waited for it in every other thread."""
+    from mmarray import _npz
+    path = str(tmp_path / "a.npz")
+    np.savez(path, small=np.zeros(4), big=np.zeros(8))
+    npz = mmarray.load(path, mode="r+")
+    small = npz["small"]
+    entered, release = threading.Event(), threading.Event()
+    real_open = _npz.NpzMapping._open
+
+    def slow_open(self, e):
+        if e.key == "big":
+            entered.set()
+            release.wait(30)
+        return real_open(self, e)
+
+    monkeypatch.setattr(_npz.NpzMapping, "_open", slow_open)
+    opener = threading.Thread(target=lambda: npz["big"])
+    opener.start()
+    try:
+        assert entered.wait(30)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(npz["small"]))
+        reader.start()
+        reader.join(10)
+        assert got == [small], "npz['small'] waited for the other thread's open"
+    finally:
+        release.set()
+        opener.join(30)
+    npz.close()
+    assert small.closed
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_child_forked_while_a_thread_holds_the_archive_lock_can_use_the_archive(tmp_path):
+    proc = run_python(f"""
+        import os, threading
+        import numpy as np
+        import mmarray
+        p = {str(tmp_path / "a.npz")!r}
+        np.savez(p, x=np.arange(4))
+        npz = mmarray.load(p, mode="r+")
+        held, done = threading.Event(), threading.Event()
+        def hold():
+            with npz._lock:          # a thread inside npz[...] or close() at the fork
+                held.set()
+                done.wait()
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            import signal
+            signal.alarm(20)
+            ok = npz["x"].array.tolist() == [0, 1, 2, 3]
+            npz.close()
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        done.set()
+        t.join()
+        npz.close()
+        print(os.waitstatus_to_exitcode(status))
+    """, timeout=60)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["0"]

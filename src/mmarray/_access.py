@@ -39,29 +39,21 @@ class Prefetch:
 
     def __init__(self, mapping: Mapping, first: int, length: int) -> None:
         self._error: BaseException | None = None
-        # Pinned until the thread is done: no resize moves the view between the range's
-        # check here and the loop's start (the loop itself refuses resizes while it runs).
-        pin = _Pin(mapping)
-        try:
-            # The populate-ahead loop with a window of the whole range: faults it all in,
-            # GIL-free.
-            loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
-            self._loop = loop
-            self._thread = threading.Thread(target=self._run, args=(loop, pin),
-                                            name="mmarray-prefetch", daemon=True)
-            self._thread.start()
-        except BaseException:
-            pin.release()
-            raise
+        # The populate-ahead loop with a window of the whole range: faults it all in,
+        # GIL-free. It refuses resizes while it runs; one by another thread before it starts
+        # makes it raise BufferError (in wait()).
+        loop = _PopulateAhead(mapping, first, first + length, _PREFETCH_STEP, length or 1)
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, args=(loop,),
+                                        name="mmarray-prefetch", daemon=True)
+        self._thread.start()
 
-    def _run(self, loop: _PopulateAhead, pin: _Pin) -> None:
+    def _run(self, loop: _PopulateAhead) -> None:
         with _guard.loop_thread():
             try:
                 loop.run()
             except BaseException as exc:  # re-raised in wait()
                 self._error = exc
-            finally:
-                pin.release()
 
     @property
     def done(self) -> bool:

@@ -94,6 +94,8 @@ cdef class _Retired:
 @cython.no_gc_clear
 cdef class _Pin:
     cdef Region mapping        # None once released
+    cdef unsigned long owner   # the thread that made it: a forked child drops other threads'
+    cdef object __weakref__    # listed weakly in _live_pins: garbage releases it
 
 
 @cython.auto_pickle(False)

@@ -35,6 +35,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from mmarray._mm cimport *
 
 import os as _os
+import weakref as _weakref
 
 import numpy as _np
 
@@ -181,6 +182,7 @@ cdef unsigned long long _epoch = 0
 cdef Py_ssize_t _in_flight = 0      # maps between their start and their registration
 cdef dict _rebasing = {}            # placeholder _Retired -> Region: rebases in their commit
 cdef dict _busy_regions = {}        # id -> Region with an operation running without the GIL
+cdef object _live_pins = _weakref.WeakValueDictionary()  # id -> _Pin not released yet
 cdef Py_ssize_t _fork_generation = 0  # forks survived: busy exports of an older one are gone
 
 # The fault guard (csrc/mm.h): views are guarded as they are mapped while _guard_enabled.
@@ -1733,6 +1735,7 @@ def _reset_after_fork():
     global _in_flight, _fork_generation
     cdef Region region
     cdef _Retired placeholder
+    cdef _Pin pin
     cdef mm_view fresh
     _in_flight = 0
     _fork_generation += 1
@@ -1749,11 +1752,19 @@ def _reset_after_fork():
                 region._unmap_now()
             except Exception:
                 pass
+    # Pins of the loops other threads ran (a chunks() scan): those threads are gone, and
+    # their loops with them. The forking thread's own go on in the child, as in the parent.
+    me = PyThread_get_thread_ident()
+    for pin in list(_live_pins.values()):
+        if pin.owner != me:
+            try:
+                _unpin(pin)      # unmaps a closed region whose last export this was
+            except Exception:
+                pass
     # Rebases whose commit (a rename) another thread was running without the GIL: that
     # thread is gone. The move is finished if the name leads to the copy by now, else
     # undone (the child keeps the old view). The forking thread's own rebase (a commit that
     # forks) goes on in the child, as in the parent.
-    me = PyThread_get_thread_ident()
     for placeholder, region in list(_rebasing.items()):
         if placeholder.rebaser == me:
             continue
@@ -2055,14 +2066,17 @@ cdef class _Pin:
     """Pins a mapping's view (see Region._check_movable: no resize, no rebase) from creation
     until :meth:`release` or garbage: for a Python-level loop that must see the same view
     from start to end, such as ``chunks(drop_behind=...)`` releasing the pages it passed.
-    Counts as one export meanwhile. Unlike the holds of operations running without the GIL,
-    a forked child keeps it: the loop that owns it runs on there and releases it."""
+    Counts as one export meanwhile. A forked child keeps the pins of the thread that forked
+    (its loop runs on there and releases them) and drops the other threads' (gone in the
+    child, with their loops)."""
 
     def __cinit__(self, Region mapping not None):
         mapping._refuse_while_resized()
         mapping._acquire()           # ValueError if closed
         mapping._pins += 1
         self.mapping = mapping
+        self.owner = PyThread_get_thread_ident()
+        _live_pins[id(self)] = self
 
     def __reduce__(self):
         raise TypeError("cannot pickle or copy a pin (it counts one use of a mapping)")
@@ -2082,6 +2096,7 @@ cdef int _unpin(_Pin pin) except -1:
     cdef Region mapping = pin.mapping
     if mapping is not None:
         pin.mapping = None
+        _live_pins.pop(id(pin), None)
         mapping._pins -= 1
         mapping._release()
     return 0
@@ -2138,9 +2153,10 @@ cdef class _PopulateAhead:
                 self.mapping._loops = set()
             self.mapping._loops.add(self)   # close() stops it from here on
             if self.end > self.mapping.view.length:
-                raise ValueError(f"the mapping was resized to {self.mapping.view.length} "
-                                 f"bytes since this populating loop was set up for bytes "
-                                 f"{self.start} to {self.end}")
+                raise BufferError(f"the mapping was resized to {self.mapping.view.length} "
+                                  f"bytes (by another thread) since this populating loop "
+                                  f"was set up for bytes {self.start} to {self.end}: start "
+                                  f"it again")
             with nogil:
                 status = mm_populate_ahead(&self.mapping.view, self.start, self.end, self.step,
                                            self.window, &self.consumer, &self.stop,

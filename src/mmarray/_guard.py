@@ -205,7 +205,7 @@ def _elsewhere(faults: list[tuple[str | None, int, int]]) -> str:
             spans[name] = (min(lo, start), max(hi, stop))
     if not spans:
         return ""
-    named = [f"{name!r} (bytes {lo} to {hi})"
+    named = [f"{'a file object' if name is None else repr(name)} (bytes {lo} to {hi})"
              for name, (lo, hi) in list(spans.items())[:_ELSEWHERE_MAX]]
     more = len(spans) - len(named)
     return (f"; this thread faulted in {', '.join(named)} too"

@@ -10,6 +10,7 @@ import collections.abc
 import contextlib
 import os
 import threading
+import weakref
 import zlib
 
 import numpy as np
@@ -64,6 +65,7 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     # Orders member opens and close(): every member opened before close() takes the lock is
     # closed by it; one asked for after gets ValueError.
     npz._lock = threading.RLock()
+    _archives[id(npz)] = npz  # its lock is made anew in a forked child (_new_locks_after_fork)
     # key -> _npzcrc._Crc, one per member for the archive's life (reopens share it)
     npz._crcs = {}
     npz._closed = False
@@ -82,6 +84,21 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     npz._id = (st.st_dev, st.st_ino)
     npz._max_header_size = max_header_size
     return npz
+
+
+# id -> NpzMapping (not a WeakSet: a collections.abc.Mapping is unhashable)
+_archives: weakref.WeakValueDictionary[int, NpzMapping] = weakref.WeakValueDictionary()
+
+
+def _new_locks_after_fork():
+    """In a forked child: an archive's lock held by a parent thread would never be released
+    there (its next member access or close() would hang)."""
+    for npz in list(_archives.values()):
+        npz._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 class NpzMapping(collections.abc.Mapping):
@@ -162,13 +179,22 @@ class NpzMapping(collections.abc.Mapping):
             if self._closed:
                 raise ValueError(f"archive {self._name} is closed")
             m = self._members.get(e.key)
-            if m is None or m.closed:
-                m = self._open(e)
-                if self._closed:  # by this thread meanwhile (a finalizer run by the open)
-                    m.close()
-                    raise ValueError(f"archive {self._name} is closed")
-                self._members[e.key] = m
-        return m
+        if m is not None and not m.closed:
+            return m
+        # Opened without the lock (an 'r+' open reads the whole member), then stored with it:
+        # a close() that took the members meanwhile has this one closed here instead.
+        m = self._open(e)
+        with self._lock:
+            other = self._members.get(e.key) if not self._closed else None
+            if other is None or other.closed:
+                if not self._closed:
+                    self._members[e.key] = m
+                    return m
+                other = None
+        m.close()  # the archive was closed meanwhile, or another thread opened it first
+        if other is None:
+            raise ValueError(f"archive {self._name} is closed")
+        return other
 
     def _suffixed(self, key):
         if isinstance(key, str) and key.endswith(".npy"):

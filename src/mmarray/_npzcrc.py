@@ -196,7 +196,15 @@ class _Crc:
                 if self.nbytes:
                     # Through an export object, not the Mapping's own buffer: a raw buffer of
                     # the Mapping would defer its unmap to its garbage collection.
-                    crc = zlib.crc32(member._export(), crc)
+                    try:
+                        export = member._export()
+                    except ValueError:
+                        if not member.closed:
+                            raise
+                        # Closed by another thread meanwhile (which rewrote the CRC-32, or
+                        # its finalizer will): the same bytes, read from the file.
+                        export = _fmt.read_at(fd, self.data, self.nbytes)
+                    crc = zlib.crc32(export, crc)
                 crc = self.crc_from_file(fd, self.data + self.nbytes, crc)  # trailing bytes
                 if member._faults():  # it faulted while the CRC-32 was computed over it
                     self.faulted = True
@@ -239,11 +247,11 @@ class _MemberLock:
     holding it, so the last one computes after the others wrote, and its value stands.
     Reentrant: finalizers of other Mappings of the member may update from another thread, or
     from a garbage collection inside an update."""
-    __slots__ = ("lock", "verified", "__weakref__")
+    __slots__ = ("lock", "members", "__weakref__")
 
     def __init__(self):
         self.lock = threading.RLock()
-        self.verified = False  # a handle found the member's CRC-32 valid (see new_crc)
+        self.members = weakref.WeakSet()  # the NpzMembers of it, every handle's (`track`)
 
 
 # (st_dev, st_ino, member data offset) -> _MemberLock, while a _Crc of that member lives
@@ -325,6 +333,7 @@ def track(member, crc):
     mapping is gone, if ``close`` did not do it (arrays kept it alive), or at exit."""
     member._crc = crc
     member._finalizer = weakref.finalize(member, _final_crc, crc)
+    crc.shared.members.add(member)
 
 
 def new_crc(target, file_id, directory, read, fd, e, data, head, header, offset, nbytes, label):
@@ -382,9 +391,9 @@ def new_crc(target, file_id, directory, read, fd, e, data, head, header, offset,
     crc = _Crc(target, file_id, label, data, offset, nbytes, end, positions, where, proof)
     crc.check(fd)
     with crc.lock:
-        # Once per member in this process: another handle that verified it may hold writes
-        # not flushed yet, which are not corruption (its flush or close rewrites the CRC-32).
-        if not crc.shared.verified:
+        # Not while another handle in this process has the member mapped (or arrays of it
+        # alive): its writes may not have their CRC-32 yet, which is not corruption (its flush
+        # or close rewrites the CRC-32 from them, as it would over anything else there).
+        if not any(not m.closed or m.exports for m in list(crc.shared.members)):
             crc.verify(fd)
-            crc.shared.verified = True
     return crc
