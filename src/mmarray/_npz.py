@@ -10,7 +10,6 @@ import collections.abc
 import contextlib
 import os
 import threading
-import weakref
 import zlib
 
 import numpy as np
@@ -65,7 +64,7 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     # Orders member opens and close(): every member opened before close() takes the lock is
     # closed by it; one asked for after gets ValueError.
     npz._lock = threading.RLock()
-    _archives[id(npz)] = npz  # its lock is made anew in a forked child (_new_locks_after_fork)
+    npz._lock_forks = _forks  # made anew in a forked child (see _lock_of)
     # key -> _npzcrc._Crc, one per member for the archive's life (reopens share it)
     npz._crcs = {}
     npz._closed = False
@@ -86,19 +85,29 @@ def load_npz(fd, first, target, filename, name, mode, access, compressed, max_he
     return npz
 
 
-# id -> NpzMapping (not a WeakSet: a collections.abc.Mapping is unhashable)
-_archives: weakref.WeakValueDictionary[int, NpzMapping] = weakref.WeakValueDictionary()
+_forks = 0  # forks this process is the child of (of a process that imported this module)
+_renew_guard = threading.Lock()
 
 
-def _new_locks_after_fork():
-    """In a forked child: an archive's lock held by a parent thread would never be released
-    there (its next member access or close() would hang)."""
-    for npz in list(_archives.values()):
-        npz._lock = threading.RLock()
+def _after_fork_in_child():
+    global _forks, _renew_guard
+    _forks += 1
+    _renew_guard = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_locks_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _lock_of(npz):
+    """``npz``'s lock, made anew on first use in a forked child: one a parent thread held at
+    the fork would never be released there (the next member access or close() would hang)."""
+    if npz._lock_forks != _forks:
+        with _renew_guard:
+            if npz._lock_forks != _forks:
+                npz._lock = threading.RLock()
+                npz._lock_forks = _forks
+    return npz._lock
 
 
 class NpzMapping(collections.abc.Mapping):
@@ -175,7 +184,7 @@ class NpzMapping(collections.abc.Mapping):
             if e is None:
                 raise KeyError(f"{key!r} is not a member of {self._name}; members: "
                                f"{list(self._entries)!r}")
-        with self._lock:
+        with _lock_of(self):
             if self._closed:
                 raise ValueError(f"archive {self._name} is closed")
             m = self._members.get(e.key)
@@ -184,7 +193,7 @@ class NpzMapping(collections.abc.Mapping):
         # Opened without the lock (an 'r+' open reads the whole member), then stored with it:
         # a close() that took the members meanwhile has this one closed here instead.
         m = self._open(e)
-        with self._lock:
+        with _lock_of(self):
             other = self._members.get(e.key) if not self._closed else None
             if other is None or other.closed:
                 if not self._closed:
@@ -225,7 +234,7 @@ class NpzMapping(collections.abc.Mapping):
         it, ``npz[name]`` raises ValueError. If closing members raises, the others are still
         closed and the first error is raised.
         """
-        with self._lock:  # waits for a member being opened: it is closed below
+        with _lock_of(self):  # waits for a member being opened: it is closed below
             if self._closed:
                 return
             self._closed = True
