@@ -1090,3 +1090,23 @@ def test_child_forked_while_a_thread_holds_the_archive_lock_can_use_the_archive(
     """, timeout=60)
     assert_clean_exit(proc)
     assert proc.stdout.split() == ["0"]
+
+
+def test_second_handle_opens_a_member_written_through_arrays_of_a_closed_one(tmp_path):
+    """helper-60: a member closed while its arrays lived, then written through them, has
+    its CRC-32 rewritten only once it is garbage: a second handle meanwhile called the
+    pending writes corruption."""
+    path = str(tmp_path / "x.npz")
+    np.savez(path, x=np.arange(3))
+    first = mmarray.load(path, mode="r+")
+    member = first["x"]
+    a = member.array
+    member.close()
+    a[1] = 77
+    del a
+    with mmarray.load(path, mode="r+") as second:
+        assert second["x"].array.tolist() == [0, 77, 2]
+    first.close()
+    del member
+    gc.collect()
+    assert zipfile.ZipFile(path).testzip() is None

@@ -126,3 +126,23 @@ def test_tasks_submitted_on_zero_regions_of_a_memmap_each_write_their_rows(tmp_p
     """, timeout=180)
     assert_clean_exit(proc)
     assert proc.stdout.split() == ["10", "1000"]
+
+
+def test_dask_tokens_of_writable_memmaps_with_no_reference_name_their_memory(tmp_path):
+    """A memmap of a file object without a name, or of a file deleted since, has no
+    reference: it fell back to a hash of its contents, and equal-valued regions shared a key
+    (helper-60)."""
+    proc = run_python(f"""
+        import os, tempfile
+        import mmarray
+        from dask.base import tokenize
+        unnamed = mmarray.memmap(tempfile.TemporaryFile(), mode="w+", dtype="f8", shape=(100,))
+        p = os.path.join({str(tmp_path)!r}, "gone.f8")
+        deleted = mmarray.memmap(p, mode="w+", dtype="f8", shape=(100,))
+        os.unlink(p)
+        for out in (unnamed, deleted):
+            print(tokenize(out[:50]) != tokenize(out[50:]),
+                  tokenize(out[:50]) == tokenize(out[:50]))
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split() == ["True"] * 4

@@ -398,16 +398,20 @@ def _register_with_dask() -> None:
 
 def _dask_token(x: memmap) -> Any:
     """dask's token for ``x``: the file and the bytes its reference (its pickle) names, with
-    the mode; for a memmap that pickles a copy (mode 'c', nothing mapped, a file object
-    without a name), dask's own token for a numpy.memmap (its contents)."""
+    the mode. A writable memmap that has no reference (a file object without a name, a file
+    deleted since) is named by the memory it maps, which no other region shares while it
+    lives. Mode 'c', and a memmap that maps nothing, pickle a copy: dask's own token for a
+    numpy.memmap (its contents)."""
     if isinstance(x._mmap, Mapping) and x.mode in ("r", "r+", "w+"):
+        cls = (type(x).__module__, type(x).__qualname__, x.mode, x.offset)
         try:
             reference = ref(x.view(_ndarray))
         except (TypeError, ValueError):
-            pass
+            if x.mode != "r":
+                return ("mmarray.memmap in memory", *cls, x.__array_interface__["data"][0],
+                        x.dtype.str, x.dtype.descr, x.shape, x.strides)
         else:
-            return ("mmarray.memmap", type(x).__module__, type(x).__qualname__, x.mode,
-                    x.offset, reference.__dask_tokenize__())
+            return ("mmarray.memmap", *cls, reference.__dask_tokenize__())
     module = sys.modules.get("dask.tokenize") or sys.modules.get("dask.base")
     return module.normalize_token.dispatch(np.memmap)(x)  # type: ignore[union-attr]
 

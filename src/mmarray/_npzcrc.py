@@ -394,6 +394,8 @@ def new_crc(target, file_id, directory, read, fd, e, data, head, header, offset,
         # Not while another handle in this process has the member mapped (or arrays of it
         # alive): its writes may not have their CRC-32 yet, which is not corruption (its flush
         # or close rewrites the CRC-32 from them, as it would over anything else there).
-        if not any(not m.closed or m.exports for m in list(crc.shared.members)):
+        # (A closed member whose finalizer is alive had arrays when it closed: its CRC-32 is
+        # rewritten once it is garbage, and writes through those arrays may be pending.)
+        if not any(not m.closed or m._finalizer.alive for m in list(crc.shared.members)):
             crc.verify(fd)
     return crc
