@@ -178,16 +178,15 @@ class NpzMapping(collections.abc.Mapping):
     def __getitem__(self, key):
         # A member's own name first, then its name without '.npy', as np.load looks them up
         # (np.savez(a=..., **{"a.npy": ...}): 'a.npy' is the member named a.npy, that is a).
-        e = self._suffixed(key)
+        e = self._suffixed(key) if type(key) is str and key[-4:] == ".npy" else None
         if e is None:
             e = self._entries.get(key)
             if e is None:
                 raise KeyError(f"{key!r} is not a member of {self._name}; members: "
                                f"{list(self._entries)!r}")
-        with _lock_of(self):
-            if self._closed:
-                raise ValueError(f"archive {self._name} is closed")
-            m = self._members.get(e.key)
+        if self._closed:
+            raise ValueError(f"archive {self._name} is closed")
+        m = self._members.get(e.key)  # no lock: a close() from now on closes it
         if m is not None and not m.closed:
             return m
         # Opened without the lock (an 'r+' open reads the whole member), then stored with it:
