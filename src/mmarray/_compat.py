@@ -388,7 +388,7 @@ def _register_with_dask() -> None:
     global _registered_with_dask
     if _registered_with_dask:
         return
-    module = sys.modules.get("dask.tokenize") or sys.modules.get("dask.base")
+    module = sys.modules.get("dask.tokenize")  # dask >= 2024.2 (the extras ask >= 2024.8)
     normalize = getattr(module, "normalize_token", None)
     if normalize is None:
         return
@@ -412,8 +412,8 @@ def _dask_token(x: memmap) -> Any:
                         x.dtype.str, x.dtype.descr, x.shape, x.strides)
         else:
             return ("mmarray.memmap", *cls, reference.__dask_tokenize__())
-    module = sys.modules.get("dask.tokenize") or sys.modules.get("dask.base")
-    return module.normalize_token.dispatch(np.memmap)(x)  # type: ignore[union-attr]
+    module = sys.modules["dask.tokenize"]  # imported: this runs inside its tokenize()
+    return module.normalize_token.dispatch(np.memmap)(x)
 
 
 def _dask_dumps(x: memmap) -> tuple[dict[str, Any], list[bytes]]:
