@@ -844,3 +844,28 @@ def test_random_sequences_of_calls_never_crash(tmp_path, seed):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_memmap_attributes_live_in_slots_and_views_build_no_instance_dict(path):
+    mm = mmarray.memmap(path, dtype="int16", mode="w+", shape=(4, 4))
+    view = mm[1:3]
+    for a in (mm, view):
+        assert a.__dict__ == {}  # the attributes are slots: no dict was built for them
+        assert (a.filename, a.offset, a.mode) == (os.path.abspath(path), 0, "w+")
+        assert a._mmap is mm._mmap
+    assert view._view_export.mapping is mm._mmap  # the view's own export
+    mm.tag = "user attribute"  # a memmap still takes attributes of the user's own
+    assert mm.__dict__ == {"tag": "user attribute"}
+
+
+def test_arrays_that_map_nothing_read_none_attributes_as_numpy_memmap_does(path):
+    mm = mmarray.memmap(path, dtype="int16", mode="w+", shape=4)
+    theirs = np.memmap(path, dtype="int16", mode="r+", shape=4)
+    cow = mmarray.memmap(path, dtype="int16", mode="c", shape=4)
+    pairs = [(mm.copy(), theirs.copy()),
+             (pickle.loads(pickle.dumps(cow)), pickle.loads(pickle.dumps(theirs))),
+             (np.arange(3).view(mmarray.memmap), np.arange(3).view(np.memmap))]
+    for ours, numpys in pairs:
+        for name in ("_mmap", "filename", "offset", "mode"):
+            assert getattr(ours, name) is None
+            assert getattr(numpys, name) is None

@@ -612,3 +612,24 @@ def test_engine_shape_check_fast_equals_general(shape, itemsize):
             _engine.map_file(None, _engine.READ, 0, 0, 0, dtype, shape, "C", "r", None)
         assert str(got.value).startswith(f"shape {want_shape} of dtype {dtype} is "
                                           f"{want_nbytes} bytes, but 0 bytes")
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX path spellings")
+def test_fast_open_names_the_file_as_os_path_abspath_does_for_every_spelling(tmp_path,
+                                                                             monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").write_bytes(b"\1" * 8)
+    (tmp_path / "x.bin").write_bytes(b"\0" * 8)
+    monkeypatch.chdir(tmp_path / "sub")
+    d = str(tmp_path)
+    spellings = [f"{d}/x.bin", f"{d}//x.bin", f"{d}/./x.bin", f"{d}/sub/../x.bin",
+                 f"/{d}/x.bin", f"{d}/.hidden", f"{d}/sub/./../.hidden", "../x.bin",
+                 "./../x.bin", f"{d}/sub/..//x.bin"]
+    for spelling in spellings:
+        with mmarray.open(spelling, mode="r") as m:
+            assert m.filename == os.path.abspath(spelling), spelling
+        mm = mmarray.memmap(spelling, mode="r")
+        assert mm.filename == os.path.abspath(spelling), spelling
+        mm.close()
+        assert _engine.open_to_end(spelling, "uint8", "r", 0, None, "C", False,
+                                   None) is not None, spelling  # the fast path took it
