@@ -173,19 +173,15 @@ class memmap(np.memmap):
     >>> fp.close()
     """
 
-    # numpy.memmap's attributes, in slots rather than the instance dict: a memmap, or a view
-    # of one, is made without building a dict (a slice ~8% faster, an open ~5%).
-    # __array_finalize__ sets the four of numpy's, to None for an array that maps nothing (a
-    # copy, an unpickled memmap), as numpy's sets them. As numpy's stub types them: None only
-    # for an array that maps nothing.
-    __slots__ = ("_mmap", "filename", "offset", "mode", "_view_export")
-    _mmap: Mapping | None
-    filename: str | None
-    offset: int
-    mode: str
+    # Defaults for arrays that map nothing (copies, unpickled objects): numpy sets these to
+    # None in __array_finalize__; class attributes give the same values without the cost.
+    # As numpy's stub types them: None only for an array that maps nothing.
+    _mmap: Mapping | None = None
+    filename: str | None = None
+    offset: int = None  # type: ignore[assignment]
+    mode: str = None  # type: ignore[assignment]
     # A view's own export of the Mapping: it makes live views visible to close(strict=True).
-    # Set on views only, and never read (it is held, not used): unset elsewhere.
-    _view_export: _ArrayExport
+    _view_export: _ArrayExport | None = None
 
     def __new__(subtype, filename: StrOrBytesPath | _FileObject, dtype: DTypeLike = np.uint8,
                 mode: Mode = "r+", offset: SupportsIndex = 0, shape: ShapeLike | None = None,
@@ -194,25 +190,21 @@ class memmap(np.memmap):
         # the same Mapping the general path below makes, with numpy's attributes for it.
         fast = _open_to_end(filename, dtype, mode, offset, shape, order, False, None)
         if fast is not None:
-            return fast._array_of(subtype, fast)  # attributes: see __array_finalize__
+            self = fast._array_of(subtype)
+            self._mmap = fast  # type: ignore[assignment]  # the class installed: Mapping
+            self.offset = 0
+            self.mode = fast.mode
+            self.filename = fast.filename
+            return self
         return _new_memmap(subtype, filename, dtype, mode, offset, shape, order)
 
     def __array_finalize__(self, obj: Any) -> None:
         # numpy.memmap's rule: a new array sharing memory with a memmap inherits its file
-        # attributes; anything else gets None.
-        if isinstance(obj, Mapping):
-            # A memmap of the whole of this mapping, made by its _array_of (numpy passes no
-            # Mapping here otherwise: ndarray.__new__(buffer=...) gives None): its attributes
-            # are the mapping's, set once here rather than after.
-            self._mmap = obj
-            self.filename = obj.filename
-            self.offset = obj.offset
-            self.mode = obj.mode
+        # attributes; anything else keeps the class defaults (None).
+        if obj is None:
             return
-        mapping: Any = _MISSING if obj is None else getattr(obj, "_mmap", _MISSING)
+        mapping: Any = getattr(obj, "_mmap", _MISSING)
         if mapping is _MISSING or not _may_share_memory(self, obj):
-            self._mmap = self.filename = self.mode = None  # type: ignore[assignment]
-            self.offset = None  # type: ignore[assignment]
             return
         self._mmap = mapping
         self.filename = obj.filename
@@ -442,6 +434,11 @@ def _dask_loads(header: dict[str, Any], frames: list[bytes]) -> memmap:
         raise TypeError(f"the frame sent for an mmarray.memmap holds a "
                         f"{type(loaded).__name__}, expected an mmarray.memmap")
     return loaded
+
+
+# memmap.__array_finalize__ keeps nothing of the array it is given when it raises: the engine
+# may build memmaps with numpy's fast constructor (its subclasses get ndarray.__new__).
+_engine.trust_array_finalize(memmap)
 
 
 def _memmap_from_ref(reference: ArrayRef, filename: Any, offset: int, mode: str,

@@ -236,17 +236,38 @@ ADVICE = {"normal": MM_ADV_NORMAL, "sequential": MM_ADV_SEQUENTIAL, "random": MM
           "populate_read": MM_ADV_POPULATE_READ, "populate_write": MM_ADV_POPULATE_WRITE}
 
 
-cdef object _new_array(Region m, type subtype, object export, object finalize_with=None):
+#: ndarray subclasses whose __array_finalize__ the Python layer vouches for (see
+#: trust_array_finalize): _new_array builds them without ndarray.__new__.
+cdef set _trusted_finalize = set()
+
+
+def trust_array_finalize(type subtype not None):
+    """Let arrays of exactly ``subtype`` (an ndarray subclass) be built by the fast constructor,
+    which gives an array its base only once ``subtype.__array_finalize__`` has returned. Only
+    for a class whose ``__array_finalize__``, when it raises, keeps no reference to the array
+    it was given: such an array would have no base, and read its region once unmapped."""
+    if not issubclass(subtype, _ndarray):
+        raise TypeError(f"subtype must be a subclass of numpy.ndarray, got {subtype!r}")
+    _trusted_finalize.add(subtype)
+
+
+cdef object _new_array(Region m, type subtype, object export):
     """An array of ``subtype`` over the mapped region, based on ``export`` (which holds the
     export for the array's lifetime). The C API call that ``ndarray.__new__(buffer=...)``
-    ends in, without parsing its arguments (measured: ~0.4 us less per array). numpy passes
-    ``finalize_with`` to a subclass's ``__array_finalize__`` as its ``obj``."""
+    ends in, without parsing its arguments (measured: ~0.4 us less per array), for ndarray
+    and the subclasses trust_array_finalize names."""
     cdef cnp.npy_intp dims[64]     # NPY_MAXDIMS in numpy 2; numpy 1.x allows 32
     cdef cnp.dtype descr = m._dtype
     cdef int nd, i, flags = 0
     if m._shape is None:
         raise ValueError("the mapping has no shape (its size is not a multiple of the "
                          "itemsize)")
+    if subtype is not _ndarray and subtype not in _trusted_finalize:
+        # Another subclass's __array_finalize__ may keep the new array (append it to a list)
+        # and then raise: that array must already hold its base, as ndarray.__new__ gives it
+        # before the call. The export refuses a writable buffer of a read-only mapping, and
+        # numpy then makes the array read-only.
+        return _ndarray.__new__(subtype, m._shape, descr, export, 0, None, m._order)
     nd = len(m._shape)
     if nd > 64:
         raise ValueError(f"shape {m._shape!r} has more than 64 dimensions")
@@ -258,8 +279,7 @@ cdef object _new_array(Region m, type subtype, object export, object finalize_wi
         flags |= cnp.NPY_ARRAY_F_CONTIGUOUS
     Py_INCREF(descr)               # PyArray_NewFromDescr steals it
     # data is the mapping's first byte; the shape was checked against the mapped length.
-    array = PyArray_NewFromDescr(subtype, descr, nd, dims, NULL, m.view.data, flags,
-                                 finalize_with)
+    array = PyArray_NewFromDescr(subtype, descr, nd, dims, NULL, m.view.data, flags, None)
     cnp.set_array_base(array, export)
     return array
 
@@ -901,10 +921,8 @@ cdef class Region:
         export.length = <Py_ssize_t>self.view.length
         return _new_array(self, _ndarray, export)
 
-    def _array_of(self, type subtype, finalize_with=None):
-        """As :attr:`array`, of an ndarray subclass (``mmarray.memmap``), whose
-        ``__array_finalize__`` is given ``finalize_with`` as its ``obj`` (numpy's
-        ``PyArray_NewFromDescr``: None by default, as for an array made from nothing)."""
+    def _array_of(self, type subtype):
+        """As :attr:`array`, of an ndarray subclass (``mmarray.memmap``)."""
         cdef _ArrayExport export
         if not issubclass(subtype, _ndarray):
             raise TypeError(f"subtype must be numpy.ndarray or a subclass of it, got "
@@ -915,7 +933,7 @@ cdef class Region:
         export.generation = self._generation
         export.data = <char *>self.view.data
         export.length = <Py_ssize_t>self.view.length
-        return _new_array(self, subtype, export, finalize_with)
+        return _new_array(self, subtype, export)
 
     def _export(self):
         """A new export object to build an array on (``ndarray.__new__(..., buffer=it)``).
