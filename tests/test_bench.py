@@ -626,3 +626,31 @@ def test_the_order_seed_is_recorded_and_printed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["meta"]["seed"] == 12345
     assert "--seed 12345 repeats them" in proc.stdout
+
+
+def test_python_floor_builds_and_unmaps_once_closed_and_its_array_is_gone(tmp_path):
+    import sysconfig
+
+    from helpers import mapped_regions
+
+    source = os.path.join(os.path.dirname(T.__file__), "pyfloor.c")
+    module, why = T.build_pyfloor(source, str(tmp_path))
+    can_build = os.name == "posix" and shutil.which("cc") and os.path.exists(
+        os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+    if module is None:
+        assert not can_build, why  # a compiler and headers are here: it must build
+        pytest.skip(why)
+    data = tmp_path / "d.bin"
+    data.write_bytes(bytes(range(256)) * 16)
+    m = module.open(str(data))
+    a = m.array
+    assert a.dtype == np.uint8 and not a.flags.writeable
+    assert a.tobytes() == data.read_bytes()
+    m.close()
+    assert len(mapped_regions(str(data))) == 1 and a[255] == 255  # the array keeps it
+    del a
+    assert mapped_regions(str(data)) == []
+    with pytest.raises(ValueError):
+        _ = m.array  # closed
+    with pytest.raises(FileNotFoundError):
+        module.open(str(tmp_path / "missing.bin"))

@@ -79,12 +79,14 @@ class Context:
         self.chunk_bytes = 8 << 20
         self.progress = progress or (lambda msg: None)
         self._floor = None
+        self._pyfloor = None
         self._data = None
         self._files = {}
         self._share = None
         self.fs_type = T.fs_type(workdir)
         here = os.path.dirname(os.path.abspath(__file__))
         self.floor_source = os.path.join(here, "floor.c")
+        self.pyfloor_source = os.path.join(here, "pyfloor.c")
 
     # resources ------------------------------------------------------------------------------
 
@@ -97,6 +99,13 @@ class Context:
         if self._floor is None:
             self._floor = T.build_floor(self.floor_source, self.workdir)
         return self._floor
+
+    @property
+    def pyfloor(self):
+        """(the pyfloor extension module or None, reason)."""
+        if self._pyfloor is None:
+            self._pyfloor = T.build_pyfloor(self.pyfloor_source, self.workdir)
+        return self._pyfloor
 
     @property
     def data(self):

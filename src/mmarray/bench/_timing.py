@@ -633,30 +633,66 @@ class Floor:
         return self._check(ns) / 1e9 / number / len(paths)
 
 
+def _compile(what, source, workdir, out_name, flags):
+    """Compile the C file ``source`` (a copy in ``workdir``) into ``workdir/out_name`` with
+    the C compiler ($CC, cc, gcc or clang) and ``flags``. Returns (path, compiler name, None),
+    or (None, None, reason) when there is no compiler or the build fails."""
+    if os.name != "posix":
+        return None, None, f"the {what} is POSIX-only"
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        return None, None, f"no C compiler (cc/gcc/clang) found: {what} not measured"
+    if not os.path.exists(source):
+        return None, None, f"{what} source {source} not found"
+    src = os.path.join(workdir, os.path.basename(source))
+    shutil.copyfile(source, src)
+    out = os.path.join(workdir, out_name)
+    try:
+        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", *flags, "-o", out, src],
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, None, f"compiling the {what} failed: {exc}"
+    if proc.returncode != 0:
+        return None, None, f"compiling the {what} failed: {proc.stderr.strip()[:300]}"
+    return out, os.path.basename(cc), None
+
+
 def build_floor(source, workdir):
     """Compile the C floor into ``workdir`` and load it. Returns (Floor, None) or
     (None, reason) if no compiler is found or the build fails."""
-    if os.name != "posix":
-        return None, "the C floor is POSIX-only"
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        return None, "no C compiler (cc/gcc/clang) found: C floor not measured"
-    if not os.path.exists(source):
-        return None, f"C floor source {source} not found"
-    src = os.path.join(workdir, "floor.c")
-    shutil.copyfile(source, src)
-    lib_path = os.path.join(workdir, "floor.so")
-    cmd = [cc, "-O2", "-shared", "-fPIC", "-o", lib_path, src]
+    lib_path, compiler, why = _compile("C floor", source, workdir, "floor.so", [])
+    if lib_path is None:
+        return None, why
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"compiling the C floor failed: {exc}"
-    if proc.returncode != 0:
-        return None, f"compiling the C floor failed: {proc.stderr.strip()[:300]}"
-    try:
-        return Floor(ctypes.CDLL(lib_path), os.path.basename(cc)), None
+        return Floor(ctypes.CDLL(lib_path), compiler), None
     except OSError as exc:
         return None, f"loading the C floor failed: {exc}"
+
+
+def build_pyfloor(source, workdir):
+    """Compile the Python floor (mmarray/bench/pyfloor.c, a C extension module) into
+    ``workdir`` against the running Python's and numpy's headers, and import it. Returns
+    (module, None) or (None, reason) if there is no compiler, no headers, or the build fails."""
+    import importlib.util
+    import sysconfig
+
+    import numpy as np
+
+    include = sysconfig.get_paths().get("include")
+    if not include or not os.path.exists(os.path.join(include, "Python.h")):
+        return None, "no Python.h (the Python development headers): Python floor not measured"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    lib_path, _, why = _compile("Python floor", source, workdir, "pyfloor" + suffix,
+                                [f"-I{include}", f"-I{np.get_include()}"])
+    if lib_path is None:
+        return None, why
+    try:
+        spec = importlib.util.spec_from_file_location("pyfloor", lib_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as exc:
+        return None, f"loading the Python floor failed: {exc}"
+    return module, None
 
 
 def cpu_model():

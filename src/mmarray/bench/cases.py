@@ -222,6 +222,12 @@ def case_open_close(ctx):
                         micro(ctx, "m = mmopen(path, mode='r'); m.close()", ns)))
     cs.append(Contender("C floor (open+fstat+mmap+close+munmap)", "limit",
                         _floor_make(ctx, lambda n: floor.open_map(path, n)), skip=why_floor))
+    # The least a Python API pays over the C floor for the same statement (pyfloor.c).
+    pyfloor, why_pyfloor = ctx.pyfloor
+    cs.append(Contender("Python floor (C extension, same statement)",
+                        "other", micro(ctx, "m = pfopen(path); a = m.array; m.close(); del a",
+                                       {**ns, "pfopen": getattr(pyfloor, "open", None)}),
+                        skip=why_pyfloor))
     return [run_case(
         ctx, "open_close_4k", "open + array + close, 4 KiB file", "µs", cs,
         rounds=ctx.micro_rounds, warmup=1, cache_state="cached (file in page cache)",
@@ -232,7 +238,10 @@ def case_open_close(ctx):
                "mmarray.memmap: open, drop (the unmap)",
                "no target against numpy.memmap: the physical goal is the C floor (which is "
                "itself only a few times faster than numpy.memmap); 'vs numpy' is shown for "
-               "information"])]
+               "information",
+               "Python floor: a C extension (mmarray/bench/pyfloor.c) running the same "
+               "statement with nothing but the calls (GIL released around them), one object, "
+               "the array and its export: no registry, fault guard, modes, dtypes or names"])]
 
 
 def _floor_make(ctx, call):
