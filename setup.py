@@ -27,8 +27,10 @@ engine = Extension(
 # 1.43x; the .npz modules: a member open 13.4-15.6x -> 17.4-19.2x np.load (its instructions
 # 198k -> 171k, callgrind). Annotations stay annotations (annotation_typing off: `offset: int`
 # must still take numpy integers), and functions keep their introspection (binding: signature,
-# __doc__).
-COMPILED_PY = ["_api", "_compat", "_load", "_npz", "_npzcrc", "_npyformat", "_zipdir"]
+# __doc__). Not _npzcrc: its CRC-32 passes over whole members (gigabytes in an 'r+' open, flush
+# or close) must run bytecode between chunks, where Python handles Ctrl-C; compiled, the pass
+# runs to its end first.
+COMPILED_PY = ["_api", "_compat", "_load", "_npz", "_npyformat", "_zipdir"]
 compiled_py = [Extension(f"mmarray.{name}", [f"src/mmarray/{name}.py"]) for name in COMPILED_PY]
 
 setup(

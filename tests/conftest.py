@@ -6,7 +6,7 @@ import pytest
 
 # Python modules setup.py compiles with Cython (COMPILED_PY there): an in-place build's
 # extension shadows its .py, so an edit of the .py is not what runs until the next build.
-COMPILED_PY = ("_api", "_compat", "_load", "_npz", "_npzcrc", "_npyformat", "_zipdir")
+COMPILED_PY = ("_api", "_compat", "_load", "_npz", "_npyformat", "_zipdir")
 
 
 def pytest_configure(config):

@@ -885,32 +885,42 @@ def test_arrays_that_map_nothing_read_none_attributes_as_numpy_memmap_does(path)
             assert getattr(numpys, name) is None
 
 
-def test_subclass_finalize_that_keeps_the_array_and_raises_leaves_it_a_mapped_base(path):
-    # The array a subclass's __array_finalize__ keeps before raising must hold its export:
-    # it had none (the base was set after the call) and read the file once it was unmapped
-    # (SIGSEGV). Its own memmap class is built as before; subclasses by ndarray.__new__.
+
+# A memmap class whose __array_finalize__ keeps the array it is given, then raises: in a
+# subclass, and in mmarray.memmap itself with the function replaced (monkeypatched, wrapped).
+_KEEPERS = {
+    "subclass": "class Keeper(mmarray.memmap):\n"
+                "    __array_finalize__ = keep_and_raise\n",
+    "replaced on memmap": "mmarray.memmap.__array_finalize__ = keep_and_raise\n"
+                          "Keeper = mmarray.memmap\n",
+}
+
+
+@pytest.mark.parametrize("keeper", sorted(_KEEPERS))
+def test_finalize_that_keeps_the_array_and_raises_leaves_it_a_mapped_base(path, keeper):
+    # The array such a function keeps must hold its export: it had none (the base was set
+    # after the call) and read the file once it was unmapped (SIGSEGV). The engine trusts
+    # mmarray.memmap's own function only, not its class; other arrays are built base first.
     np.arange(32, dtype="int16").tofile(path)
-    proc = run_python(f"""
-        import gc, numpy as np, mmarray
-        kept = []
-        class Keeper(mmarray.memmap):
-            def __array_finalize__(self, obj):
-                kept.append(self)
-                raise RuntimeError("finalize failed")
-        for mode in ("r", "r+", "c", "r", "r+"):  # general path first, then the fast path
-            try:
-                Keeper({path!r}, dtype="int16", mode=mode)
-            except RuntimeError:
-                pass
-        gc.collect()
-        for a in kept:
-            assert a.base is not None
-            assert int(a.view(np.ndarray).sum()) == sum(range(32))
-        print("ok")
-    """, timeout=120)
+    script = "import gc, numpy as np, mmarray\nkept = []\n" \
+             "def keep_and_raise(self, obj):\n" \
+             "    kept.append(self)\n" \
+             "    raise RuntimeError('finalize failed')\n" + _KEEPERS[keeper] + f"""
+for mode in ("r", "r+", "c", "r", "r+"):  # the general path first, then the fast path
+    try:
+        Keeper({path!r}, dtype="int16", mode=mode)
+    except RuntimeError:
+        pass
+gc.collect()
+assert len(kept) == 5
+for a in kept:
+    assert a.base is not None
+    assert int(a.view(np.ndarray).sum()) == sum(range(32))
+print("ok")
+"""
+    proc = run_python(script, timeout=120)
     assert_clean_exit(proc)
     assert proc.stdout.strip() == "ok"
-
 
 def test_subclass_memmap_built_by_ndarray_new_matches_the_memmap_itself(path):
     np.arange(32, dtype="int16").tofile(path)
@@ -931,3 +941,21 @@ def test_subclass_memmap_built_by_ndarray_new_matches_the_memmap_itself(path):
             assert np.array_equal(a, b) and a._mmap.exports == 1
             a._mmap.close()
             b.close()
+
+
+def test_memmap_subclass_with_its_own_metaclass_maps_as_numpy_memmap_does(path):
+    import abc
+
+    np.arange(8, dtype="int16").tofile(path)
+
+    class Ours(mmarray.memmap, metaclass=abc.ABCMeta):
+        pass
+
+    class Theirs(np.memmap, metaclass=abc.ABCMeta):
+        pass
+
+    for _ in range(2):  # the general path, then the fast path
+        a, b = Ours(path, dtype="int16", mode="r"), Theirs(path, dtype="int16", mode="r")
+        assert type(a) is Ours and a.tolist() == b.tolist() == list(range(8))
+        assert a.filename == b.filename
+        a.close()

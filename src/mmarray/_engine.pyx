@@ -236,19 +236,20 @@ ADVICE = {"normal": MM_ADV_NORMAL, "sequential": MM_ADV_SEQUENTIAL, "random": MM
           "populate_read": MM_ADV_POPULATE_READ, "populate_write": MM_ADV_POPULATE_WRITE}
 
 
-#: ndarray subclasses whose __array_finalize__ the Python layer vouches for (see
-#: trust_array_finalize): _new_array builds them without ndarray.__new__.
-cdef set _trusted_finalize = set()
+#: ndarray subclass -> the __array_finalize__ the Python layer vouches for in it (see
+#: trust_array_finalize): _new_array builds them without ndarray.__new__ while they have it.
+cdef dict _trusted_finalize = {}
 
 
-def trust_array_finalize(type subtype not None):
+def trust_array_finalize(subtype):
     """Let arrays of exactly ``subtype`` (an ndarray subclass) be built by the fast constructor,
-    which gives an array its base only once ``subtype.__array_finalize__`` has returned. Only
-    for a class whose ``__array_finalize__``, when it raises, keeps no reference to the array
-    it was given: such an array would have no base, and read its region once unmapped."""
-    if not issubclass(subtype, _ndarray):
+    which gives an array its base only once ``subtype.__array_finalize__`` has returned, for
+    as long as that attribute is the function it is now. Only for a function that, when it
+    raises, keeps no reference to the array it was given: such an array would have no base,
+    and read its region once unmapped."""
+    if not (isinstance(subtype, type) and issubclass(subtype, _ndarray)):
         raise TypeError(f"subtype must be a subclass of numpy.ndarray, got {subtype!r}")
-    _trusted_finalize.add(subtype)
+    _trusted_finalize[subtype] = subtype.__array_finalize__
 
 
 cdef object _new_array(Region m, type subtype, object export):
@@ -262,11 +263,12 @@ cdef object _new_array(Region m, type subtype, object export):
     if m._shape is None:
         raise ValueError("the mapping has no shape (its size is not a multiple of the "
                          "itemsize)")
-    if subtype is not _ndarray and subtype not in _trusted_finalize:
-        # Another subclass's __array_finalize__ may keep the new array (append it to a list)
-        # and then raise: that array must already hold its base, as ndarray.__new__ gives it
-        # before the call. The export refuses a writable buffer of a read-only mapping, and
-        # numpy then makes the array read-only.
+    if subtype is not _ndarray and \
+            _trusted_finalize.get(subtype) is not getattr(subtype, "__array_finalize__", None):
+        # Another subclass's __array_finalize__ (or a trusted class's, replaced since) may
+        # keep the new array (append it to a list) and then raise: that array must already
+        # hold its base, as ndarray.__new__ gives it before the call. The export refuses a
+        # writable buffer of a read-only mapping, and numpy then makes the array read-only.
         return _ndarray.__new__(subtype, m._shape, descr, export, 0, None, m._order)
     nd = len(m._shape)
     if nd > 64:
@@ -921,10 +923,11 @@ cdef class Region:
         export.length = <Py_ssize_t>self.view.length
         return _new_array(self, _ndarray, export)
 
-    def _array_of(self, type subtype):
-        """As :attr:`array`, of an ndarray subclass (``mmarray.memmap``)."""
+    def _array_of(self, subtype):
+        """As :attr:`array`, of an ndarray subclass (``mmarray.memmap``; its class may have a
+        metaclass other than ``type``)."""
         cdef _ArrayExport export
-        if not issubclass(subtype, _ndarray):
+        if not (isinstance(subtype, type) and issubclass(subtype, _ndarray)):
             raise TypeError(f"subtype must be numpy.ndarray or a subclass of it, got "
                             f"{subtype!r}")
         export = _ArrayExport.__new__(_ArrayExport)
@@ -933,7 +936,7 @@ cdef class Region:
         export.generation = self._generation
         export.data = <char *>self.view.data
         export.length = <Py_ssize_t>self.view.length
-        return _new_array(self, subtype, export)
+        return _new_array(self, <type>subtype, export)
 
     def _export(self):
         """A new export object to build an array on (``ndarray.__new__(..., buffer=it)``).
@@ -1314,9 +1317,10 @@ cdef bint _normal_absolute(const char *path, Py_ssize_t n) noexcept:
     # no '//', no '/.', no '/' last. On the UTF-8 bytes: '/' and '.' are never part of a
     # multi-byte character there.
     cdef const char *slash = path
-    cdef const char *last = path + n - 1   # the last byte: n > 0 below
-    if n == 0 or path[0] != b'/' or last[0] == b'/':
+    cdef const char *last
+    if n == 0 or path[0] != b'/' or path[n - 1] == b'/':
         return False
+    last = path + n - 1              # the last byte: n > 0
     while slash < last:
         # slash < last, so slash + 1 is still inside the n bytes of the path
         if slash[1] == b'/' or slash[1] == b'.':
