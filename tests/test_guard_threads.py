@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(os.name == "nt", reason="the fault guard is POSI
 START_AFTER_FAULT = """
 import os, sys, threading, time, faulthandler, _thread
 import mmarray
+from mmarray import _engine, _guard
 
 d = {d!r}
 other = os.path.join(d, "other.bin")
@@ -52,9 +53,15 @@ def A():
             return
         i += 1
         progress[:] = [i, time.monotonic()]
-    # the last fault's exception may still be on its way: let it come, here
+    # the last fault's exception may still be on its way: let it come, here. The dispatcher
+    # may hold it back while a thread start runs (up to _guard._START_WAIT, 2 s), longer on
+    # a loaded machine: wait until no record is queued and none is pending for this thread.
     try:
-        time.sleep(0.5)
+        me = threading.get_ident()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+                _engine.guard_recorded() > _engine.guard_taken() or _guard._pending.get(me)):
+            time.sleep(0.01)
         for _ in range(1000):
             pass
     except mmarray.MappedFileError:
