@@ -512,3 +512,59 @@ def test_a_temporary_copy_swapped_before_its_reopen_is_refused_and_left_alone(tm
         os.close(fd)
     assert swapped and swapped[0].read_bytes() == b"someone else's"   # left alone
     assert np.load(path).shape == (2, 3)                              # the file as it was
+
+
+def _crash_resize(path, patch, rows):
+    """Run load(path, 'r+').resize(rows) in a child that dies (os._exit(9)) where ``patch``
+    says."""
+    proc = run_python(f"""
+        import os
+        import mmarray
+        from mmarray import _npyformat
+
+        def die(*args):
+            os._exit(9)
+        m = mmarray.load({str(path)!r}, mode="r+")
+        {patch}
+        m.resize({rows})
+    """, timeout=TIMEOUT)
+    assert proc.returncode == 9, proc.stderr
+
+
+@pytest.mark.parametrize("where, patch, rows_after", [
+    ("before the header", "_npyformat.pwrite = die", 10),
+    ("after the header, before the trailer is cut", "os.ftruncate = die", 200),
+])
+def test_a_resize_killed_while_growing_leaves_a_file_the_next_append_or_resize_takes(
+        tmp_path, where, patch, rows_after):
+    # Helper-63: the growth wrote no trailer, so the zeros past the data (or the header's
+    # new rows) left a file that append_npy and resize refused for good.
+    data = np.arange(30, dtype="i4").reshape(10, 3)
+    for then in ("append", "resize"):
+        path = tmp_path / f"{then}.npy"
+        np.save(path, data)
+        _crash_resize(path, patch, 200)
+        seen = np.load(path)
+        assert seen.shape == (rows_after, 3) and np.array_equal(seen[:10], data)
+        assert path.stat().st_size > 128 + rows_after * 12  # a leftover with its trailer
+        if then == "append":
+            assert mmarray.append_npy(path, np.full((1, 3), 7, "i4")) == rows_after + 1
+        else:
+            with mmarray.load(path, mode="r+") as m:
+                m.resize(rows_after + 1)
+                m.array[-1] = 7
+        grown = np.load(path)
+        assert grown.shape == (rows_after + 1, 3) and np.array_equal(grown[:10], data)
+        assert grown[-1].tolist() == [7, 7, 7]
+        assert path.stat().st_size == 128 + (rows_after + 1) * 12  # nothing after them
+
+
+def test_a_resize_grows_a_file_an_unfinished_append_left(tmp_path):
+    path = tmp_path / "r.npy"
+    np.save(path, np.arange(10, dtype="i8"))
+    _crash(path, "_npyformat.pwrite = die")  # the rows and trailer written, not the header
+    with mmarray.load(path, mode="r+") as m:
+        m.resize(12)
+        m.array[10:] = [5, 6]
+    assert np.load(path).tolist() == [*range(10), 5, 6]
+    assert path.stat().st_size == 128 + 12 * 8

@@ -290,6 +290,15 @@ def _leftover(fd: int, header: bytes, end: int, size: int) -> bool:
     return (end, mine) in ((old_end, old_crc), (new_end, new_crc))
 
 
+def trailer_bytes(old_end: int, new_end: int, old_header: bytes, new_header: bytes) -> bytes:
+    """The trailer an unfinished growth leaves at ``new_end``: the file's data ends at
+    ``old_end`` under ``old_header`` or at ``new_end`` under ``new_header`` (see
+    :func:`_leftover`)."""
+    trailer = _TRAILER.pack(_TRAILER_MAGIC, old_end, new_end, zlib.crc32(old_header),
+                            zlib.crc32(new_header), 0)
+    return trailer[:-4] + struct.pack("<L", zlib.crc32(trailer[:-4]))
+
+
 def _append(fd: int, path: str, name: str, array: np.ndarray[Any, Any],
             sync: bool, size: int | None = None) -> int:
     """Append ``array`` to the .npy open (and locked) as ``fd``, ``size`` bytes long (read
@@ -350,9 +359,7 @@ def _append(fd: int, path: str, name: str, array: np.ndarray[Any, Any],
         size = end
     new_end = end + array.nbytes
     if array.size:
-        trailer = _TRAILER.pack(_TRAILER_MAGIC, end, new_end, zlib.crc32(old_header),
-                                zlib.crc32(header), 0)
-        trailer = trailer[:-4] + struct.pack("<L", zlib.crc32(trailer[:-4]))
+        trailer = trailer_bytes(end, new_end, old_header, header)
         try:
             _write_at(fd, trailer, new_end)  # first: what follows the data is marked ours
             _write_rows(fd, array, end, order)

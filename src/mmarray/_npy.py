@@ -145,10 +145,13 @@ class NpyMapping(Mapping):
                 raise ValueError(f"{filename!r} no longer has the header this mapping was made "
                                  f"from: refusing to rewrite it")
             data_end = self.offset + self.nbytes
-            if nbytes > self.nbytes and st.st_size > data_end:
+            if nbytes > self.nbytes and st.st_size > data_end and \
+                    not _append._leftover(fd, header, data_end, st.st_size):
                 # numpy.load ignores them; a larger shape would claim them as rows (and a
                 # rewrite with room would drop them): another array saved after this one
                 # (np.save twice into one file), or rows a shrink without truncate left.
+                # The leftover of a growth that did not finish (a process killed in an
+                # append_npy or in this resize: its trailer says so) is cut below.
                 raise ValueError(f"{filename!r} has {st.st_size - data_end} bytes after the "
                                  f"array's data (which ends at byte {data_end}), which a "
                                  f"larger shape would take as rows: refusing to grow it; "
@@ -202,6 +205,17 @@ class NpyMapping(Mapping):
                 if grown is None:  # pragma: no cover - numpy's header holds 21 digits
                     raise ValueError(f"{filename!r}: its header cannot hold shape {new}")
             if nbytes > self.nbytes:
+                # As append_npy grows a file: a trailer past the new end first, so that a
+                # process killed before the header is written leaves a file the next
+                # append_npy or resize recognises (and cuts back), then the data, the
+                # header, and the trailer cut off. (After a rewrite with room: the copy's.)
+                data_end = self.offset + self.nbytes
+                new_end = self.offset + nbytes
+                size = os.fstat(fd).st_size
+                if size > data_end:  # the leftover of an unfinished growth, checked above
+                    os.ftruncate(fd, data_end)
+                _append._write_at(fd, _append.trailer_bytes(data_end, new_end, header, grown),
+                                  new_end)
                 try:
                     Mapping.resize(self, new)
                     _fmt.pwrite(fd, grown, 0)
@@ -211,7 +225,11 @@ class NpyMapping(Mapping):
                     # for good (later resizes refused, rows written past the header lost).
                     if self.shape == new:
                         _fmt.pwrite(fd, grown, 0)
+                        os.ftruncate(fd, new_end)
+                    else:
+                        os.ftruncate(fd, data_end)  # the file as it was
                     raise
+                os.ftruncate(fd, new_end)
             else:
                 end = self.offset + nbytes
                 old_end = self.offset + self.nbytes
