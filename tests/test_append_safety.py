@@ -568,3 +568,47 @@ def test_a_resize_grows_a_file_an_unfinished_append_left(tmp_path):
         m.array[10:] = [5, 6]
     assert np.load(path).tolist() == [*range(10), 5, 6]
     assert path.stat().st_size == 128 + 12 * 8
+
+
+def test_a_resize_whose_trailer_write_fails_leaves_the_file_as_it_was(tmp_path):
+    # Helper-64: the trailer was written outside the resize's try, so a short write (a
+    # file-size limit, a disk full mid-write) left zeros and half a trailer no later call took.
+    path = tmp_path / "f.npy"
+    np.save(path, np.arange(30, dtype="i4").reshape(10, 3))
+    before = path.read_bytes()
+    proc = run_python(f"""
+        import resource
+        import mmarray
+        m = mmarray.load({str(path)!r}, mode="r+")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (390, resource.RLIM_INFINITY))
+        try:
+            m.resize(20)  # the trailer at byte 368 crosses the limit after 22 bytes
+        except OSError as exc:
+            print("refused", exc.errno)
+        print(m.shape)
+    """, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0].startswith("refused"), proc.stdout
+    assert path.read_bytes() == before
+    with mmarray.load(path, mode="r+") as m:
+        m.resize(20)
+    assert np.load(path).shape == (20, 3)
+
+
+def test_a_stale_trailer_does_not_let_a_later_grow_cut_rows_a_shrink_left(tmp_path):
+    # Helper-64: killed after its header, a growth left its trailer; rows written, then a
+    # shrink without truncate wrote the old header back, and the next grow took the stale
+    # trailer as a leftover and cut the rows. Every resize now clears a leftover first.
+    path = tmp_path / "s.npy"
+    np.save(path, np.arange(30, dtype="i4").reshape(10, 3))
+    _crash_resize(path, "os.ftruncate = die", 20)
+    with mmarray.load(path, mode="r+") as m:
+        m.array[10:] = 7
+        m.flush()
+        m.resize(10)  # the rows 10..19 stay in the file, after the data
+    kept = path.read_bytes()
+    with mmarray.load(path, mode="r+") as m:
+        with pytest.raises(ValueError, match="refusing to grow it"):
+            m.resize(12)
+    assert path.read_bytes() == kept
+    assert np.frombuffer(kept[128 + 120:], dtype="i4").tolist() == [7] * 30

@@ -145,18 +145,23 @@ class NpyMapping(Mapping):
                 raise ValueError(f"{filename!r} no longer has the header this mapping was made "
                                  f"from: refusing to rewrite it")
             data_end = self.offset + self.nbytes
-            if nbytes > self.nbytes and st.st_size > data_end and \
-                    not _append._leftover(fd, header, data_end, st.st_size):
+            # The leftover of a growth that did not finish (a process killed in an append_npy
+            # or in this resize: its trailer says so) goes before anything is written, so that
+            # no stale trailer outlives this call: read later, after a shrink, it would vouch
+            # for rows that are no longer its leftover.
+            leftover = st.st_size > data_end and \
+                _append._leftover(fd, header, data_end, st.st_size)
+            if nbytes > self.nbytes and st.st_size > data_end and not leftover:
                 # numpy.load ignores them; a larger shape would claim them as rows (and a
                 # rewrite with room would drop them): another array saved after this one
                 # (np.save twice into one file), or rows a shrink without truncate left.
-                # The leftover of a growth that did not finish (a process killed in an
-                # append_npy or in this resize: its trailer says so) is cut below.
                 raise ValueError(f"{filename!r} has {st.st_size - data_end} bytes after the "
                                  f"array's data (which ends at byte {data_end}), which a "
                                  f"larger shape would take as rows: refusing to grow it; "
                                  f"expected nothing after the data (truncate the file at "
                                  f"{data_end} bytes if those bytes are not needed)")
+            if leftover:
+                os.ftruncate(fd, data_end)
             grown = _append._grown_header(header, new, repr(filename))
             if grown is None:
                 # No room in the header: the file is rewritten once with numpy's room (a copy
@@ -211,23 +216,24 @@ class NpyMapping(Mapping):
                 # header, and the trailer cut off. (After a rewrite with room: the copy's.)
                 data_end = self.offset + self.nbytes
                 new_end = self.offset + nbytes
-                size = os.fstat(fd).st_size
-                if size > data_end:  # the leftover of an unfinished growth, checked above
-                    os.ftruncate(fd, data_end)
-                _append._write_at(fd, _append.trailer_bytes(data_end, new_end, header, grown),
-                                  new_end)
+                trailer = _append.trailer_bytes(data_end, new_end, header, grown)
                 try:
+                    _append._write_at(fd, trailer, new_end)
                     Mapping.resize(self, new)
                     _fmt.pwrite(fd, grown, 0)
                 except BaseException:
                     # Interrupted (KeyboardInterrupt) once the view grew: the rows are in the
                     # file, so the header says so too, or the mapping and the file disagree
                     # for good (later resizes refused, rows written past the header lost).
+                    # Before: the file as it was (a trailer written in part included).
                     if self.shape == new:
                         _fmt.pwrite(fd, grown, 0)
                         os.ftruncate(fd, new_end)
                     else:
-                        os.ftruncate(fd, data_end)  # the file as it was
+                        try:
+                            os.ftruncate(fd, data_end)
+                        except OSError:
+                            pass  # a whole trailer left is recognised; the error goes on up
                     raise
                 os.ftruncate(fd, new_end)
             else:
