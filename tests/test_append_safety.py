@@ -514,9 +514,9 @@ def test_a_temporary_copy_swapped_before_its_reopen_is_refused_and_left_alone(tm
     assert np.load(path).shape == (2, 3)                              # the file as it was
 
 
-def _crash_resize(path, patch, rows):
-    """Run load(path, 'r+').resize(rows) in a child that dies (os._exit(9)) where ``patch``
-    says."""
+def _crash_resize(path, patch, rows, truncate=False):
+    """Run load(path, 'r+').resize(rows, truncate=truncate) in a child that dies
+    (os._exit(9)) where ``patch`` says."""
     proc = run_python(f"""
         import os
         import mmarray
@@ -526,37 +526,50 @@ def _crash_resize(path, patch, rows):
             os._exit(9)
         m = mmarray.load({str(path)!r}, mode="r+")
         {patch}
-        m.resize({rows})
+        m.resize({rows}, truncate={truncate})
     """, timeout=TIMEOUT)
     assert proc.returncode == 9, proc.stderr
 
 
-@pytest.mark.parametrize("where, patch, rows_after", [
-    ("before the header", "_npyformat.pwrite = die", 10),
-    ("after the header, before the trailer is cut", "os.ftruncate = die", 200),
+@pytest.mark.parametrize("rows, truncate, patch, rows_after, size", [
+    # A growth to 200 rows; helper-63: it wrote no trailer, so the zeros past the data (or
+    # the header's new rows) left a file that append_npy and resize refused for good.
+    (200, False, "_npyformat.pwrite = die", 10, 128 + 2400 + 44),   # before the header
+    (200, False, "os.ftruncate = die", 200, 128 + 2400 + 44),      # before the trailer's cut
+    # A shrink to 4 rows with truncate; helper-63 finding 2: killed between the header and
+    # the cut, it left the dropped rows after the data, refused the same way. A trailer past
+    # the old end now names both states until the cut.
+    (4, True, "_npyformat.pwrite = die", 10, 128 + 120 + 44),      # before the header
+    (4, True, "os.ftruncate = die", 4, 128 + 120 + 44),            # before the cut
 ])
-def test_a_resize_killed_while_growing_leaves_a_file_the_next_append_or_resize_takes(
-        tmp_path, where, patch, rows_after):
-    # Helper-63: the growth wrote no trailer, so the zeros past the data (or the header's
-    # new rows) left a file that append_npy and resize refused for good.
+def test_a_resize_killed_midway_leaves_a_file_the_next_append_or_resize_takes(
+        tmp_path, rows, truncate, patch, rows_after, size):
     data = np.arange(30, dtype="i4").reshape(10, 3)
+    kept = data[:min(rows_after, 10)]
     for then in ("append", "resize"):
         path = tmp_path / f"{then}.npy"
         np.save(path, data)
-        _crash_resize(path, patch, 200)
+        _crash_resize(path, patch, rows, truncate)
         seen = np.load(path)
-        assert seen.shape == (rows_after, 3) and np.array_equal(seen[:10], data)
-        assert path.stat().st_size > 128 + rows_after * 12  # a leftover with its trailer
-        if then == "append":
-            assert mmarray.append_npy(path, np.full((1, 3), 7, "i4")) == rows_after + 1
-        else:
-            with mmarray.load(path, mode="r+") as m:
-                m.resize(rows_after + 1)
-                m.array[-1] = 7
-        grown = np.load(path)
-        assert grown.shape == (rows_after + 1, 3) and np.array_equal(grown[:10], data)
-        assert grown[-1].tolist() == [7, 7, 7]
-        assert path.stat().st_size == 128 + (rows_after + 1) * 12  # nothing after them
+        assert seen.shape == (rows_after, 3) and np.array_equal(seen[:len(kept)], kept)
+        assert path.stat().st_size == size  # the rows and the trailer
+        _grow_by_one_row_after_a_crash(path, then, kept, rows_after)
+
+
+def _grow_by_one_row_after_a_crash(path, then, kept, rows_after):
+    """append_npy (``then`` 'append') or resize one row of 7s onto the (10, 3) int32 file a
+    crashed resize left with ``rows_after`` rows, the first of them ``kept``; check that
+    nothing is left after the new row."""
+    if then == "append":
+        assert mmarray.append_npy(path, np.full((1, 3), 7, "i4")) == rows_after + 1
+    else:
+        with mmarray.load(path, mode="r+") as m:
+            m.resize(rows_after + 1)
+            m.array[-1] = 7
+    grown = np.load(path)
+    assert grown.shape == (rows_after + 1, 3) and np.array_equal(grown[:len(kept)], kept)
+    assert grown[-1].tolist() == [7, 7, 7]
+    assert path.stat().st_size == 128 + (rows_after + 1) * 12  # nothing after them
 
 
 def test_a_resize_grows_a_file_an_unfinished_append_left(tmp_path):
@@ -570,9 +583,13 @@ def test_a_resize_grows_a_file_an_unfinished_append_left(tmp_path):
     assert path.stat().st_size == 128 + 12 * 8
 
 
-def test_a_resize_whose_trailer_write_fails_leaves_the_file_as_it_was(tmp_path):
+@pytest.mark.parametrize("call, limit", [
     # Helper-64: the trailer was written outside the resize's try, so a short write (a
     # file-size limit, a disk full mid-write) left zeros and half a trailer no later call took.
+    ("m.resize(20)", 390),                 # the trailer at byte 368 crosses the limit
+    ("m.resize(4, truncate=True)", 260),   # the trailer at byte 248 (the old end) crosses it
+])
+def test_a_resize_whose_trailer_write_fails_leaves_the_file_as_it_was(tmp_path, call, limit):
     path = tmp_path / "f.npy"
     np.save(path, np.arange(30, dtype="i4").reshape(10, 3))
     before = path.read_bytes()
@@ -580,15 +597,16 @@ def test_a_resize_whose_trailer_write_fails_leaves_the_file_as_it_was(tmp_path):
         import resource
         import mmarray
         m = mmarray.load({str(path)!r}, mode="r+")
-        resource.setrlimit(resource.RLIMIT_FSIZE, (390, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
         try:
-            m.resize(20)  # the trailer at byte 368 crosses the limit after 22 bytes
+            {call}
         except OSError as exc:
             print("refused", exc.errno)
         print(m.shape)
     """, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0].startswith("refused"), proc.stdout
+    assert "(10, 3)" in proc.stdout
     assert path.read_bytes() == before
     with mmarray.load(path, mode="r+") as m:
         m.resize(20)
@@ -612,3 +630,20 @@ def test_a_stale_trailer_does_not_let_a_later_grow_cut_rows_a_shrink_left(tmp_pa
             m.resize(12)
     assert path.read_bytes() == kept
     assert np.frombuffer(kept[128 + 120:], dtype="i4").tolist() == [7] * 30
+
+
+def test_a_shrink_with_truncate_that_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "f.npy"
+    np.save(path, np.arange(30, dtype="i4").reshape(10, 3))
+    before = path.read_bytes()
+    with mmarray.load(path, mode="r+") as m:
+        a = m.array   # alive over the part the cut would drop: the engine refuses
+        monkeypatch.setattr(type(m), "_check_cut", lambda *args: None)  # refused later, then
+        with pytest.raises(BufferError, match="array"):
+            m.resize(4, truncate=True)
+        assert m.shape == (10, 3) and path.read_bytes() == before
+        del a
+        monkeypatch.undo()
+        m.resize(4, truncate=True)
+    assert np.load(path).tolist() == np.arange(12).reshape(4, 3).tolist()
+    assert path.stat().st_size == 128 + 48

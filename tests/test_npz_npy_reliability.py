@@ -1110,3 +1110,26 @@ def test_second_handle_opens_a_member_written_through_arrays_of_a_closed_one(tmp
     del member
     gc.collect()
     assert zipfile.ZipFile(path).testzip() is None
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_the_archives_held_descriptor_cannot_be_copied_to_close_it_twice(tmp_path, how):
+    # A copy of npz._held held the same descriptor number and closed it when garbage: the
+    # archive's CRC-32 rewrites then went to whatever file reused the number (EBADF at best).
+    import copy
+    import pickle
+
+    path = tmp_path / "a.npz"
+    np.savez(path, x=np.arange(4))
+    npz = mmarray.load(path, mode="r+")
+    held = npz._held
+    fd = held.fileno()
+    dup = {"copy": copy.copy, "deepcopy": copy.deepcopy,
+           "pickle": lambda h: pickle.loads(pickle.dumps(h))}[how]
+    with pytest.raises(TypeError, match="cannot be copied or pickled"):
+        dup(held)
+    os.fstat(fd)  # still open
+    with npz["x"] as m:
+        m.array[:] = 9
+    npz.close()
+    assert np.load(path)["x"].tolist() == [9] * 4  # the CRC-32 rewritten: zipfile checks it

@@ -239,13 +239,50 @@ class NpyMapping(Mapping):
             else:
                 end = self.offset + nbytes
                 old_end = self.offset + self.nbytes
-                if truncate and end < old_end:
+                cut = truncate and end < old_end
+                if cut:
                     self._check_cut(fd, old_end, end)   # before the header says less
-                _fmt.pwrite(fd, grown, 0)
+                    # A trailer past the old end until the cut, as a growth writes one past
+                    # its new end: a process killed before the header is written leaves the
+                    # old header and the trailer, one killed after it the new header, the
+                    # dropped rows and the trailer; the next append_npy or resize recognises
+                    # either (the trailer names both ends and both headers) and cuts back
+                    # to the end the header says. The cut below takes the trailer with it.
+                    trailer = _append.trailer_bytes(end, old_end, grown, header)
+                    try:
+                        _append._write_at(fd, trailer, old_end)
+                    except BaseException:
+                        try:
+                            os.ftruncate(fd, old_end)   # a trailer written in part
+                        except OSError:
+                            pass  # a whole trailer left is recognised; the error goes on up
+                        raise
                 try:
-                    Mapping.resize(self, new, truncate=truncate)
+                    _fmt.pwrite(fd, grown, 0)
+                    if cut:
+                        # The view shrinks and the file is cut at its new end in one step
+                        # of the engine (Mapping.resize would refuse the trailer as bytes
+                        # after the mapping); the checks of Mapping.resize were made above.
+                        self._resize(fd, nbytes, new, True, True)
+                    else:
+                        Mapping.resize(self, new)
                 except BaseException:
-                    _fmt.pwrite(fd, header, 0)          # the file as it was
+                    if self.shape == new:
+                        # Interrupted once the view shrank: the header says so already, and
+                        # the file is cut (or, if the cut failed, it ends in a trailer the
+                        # next call recognises).
+                        if cut:
+                            try:
+                                os.ftruncate(fd, end)
+                            except OSError:
+                                pass
+                    else:
+                        _fmt.pwrite(fd, header, 0)      # the file as it was
+                        if cut:
+                            try:
+                                os.ftruncate(fd, old_end)   # and without the trailer
+                            except OSError:
+                                pass  # a whole trailer left is recognised
                     raise
         finally:
             try:

@@ -74,6 +74,11 @@ class Held:
     def fileno(self):
         return self.fd
 
+    def __reduce__(self):
+        # A copy (copy.copy, pickle) would hold the same descriptor number and close it when
+        # garbage: the archive's CRC-32 rewrites would then go to whatever file reuses it.
+        raise TypeError("an archive's held descriptor cannot be copied or pickled")
+
     def __del__(self, _close=os.close):
         fd, self.fd = self.fd, -1
         if fd >= 0:
