@@ -4,6 +4,7 @@
 array, pickle, errors -- and keep every guarantee of it: the live-view registry, the fault
 guard (and set_fault_guard(False)), fork safety, arrays that outlive close()."""
 import codecs
+import contextlib
 import os
 import pickle
 import sys
@@ -18,14 +19,26 @@ from helpers import assert_clean_exit, run_python
 POSIX = os.name != "nt"
 
 
+@contextlib.contextmanager
+def fast_open_off():
+    """mmarray.open and mmarray.memmap on their general path: the engine's tables are
+    emptied, so open_to_end takes nothing and open_front calls the general open."""
+    _engine.set_fast_open({}, {}, mmarray.Mapping, _api._abspath, False, POSIX,
+                          _api._general_open)
+    try:
+        yield
+    finally:
+        _api.install_fast_open()
+
+
 @pytest.fixture
 def general(monkeypatch):
     """A function that turns every fast path off (each then falls to the general path)."""
-    def off():
-        monkeypatch.setattr(_api, "_open_to_end", lambda *args: None)
-        monkeypatch.setattr(_compat, "_open_to_end", lambda *args: None)
-        monkeypatch.setattr(_load, "_map_by_header", lambda *args: None)
-    return off
+    with contextlib.ExitStack() as stack:
+        def off():
+            stack.enter_context(fast_open_off())
+            monkeypatch.setattr(_load, "_map_by_header", lambda *args: None)
+        yield off
 
 
 FLAGS = ("C_CONTIGUOUS", "F_CONTIGUOUS", "OWNDATA", "WRITEABLE", "ALIGNED",
@@ -131,9 +144,7 @@ def test_errors_are_those_of_the_general_path(tmp_path, general, case):
     for path in paths:
         fast = _error(mmarray.open, path, **kwargs)
         fast_memmap = _error(mmarray.memmap, path, **kwargs)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_api, "_open_to_end", lambda *args: None)
-            mp.setattr(_compat, "_open_to_end", lambda *args: None)
+        with fast_open_off():
             assert _error(mmarray.open, path, **kwargs) == fast
             assert _error(mmarray.memmap, path, **kwargs) == fast_memmap
     assert not target.is_file() or case != "missing"
@@ -560,14 +571,13 @@ def test_a_class_with_its_own_new_takes_the_general_path(data, npys):
     utf8 = not POSIX or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
     try:
         _engine.set_fast_open(_api._FAST_MODES, _api._dtype_cache, Odd, _api._abspath,
-                              utf8, POSIX)
+                              utf8, POSIX, _api._general_open)
         assert _engine.open_to_end(str(data), "uint8", "r", 0, None, "C", False, None) is None
         with pytest.raises(TypeError, match="must return a new, bare"):
             _engine.map_file(os.fsencode(data), _engine.READ, 0, _engine.TO_END, 0,
                              np.dtype("u1"), None, "C", "r", str(data), Odd)
     finally:
-        _engine.set_fast_open(_api._FAST_MODES, _api._dtype_cache, mmarray.Mapping,
-                              _api._abspath, utf8, POSIX)
+        _api.install_fast_open()
     st = os.stat(data)
     assert _engine.live_views(st.st_dev, st.st_ino) == 0
 
@@ -633,3 +643,33 @@ def test_fast_open_names_the_file_as_os_path_abspath_does_for_every_spelling(tmp
         mm.close()
         assert _engine.open_to_end(spelling, "uint8", "r", 0, None, "C", False,
                                    None) is not None, spelling  # the fast path took it
+
+
+def test_open_front_has_the_general_opens_signature_and_defaults():
+    # mmarray.open is the engine's open_front: its own defaults must be the general open's,
+    # which update_wrapper shows (inspect follows __wrapped__).
+    import inspect
+    assert mmarray.open is _engine.open_front and _api.open is _engine.open_front
+    front = inspect.signature(mmarray.open, follow_wrapped=False)
+    general = inspect.signature(_api._general_open)
+    assert [(p.name, p.kind, p.default) for p in front.parameters.values()] == \
+        [(p.name, p.kind, p.default) for p in general.parameters.values()]
+    assert inspect.signature(mmarray.open) == general
+    assert mmarray.open.__doc__ == _api._general_open.__doc__ and ">>>" in mmarray.open.__doc__
+    assert (mmarray.open.__module__, mmarray.open.__qualname__) == ("mmarray._api", "open")
+    assert pickle.loads(pickle.dumps(mmarray.open)) is mmarray.open
+
+
+def test_new_fast_open_tables_are_not_bypassed_by_the_last_lookup(data):
+    # open_to_end keeps the last mode and dtype it found: set_fast_open must forget them.
+    mmarray.open(str(data), dtype=np.uint8, mode="r").close()   # 'r' and np.uint8 kept
+    args = (str(data), np.uint8, "r", 0, None, "C", False, None)
+    with fast_open_off():
+        assert _engine.open_to_end(*args) is None
+        m = mmarray.open(str(data), dtype=np.uint8, mode="r")  # by the general open
+        assert m.shape == (4096,) and m.mode == "r"
+        m.close()
+    m = _engine.open_to_end(*args)
+    assert type(m) is mmarray.Mapping and m.dtype == np.uint8
+    m.close()
+

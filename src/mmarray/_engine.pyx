@@ -65,6 +65,112 @@ cdef extern from "numpy/arrayobject.h":
                                 cnp.npy_intp *strides, void *data, int flags, object obj)
 
 
+cdef extern from *:
+    """
+    /* Calls of a class that set_class_vectorcall was given: what type.__call__ (CPython's
+       type_call) does for it -- cls.__new__(cls, *args, **kwargs), then the __init__ of the
+       object's class if __new__ gave an instance of cls and that __init__ is not object's
+       (which then does nothing) -- without the argument tuple and keyword dictionary that
+       type_call builds for __new__. tp_vectorcall is "used for calls of this type object
+       ... never inherited" (docs.python.org/3/c-api/typeobj.html, PyTypeObject.tp_vectorcall,
+       3.9 on): subclasses keep type.__call__. */
+    #define MM_CALL_ARGS_MAX 16
+
+    static PyObject *mm_new_name = NULL;   /* "__new__", interned; set before the first use */
+
+    /* The positional arguments as a tuple and the keywords as a dict (NULL if none), as
+       type_call takes them; -1 (an exception set) on failure, nothing left to release. */
+    static int
+    mm_pack(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **tuple,
+            PyObject **kwargs)
+    {
+        Py_ssize_t i, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+        *kwargs = NULL;
+        *tuple = PyTuple_New(nargs);
+        if (*tuple == NULL)
+            return -1;
+        for (i = 0; i < nargs; i++) {        /* args holds nargs + nkw items */
+            Py_INCREF(args[i]);
+            PyTuple_SET_ITEM(*tuple, i, args[i]);
+        }
+        if (nkw == 0)
+            return 0;
+        *kwargs = PyDict_New();
+        if (*kwargs == NULL)
+            goto fail;
+        for (i = 0; i < nkw; i++)            /* the values follow the nargs positionals */
+            if (PyDict_SetItem(*kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0)
+                goto fail;
+        return 0;
+    fail:
+        Py_CLEAR(*tuple);
+        Py_CLEAR(*kwargs);
+        return -1;
+    }
+
+    static PyObject *
+    mm_class_vectorcall(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+    {
+        PyObject *stack[1 + MM_CALL_ARGS_MAX];
+        PyObject *new_func, *obj, *tuple, *kwargs;
+        Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+        Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+        int status;
+        if (nargs + nkw > MM_CALL_ARGS_MAX) {   /* type.__call__ itself */
+            if (mm_pack(args, nargs, kwnames, &tuple, &kwargs) < 0)
+                return NULL;
+            obj = PyType_Type.tp_call(cls, tuple, kwargs);
+            Py_DECREF(tuple);
+            Py_XDECREF(kwargs);
+            return obj;
+        }
+        new_func = PyObject_GetAttr(cls, mm_new_name);   /* looked up per call, as type_call */
+        if (new_func == NULL)
+            return NULL;
+        stack[0] = cls;
+        /* 1 + nargs + nkw <= 1 + MM_CALL_ARGS_MAX items: inside stack (checked above) */
+        memcpy(stack + 1, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
+        obj = PyObject_Vectorcall(new_func, stack, (size_t)(nargs + 1), kwnames);
+        Py_DECREF(new_func);
+        if (obj == NULL || !PyObject_TypeCheck(obj, (PyTypeObject *)cls)
+                || Py_TYPE(obj)->tp_init == PyBaseObject_Type.tp_init)
+            return obj;
+        /* An instance whose class has an __init__ (set on cls, or a subclass's): type_call
+           calls it with the same arguments. */
+        if (mm_pack(args, nargs, kwnames, &tuple, &kwargs) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+        status = Py_TYPE(obj)->tp_init(obj, tuple, kwargs);
+        Py_DECREF(tuple);
+        Py_XDECREF(kwargs);
+        if (status < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+        return obj;
+    }
+
+    static int
+    mm_set_class_vectorcall(PyObject *cls, PyObject *new_name)
+    {
+        PyTypeObject *type = (PyTypeObject *)cls;
+        if (type->tp_vectorcall == mm_class_vectorcall)
+            return 0;
+        /* Not a static type (shared, with its own call), nor one with a vectorcall already */
+        if (!PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE) || type->tp_vectorcall != NULL)
+            return -1;
+        if (mm_new_name == NULL) {
+            Py_INCREF(new_name);
+            mm_new_name = new_name;
+        }
+        type->tp_vectorcall = mm_class_vectorcall;
+        return 0;
+    }
+    """
+    int mm_set_class_vectorcall(object cls, object new_name)
+
+
 cdef object _ndarray = _np.ndarray
 cdef tuple _EMPTY_TUPLE = ()
 # A valid address for empty mappings: buffers must not carry NULL (an empty region has no view).
@@ -234,6 +340,16 @@ ADVICE = {"normal": MM_ADV_NORMAL, "sequential": MM_ADV_SEQUENTIAL, "random": MM
           "willneed": MM_ADV_WILLNEED, "dontneed": MM_ADV_DONTNEED,
           "hugepage": MM_ADV_HUGEPAGE, "nohugepage": MM_ADV_NOHUGEPAGE,
           "populate_read": MM_ADV_POPULATE_READ, "populate_write": MM_ADV_POPULATE_WRITE}
+
+
+def set_class_vectorcall(type cls not None):
+    """Make calls of ``cls`` itself (not of its subclasses) call ``cls.__new__`` with the
+    arguments as they come, as ``type.__call__`` does without the tuple and keyword dict it
+    builds for them (an ``__init__`` other than object's is still called, as there). For a
+    class made by a class statement whose calls are not vectorcalls yet; TypeError for
+    another (a built-in or C type)."""
+    if mm_set_class_vectorcall(cls, "__new__") < 0:
+        raise TypeError(f"expected a class made by a class statement, got {cls!r}")
 
 
 #: ndarray subclass -> the __array_finalize__ the Python layer vouches for in it (see
@@ -1020,8 +1136,9 @@ cdef class Region:
         # arrays made before a resize or rebase (each in its own slot), and this one.
         cdef _Retired retired
         cdef uint64_t n = self._faults_at_unmap
-        for retired in self._retired or ():
-            n += mm_guard_faults(&retired.view)
+        if self._retired is not None:    # (iterating `or ()` cost a tuple iterator per close)
+            for retired in <list>self._retired:
+                n += mm_guard_faults(&retired.view)
         if self.view.data == NULL or self.view.data == &_empty_byte:
             return n
         return n + mm_guard_faults(&self.view)
@@ -1288,16 +1405,29 @@ cdef object _fast_abspath = None  # str -> absolute str, for a path not already 
 cdef bint _fast_utf8 = False      # str paths reach the C layer as UTF-8 (else no fast path)
 cdef bint _fast_posix = True      # '/'-rooted paths without '//', '/.' or a trailing '/'
                                   # are absolute and normal as they are
+cdef object _fast_general = None  # the Python layer's open, for what open_front does not take
+# The last mode and the last str or class dtype argument found in the tables, with what the
+# table gave, each as one tuple (key, value): a program passes the same objects call after
+# call ('r', 'uint8', np.float32), and each dict lookup cost more than the rest of this
+# function (the dtype table mixes key types). One tuple, stored in one step: a reader in
+# another thread never pairs a key with another key's value. Emptied by set_fast_open.
+cdef tuple _last_mode = (None, None)
+cdef tuple _last_dtype = (None, None)
 
 
 def set_fast_open(dict modes not None, dict dtypes not None, type cls not None, abspath,
-                  bint utf8_paths, bint posix):
-    """Install the tables of :func:`open_to_end` (see there)."""
+                  bint utf8_paths, bint posix, general):
+    """Install the tables of :func:`open_to_end` (see there), and the ``general`` open that
+    :func:`open_front` calls for what those do not take. The tables are the caller's: an
+    entry, once in, must keep its value (they are read through a one-entry cache)."""
     global _fast_modes, _fast_dtypes, _fast_cls, _fast_abspath, _fast_utf8, _fast_posix
+    global _fast_general, _last_mode, _last_dtype
     if not issubclass(cls, Region):
         raise TypeError(f"cls must be Region or a subclass of it, got {cls!r}")
     if not callable(abspath):
         raise TypeError(f"abspath must be callable, got {type(abspath).__name__}")
+    if not callable(general):
+        raise TypeError(f"general must be callable, got {type(general).__name__}")
     for spec in modes.values():
         if not (type(spec) is tuple and len(spec) == 3 and type(spec[0]) is str
                 and spec[1] in (MM_READ, MM_WRITE, MM_COPY)
@@ -1310,6 +1440,8 @@ def set_fast_open(dict modes not None, dict dtypes not None, type cls not None, 
     _fast_abspath = abspath
     _fast_utf8 = utf8_paths
     _fast_posix = posix
+    _fast_general = general
+    _last_mode = _last_dtype = (None, None)
 
 
 cdef bint _normal_absolute(const char *path, Py_ssize_t n) noexcept:
@@ -1357,6 +1489,20 @@ cdef inline Region _new_region(type cls):
                                                  <PyObject *>_EMPTY_TUPLE, NULL)
 
 
+def open_front(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *,
+               populate=False, advise=None):
+    """``mmarray.open``: the common case (see :func:`open_to_end`) made here in one call,
+    anything else (and any failure) by the general open the Python layer installed with
+    :func:`set_fast_open`, which checks the arguments and raises. The signature and the
+    defaults are that function's (a test holds them equal): the Python layer shows its
+    docstring and signature on this function."""
+    m = _open_to_end(file, dtype, mode, offset, shape, order, populate, advise)
+    if m is not None:
+        return m
+    return _fast_general(file, dtype, mode, offset, shape, order, populate=populate,
+                         advise=advise)
+
+
 def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
     """The common case of ``mmarray.open(file, dtype, mode, offset, shape, order,
     populate=..., advise=...)``, end to end: ``file`` a non-empty str, ``offset`` the int 0,
@@ -1368,6 +1514,11 @@ def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
     an empty file, a size that is not a multiple of the itemsize, ...): nothing is left
     mapped or registered, and the caller's general path then makes the call and raises what
     it raises."""
+    return _open_to_end(file, dtype, mode, offset, shape, order, populate, advise)
+
+
+cdef object _open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
+    global _last_mode, _last_dtype
     cdef Region m
     cdef const char *path
     cdef Py_ssize_t size, itemsize
@@ -1378,13 +1529,25 @@ def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
             or type(order) is not str or order != "C" or type(mode) is not str \
             or not _fast_utf8:
         return None
-    spec = _fast_modes.get(mode)
-    if spec is None:
-        return None
-    try:
-        dt = _fast_dtypes.get(dtype)
-    except TypeError:                # an unhashable dtype argument (a list of fields)
-        return None
+    cdef tuple last = _last_mode
+    if last[0] is mode:
+        spec = last[1]
+    else:
+        spec = _fast_modes.get(mode)
+        if spec is None:
+            return None
+        _last_mode = (mode, spec)
+    last = _last_dtype
+    if last[0] is dtype:
+        dt = last[1]
+    else:
+        try:
+            dt = _fast_dtypes.get(dtype)
+        except TypeError:            # an unhashable dtype argument (a list of fields)
+            return None
+        # Kept for what programs pass literally, a str or a class ('f4', np.float32).
+        if dt is not None and (type(dtype) is str or type(dtype) is type):
+            _last_dtype = (dtype, dt)
     if dt is None or cnp.PyDataType_HASSUBARRAY(<cnp.dtype>dt):  # subarray: map_file
         return None
     if (<cnp.dtype>dt).itemsize <= 0:  # the file's length is divided by it below
