@@ -583,16 +583,10 @@ def test_a_resize_grows_a_file_an_unfinished_append_left(tmp_path):
     assert path.stat().st_size == 128 + 12 * 8
 
 
-@pytest.mark.parametrize("call, limit", [
-    # Helper-64: the trailer was written outside the resize's try, so a short write (a
-    # file-size limit, a disk full mid-write) left zeros and half a trailer no later call took.
-    ("m.resize(20)", 390),                 # the trailer at byte 368 crosses the limit
-    ("m.resize(4, truncate=True)", 260),   # the trailer at byte 248 (the old end) crosses it
-])
-def test_a_resize_whose_trailer_write_fails_leaves_the_file_as_it_was(tmp_path, call, limit):
-    path = tmp_path / "f.npy"
-    np.save(path, np.arange(30, dtype="i4").reshape(10, 3))
-    before = path.read_bytes()
+def _resize_under_a_file_size_limit(path, call, limit):
+    """Run ``call`` (on ``m``, the .npy at ``path`` loaded 'r+') in a child whose files
+    cannot grow past ``limit`` bytes; return the lines it printed (OSError's errno if it
+    raised, then m.shape)."""
     proc = run_python(f"""
         import resource
         import mmarray
@@ -605,12 +599,73 @@ def test_a_resize_whose_trailer_write_fails_leaves_the_file_as_it_was(tmp_path, 
         print(m.shape)
     """, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[0].startswith("refused"), proc.stdout
-    assert "(10, 3)" in proc.stdout
+    return proc.stdout.split("\n")
+
+
+def test_a_resize_whose_trailer_write_fails_leaves_the_file_as_it_was(tmp_path):
+    # Helper-64: the trailer was written outside the resize's try, so a short write (a
+    # file-size limit, a disk full mid-write) left zeros and half a trailer no later call took.
+    path = tmp_path / "f.npy"
+    np.save(path, np.arange(30, dtype="i4").reshape(10, 3))
+    before = path.read_bytes()
+    # the trailer at byte 368 crosses the limit after 22 bytes
+    lines = _resize_under_a_file_size_limit(path, "m.resize(20)", 390)
+    assert lines[0].startswith("refused") and lines[1] == "(10, 3)", lines
     assert path.read_bytes() == before
     with mmarray.load(path, mode="r+") as m:
         m.resize(20)
     assert np.load(path).shape == (20, 3)
+
+
+def test_a_shrink_with_truncate_needs_no_room_to_grow(tmp_path):
+    # Helper-66: the trailer a shrink writes past the old end made a shrink with truncate
+    # fail where the file cannot grow 44 bytes (a full disk, which a shrink is often meant to
+    # relieve; a file-size limit): with no room it shrinks unmarked, header then cut.
+    path = tmp_path / "f.npy"
+    np.save(path, np.arange(30, dtype="i4").reshape(10, 3))
+    # the trailer at byte 248 (the old end) crosses the limit after 12 bytes
+    lines = _resize_under_a_file_size_limit(path, "m.resize(4, truncate=True)", 260)
+    assert lines[0] == "(4, 3)", lines
+    assert np.load(path).tolist() == np.arange(12).reshape(4, 3).tolist()
+    assert path.stat().st_size == 128 + 48
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create") or fcntl is None
+                    or not hasattr(fcntl, "F_SEAL_GROW"),
+                    reason="needs memfd_create and F_SEAL_GROW (Linux)")
+def test_a_shrink_with_truncate_works_on_a_file_sealed_against_growth():
+    fd = os.memfd_create("x.npy", os.MFD_ALLOW_SEALING)
+    try:
+        path = f"/proc/self/fd/{fd}"
+        with open(path, "wb") as f:
+            np.save(f, np.arange(30, dtype="i4").reshape(10, 3))
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW)
+        with mmarray.load(path, mode="r+") as m:
+            m.resize(4, truncate=True)
+            assert m.array.tolist() == np.arange(12).reshape(4, 3).tolist()
+        assert os.fstat(fd).st_size == 128 + 48
+    finally:
+        os.close(fd)
+
+
+def test_a_read_only_npy_mapping_refuses_a_shrink_with_truncate_naming_its_mode(tmp_path):
+    # Helper-66: the truncating shrink skipped Mapping.resize and its mode check; a mapping
+    # unpickled with mode 'r' then failed in the engine with EINVAL after writing the header.
+    path = tmp_path / "f.npy"
+    np.save(path, np.arange(30, dtype="i4").reshape(10, 3))
+    before = path.read_bytes()
+    writable = mmarray.load(path, mode="r+")
+    rebuild, args = writable.__reduce__()
+    writable.close()
+    args = list(args)
+    args[args.index("r+")] = "r"
+    m = rebuild(*args)
+    assert m.mode == "r"
+    for kwargs in ({}, {"truncate": True}):
+        with pytest.raises(ValueError, match="resize needs a writable mapping"):
+            m.resize(4, **kwargs)
+    assert path.read_bytes() == before
+    m.close()
 
 
 def test_a_stale_trailer_does_not_let_a_later_grow_cut_rows_a_shrink_left(tmp_path):

@@ -37,7 +37,9 @@ def _docstrings():
 
 EXAMPLES = {}
 for _name, _doc in _docstrings():
-    if isinstance(_doc, str) and ">>>" in _doc:
+    # once per docstring: mmarray.open (the engine's, showing the general open's docstring)
+    # and the general open itself are two names for one
+    if isinstance(_doc, str) and ">>>" in _doc and _doc not in EXAMPLES.values():
         EXAMPLES.setdefault(_name, _doc)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import mmarray
 from mmarray import _engine
+from helpers import assert_clean_exit, run_python
 
 
 @pytest.fixture
@@ -116,3 +117,21 @@ def test_set_class_vectorcall_refuses_built_in_and_c_types():
     _engine.set_class_vectorcall(mmarray.memmap)  # again: already set, nothing changes
     with pytest.raises(TypeError):
         _engine.set_class_vectorcall("memmap")
+
+
+def test_a_new_that_calls_the_class_again_is_a_recursion_error_not_a_crash(data):
+    # Helper-67: mm_class_vectorcall called __new__ (and, past 16 arguments, type.__call__)
+    # with no recursion guard, so `memmap.__new__ = memmap` overflowed the C stack (SIGSEGV);
+    # type.__call__ raises RecursionError there.
+    for call in ("mmarray.memmap(path)", "type.__call__(mmarray.memmap, path)"):
+        proc = run_python(f"""
+            import mmarray
+            path = {data!r}
+            mmarray.memmap.__new__ = mmarray.memmap
+            try:
+                {call}
+            except RecursionError as exc:
+                print("RecursionError")
+        """, timeout=120)
+        assert_clean_exit(proc)
+        assert proc.stdout.strip() == "RecursionError", proc.stdout

@@ -22,7 +22,7 @@ POSIX = os.name != "nt"
 @contextlib.contextmanager
 def fast_open_off():
     """mmarray.open and mmarray.memmap on their general path: the engine's tables are
-    emptied, so open_to_end takes nothing and open_front calls the general open."""
+    emptied, so open_to_end takes nothing and the engine's open calls the general open."""
     _engine.set_fast_open({}, {}, mmarray.Mapping, _api._abspath, False, POSIX,
                           _api._general_open)
     try:
@@ -645,11 +645,11 @@ def test_fast_open_names_the_file_as_os_path_abspath_does_for_every_spelling(tmp
                                    None) is not None, spelling  # the fast path took it
 
 
-def test_open_front_has_the_general_opens_signature_and_defaults():
-    # mmarray.open is the engine's open_front: its own defaults must be the general open's,
+def test_the_engines_open_has_the_general_opens_signature_and_defaults():
+    # mmarray.open is the engine's open: its own defaults must be the general open's,
     # which update_wrapper shows (inspect follows __wrapped__).
     import inspect
-    assert mmarray.open is _engine.open_front and _api.open is _engine.open_front
+    assert mmarray.open is _engine.open and _api.open is _engine.open
     front = inspect.signature(mmarray.open, follow_wrapped=False)
     general = inspect.signature(_api._general_open)
     assert [(p.name, p.kind, p.default) for p in front.parameters.values()] == \
@@ -673,3 +673,86 @@ def test_new_fast_open_tables_are_not_bypassed_by_the_last_lookup(data):
     assert type(m) is mmarray.Mapping and m.dtype == np.uint8
     m.close()
 
+
+
+def test_open_argument_errors_name_open():
+    with pytest.raises(TypeError, match=r"^open\(\) takes at least 1 positional argument"):
+        mmarray.open()
+    with pytest.raises(TypeError, match=r"^open\(\) got an unexpected keyword argument 'nope'"):
+        mmarray.open("x", nope=1)
+
+
+def test_a_general_open_that_calls_the_engines_open_again_is_refused_or_a_recursion_error(
+        data):
+    # Helper-67: set_fast_open(..., general=mmarray.open) made every call the fast path
+    # declines recurse in C until the stack overflowed (SIGSEGV).
+    utf8 = not POSIX or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
+    with pytest.raises(TypeError, match="other than the engine's open"):
+        _engine.set_fast_open(_api._FAST_MODES, _api._dtype_cache, mmarray.Mapping,
+                              _api._abspath, utf8, POSIX, mmarray.open)
+    proc = run_python(f"""
+        import functools, os, sys
+        import mmarray
+        from mmarray import _api, _engine
+        _engine.set_fast_open(_api._FAST_MODES, _api._dtype_cache, mmarray.Mapping,
+                              _api._abspath, {utf8}, {POSIX}, functools.partial(mmarray.open))
+        try:
+            mmarray.open({str(data)!r}, "u1", "r", 16)   # an offset: the general open
+        except RecursionError:
+            print("RecursionError")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "RecursionError", proc.stdout
+
+
+@pytest.mark.parametrize("where", ["__eq__", "__hash__"])
+def test_tables_replaced_while_a_dtype_is_looked_up_are_neither_freed_nor_cached(data, where):
+    # Helper-67: a dtype argument (or a key it collides with) running set_fast_open during
+    # the lookup freed the table being read (use after free, SIGSEGV at times), and the value
+    # found in the old table was then kept as the last lookup, taken after the tables were
+    # emptied.
+    proc = run_python(f"""
+        import os
+        import numpy as np
+        import mmarray
+        from mmarray import _api, _engine
+
+        def install(dtypes):
+            _engine.set_fast_open(dict(_api._FAST_MODES), dtypes, mmarray.Mapping,
+                                  _api._abspath, True, {POSIX}, _api._general_open)
+
+        class Key:
+            armed = False
+            def __hash__(self):
+                if {where!r} == "__hash__" and Key.armed:
+                    Key.armed = False
+                    install({{}})
+                    junk = [{{i: np.dtype("u1") for i in range(8)}} for _ in range(200)]
+                return hash("f4")
+            def __eq__(self, other):
+                if {where!r} == "__eq__" and Key.armed:
+                    Key.armed = False
+                    install({{}})  # (the table read stays alive: kept below)
+                return False
+
+        path = {str(data)!r}
+        kept = []
+        for i in range(200):
+            key = Key()
+            table = {{key: np.dtype("u1"), "f4": np.dtype("f4"),
+                      **{{j: np.dtype("u1") for j in range(50)}}}}
+            if {where!r} == "__eq__":
+                kept.append(table)
+            install(table)
+            del table
+            Key.armed = True
+            arg = key if {where!r} == "__hash__" else "f4"
+            m = _engine.open_to_end(path, arg, "r", 0, None, "C", False, None)
+            if m is not None:
+                m.close()
+            # the tables are empty now: nothing is taken, "f4" included
+            assert _engine.open_to_end(path, "f4", "r", 0, None, "C", False, None) is None
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok", proc.stdout

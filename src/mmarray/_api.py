@@ -266,7 +266,7 @@ def open(file: StrOrBytesPath | HasFileno, dtype: DTypeLike = "uint8", mode: Mod
     ...     m.array.tolist()
     [4.0, 5.0, 6.0, 7.0]
     """
-    # The general path. What runs as mmarray.open is the engine's open_front (installed
+    # The general path. What runs as mmarray.open is the engine's open (installed
     # below), which makes the common case (a str path mapped whole, a mode and a dtype seen
     # before) in one call and calls this for anything else, and for any failure.
     spec = _MODE_SPEC.get(mode) if type(mode) is str else None
@@ -390,7 +390,7 @@ if not TYPE_CHECKING:
     # mmarray.open is the engine's front: the common case in one call of the engine, not two
     # (callgrind: 4.3% of the instructions of an open + array + close of a 4 KiB file), the
     # rest by the general open above, whose name, docstring and signature it shows.
-    open = functools.update_wrapper(_engine.open_front, _general_open)
+    open = functools.update_wrapper(_engine.open, _general_open)
 
 
 def close(array: object, strict: bool = False) -> None:

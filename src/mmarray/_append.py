@@ -393,8 +393,13 @@ def _write_at(fd: int, data: bytes, pos: int) -> None:
     """Write the (small) ``data`` at ``pos`` (not through ``_fmt.pwrite``, which writes the
     header)."""
     if hasattr(os, "pwrite"):
-        if os.pwrite(fd, data, pos) != len(data):  # pragma: no cover - a few bytes
-            raise OSError(errno.EIO, f"short write of {len(data)} bytes at offset {pos}")
+        done = 0
+        while done < len(data):
+            # After a short write (a full disk, a file-size limit) the next one says why.
+            n = os.pwrite(fd, data[done:], pos + done)
+            if n <= 0:  # pragma: no cover - pwrite(2) writes or fails
+                raise OSError(errno.EIO, f"short write of {len(data)} bytes at offset {pos}")
+            done += n
     else:  # pragma: no cover - Windows
         os.lseek(fd, pos, os.SEEK_SET)
         _fmt.write_all(fd, data)

@@ -133,7 +133,7 @@ def set_fast_open(modes: dict[str, tuple[ShortMode, int, int]], dtypes: dict[Any
                   cls: type[Region], abspath: Callable[[str], str], utf8_paths: bool,
                   posix: bool, general: Callable[..., Region]) -> None: ...
 # mmarray.open: the common case here, the rest by the installed general open.
-def open_front(file: object, dtype: object = ..., mode: object = ..., offset: object = ...,
+def open(file: object, dtype: object = ..., mode: object = ..., offset: object = ...,
                shape: object = ..., order: object = ..., *, populate: object = ...,
                advise: object = ...) -> Region: ...
 def open_to_end(file: object, dtype: object, mode: object, offset: object, shape: object,

@@ -44,6 +44,7 @@ cnp.import_array()
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
+    void Py_LeaveRecursiveCall()
     ctypedef struct PyTypeObject:
         object (*tp_new)(PyTypeObject *, PyObject *, PyObject *)
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
@@ -109,7 +110,7 @@ cdef extern from *:
     }
 
     static PyObject *
-    mm_class_vectorcall(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+    mm_class_call(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
     {
         PyObject *stack[1 + MM_CALL_ARGS_MAX];
         PyObject *new_func, *obj, *tuple, *kwargs;
@@ -151,6 +152,26 @@ cdef extern from *:
         return obj;
     }
 
+    /* As _PyObject_MakeTpCall guards type_call: a __new__ or __init__ that calls the class
+       again through C (cls.__new__ = cls) is a RecursionError, not a C stack overflow. */
+    static PyObject *
+    mm_class_vectorcall(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+    {
+        PyObject *obj;
+        if (Py_EnterRecursiveCall(" while calling a Python object"))
+            return NULL;
+        obj = mm_class_call(cls, args, nargsf, kwnames);
+        Py_LeaveRecursiveCall();
+        return obj;
+    }
+
+    /* Py_EnterRecursiveCall, -1 (RecursionError set) rather than nonzero for Cython. */
+    static int
+    mm_enter_recursive_call(const char *where)
+    {
+        return Py_EnterRecursiveCall(where) ? -1 : 0;
+    }
+
     static int
     mm_set_class_vectorcall(PyObject *cls, PyObject *new_name)
     {
@@ -169,6 +190,7 @@ cdef extern from *:
     }
     """
     int mm_set_class_vectorcall(object cls, object new_name)
+    int mm_enter_recursive_call(const char *where) except -1
 
 
 cdef object _ndarray = _np.ndarray
@@ -1405,7 +1427,7 @@ cdef object _fast_abspath = None  # str -> absolute str, for a path not already 
 cdef bint _fast_utf8 = False      # str paths reach the C layer as UTF-8 (else no fast path)
 cdef bint _fast_posix = True      # '/'-rooted paths without '//', '/.' or a trailing '/'
                                   # are absolute and normal as they are
-cdef object _fast_general = None  # the Python layer's open, for what open_front does not take
+cdef object _fast_general = None  # the Python layer's open, for what open() does not take
 # The last mode and the last str or class dtype argument found in the tables, with what the
 # table gave, each as one tuple (key, value): a program passes the same objects call after
 # call ('r', 'uint8', np.float32), and each dict lookup cost more than the rest of this
@@ -1418,7 +1440,7 @@ cdef tuple _last_dtype = (None, None)
 def set_fast_open(dict modes not None, dict dtypes not None, type cls not None, abspath,
                   bint utf8_paths, bint posix, general):
     """Install the tables of :func:`open_to_end` (see there), and the ``general`` open that
-    :func:`open_front` calls for what those do not take. The tables are the caller's: an
+    :func:`open` calls for what those do not take. The tables are the caller's: an
     entry, once in, must keep its value (they are read through a one-entry cache)."""
     global _fast_modes, _fast_dtypes, _fast_cls, _fast_abspath, _fast_utf8, _fast_posix
     global _fast_general, _last_mode, _last_dtype
@@ -1426,8 +1448,9 @@ def set_fast_open(dict modes not None, dict dtypes not None, type cls not None, 
         raise TypeError(f"cls must be Region or a subclass of it, got {cls!r}")
     if not callable(abspath):
         raise TypeError(f"abspath must be callable, got {type(abspath).__name__}")
-    if not callable(general):
-        raise TypeError(f"general must be callable, got {type(general).__name__}")
+    if not callable(general) or general is open:
+        raise TypeError(f"general must be a callable other than the engine's open, got "
+                        f"{general!r}")
     for spec in modes.values():
         if not (type(spec) is tuple and len(spec) == 3 and type(spec[0]) is str
                 and spec[1] in (MM_READ, MM_WRITE, MM_COPY)
@@ -1489,18 +1512,25 @@ cdef inline Region _new_region(type cls):
                                                  <PyObject *>_EMPTY_TUPLE, NULL)
 
 
-def open_front(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *,
-               populate=False, advise=None):
+def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *,
+         populate=False, advise=None):
     """``mmarray.open``: the common case (see :func:`open_to_end`) made here in one call,
     anything else (and any failure) by the general open the Python layer installed with
     :func:`set_fast_open`, which checks the arguments and raises. The signature and the
     defaults are that function's (a test holds them equal): the Python layer shows its
-    docstring and signature on this function."""
+    docstring and signature on this function. (Named ``open`` for the messages of its
+    argument errors; this module uses no other ``open``.)"""
     m = _open_to_end(file, dtype, mode, offset, shape, order, populate, advise)
     if m is not None:
         return m
-    return _fast_general(file, dtype, mode, offset, shape, order, populate=populate,
-                         advise=advise)
+    # A general open that calls this one again through C (functools.partial) would
+    # overflow the C stack: a RecursionError instead.
+    mm_enter_recursive_call(" in mmarray.open")
+    try:
+        return _fast_general(file, dtype, mode, offset, shape, order, populate=populate,
+                             advise=advise)
+    finally:
+        Py_LeaveRecursiveCall()
 
 
 def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
@@ -1529,24 +1559,31 @@ cdef object _open_to_end(file, dtype, mode, offset, shape, order, populate, advi
             or type(order) is not str or order != "C" or type(mode) is not str \
             or not _fast_utf8:
         return None
+    # Each table is held here for its lookup: a key's __eq__ (of a dtype argument) may run
+    # Python code, even set_fast_open, which must neither free the table being read nor see
+    # a value of the old table kept as the last one found.
+    cdef dict table = _fast_modes
     cdef tuple last = _last_mode
     if last[0] is mode:
         spec = last[1]
     else:
-        spec = _fast_modes.get(mode)
+        spec = table.get(mode)
         if spec is None:
             return None
-        _last_mode = (mode, spec)
+        if _fast_modes is table:
+            _last_mode = (mode, spec)
     last = _last_dtype
     if last[0] is dtype:
         dt = last[1]
     else:
+        table = _fast_dtypes
         try:
-            dt = _fast_dtypes.get(dtype)
+            dt = table.get(dtype)
         except TypeError:            # an unhashable dtype argument (a list of fields)
             return None
         # Kept for what programs pass literally, a str or a class ('f4', np.float32).
-        if dt is not None and (type(dtype) is str or type(dtype) is type):
+        if dt is not None and (type(dtype) is str or type(dtype) is type) \
+                and _fast_dtypes is table:
             _last_dtype = (dtype, dt)
     if dt is None or cnp.PyDataType_HASSUBARRAY(<cnp.dtype>dt):  # subarray: map_file
         return None

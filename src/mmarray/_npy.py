@@ -7,6 +7,7 @@ writing) is ``_npyformat``'s.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import operator
@@ -103,6 +104,9 @@ class NpyMapping(Mapping):
                              f"{new}")
         if self.closed:
             raise ValueError("mapping is closed")
+        if self.mode not in ("r+", "w+"):  # (a mapping unpickled with another mode)
+            raise ValueError(f"resize needs a writable mapping (mode 'r+' or 'w+'), this one "
+                             f"has mode {self.mode!r}")
         self._refuse_if_faulted("resize()")
         filename = self.filename
         if filename is None:
@@ -248,15 +252,19 @@ class NpyMapping(Mapping):
                     # dropped rows and the trailer; the next append_npy or resize recognises
                     # either (the trailer names both ends and both headers) and cuts back
                     # to the end the header says. The cut below takes the trailer with it.
+                    # With no room for 44 more bytes (a full disk: what a shrink is often
+                    # for; a file-size limit; a memfd sealed against growth) it shrinks
+                    # unmarked, as before the trailer: header, then cut.
                     trailer = _append.trailer_bytes(end, old_end, grown, header)
                     try:
                         _append._write_at(fd, trailer, old_end)
-                    except BaseException:
+                    except BaseException as exc:
                         try:
                             os.ftruncate(fd, old_end)   # a trailer written in part
                         except OSError:
                             pass  # a whole trailer left is recognised; the error goes on up
-                        raise
+                        if not (isinstance(exc, OSError) and exc.errno in _NO_ROOM):
+                            raise
                 try:
                     _fmt.pwrite(fd, grown, 0)
                     if cut:
@@ -292,6 +300,11 @@ class NpyMapping(Mapping):
                     _append._release(copy_file)  # a no-op once released as `held`
                 # A copy still at its temporary name was not renamed (refused, interrupted).
                 _append._discard_unrenamed(made, view_file)
+
+
+#: What a write past the end fails with when the file cannot grow (ENOSPC, EDQUOT, EFBIG,
+#: and EPERM from a memfd sealed with F_SEAL_GROW, memfd_create(2)).
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class NpyRowsMapping(Mapping):
