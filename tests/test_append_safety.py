@@ -630,22 +630,50 @@ def test_a_shrink_with_truncate_needs_no_room_to_grow(tmp_path):
     assert path.stat().st_size == 128 + 48
 
 
-@pytest.mark.skipif(not hasattr(os, "memfd_create") or fcntl is None
-                    or not hasattr(fcntl, "F_SEAL_GROW"),
-                    reason="needs memfd_create and F_SEAL_GROW (Linux)")
-def test_a_shrink_with_truncate_works_on_a_file_sealed_against_growth():
-    fd = os.memfd_create("x.npy", os.MFD_ALLOW_SEALING)
-    try:
+@pytest.fixture
+def sealed_npy():
+    """A function sealing a new memfd holding a (10, 3) int32 .npy with the F_SEAL_ names
+    it is given; returns (fd, path). Closed at the end of the test."""
+    if not hasattr(os, "memfd_create") or fcntl is None or not hasattr(fcntl, "F_SEAL_GROW"):
+        pytest.skip("needs memfd_create and file seals (Linux)")
+    fds = []
+
+    def make(*seals):
+        fd = os.memfd_create("x.npy", os.MFD_ALLOW_SEALING)
+        fds.append(fd)
         path = f"/proc/self/fd/{fd}"
         with open(path, "wb") as f:
             np.save(f, np.arange(30, dtype="i4").reshape(10, 3))
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW)
-        with mmarray.load(path, mode="r+") as m:
-            m.resize(4, truncate=True)
-            assert m.array.tolist() == np.arange(12).reshape(4, 3).tolist()
-        assert os.fstat(fd).st_size == 128 + 48
-    finally:
+        flags = 0
+        for seal in seals:
+            flags |= getattr(fcntl, f"F_SEAL_{seal}")
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, flags)
+        return fd, path
+    yield make
+    for fd in fds:
         os.close(fd)
+
+
+def test_a_shrink_with_truncate_works_on_a_file_sealed_against_growth(sealed_npy):
+    fd, path = sealed_npy("GROW")
+    with mmarray.load(path, mode="r+") as m:
+        m.resize(4, truncate=True)
+        assert m.array.tolist() == np.arange(12).reshape(4, 3).tolist()
+    assert os.fstat(fd).st_size == 128 + 48
+
+
+def test_a_shrink_with_truncate_that_can_neither_mark_nor_cut_leaves_the_file_as_it_was(
+        sealed_npy):
+    # Helper-68: with no room for the trailer the shrink went on unmarked, and when its cut
+    # then failed too the file kept the new header and, after it, rows nothing recognised.
+    fd, path = sealed_npy("GROW", "SHRINK")
+    before = os.pread(fd, 1000, 0)
+    with mmarray.load(path, mode="r+") as m:
+        with pytest.raises(PermissionError):
+            m.resize(4, truncate=True)
+        assert os.pread(fd, 1000, 0) == before and m.shape == (10, 3)
+        m.resize(8)  # without truncate: the header alone
+        assert m.array.tolist() == np.arange(24).reshape(8, 3).tolist()
 
 
 def test_a_read_only_npy_mapping_refuses_a_shrink_with_truncate_naming_its_mode(tmp_path):

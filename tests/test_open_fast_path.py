@@ -756,3 +756,58 @@ def test_tables_replaced_while_a_dtype_is_looked_up_are_neither_freed_nor_cached
     """, timeout=120)
     assert_clean_exit(proc)
     assert proc.stdout.strip() == "ok", proc.stdout
+
+
+def test_tables_replaced_by_a_finalizer_while_the_last_lookup_is_kept_are_not_bypassed(data):
+    # Helper-68: the check that the table was still installed came before the tuple kept as
+    # the last lookup was made; the garbage collector, run by that allocation, could install
+    # other tables in between (a gc callback here), and the old table's value was kept.
+    proc = run_python(f"""
+        import gc
+        import numpy as np
+        import mmarray
+        from mmarray import _api, _engine
+
+        def install(dtypes):
+            _engine.set_fast_open(dict(_api._FAST_MODES), dtypes, mmarray.Mapping,
+                                  _api._abspath, True, {POSIX}, _api._general_open)
+        B = {{"f4": np.dtype("i2")}}
+        armed, live, hold = [False], [False], []
+        def callback(phase, info):
+            if phase == "start" and armed[0]:
+                armed[0] = False
+                install(B)
+        gc.callbacks.append(callback)
+
+        class K:  # collides with "f4", probed before it
+            def __hash__(self):
+                return hash("f4")
+            def __eq__(self, other):
+                if live[0]:
+                    live[0] = False
+                    hold.clear()
+                    gc.collect()
+                    gc.disable()
+                    hold.extend([(i, None) for i in range(2500)])  # no free 2-tuples left
+                    gc.enable()
+                    armed[0] = True
+                return False
+
+        path = {str(data)!r}
+        for trial in range(50):
+            install({{K(): np.dtype("u1"), "f4": np.dtype("f4")}})
+            gc.set_threshold(1, 10, 10)
+            live[0] = True
+            m = _engine.open_to_end(path, "f4", "r", 0, None, "C", False, None)
+            gc.set_threshold(700, 10, 10)
+            armed[0] = False
+            if m is not None:
+                m.close()
+            m = _engine.open_to_end(path, "f4", "r", 0, None, "C", False, None)
+            assert m is None or m.dtype == np.dtype("i2"), (trial, m.dtype)
+            if m is not None:
+                m.close()
+        print("ok")
+    """, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok", proc.stdout

@@ -1570,8 +1570,11 @@ cdef object _open_to_end(file, dtype, mode, offset, shape, order, populate, advi
         spec = table.get(mode)
         if spec is None:
             return None
+        # The tuple first: making it may run the garbage collector, and a finalizer may
+        # install other tables; nothing runs between the check and the store.
+        last = (mode, spec)
         if _fast_modes is table:
-            _last_mode = (mode, spec)
+            _last_mode = last
     last = _last_dtype
     if last[0] is dtype:
         dt = last[1]
@@ -1581,10 +1584,12 @@ cdef object _open_to_end(file, dtype, mode, offset, shape, order, populate, advi
             dt = table.get(dtype)
         except TypeError:            # an unhashable dtype argument (a list of fields)
             return None
-        # Kept for what programs pass literally, a str or a class ('f4', np.float32).
-        if dt is not None and (type(dtype) is str or type(dtype) is type) \
-                and _fast_dtypes is table:
-            _last_dtype = (dtype, dt)
+        # Kept for what programs pass literally, a str or a class ('f4', np.float32). (The
+        # tuple first, as for the mode.)
+        if dt is not None and (type(dtype) is str or type(dtype) is type):
+            last = (dtype, dt)
+            if _fast_dtypes is table:
+                _last_dtype = last
     if dt is None or cnp.PyDataType_HASSUBARRAY(<cnp.dtype>dt):  # subarray: map_file
         return None
     if (<cnp.dtype>dt).itemsize <= 0:  # the file's length is divided by it below

@@ -265,6 +265,9 @@ class NpyMapping(Mapping):
                             pass  # a whole trailer left is recognised; the error goes on up
                         if not (isinstance(exc, OSError) and exc.errno in _NO_ROOM):
                             raise
+                        marked = False
+                    else:
+                        marked = True
                 try:
                     _fmt.pwrite(fd, grown, 0)
                     if cut:
@@ -283,7 +286,11 @@ class NpyMapping(Mapping):
                             try:
                                 os.ftruncate(fd, end)
                             except OSError:
-                                pass
+                                if not marked:
+                                    # Nothing marks the rows left after the data: the file
+                                    # and the view as they were (a file that can neither
+                                    # grow nor shrink: a memfd with both seals).
+                                    self._undo_unmarked_shrink(fd, header, old)
                     else:
                         _fmt.pwrite(fd, header, 0)      # the file as it was
                         if cut:
@@ -300,6 +307,15 @@ class NpyMapping(Mapping):
                     _append._release(copy_file)  # a no-op once released as `held`
                 # A copy still at its temporary name was not renamed (refused, interrupted).
                 _append._discard_unrenamed(made, view_file)
+
+    def _undo_unmarked_shrink(self, fd: int, header: bytes, old: tuple[int, ...]) -> None:
+        """Put back the old header, then the old view, after a shrink without a trailer
+        whose cut failed; best effort: the error of the cut goes on up either way."""
+        try:
+            _fmt.pwrite(fd, header, 0)
+            self._resize(fd, self.dtype.itemsize * _prod(old), old, False, False)
+        except Exception:
+            pass
 
 
 #: What a write past the end fails with when the file cannot grow (ENOSPC, EDQUOT, EFBIG,
