@@ -154,15 +154,66 @@ def test_memmap_gives_what_the_general_path_gives(data, general):
     def state(a):
         return (type(a), a.filename, a.offset, a.mode, a.dtype, a.shape, _flags(a),
                 a.tobytes(), type(a._mmap), a._mmap.filename, a._mmap.mode,
-                a._mmap._identity(), pickle.loads(pickle.dumps(a)).tobytes())
+                a._mmap._identity(), pickle.loads(pickle.dumps(a)).tobytes(),
+                {k: v for k, v in vars(a).items() if k != "_mmap"}, sorted(vars(a)))
     for mode in ["r", "r+", "c"]:
         fast = mmarray.memmap(str(data), dtype=np.uint8, mode=mode)
         got = state(fast)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_compat, "_open_to_end", lambda *args: None)
+            mp.setattr(_compat, "_array_to_end", lambda *args: None)
             slow = mmarray.memmap(str(data), dtype=np.uint8, mode=mode)
         assert got == state(slow)
         del fast, slow
+
+
+class _Tagged(mmarray.memmap):
+    """A memmap subclass whose __array_finalize__ sets an attribute of its own."""
+
+    def __array_finalize__(self, obj):
+        super().__array_finalize__(obj)
+        self.tag = "finalized"
+
+
+def test_a_memmap_subclass_on_the_fast_path_keeps_its_own_attributes(data, general):
+    def state(a):
+        return (type(a), a.tag, a.filename, a.offset, a.mode, type(a._mmap), a.tobytes(),
+                {k: v for k, v in vars(a).items() if k != "_mmap"})
+    fast = _Tagged(str(data), dtype=np.uint8, mode="r")
+    assert type(fast._mmap) is mmarray.Mapping and fast._mmap.filename == str(data)
+    got = state(fast)
+    general()
+    slow = _Tagged(str(data), dtype=np.uint8, mode="r")
+    assert got == state(slow)
+    assert got[1:5] == ("finalized", str(data), 0, "r")
+
+
+def test_array_to_end_refuses_a_class_that_makes_no_array_and_maps_nothing(data):
+    st = os.stat(data)
+    for subtype in (dict, object, 3, None):
+        with pytest.raises(TypeError, match="subtype must be numpy.ndarray"):
+            _engine.array_to_end(subtype, str(data), "uint8", "r", 0, None, "C")
+    assert _engine.array_to_end(np.ndarray, str(data), "uint8", "r", 8, None, "C") is None
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
+    a, m, mode, filename = _engine.array_to_end(np.ndarray, str(data), "uint8", "r", 0,
+                                                None, "C")
+    assert (type(a), a.tobytes(), mode, filename) == \
+        (np.ndarray, data.read_bytes(), m.mode, m.filename)
+    assert _engine.live_views(st.st_dev, st.st_ino) == 1 and m.exports == 1
+    m.close()
+    del a
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
+
+
+def test_a_subclass_finalize_that_raises_leaves_nothing_mapped(data):
+    class Raising(mmarray.memmap):
+        def __array_finalize__(self, obj):
+            raise RuntimeError("no")
+    st = os.stat(data)
+    with pytest.raises(RuntimeError, match="no"):
+        Raising(str(data), dtype=np.uint8, mode="r")
+    import gc
+    gc.collect()
+    assert _engine.live_views(st.st_dev, st.st_ino) == 0
 
 
 def test_pickling_by_reference_round_trips(data):

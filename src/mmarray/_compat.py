@@ -66,7 +66,7 @@ _ndarray_getitem = np.ndarray.__getitem__
 _ndarray_array_wrap = np.ndarray.__array_wrap__
 _may_share_memory = np.may_share_memory
 _TO_END = _engine.TO_END
-_open_to_end = _engine.open_to_end
+_array_to_end = _engine.array_to_end
 _fspath = os.fspath
 # mode (numpy's short and long names) -> (short mode, engine access, engine flags)
 _MODES = _MODE_SPEC  # mode (numpy's short and long names) -> (short mode, access, flags)
@@ -188,13 +188,20 @@ class memmap(np.memmap):
                 order: Literal["C", "F", "A", "K"] | None = "C") -> Self:
         # The common case (a str path mapped whole, as mmarray.open's fast path takes it):
         # the same Mapping the general path below makes, with numpy's attributes for it.
-        fast = _open_to_end(filename, dtype, mode, offset, shape, order, False, None)
+        # One engine call makes the mapping and the array, and the attributes are one dict
+        # set at once: callgrind counted ~500 instructions (6%) fewer than opening, then
+        # calling _array_of, then four setattrs.
+        fast = _array_to_end(subtype, filename, dtype, mode, offset, shape, order)
         if fast is not None:
-            self = fast._array_of(subtype)
-            self._mmap = fast  # type: ignore[assignment]  # the class installed: Mapping
-            self.offset = 0
-            self.mode = fast.mode
-            self.filename = fast.filename
+            self, mapping, short_mode, name = fast
+            if subtype is memmap:  # its __array_finalize__ set nothing; a subclass's may have
+                self.__dict__ = {"_mmap": mapping, "offset": 0, "mode": short_mode,
+                                 "filename": name}
+            else:
+                self._mmap = mapping  # type: ignore[assignment]  # the class installed: Mapping
+                self.offset = 0
+                self.mode = short_mode
+                self.filename = name
             return self
         return _new_memmap(subtype, filename, dtype, mode, offset, shape, order)
 

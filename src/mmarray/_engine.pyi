@@ -138,6 +138,9 @@ def open(file: object, dtype: object = ..., mode: object = ..., offset: object =
                advise: object = ...) -> Region: ...
 def open_to_end(file: object, dtype: object, mode: object, offset: object, shape: object,
                 order: object, populate: object, advise: object) -> Region | None: ...
+# open_to_end and an array of subtype over it: (array, mapping, its mode, its file name).
+def array_to_end(subtype: type[_A], file: object, dtype: object, mode: object, offset: object,
+                 shape: object, order: object) -> tuple[_A, Region, ShortMode, str] | None: ...
 HEAD_MAX: int
 # Open a str path, read its first n bytes, map what layout(first) says (None: not taken).
 def map_by_header(file: object, access: int, mode: ShortMode, n: int,

@@ -1053,41 +1053,20 @@ cdef class Region:
         ValueError
             The mapping is closed.
         """
-        cdef _ArrayExport export = _ArrayExport.__new__(_ArrayExport)
-        self._acquire()              # count first: the array below may trigger GC
-        export.mapping = self
-        export.generation = self._generation
-        export.data = <char *>self.view.data
-        export.length = <Py_ssize_t>self.view.length
-        return _new_array(self, _ndarray, export)
+        return _new_array(self, _ndarray, _new_export(self))
 
     def _array_of(self, subtype):
         """As :attr:`array`, of an ndarray subclass (``mmarray.memmap``; its class may have a
         metaclass other than ``type``)."""
-        cdef _ArrayExport export
-        if not (isinstance(subtype, type) and issubclass(subtype, _ndarray)):
-            raise TypeError(f"subtype must be numpy.ndarray or a subclass of it, got "
-                            f"{subtype!r}")
-        export = _ArrayExport.__new__(_ArrayExport)
-        self._acquire()
-        export.mapping = self
-        export.generation = self._generation
-        export.data = <char *>self.view.data
-        export.length = <Py_ssize_t>self.view.length
-        return _new_array(self, <type>subtype, export)
+        _check_subtype(subtype)
+        return _array_of(self, <type>subtype)
 
     def _export(self):
         """A new export object to build an array on (``ndarray.__new__(..., buffer=it)``).
 
         It counts as one export from now until it is garbage: keep it only as an array's buffer.
         """
-        cdef _ArrayExport export = _ArrayExport.__new__(_ArrayExport)
-        self._acquire()
-        export.mapping = self
-        export.generation = self._generation
-        export.data = <char *>self.view.data
-        export.length = <Py_ssize_t>self.view.length
-        return export
+        return _new_export(self)
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
         # Two kinds of buffer. A consumer that asks for a format (memoryview(m), numpy's
@@ -1531,6 +1510,45 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *,
                              advise=advise)
     finally:
         Py_LeaveRecursiveCall()
+
+
+cdef int _check_subtype(subtype) except -1:
+    if not (isinstance(subtype, type) and issubclass(subtype, _ndarray)):
+        raise TypeError(f"subtype must be numpy.ndarray or a subclass of it, got {subtype!r}")
+    return 0
+
+
+cdef _ArrayExport _new_export(Region m):
+    # A new export of m's current view, counted (Region._export).
+    cdef _ArrayExport export = _ArrayExport.__new__(_ArrayExport)
+    m._acquire()                     # count first: an array made on it may trigger GC
+    export.mapping = m
+    export.generation = m._generation
+    export.data = <char *>m.view.data
+    export.length = <Py_ssize_t>m.view.length
+    return export
+
+
+cdef object _array_of(Region m, type subtype):
+    # Region._array_of, for a subtype checked by _check_subtype.
+    return _new_array(m, subtype, _new_export(m))
+
+
+def array_to_end(subtype, file, dtype, mode, offset, shape, order):
+    """``open_to_end(file, dtype, mode, offset, shape, order, False, None)`` and an array of
+    ``subtype`` (numpy.ndarray or a subclass) over the new mapping, as its ``_array_of``
+    makes it, in one call: what ``mmarray.memmap`` needs for its common case. Returns
+    ``(array, mapping, mapping.mode, mapping.filename)``, or None where open_to_end
+    returns None. Raises TypeError for a ``subtype`` that is no ndarray class, and what
+    making the array raises (a subclass's ``__array_finalize__``): the new mapping is then
+    garbage, and unmapped."""
+    cdef Region m
+    _check_subtype(subtype)
+    fast = _open_to_end(file, dtype, mode, offset, shape, order, False, None)
+    if fast is None:
+        return None
+    m = <Region>fast
+    return (_array_of(m, <type>subtype), m, m._mode, m._filename)
 
 
 def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
