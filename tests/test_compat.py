@@ -922,6 +922,90 @@ print("ok")
     assert_clean_exit(proc)
     assert proc.stdout.strip() == "ok"
 
+# Ways to make numpy find a function that keeps the array and raises where the engine's
+# check of the trusted __array_finalize__ found another (helper-69): a metaclass property
+# that answers None once, a metaclass whose classes equal mmarray.memmap, and a gc callback
+# that replaces memmap's function while numpy allocates the array.
+_TWO_FACED = {
+    "metaclass property": """
+calls = [0]
+class Meta(type):
+    @property
+    def __array_finalize__(cls):
+        calls[0] += 1
+        return None if calls[0] % 2 else keep_and_raise
+def make(mode):
+    class Keeper(np.ndarray, metaclass=Meta):
+        pass
+    return _engine.array_to_end(Keeper, NAMES, PATH, "int16", mode, 0, None, "C")
+""",
+    "metaclass equal to memmap": """
+class Meta(type):
+    def __eq__(cls, other):
+        return other is mmarray.memmap or super().__eq__(other)
+    def __hash__(cls):
+        return hash(mmarray.memmap)
+    @property
+    def __array_finalize__(cls):
+        cls.calls += 1
+        return mmarray.memmap.__array_finalize__ if cls.calls % 2 else keep_and_raise
+def make(mode):
+    class Keeper(mmarray.memmap, metaclass=Meta):
+        calls = 0
+    return Keeper(PATH, dtype="int16", mode=mode)
+""",
+    "gc callback": """
+original = mmarray.memmap.__array_finalize__
+def swap(phase, info):
+    if phase == "start":
+        mmarray.memmap.__array_finalize__ = keep_and_raise
+def make(mode):
+    mmarray.memmap.__array_finalize__ = original
+    gc.callbacks.append(swap)
+    try:
+        return mmarray.memmap(PATH, dtype="int16", mode=mode)
+    finally:
+        gc.callbacks.remove(swap)
+        mmarray.memmap.__array_finalize__ = original
+""",
+}
+
+
+@pytest.mark.parametrize("how", sorted(_TWO_FACED))
+def test_a_finalize_that_answers_two_ways_cannot_keep_an_array_without_its_base(path, how):
+    # Each segfaulted (the kept array had no base, and read its region once unmapped).
+    np.arange(32, dtype="int16").tofile(path)
+    script = f"""
+import gc, numpy as np, mmarray
+from mmarray import _engine
+PATH = {path!r}
+NAMES = ("_mmap", "offset", "mode", "filename")
+mmarray.memmap(PATH, dtype="int16", mode="r").flush()  # int16 in the fast path's table
+kept = []
+def keep_and_raise(self, obj):
+    kept.append(self)
+    raise RuntimeError("finalize failed")
+""" + _TWO_FACED[how] + """
+made = 0
+for threshold in range(1, 12):  # collections at different allocations of the call
+    gc.set_threshold(threshold)
+    for mode in ("r", "r+", "c"):
+        try:
+            made += make(mode) is not None
+        except (RuntimeError, TypeError):  # TypeError: numpy calls the None a property gave
+            pass
+gc.set_threshold(700)
+gc.collect()
+for a in kept:
+    assert a.base is not None
+    assert int(a.view(np.ndarray).sum()) == sum(range(32))
+print("ok", len(kept), made)
+"""
+    proc = run_python(script, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.split()[0] == "ok", proc.stdout
+
+
 def test_subclass_memmap_built_by_ndarray_new_matches_the_memmap_itself(path):
     np.arange(32, dtype="int16").tofile(path)
     seen = []

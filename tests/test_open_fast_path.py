@@ -187,21 +187,81 @@ def test_a_memmap_subclass_on_the_fast_path_keeps_its_own_attributes(data, gener
     assert got[1:5] == ("finalized", str(data), 0, "r")
 
 
-def test_array_to_end_refuses_a_class_that_makes_no_array_and_maps_nothing(data):
+NAMES = ("_mmap", "offset", "mode", "filename")
+
+
+def test_array_to_end_leaves_a_class_that_makes_no_array_to_the_general_path(data):
     st = os.stat(data)
     for subtype in (dict, object, 3, None):
-        with pytest.raises(TypeError, match="subtype must be numpy.ndarray"):
-            _engine.array_to_end(subtype, str(data), "uint8", "r", 0, None, "C")
-    assert _engine.array_to_end(np.ndarray, str(data), "uint8", "r", 8, None, "C") is None
+        assert _engine.array_to_end(subtype, NAMES, str(data), "uint8", "r", 0, None,
+                                    "C") is None
+    for names in [(), NAMES[:3], NAMES + ("x",), ("a", "b", "c", 4)]:
+        with pytest.raises(TypeError, match="names must be four str"):
+            _engine.array_to_end(np.ndarray, names, str(data), "uint8", "r", 0, None, "C")
+    assert _engine.array_to_end(np.ndarray, NAMES, str(data), "uint8", "r", 8, None,
+                                "C") is None
     assert _engine.live_views(st.st_dev, st.st_ino) == 0
-    a, m, mode, filename = _engine.array_to_end(np.ndarray, str(data), "uint8", "r", 0,
-                                                None, "C")
-    assert (type(a), a.tobytes(), mode, filename) == \
-        (np.ndarray, data.read_bytes(), m.mode, m.filename)
-    assert _engine.live_views(st.st_dev, st.st_ino) == 1 and m.exports == 1
-    m.close()
-    del a
+    # numpy.memmap's errors, not the engine's, for a class that is no ndarray's
+    for path, mode, expected in [("/nonexistent/x", "r", FileNotFoundError),
+                                 (str(data), "zz", ValueError)]:
+        for memmap in (mmarray.memmap, np.memmap):
+            with pytest.raises(expected):
+                memmap.__new__(dict, path, np.uint8, mode)
+
+
+class _Watched(np.ndarray):
+    """An ndarray subclass that records the attributes set on its arrays."""
+    seen: list = []
+
+    def __setattr__(self, name, value):
+        _Watched.seen.append(name)
+        super().__setattr__(name, value)
+
+
+def test_array_to_end_sets_the_attributes_one_dict_or_one_by_one(data):
+    st = os.stat(data)
+    for subtype in (np.ndarray, _Watched):
+        if subtype is np.ndarray:
+            with pytest.raises(AttributeError):  # no instance dictionary to put them in
+                _engine.array_to_end(subtype, NAMES, str(data), "uint8", "r", 0, None, "C")
+            continue
+        a = _engine.array_to_end(subtype, NAMES, str(data), "uint8", "r", 0, None, "C")
+        m = a._mmap
+        assert (type(a), a.tobytes(), a.offset, a.mode, a.filename) == \
+            (subtype, data.read_bytes(), 0, "r", m.filename)
+        assert _Watched.seen == list(NAMES)     # its own __setattr__, in numpy's order
+        assert _engine.live_views(st.st_dev, st.st_ino) == 1 and m.exports == 1
+        m.close()
+        del a
     assert _engine.live_views(st.st_dev, st.st_ino) == 0
+
+
+def test_a_finalize_patched_onto_memmap_keeps_what_it_sets_on_the_fast_path(data, general):
+    original = mmarray.memmap.__array_finalize__
+
+    def tagging(self, obj):
+        original(self, obj)
+        self.tag = "t"
+
+    def setattr_watching(self, name, value):
+        seen.append(name)
+        object.__setattr__(self, name, value)
+
+    mmarray.memmap(str(data), dtype=np.uint8, mode="r")  # np.uint8 in the dtype table
+    for name, patch in [("__array_finalize__", tagging), ("__setattr__", setattr_watching)]:
+        seen = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mmarray.memmap, name, patch)
+            fast = mmarray.memmap(str(data), dtype=np.uint8, mode="r")
+            assert type(fast._mmap) is mmarray.Mapping
+            got = {k: v for k, v in vars(fast).items() if k != "_mmap"}, list(seen)
+            seen.clear()
+            with pytest.MonkeyPatch.context() as off:
+                off.setattr(_compat, "_array_to_end", lambda *args: None)
+                slow = mmarray.memmap(str(data), dtype=np.uint8, mode="r")
+            assert got == ({k: v for k, v in vars(slow).items() if k != "_mmap"}, seen)
+        assert got[0].get("tag") == ("t" if name == "__array_finalize__" else None)
+        del fast, slow
 
 
 def test_a_subclass_finalize_that_raises_leaves_nothing_mapped(data):

@@ -138,9 +138,11 @@ def open(file: object, dtype: object = ..., mode: object = ..., offset: object =
                advise: object = ...) -> Region: ...
 def open_to_end(file: object, dtype: object, mode: object, offset: object, shape: object,
                 order: object, populate: object, advise: object) -> Region | None: ...
-# open_to_end and an array of subtype over it: (array, mapping, its mode, its file name).
-def array_to_end(subtype: type[_A], file: object, dtype: object, mode: object, offset: object,
-                 shape: object, order: object) -> tuple[_A, Region, ShortMode, str] | None: ...
+# open_to_end and an array of subtype over it, whose attributes `names` are set to the
+# mapping, 0, its mode and its file name.
+def array_to_end(subtype: type[_A], names: tuple[str, str, str, str], file: object,
+                 dtype: object, mode: object, offset: object, shape: object,
+                 order: object) -> _A | None: ...
 HEAD_MAX: int
 # Open a str path, read its first n bytes, map what layout(first) says (None: not taken).
 def map_by_header(file: object, access: int, mode: ShortMode, n: int,
