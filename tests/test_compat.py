@@ -954,6 +954,23 @@ def make(mode):
         calls = 0
     return Keeper(PATH, dtype="int16", mode=mode)
 """,
+    "profile hook in a Python finalize": """
+import sys
+class Keeper(np.ndarray):
+    def __array_finalize__(self, obj):
+        pass
+_engine.trust_array_finalize(Keeper)  # refused: a Python function (helper-70)
+def hook(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "__array_finalize__" \
+            and frame.f_locals.get("obj") is None:
+        keep_and_raise(frame.f_locals["self"], None)
+def make(mode):
+    sys.setprofile(hook)
+    try:
+        return _engine.array_to_end(Keeper, NAMES, PATH, "int16", mode, 0, None, "C")
+    finally:
+        sys.setprofile(None)
+""",
     "gc callback": """
 original = mmarray.memmap.__array_finalize__
 def swap(phase, info):

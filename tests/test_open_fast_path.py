@@ -248,7 +248,10 @@ def test_a_finalize_patched_onto_memmap_keeps_what_it_sets_on_the_fast_path(data
         object.__setattr__(self, name, value)
 
     mmarray.memmap(str(data), dtype=np.uint8, mode="r")  # np.uint8 in the dtype table
-    for name, patch in [("__array_finalize__", tagging), ("__setattr__", setattr_watching)]:
+    filename_property = property(lambda self: self.__dict__.get("_name", "unset"),
+                                 lambda self, value: self.__dict__.__setitem__("_name", value))
+    for name, patch in [("__array_finalize__", tagging), ("__setattr__", setattr_watching),
+                        ("filename", filename_property)]:
         seen = []
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(mmarray.memmap, name, patch)
@@ -261,7 +264,22 @@ def test_a_finalize_patched_onto_memmap_keeps_what_it_sets_on_the_fast_path(data
                 slow = mmarray.memmap(str(data), dtype=np.uint8, mode="r")
             assert got == ({k: v for k, v in vars(slow).items() if k != "_mmap"}, seen)
         assert got[0].get("tag") == ("t" if name == "__array_finalize__" else None)
+        if name == "filename":   # the property's setter stored it
+            assert got[0]["_name"] == str(data) and "filename" not in got[0]
         del fast, slow
+
+
+def test_only_a_compiled_finalize_is_trusted():
+    # A Python function's frame is seen by profile and trace hooks and runs signal handlers,
+    # which could keep the array before it has its base (helper-70: SIGSEGV with _compat
+    # run as Python). mmarray.memmap's own function is compiled.
+    class Interpreted(np.ndarray):
+        def __array_finalize__(self, obj):
+            pass
+    assert _engine.trust_array_finalize(Interpreted) is False
+    assert _engine.trust_array_finalize(mmarray.memmap) is True
+    with pytest.raises(TypeError, match="subclass of numpy.ndarray"):
+        _engine.trust_array_finalize(dict)
 
 
 def test_a_subclass_finalize_that_raises_leaves_nothing_mapped(data):

@@ -436,8 +436,10 @@ def _dask_loads(header: dict[str, Any], frames: list[bytes]) -> memmap:
     return loaded
 
 
-# memmap.__array_finalize__ keeps nothing of the array it is given when it raises: the engine
-# may build memmaps with numpy's fast constructor (its subclasses get ndarray.__new__).
+# memmap.__array_finalize__ keeps nothing of the array it is given when it raises, and sets
+# nothing for an array made from nothing: the engine may build memmaps with numpy's fast
+# constructor (its subclasses get ndarray.__new__). Only while this module is compiled: the
+# engine does not trust a Python function, whose frame hooks and signal handlers can see.
 _engine.trust_array_finalize(memmap)
 # mmarray.memmap(...) without type.__call__'s tuple and keyword dict (callgrind: 16% of the
 # instructions of a 4 KiB memmap open + close); subclasses keep type.__call__.
