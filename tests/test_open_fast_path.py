@@ -94,6 +94,28 @@ def test_the_fast_path_is_taken_for_the_common_case(data):
     del tmp
 
 
+def test_a_fast_mapping_makes_its_shape_tuple_once_whichever_is_asked_first(data):
+    # The fast open leaves the 1-D shape as a length until something asks for the tuple.
+    n = data.stat().st_size // 4
+    m = mmarray.open(str(data), dtype="f4", mode="r+")
+    assert m.array.shape == (n,)                 # the array first: no tuple needed
+    assert m.size == n and m.nbytes == 4 * n
+    assert m.shape == (n,) and m.shape is m.shape
+    assert f"shape={(n,)}" in repr(m)
+    with pytest.raises(ValueError, match="set once"):
+        m._set_shape((n,))
+    m.close()
+    m = mmarray.open(str(data), dtype="f4", mode="r+")
+    assert repr(m).count(f"shape={(n,)}") == 1   # repr first
+    m.close()
+    m = mmarray.open(str(data), dtype="f4", mode="r+")
+    with pytest.raises(ValueError, match="set once"):
+        m._set_shape((n,))                       # refused before any tuple was made
+    m.resize(2 * n)                              # a new shape before the first was asked
+    assert m.shape == (2 * n,) and m.array.shape == (2 * n,)
+    m.close()
+
+
 @pytest.mark.parametrize("mode", ["r", "r+", "c", "readonly", "readwrite", "copyonwrite"])
 @pytest.mark.parametrize("dtype", ["uint8", np.uint8, "f4", np.dtype("i2"), "S16"])
 def test_open_gives_what_the_general_path_gives(data, general, mode, dtype):

@@ -18,7 +18,11 @@ cdef class Region:
     cdef bint _readonly
     cdef bint _raw_exported    # handed out a raw buffer: unmap waits for __dealloc__
     cdef object _dtype
+    # The shape, a tuple, or None before _set_shape gives it. The fast open leaves it None
+    # with _length1 >= 0 for the shape (_length1,), made the first time it is asked for
+    # (_shape_of): most arrays of a 1-D open never need the tuple.
     cdef object _shape
+    cdef Py_ssize_t _length1
     cdef object _order
     cdef object _mode
     cdef object _filename
@@ -61,6 +65,8 @@ cdef class Region:
     cdef int _release_busy(self, Py_ssize_t generation) except -1
     cdef int _unmap_now(self) except -1
     cdef uint64_t _fault_count(self)
+    cdef object _shape_of(self)
+    cdef int _give_shape(self, shape) except -1
 
 
 @cython.auto_pickle(False)

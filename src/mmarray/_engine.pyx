@@ -458,7 +458,7 @@ cdef object _new_array(Region m, type subtype, object export, bint *trusted=NULL
     made: True if the only ``__array_finalize__`` that ran was the trusted one, if any."""
     cdef cnp.dtype descr = m._dtype
     cdef int collector
-    if m._shape is None:
+    if m._shape is None and m._length1 < 0:
         raise ValueError("the mapping has no shape (its size is not a multiple of the "
                          "itemsize)")
     if trusted != NULL:
@@ -477,7 +477,8 @@ cdef object _new_array(Region m, type subtype, object export, bint *trusted=NULL
             # already hold its base, as ndarray.__new__ gives it before the call. The export
             # refuses a writable buffer of a read-only mapping, and numpy then makes the
             # array read-only.
-            return _ndarray.__new__(subtype, m._shape, descr, export, 0, None, m._order)
+            return _ndarray.__new__(subtype, m._shape_of(), descr, export, 0, None,
+                                    m._order)
         try:
             array = _new_trusted_array(m, subtype, descr, export)
         finally:
@@ -501,11 +502,16 @@ cdef object _new_trusted_array(Region m, type subtype, cnp.dtype descr, object e
     # _new_array's constructor, for ndarray and a class _finalize_trusted vouches for.
     cdef cnp.npy_intp dims[64]     # NPY_MAXDIMS in numpy 2; numpy 1.x allows 32
     cdef int nd, i, flags = 0
-    nd = len(m._shape)
-    if nd > 64:
-        raise ValueError(f"shape {m._shape!r} has more than 64 dimensions")
-    for i in range(nd):
-        dims[i] = m._shape[i]
+    cdef tuple shape = m._shape
+    if shape is None:                # (m._length1,): _new_array checked there is a shape
+        nd = 1
+        dims[0] = m._length1
+    else:
+        nd = len(shape)
+        if nd > 64:
+            raise ValueError(f"shape {shape!r} has more than 64 dimensions")
+        for i in range(nd):
+            dims[i] = shape[i]
     if not m._readonly:
         flags |= cnp.NPY_ARRAY_WRITEABLE
     if m._order == "F":
@@ -579,6 +585,7 @@ cdef class Region:
         self._exports = 0
         self._closed = True          # a bare Mapping (not made by map_file) maps nothing
         self._readonly = True
+        self._length1 = -1           # no shape (see _shape_of)
 
     def __dealloc__(self):
         # No export can be alive here (each holds a reference to self). Also runs for
@@ -820,7 +827,7 @@ cdef class Region:
                 _guard(self)
             except BaseException:
                 pass
-        self._shape = retired.pending_shape
+        self._give_shape(retired.pending_shape)
         retired.pending_shape = None
         retired.pending_name = None
 
@@ -945,7 +952,7 @@ cdef class Region:
                 self._guard_token = 0
                 if _guard_enabled:
                     _guard(self)
-            self._shape = shape
+            self._give_shape(shape)
             if cut:
                 # Nothing maps past the new end now (no array, no other view: checked above);
                 # an array taken meanwhile is made on the new view.
@@ -1097,7 +1104,7 @@ cdef class Region:
     @property
     def shape(self):
         """The shape of the mapped array, a tuple."""
-        return self._shape
+        return self._shape_of()
 
     @property
     def order(self):
@@ -1128,7 +1135,7 @@ cdef class Region:
     def size(self):
         """Number of elements."""
         cdef Py_ssize_t n = 1
-        for d in self._shape:
+        for d in self._shape_of():
             n *= d
         return n
 
@@ -1212,13 +1219,15 @@ cdef class Region:
         """Give a region mapped to the end of its file its shape, once, before any export."""
         if self._closed:
             raise ValueError("mapping is closed")
-        if self._shape is not None or self._exports:
+        if self._shape_of() is not None or self._exports:
             raise ValueError("the shape of a region is set once, before any array is made")
         shape, nbytes = _shape_nbytes(shape, self._dtype.itemsize)
         if <uint64_t>nbytes != self._mapped_length():
             raise ValueError(f"shape {shape} of dtype {self._dtype} is {nbytes} bytes, but "
                              f"{self._mapped_length()} bytes are mapped")
-        self._dtype, self._shape = _without_subarray(self._dtype, shape)
+        dtype, shape = _without_subarray(self._dtype, shape)
+        self._dtype = dtype
+        self._give_shape(shape)
 
     def _faults(self):
         """Faults the fault guard caught in this view (kept after the unmap)."""
@@ -1236,6 +1245,19 @@ cdef class Region:
         if self.view.data == NULL or self.view.data == &_empty_byte:
             return n
         return n + mm_guard_faults(&self.view)
+
+    cdef object _shape_of(self):
+        # The shape tuple (None before _set_shape gives one): made here for the 1-D shape
+        # the fast open left as _length1.
+        if self._shape is None and self._length1 >= 0:
+            self._shape = (self._length1,)
+            self._length1 = -1
+        return self._shape
+
+    cdef int _give_shape(self, shape) except -1:
+        self._shape = shape
+        self._length1 = -1
+        return 0
 
     def _identity(self):
         """(st_dev, st_ino) of the mapped file, or None when nothing is mapped."""
@@ -1309,7 +1331,7 @@ cdef class Region:
     def __repr__(self):
         state = "closed" if self._closed else "open"
         return (f"<mmarray.Mapping {state} mode={self._mode!r} dtype={self._dtype} "
-                f"shape={self._shape} offset={self._offset} file={self._filename!r} "
+                f"shape={self._shape_of()} offset={self._offset} file={self._filename!r} "
                 f"exports={self._exports}>")
 
     def __reduce__(self):
@@ -1477,7 +1499,7 @@ cdef int _set_up(Region m, int access, dtype, shape, order, mode, filename,
     m._closed = False
     m._readonly = access == MM_READ
     m._dtype = dtype
-    m._shape = shape
+    m._give_shape(shape)
     m._order = order
     m._mode = mode
     m._filename = filename
@@ -1749,8 +1771,8 @@ cdef object _open_to_end(file, dtype, mode, offset, shape, order, populate, advi
         m._closed = True
         m._unmap_now()
         return None
-    _set_up(m, spec[1], dt, (<Py_ssize_t>(length // <uint64_t>itemsize),), "C", spec[0],
-            filename, 0)
+    _set_up(m, spec[1], dt, None, "C", spec[0], filename, 0)
+    m._length1 = <Py_ssize_t>(length // <uint64_t>itemsize)  # the shape, made when asked for
     return m
 
 
