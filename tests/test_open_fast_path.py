@@ -847,13 +847,87 @@ def test_a_general_open_that_calls_the_engines_open_again_is_refused_or_a_recurs
         from mmarray import _api, _engine
         _engine.set_fast_open(_api._FAST_MODES, _api._dtype_cache, mmarray.Mapping,
                               _api._abspath, {utf8}, {POSIX}, functools.partial(mmarray.open))
-        try:
-            mmarray.open({str(data)!r}, "u1", "r", 16)   # an offset: the general open
-        except RecursionError:
-            print("RecursionError")
+        for call in (lambda: mmarray.open({str(data)!r}, "u1", "r", 16),  # the full parse
+                     lambda: mmarray.open({str(data)!r} + ".missing", mode="r")):  # the short
+            try:
+                call()
+            except RecursionError:
+                print("RecursionError")
     """, timeout=120)
     assert_clean_exit(proc)
-    assert proc.stdout.strip() == "RecursionError", proc.stdout
+    assert proc.stdout.split() == ["RecursionError"] * 2, proc.stdout
+
+
+class _Recorder:
+    """A general open that records how it was called, then opens as the real one does."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return _api._general_open(*args, **kwargs)
+
+
+@pytest.fixture
+def recorded():
+    """The general open recorded, with the fast path's tables emptied: every call goes on to
+    the general open, by the short way (three arguments) or the full parse (all eight)."""
+    recorder = _Recorder()
+    _engine.set_fast_open({}, {}, mmarray.Mapping, _api._abspath, False, POSIX, recorder)
+    try:
+        yield recorder
+    finally:
+        _api.install_fast_open()
+
+
+@pytest.mark.parametrize("args, kwargs, expected", [
+    ((), {}, ("uint8", "r+")),
+    (("u1",), {}, ("u1", "r+")),
+    (("u1", "r"), {}, ("u1", "r")),
+    ((), {"mode": "r"}, ("uint8", "r")),
+    ((), {"dtype": "i2"}, ("i2", "r+")),
+    (("u1",), {"mode": "c"}, ("u1", "c")),
+    ((), {"mode": "r", "dtype": "u1"}, ("u1", "r")),
+])
+def test_the_common_calls_of_open_skip_its_argument_parsing(data, recorded, args, kwargs,
+                                                              expected):
+    # mm_open_vectorcall: file, dtype and mode, by position or keyword, reach the general open
+    # as three positionals, the defaults being open's own.
+    m = mmarray.open(str(data), *args, **kwargs)
+    assert recorded.calls == [((str(data),) + expected, {})]
+    assert (m.dtype, m.mode) == (np.dtype(expected[0]), _api._MODE_SPEC[expected[1]][0])
+    m.close()
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    (("u1", "r", 0), {}),
+    ((), {"offset": 0}),
+    (("u1",), {"order": "C"}),
+    ((), {"populate": False}),
+    ((), {"dtype": "u1", "mode": "r", "advise": None}),
+    ((), {"".join(["mo", "de"]): "r"}),          # a keyword name that is not interned
+])
+def test_other_calls_of_open_take_the_full_parse(data, recorded, args, kwargs):
+    m = mmarray.open(str(data), *args, **kwargs)
+    assert len(recorded.calls) == 1
+    given, keywords = recorded.calls[0]
+    assert len(given) == 6 and sorted(keywords) == ["advise", "populate"]
+    m.close()
+
+
+def test_open_called_without_its_file_or_twice_with_one_argument_raises_as_python_would(data):
+    m = mmarray.open(file=str(data), mode="r")   # by keyword: the full parse takes it
+    assert m.mode == "r"
+    m.close()
+    with pytest.raises(TypeError, match="multiple values for keyword argument 'dtype'"):
+        mmarray.open(str(data), "u1", dtype="u1")
+    with pytest.raises(TypeError, match="multiple values for keyword argument 'mode'"):
+        mmarray.open(str(data), "u1", "r", mode="r")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        mmarray.open(str(data), mode="r", nope=1)
+    with pytest.raises(TypeError, match="positional argument"):
+        mmarray.open(mode="r")
 
 
 @pytest.mark.parametrize("where", ["__eq__", "__hash__"])

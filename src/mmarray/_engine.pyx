@@ -236,7 +236,99 @@ cdef extern from *:
         type->tp_vectorcall = mm_class_vectorcall;
         return 0;
     }
+
+    /* The engine's open, called as mmarray.open is called most: open(file), open(file,
+       dtype), open(file, dtype, mode), dtype and mode given by position or keyword. Those
+       go to the engine's _open_to_end with the other parameters' defaults, then (if it
+       gives None) to its _open_general; any other call to the function's own vectorcall,
+       which parses the whole signature (Cython's: ~210 instructions, against ~50 here).
+       Installed in the function's vectorcall slot, found as CPython finds it
+       (tp_vectorcall_offset: docs.python.org/3/c-api/typeobj.html). */
+    typedef PyObject *(*mm_open_to_end_fn)(PyObject *, PyObject *, PyObject *, PyObject *,
+                                           PyObject *, PyObject *, PyObject *, PyObject *);
+    typedef PyObject *(*mm_open_general_fn)(PyObject *, PyObject *, PyObject *);
+    static mm_open_to_end_fn mm_open_to_end = NULL;
+    static mm_open_general_fn mm_open_general = NULL;
+    static vectorcallfunc mm_open_full = NULL;      /* the function's own vectorcall */
+    /* open's defaults from dtype on: dtype, mode, offset, shape, order, populate, advise */
+    static PyObject *mm_open_defaults[7];
+    static PyObject *mm_open_dtype_name = NULL, *mm_open_mode_name = NULL;
+
+    static PyObject *
+    mm_open_vectorcall(PyObject *func, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+    {
+        PyObject *file, *dtype = NULL, *mode = NULL, *name, *result;
+        Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), i;
+        Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+        if (nargs < 1 || nargs + nkw > 3)
+            return mm_open_full(func, args, nargsf, kwnames);
+        file = args[0];                         /* nargs >= 1 */
+        if (nargs > 1)
+            dtype = args[1];
+        if (nargs > 2)
+            mode = args[2];
+        for (i = 0; i < nkw; i++) {             /* the values follow the nargs positionals */
+            /* by identity: compiled code passes the interned names; any other spelling of
+               them goes to the full parse, which matches by value */
+            name = PyTuple_GET_ITEM(kwnames, i);
+            if (name == mm_open_dtype_name && dtype == NULL)
+                dtype = args[nargs + i];
+            else if (name == mm_open_mode_name && mode == NULL)
+                mode = args[nargs + i];
+            else                                /* another keyword, or a value given twice */
+                return mm_open_full(func, args, nargsf, kwnames);
+        }
+        if (dtype == NULL)
+            dtype = mm_open_defaults[0];
+        if (mode == NULL)
+            mode = mm_open_defaults[1];
+        result = mm_open_to_end(file, dtype, mode, mm_open_defaults[2], mm_open_defaults[3],
+                                mm_open_defaults[4], mm_open_defaults[5], mm_open_defaults[6]);
+        if (result != Py_None)
+            return result;
+        Py_DECREF(result);
+        return mm_open_general(file, dtype, mode);
+    }
+
+    /* 0 once func's calls go through mm_open_vectorcall (or already did), -1 for a callable
+       without a vectorcall slot. defaults: open's 7, from dtype on. */
+    static int
+    mm_set_open_vectorcall(PyObject *func, mm_open_to_end_fn to_end, mm_open_general_fn general,
+                           PyObject *defaults, PyObject *dtype_name, PyObject *mode_name)
+    {
+        PyTypeObject *type = Py_TYPE(func);
+        vectorcallfunc *slot;
+        Py_ssize_t i;
+        if (!PyType_HasFeature(type, Py_TPFLAGS_HAVE_VECTORCALL) || type->tp_vectorcall_offset <= 0
+                || !PyTuple_Check(defaults) || PyTuple_GET_SIZE(defaults) != 7)
+            return -1;
+        /* the offset CPython itself reads the slot at: inside the object */
+        slot = (vectorcallfunc *)((char *)func + type->tp_vectorcall_offset);
+        if (*slot == mm_open_vectorcall)
+            return 0;
+        if (*slot == NULL)
+            return -1;
+        for (i = 0; i < 7; i++) {               /* kept for the process's lifetime */
+            Py_INCREF(PyTuple_GET_ITEM(defaults, i));
+            mm_open_defaults[i] = PyTuple_GET_ITEM(defaults, i);
+        }
+        Py_INCREF(dtype_name);
+        Py_INCREF(mode_name);
+        mm_open_dtype_name = dtype_name;
+        mm_open_mode_name = mode_name;
+        mm_open_to_end = to_end;
+        mm_open_general = general;
+        mm_open_full = *slot;
+        *slot = mm_open_vectorcall;
+        return 0;
+    }
     """
+    ctypedef object (*mm_open_to_end_fn)(object, object, object, object, object, object,
+                                         object, object)
+    ctypedef object (*mm_open_general_fn)(object, object, object)
+    int mm_set_open_vectorcall(object func, mm_open_to_end_fn to_end,
+                               mm_open_general_fn general, tuple defaults, object dtype_name,
+                               object mode_name)
     int mm_set_class_vectorcall(object cls, object new_name)
     int mm_enter_recursive_call(const char *where) except -1
     int mm_gc_pause()
@@ -1625,6 +1717,28 @@ def open(file, dtype="uint8", mode="r+", offset=0, shape=None, order="C", *,
                              advise=advise)
     finally:
         Py_LeaveRecursiveCall()
+
+
+cdef object _open_general(file, dtype, mode):
+    # open's second half for open(file, dtype, mode) (mm_open_vectorcall): the general open
+    # with the other parameters left to their defaults, which are open's.
+    mm_enter_recursive_call(" in mmarray.open")
+    try:
+        return _fast_general(file, dtype, mode)
+    finally:
+        Py_LeaveRecursiveCall()
+
+
+# The common calls of open skip its argument parsing (mm_open_vectorcall), given its
+# defaults in the order of its parameters: file, dtype and mode, then offset, shape and order,
+# then keyword-only populate and advise.
+if (open.__code__.co_varnames[:8] == ("file", "dtype", "mode", "offset", "shape", "order",
+                                      "populate", "advise")
+        and open.__code__.co_kwonlyargcount == 2 and len(open.__defaults__) == 5):
+    mm_set_open_vectorcall(open, _open_to_end, _open_general,
+                           open.__defaults__ + (open.__kwdefaults__["populate"],
+                                                open.__kwdefaults__["advise"]),
+                           "dtype", "mode")
 
 
 cdef int _check_subtype(subtype) except -1:
