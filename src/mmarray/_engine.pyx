@@ -239,19 +239,16 @@ cdef extern from *:
 
     /* The engine's open, called as mmarray.open is called most: open(file), open(file,
        dtype), open(file, dtype, mode), dtype and mode given by position or keyword. Those
-       go to the engine's _open_to_end with the other parameters' defaults, then (if it
+       go to the engine's _open_plain (the other parameters at their defaults), then (if it
        gives None) to its _open_general; any other call to the function's own vectorcall,
        which parses the whole signature (Cython's: ~210 instructions, against ~50 here).
        Installed in the function's vectorcall slot, found as CPython finds it
        (tp_vectorcall_offset: docs.python.org/3/c-api/typeobj.html). */
-    typedef PyObject *(*mm_open_to_end_fn)(PyObject *, PyObject *, PyObject *, PyObject *,
-                                           PyObject *, PyObject *, PyObject *, PyObject *);
-    typedef PyObject *(*mm_open_general_fn)(PyObject *, PyObject *, PyObject *);
-    static mm_open_to_end_fn mm_open_to_end = NULL;
-    static mm_open_general_fn mm_open_general = NULL;
+    typedef PyObject *(*mm_open_fn)(PyObject *, PyObject *, PyObject *);
+    static mm_open_fn mm_open_plain = NULL;
+    static mm_open_fn mm_open_general = NULL;
     static vectorcallfunc mm_open_full = NULL;      /* the function's own vectorcall */
-    /* open's defaults from dtype on: dtype, mode, offset, shape, order, populate, advise */
-    static PyObject *mm_open_defaults[7];
+    static PyObject *mm_open_defaults[2];           /* open's defaults of dtype and mode */
     static PyObject *mm_open_dtype_name = NULL, *mm_open_mode_name = NULL;
 
     static PyObject *
@@ -282,8 +279,7 @@ cdef extern from *:
             dtype = mm_open_defaults[0];
         if (mode == NULL)
             mode = mm_open_defaults[1];
-        result = mm_open_to_end(file, dtype, mode, mm_open_defaults[2], mm_open_defaults[3],
-                                mm_open_defaults[4], mm_open_defaults[5], mm_open_defaults[6]);
+        result = mm_open_plain(file, dtype, mode);
         if (result != Py_None)
             return result;
         Py_DECREF(result);
@@ -291,16 +287,15 @@ cdef extern from *:
     }
 
     /* 0 once func's calls go through mm_open_vectorcall (or already did), -1 for a callable
-       without a vectorcall slot. defaults: open's 7, from dtype on. */
+       without a vectorcall slot. */
     static int
-    mm_set_open_vectorcall(PyObject *func, mm_open_to_end_fn to_end, mm_open_general_fn general,
-                           PyObject *defaults, PyObject *dtype_name, PyObject *mode_name)
+    mm_set_open_vectorcall(PyObject *func, mm_open_fn plain, mm_open_fn general,
+                           PyObject *dtype, PyObject *mode, PyObject *dtype_name,
+                           PyObject *mode_name)
     {
         PyTypeObject *type = Py_TYPE(func);
         vectorcallfunc *slot;
-        Py_ssize_t i;
-        if (!PyType_HasFeature(type, Py_TPFLAGS_HAVE_VECTORCALL) || type->tp_vectorcall_offset <= 0
-                || !PyTuple_Check(defaults) || PyTuple_GET_SIZE(defaults) != 7)
+        if (!PyType_HasFeature(type, Py_TPFLAGS_HAVE_VECTORCALL) || type->tp_vectorcall_offset <= 0)
             return -1;
         /* the offset CPython itself reads the slot at: inside the object */
         slot = (vectorcallfunc *)((char *)func + type->tp_vectorcall_offset);
@@ -308,27 +303,24 @@ cdef extern from *:
             return 0;
         if (*slot == NULL)
             return -1;
-        for (i = 0; i < 7; i++) {               /* kept for the process's lifetime */
-            Py_INCREF(PyTuple_GET_ITEM(defaults, i));
-            mm_open_defaults[i] = PyTuple_GET_ITEM(defaults, i);
-        }
+        Py_INCREF(dtype);                       /* all kept for the process's lifetime */
+        Py_INCREF(mode);
         Py_INCREF(dtype_name);
         Py_INCREF(mode_name);
+        mm_open_defaults[0] = dtype;
+        mm_open_defaults[1] = mode;
         mm_open_dtype_name = dtype_name;
         mm_open_mode_name = mode_name;
-        mm_open_to_end = to_end;
+        mm_open_plain = plain;
         mm_open_general = general;
         mm_open_full = *slot;
         *slot = mm_open_vectorcall;
         return 0;
     }
     """
-    ctypedef object (*mm_open_to_end_fn)(object, object, object, object, object, object,
-                                         object, object)
-    ctypedef object (*mm_open_general_fn)(object, object, object)
-    int mm_set_open_vectorcall(object func, mm_open_to_end_fn to_end,
-                               mm_open_general_fn general, tuple defaults, object dtype_name,
-                               object mode_name)
+    ctypedef object (*mm_open_fn)(object, object, object)
+    int mm_set_open_vectorcall(object func, mm_open_fn plain, mm_open_fn general, object dtype,
+                               object mode, object dtype_name, object mode_name)
     int mm_set_class_vectorcall(object cls, object new_name)
     int mm_enter_recursive_call(const char *where) except -1
     int mm_gc_pause()
@@ -1729,16 +1721,15 @@ cdef object _open_general(file, dtype, mode):
         Py_LeaveRecursiveCall()
 
 
-# The common calls of open skip its argument parsing (mm_open_vectorcall), given its
-# defaults in the order of its parameters: file, dtype and mode, then offset, shape and order,
-# then keyword-only populate and advise.
+# The common calls of open skip its argument parsing (mm_open_vectorcall) while its
+# parameters are file, dtype and mode, then offset, shape and order, then keyword-only populate
+# and advise, and the defaults of the last five are those _open_plain stands for.
 if (open.__code__.co_varnames[:8] == ("file", "dtype", "mode", "offset", "shape", "order",
                                       "populate", "advise")
-        and open.__code__.co_kwonlyargcount == 2 and len(open.__defaults__) == 5):
-    mm_set_open_vectorcall(open, _open_to_end, _open_general,
-                           open.__defaults__ + (open.__kwdefaults__["populate"],
-                                                open.__kwdefaults__["advise"]),
-                           "dtype", "mode")
+        and open.__code__.co_kwonlyargcount == 2 and open.__defaults__[2:] == (0, None, "C")
+        and open.__kwdefaults__ == {"populate": False, "advise": None}):
+    mm_set_open_vectorcall(open, _open_plain, _open_general, open.__defaults__[0],
+                           open.__defaults__[1], "dtype", "mode")
 
 
 cdef int _check_subtype(subtype) except -1:
@@ -1822,16 +1813,22 @@ def open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
 
 
 cdef object _open_to_end(file, dtype, mode, offset, shape, order, populate, advise):
+    if shape is not None or advise is not None or populate is not False \
+            or type(offset) is not int or offset != 0 or type(order) is not str \
+            or order != "C":
+        return None
+    return _open_plain(file, dtype, mode)
+
+
+cdef object _open_plain(file, dtype, mode):
+    # _open_to_end(file, dtype, mode, 0, None, "C", False, None).
     global _last_mode, _last_dtype
     cdef Region m
     cdef const char *path
     cdef Py_ssize_t size, itemsize
     cdef uint64_t length
     cdef tuple spec                  # (short mode, access, flags): checked by set_fast_open
-    if type(file) is not str or shape is not None or advise is not None \
-            or populate is not False or type(offset) is not int or offset != 0 \
-            or type(order) is not str or order != "C" or type(mode) is not str \
-            or not _fast_utf8:
+    if type(file) is not str or type(mode) is not str or not _fast_utf8:
         return None
     # Each table is held here for its lookup: a key's __eq__ (of a dtype argument) may run
     # Python code, even set_fast_open, which must neither free the table being read nor see
