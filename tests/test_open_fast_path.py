@@ -1036,3 +1036,41 @@ def test_tables_replaced_by_a_finalizer_while_the_last_lookup_is_kept_are_not_by
     """, timeout=120)
     assert_clean_exit(proc)
     assert proc.stdout.strip() == "ok", proc.stdout
+
+
+def test_a_resize_while_the_shape_tuple_is_made_is_not_undone():
+    # Helper-71: making the 1-D shape tuple of a fast open can run the collector, whose gc
+    # callback (or a finalizer) resized the mapping; the old length was then stored over the
+    # new shape, and the array read past the shrunk view (SIGSEGV).
+    proc = run_python("""
+        import gc, os, tempfile
+        import mmarray
+        path = os.path.join(tempfile.mkdtemp(), "big.bin")
+        with open(path, "wb") as f:
+            f.truncate(64 << 20)
+        box = {"armed": False}
+        def callback(phase, info):
+            if box["armed"] and phase == "start":
+                box["armed"] = False
+                box["m"].resize(4096)
+                box["hits"] = box.get("hits", 0) + 1
+        gc.callbacks.append(callback)
+        for k in range(60):
+            m = box["m"] = mmarray.open(path, "u1", "r+")   # the shape kept as a length
+            gc.collect()
+            gc.set_threshold(10**6, 10, 10)
+            keep = [(i,) for i in range(3000 + k)]          # empty the 1-tuple free list
+            gc.set_threshold(gc.get_count()[0] + k % 6, 10, 10)
+            box["armed"] = True
+            shape = m.shape
+            box["armed"] = False
+            gc.set_threshold(10**6, 10, 10)
+            del keep
+            assert m.shape == (m._mapped_length(),), (shape, m._mapped_length())
+            assert len(m.array) == m._mapped_length()
+            m.close()
+        os.unlink(path)
+        print("hits", box.get("hits", 0))
+    """, timeout=240)
+    assert_clean_exit(proc)
+    assert proc.stdout.startswith("hits"), proc.stdout

@@ -50,6 +50,12 @@ cdef class Region:
     # close() stops them, so that no background thread goes on faulting a closed mapping in.
     cdef object _loops
     cdef object __weakref__
+    # Kept for the Python layer, which alone gives them a meaning (mmarray.Mapping: what says
+    # where the data lies in the file, and the layout read for the first pickle); None until
+    # it sets them. Here rather than in that class's __slots__: its instances then have this
+    # type's layout, and their deallocation skips CPython's (set_region_dealloc).
+    cdef public object _format
+    cdef public object _layout_read
 
     cdef int _acquire(self) except -1
     cdef bint _resized_elsewhere(self)

@@ -169,14 +169,16 @@ class Mapping(ArrayLike, _engine.Region):
     >>> del a                   # the region is unmapped now
     """
 
+    # Two fields the engine keeps for this class (Region's, None until set; no slot here:
+    # instances keep Region's layout, see _engine.set_region_dealloc).
     # _format: the spans ((start, stop), ...) of the file that say where the data lies (a
     # .npy header, a .npz member's local header), set by the code that read them to map it;
     # an int n for the one span (0, n), a .npy's header (no tuple to build on the open
-    # path); unset for a raw file. A reference carries their bytes (_fileref.read_layout).
+    # path); None for a raw file. A reference carries their bytes (_fileref.read_layout).
     # _layout_read: (spans, layout) of the first pickle, for the next ones (see _layout).
-    __slots__ = ("_format", "_layout_read")
-    _format: int | tuple[tuple[int, int], ...]
-    _layout_read: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, bytes], ...]]
+    __slots__ = ()
+    _format: int | tuple[tuple[int, int], ...] | None
+    _layout_read: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, bytes], ...]] | None
     #: What a pickle of this class rebuilds: a key of _REOPEN_CLASSES, or None (a Mapping).
     _pickle_kind: str | None = None
 
@@ -380,7 +382,7 @@ class Mapping(ArrayLike, _engine.Region):
                 ) -> tuple[tuple[int, bytes], ...] | None:
         """The bytes of the file that say where this mapping's data lies (a ``.npy``
         header), read now, for a reference to carry; None for a raw file or no mapped byte."""
-        spans = getattr(self, "_format", None)
+        spans: Any = self._format
         if spans is None or identity is None:
             return None
         kind = None
@@ -389,8 +391,7 @@ class Mapping(ArrayLike, _engine.Region):
         # Read once per spans (a resize that moves the data sets others): a header
         # rewritten since then stays a mismatch at the receiver, as it would be for a
         # reference made before; one only grown along its growth axis stays valid there.
-        known: tuple[Any, tuple[tuple[int, bytes], ...]] | None = getattr(
-            self, "_layout_read", None)
+        known = self._layout_read
         if known is not None and known[0] == spans:
             return known[1]
         layout = _fileref.read_layout(self, filename, identity, spans, kind)
@@ -647,6 +648,9 @@ class Mapping(ArrayLike, _engine.Region):
         return _access.chunks(self, rows, prefetch, ahead, drop_behind)
 
 Mapping.__module__ = "mmarray"
+# Instances are deallocated by Region's deallocator, not CPython's generic one for classes
+# (callgrind: ~130 instructions fewer per Mapping; the class has Region's layout).
+_engine.set_region_dealloc(Mapping)
 
 
 def map_region(*, path: StrOrBytesPath | None = None, fd: int | None = None, access: int,
