@@ -18,6 +18,13 @@ def data(tmp_path):
     return path
 
 
+def _prints_ok(code):
+    """Run ``code`` in a fresh interpreter: it must exit cleanly, having printed "ok"."""
+    proc = run_python(code, timeout=120)
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "ok", proc.stdout
+
+
 def test_set_region_dealloc_refuses_a_class_without_regions_layout():
     class WithDict(_engine.Region):   # a __dict__ of its own
         pass
@@ -28,7 +35,11 @@ def test_set_region_dealloc_refuses_a_class_without_regions_layout():
     class WithWeakref(_engine.Region):
         __slots__ = ()
 
-    for cls in (_engine.Region, WithDict, WithSlot, int, type("Other", (), {})):
+    class Meta(type):
+        pass
+
+    WithMeta = Meta("WithMeta", (mmarray.Mapping,), {"__slots__": ("extra",)})
+    for cls in (_engine.Region, WithDict, WithSlot, WithMeta, int, type("Other", (), {}), 5):
         with pytest.raises(TypeError, match="Region's layout"):
             _engine.set_region_dealloc(cls)
     _engine.set_region_dealloc(WithWeakref)          # Region's layout: taken
@@ -98,7 +109,7 @@ def test_a_cycle_through_the_format_field_is_collected_and_unmapped(data):
 
 def test_a_del_set_on_mapping_runs_and_may_resurrect(data):
     # In a subprocess: the finalizer is set on mmarray.Mapping itself.
-    proc = run_python(f"""
+    _prints_ok(f"""
         import gc, mmarray
         kept = []
         def finalizer(self):
@@ -117,13 +128,11 @@ def test_a_del_set_on_mapping_runs_and_may_resurrect(data):
         del m
         gc.collect()
         print("ok")
-    """, timeout=120)
-    assert_clean_exit(proc)
-    assert proc.stdout.strip() == "ok"
+    """)
 
 
 def test_class_assignment_between_mapping_classes_deallocates_cleanly(data):
-    proc = run_python(f"""
+    _prints_ok(f"""
         import sys, mmarray
         class Sub(mmarray.Mapping):
             __slots__ = ()
@@ -137,6 +146,38 @@ def test_class_assignment_between_mapping_classes_deallocates_cleanly(data):
             del m, a
         assert (sys.getrefcount(mmarray.Mapping), sys.getrefcount(Sub)) == before, before
         print("ok")
-    """, timeout=120)
-    assert_clean_exit(proc)
-    assert proc.stdout.strip() == "ok"
+    """)
+
+
+def test_a_del_that_assigns_class_leaves_both_classes_references_balanced():
+    # Helper-72: the class was read before __del__ ran and assigned __class__: the old class
+    # lost a reference per object and the new one kept one, until the old one was freed
+    # while in use (SIGSEGV).
+    _prints_ok("""
+        import sys
+        import mmarray
+        from mmarray._npy import NpyMapping
+        Mapping = mmarray.Mapping
+        Mapping.__del__ = lambda self: setattr(self, "__class__", NpyMapping)
+        before = (sys.getrefcount(Mapping), sys.getrefcount(NpyMapping))
+        for _ in range(200):
+            Mapping.__new__(Mapping)
+        assert (sys.getrefcount(Mapping), sys.getrefcount(NpyMapping)) == before, before
+        print("ok")
+    """)
+
+
+def test_a_long_chain_of_mappings_through_their_fields_is_freed_without_recursion():
+    # Helper-72: each Mapping freed the next from its own deallocator, a C recursion as deep
+    # as the chain (SIGSEGV at 100,000); the trashcan frees it iteratively.
+    _prints_ok("""
+        import mmarray
+        Mapping = mmarray.Mapping
+        head = None
+        for _ in range(300000):
+            m = Mapping.__new__(Mapping)
+            m._format = head
+            head = m
+        del m, head
+        print("ok")
+    """)

@@ -53,7 +53,9 @@ cdef class Region:
     # Kept for the Python layer, which alone gives them a meaning (mmarray.Mapping: what says
     # where the data lies in the file, and the layout read for the first pickle); None until
     # it sets them. Here rather than in that class's __slots__: its instances then have this
-    # type's layout, and their deallocation skips CPython's (set_region_dealloc).
+    # type's layout, and their deallocation skips CPython's (set_region_dealloc). (Never an
+    # array of the region: numpy arrays are not tracked by the garbage collector, so such a
+    # cycle would never be freed.)
     cdef public object _format
     cdef public object _layout_read
 

@@ -320,23 +320,37 @@ cdef extern from *:
 
     /* The deallocation of a class made by a class statement whose instances have Region's
        layout (no slot, __dict__ or __weakref__ of its own): what CPython's subtype_dealloc
-       does for it, in ~20 instructions rather than ~150 -- its finalizer (__del__, if one
-       was set on the class), then Region's dealloc (untrack, __dealloc__, clear the fields and
-       weak references, free), then the reference to the class that every instance of a heap
-       type holds (docs.python.org/3/c-api/typeobj.html#c.PyTypeObject.tp_dealloc: "the
-       instance's type must be decref'd"). A subclass of such a class keeps subtype_dealloc,
-       which calls this one as its base's and leaves the class's reference to it (3.8 on:
-       a base dealloc of a heap type decrefs). */
+       does for it, without its generic steps -- the trashcan (a chain of regions freeing
+       each other through their fields is freed iteratively, not by C recursion), the
+       finalizer (__del__, if one was set on the class), then Region's dealloc (untrack,
+       __dealloc__, clear the fields and weak references, free), then the reference to the
+       class that every instance of a heap type holds
+       (docs.python.org/3/c-api/typeobj.html#c.PyTypeObject.tp_dealloc: "the instance's type
+       must be decref'd"), read after the finalizer, which may have assigned __class__ (to a
+       class of the same layout: nothing else to clear). A subclass of such a class keeps
+       subtype_dealloc, which calls this one as its base's and leaves the class's reference
+       to it (3.8 on: a base dealloc of a heap type decrefs). Helper-72 found both the
+       recursion and the class read too early. */
     static destructor mm_region_dealloc = NULL;        /* Region's tp_dealloc */
 
     static void
     mm_region_subclass_dealloc(PyObject *self)
     {
-        PyTypeObject *type = Py_TYPE(self);
-        if (type->tp_finalize != NULL && PyObject_CallFinalizerFromDealloc(self) < 0)
-            return;                                  /* resurrected by its finalizer */
+        PyTypeObject *type;
+        PyObject_GC_UnTrack(self);                   /* the trashcan keeps it untracked */
+        Py_TRASHCAN_BEGIN(self, mm_region_subclass_dealloc)
+        if (Py_TYPE(self)->tp_finalize != NULL) {
+            PyObject_GC_Track(self);                 /* as subtype_dealloc runs it */
+            if (PyObject_CallFinalizerFromDealloc(self) < 0)
+                goto done;                           /* resurrected by its finalizer */
+            PyObject_GC_UnTrack(self);
+        }
+        type = Py_TYPE(self);
+        PyObject_GC_Track(self);                     /* Region's dealloc untracks it */
         mm_region_dealloc(self);
         Py_DECREF(type);
+    done:
+        Py_TRASHCAN_END
     }
 
     /* 0 once cls's instances are deallocated by mm_region_subclass_dealloc, -1 (nothing
@@ -549,13 +563,13 @@ class _Plain:
     """A class made by a class statement: its deallocator is CPython's subtype_dealloc."""
 
 
-def set_region_dealloc(type cls not None):
+def set_region_dealloc(cls):
     """Deallocate the instances of ``cls``, a class made by a class statement that subclasses
     Region and adds no slot, ``__dict__`` or ``__weakref__``, by Region's deallocator (with
     its finalizer, if any, before and the class's reference after) rather than CPython's
     generic one for such classes (~130 instructions fewer per object). TypeError for another
     class."""
-    if mm_set_region_dealloc(cls, Region, _Plain) < 0:
+    if not isinstance(cls, type) or mm_set_region_dealloc(<type>cls, Region, _Plain) < 0:
         raise TypeError(f"expected a class made by a class statement with Region's layout, "
                         f"got {cls!r}")
 
