@@ -51,3 +51,12 @@ def data_file(tmp_path):
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(i % 251 for i in range(65536 + 13)))
     return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A 4 KiB file holding the bytes 0..255 sixteen times (a Path; some modules define their
+    own ``data``)."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * 16)
+    return path

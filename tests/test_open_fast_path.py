@@ -66,13 +66,6 @@ def _error(fn, *args, **kwargs):
     return type(info.value), str(info.value), getattr(info.value, "errno", None)
 
 
-@pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "data.bin"
-    path.write_bytes(bytes(range(256)) * 16)
-    return path
-
-
 def test_the_fast_path_is_taken_for_the_common_case(data):
     m = _engine.open_to_end(str(data), "uint8", "r", 0, None, "C", False, None)
     assert isinstance(m, mmarray.Mapping)

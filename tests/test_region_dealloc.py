@@ -11,13 +11,6 @@ from mmarray import _api, _engine
 from helpers import assert_clean_exit, mapped_regions, run_python
 
 
-@pytest.fixture
-def data(tmp_path):
-    path = tmp_path / "data.bin"
-    path.write_bytes(bytes(range(256)) * 16)
-    return path
-
-
 def _prints_ok(code):
     """Run ``code`` in a fresh interpreter: it must exit cleanly, having printed "ok"."""
     proc = run_python(code, timeout=120)
