@@ -1148,3 +1148,34 @@ def test_a_resize_while_the_shape_tuple_is_made_is_not_undone():
     """, timeout=240)
     assert_clean_exit(proc)
     assert proc.stdout.startswith("hits"), proc.stdout
+
+
+def test_array_exports_are_not_tracked_and_are_freed_with_a_cycle_that_holds_them(data):
+    import gc
+    m = mmarray.open(str(data), mode="r")
+    export = m.array.base
+    assert type(export) is _engine._ArrayExport and not gc.is_tracked(export)
+    cycle = [export, memoryview(export)]
+    cycle.append(cycle)
+    del export
+    assert m.exports == 1                        # the export (its memoryview holds it)
+    del cycle
+    gc.collect()
+    assert m.exports == 0
+    m.close()
+    assert m.closed
+
+
+def test_the_array_of_a_fast_open_is_a_1d_array_of_the_mapping(data):
+    for mode, writable in (("r", False), ("r+", True), ("c", True)):
+        m = mmarray.open(str(data), dtype="<u4", mode=mode)
+        a = m.array
+        assert type(a) is np.ndarray and a.shape == (1024,) and a.dtype == np.dtype("<u4")
+        assert a.flags.writeable is writable and a.flags.c_contiguous
+        assert a.ctypes.data == np.asarray(m).ctypes.data
+        assert np.array_equal(a, np.fromfile(data, "<u4"))
+        assert m.exports == 1
+        m.close()
+        assert m.exports == 1 and a[0] == np.fromfile(data, "<u4")[0]   # still mapped
+        del a
+        assert m.exports == 0

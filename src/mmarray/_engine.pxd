@@ -78,7 +78,12 @@ cdef class Region:
 
 
 @cython.auto_pickle(False)
-@cython.no_gc_clear
+# Not tracked by the collector (~90 instructions fewer per array made and freed): no cycle
+# passes through an export. Arrays refer to one (numpy arrays are never tracked, so a cycle
+# through them is never freed anyway), and buffers of it; the Region it refers to refers to
+# none: the package keeps names, shapes, dtypes and ints in its object fields. (A program
+# that stored an export in a Region's private _format would leak both.)
+@cython.no_gc
 cdef class _ArrayExport:
     cdef Region mapping
     cdef Py_ssize_t generation   # the mapping's view generation the array was made on

@@ -768,6 +768,24 @@ cdef object _new_array(Region m, type subtype, object export, bint *trusted=NULL
     return array
 
 
+cdef object _new_plain_array(Region m):
+    # m.array: _new_array(m, ndarray, _new_export(m)), in one step for the mapping of a fast
+    # open (a 1-D shape kept as _length1: no tuple to read).
+    cdef cnp.npy_intp dims[1]
+    cdef cnp.dtype descr
+    if m._shape is not None or m._length1 < 0:
+        return _new_array(m, _ndarray, _new_export(m))
+    export = _new_export(m)          # counted first: making the array may run the collector
+    descr = m._dtype
+    dims[0] = m._length1
+    Py_INCREF(descr)                 # PyArray_NewFromDescr steals it
+    # data is the mapping's first byte; _length1 items of the dtype are its mapped length.
+    array = PyArray_NewFromDescr(_ndarray, descr, 1, dims, NULL, m.view.data,
+                                 0 if m._readonly else cnp.NPY_ARRAY_WRITEABLE, None)
+    cnp.set_array_base(array, export)
+    return array
+
+
 cdef bint _finalize_trusted(type subtype) except -1:
     # The class's __array_finalize__ is the one trust_array_finalize was given for it. Only
     # for a class whose metaclass is type: getattr then finds the attribute in the class's
@@ -1261,14 +1279,14 @@ cdef class Region:
         return self._release()
 
     cdef int _unmap_now(self) except -1:
-        cdef mm_view view = self.view
+        cdef mm_view view
         cdef mm_error err
         cdef int status
         if self._raw_exported:
             # A raw buffer consumer (np.ndarray(buffer=m), C code) may keep the pointer with
             # only a reference to self, not an export: unmap when self is garbage (__dealloc__).
             return 0
-        if view.data == NULL or view.data == &_empty_byte:
+        if self.view.data == NULL or self.view.data == &_empty_byte:
             self.view.data = NULL
             return 0
         # Unguarded under the GIL, and the copy taken after: a copy still naming the guard's
@@ -1423,7 +1441,7 @@ cdef class Region:
         ValueError
             The mapping is closed.
         """
-        return _new_array(self, _ndarray, _new_export(self))
+        return _new_plain_array(self)
 
     def _array_of(self, subtype):
         """As :attr:`array`, of an ndarray subclass (``mmarray.memmap``; its class may have a
@@ -1652,7 +1670,7 @@ cdef inline void _fill_buffer(Region m, Py_buffer *buffer, object owner, int fla
 
 
 @cython.auto_pickle(False)  # a copy would release an export it never acquired
-@cython.no_gc_clear  # __dealloc__ needs `mapping`, also when the collector frees a cycle
+@cython.no_gc  # untracked: no cycle passes through an export (see _engine.pxd)
 @cython.freelist(16)  # one per array made and freed: reused, not allocated each time
 cdef class _ArrayExport:
     """Holds one export of a Mapping for exactly as long as the array built on it lives.
@@ -1933,17 +1951,17 @@ cdef int _check_subtype(subtype) except -1:
 
 
 cdef int _close_plain(Region m) except -1:
-    # m.close(): closed from now on, unmapped once no export is left.
-    cdef bint faulted
+    # m.close(): closed from now on, unmapped once no export is left. The faults are counted
+    # last, the unmapped view's kept by _unguard (no second read of its guard slot), and with
+    # any a populating loop caught while it was stopped.
     if m._closed:
         return 0
-    faulted = m._fault_count() != 0
     m._closed = True
     if m._loops:
         _stop_loops(m)
     if m._exports == 0:
         m._unmap_now()
-    if faulted:
+    if m._fault_count() != 0:
         m._closed_faulted()
     return 0
 
