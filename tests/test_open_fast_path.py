@@ -1179,3 +1179,14 @@ def test_the_array_of_a_fast_open_is_a_1d_array_of_the_mapping(data):
         assert m.exports == 1 and a[0] == np.fromfile(data, "<u4")[0]   # still mapped
         del a
         assert m.exports == 0
+
+
+def test_close_of_a_closed_mapping_does_not_look_at_strict(data):
+    # Helper-73: close(strict=...) took strict's truth value before seeing the mapping closed.
+    class Unaskable:
+        def __bool__(self):
+            raise ZeroDivisionError("strict was asked")
+    m = mmarray.open(str(data), mode="r")
+    m.close()
+    assert m.close(strict=Unaskable()) is None
+    assert _engine.Region.close(m, Unaskable()) is None

@@ -346,9 +346,11 @@ cdef extern from *:
     static PyObject *
     mm_make_open_builtin(PyObject *func, PyObject *doc, PyObject *module_name)
     {
+        static int making = 0;
         vectorcallfunc *slot;
         if (mm_open_builtin == NULL) {
-            if (mm_open_full == NULL || !PyBytes_CheckExact(doc))
+            /* making: called again while PyCFunction_NewEx collected (a finalizer): None */
+            if (making || mm_open_full == NULL || !PyBytes_CheckExact(doc))
                 Py_RETURN_NONE;
             /* installed by mm_set_open_vectorcall, which checked the offset */
             slot = (vectorcallfunc *)((char *)func + Py_TYPE(func)->tp_vectorcall_offset);
@@ -359,7 +361,9 @@ cdef extern from *:
             mm_open_func = func;
             mm_open_def.ml_meth = (PyCFunction)(void (*)(void))mm_open_fastcall;
             mm_open_def.ml_doc = PyBytes_AS_STRING(doc);
+            making = 1;
             mm_open_builtin = PyCFunction_NewEx(&mm_open_def, NULL, module_name);
+            making = 0;
             if (mm_open_builtin == NULL)
                 return NULL;
         }
@@ -1350,7 +1354,9 @@ cdef class Region:
         >>> m.close(); m.closed, m.exports
         (True, 1)
         """
-        if strict and not self._closed and self.exports:
+        if self._closed:
+            return
+        if strict and self.exports:
             raise BufferError(
                 f"cannot close strictly: {self.exports} export(s) of this mapping are alive")
         _close_plain(self)
