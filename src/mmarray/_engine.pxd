@@ -59,21 +59,39 @@ cdef class Region:
     cdef public object _format
     cdef public object _layout_read
 
+    # Final: no class overrides them (a class statement cannot), so they are called directly,
+    # not through the type's table of C methods, and the compiler may inline them.
+    @cython.final
     cdef int _acquire(self) except -1
+    @cython.final
     cdef bint _resized_elsewhere(self)
+    @cython.final
     cdef int _refuse_while_resized(self) except -1
+    @cython.final
     cdef int _release(self) except -1
+    @cython.final
     cdef int _release_export(self, Py_ssize_t generation) except -1
+    @cython.final
     cdef int _retire(self, mm_view view) except -1
+    @cython.final
     cdef void _drop_placeholder(self, _Retired retired) noexcept
+    @cython.final
     cdef void _undo_rebase(self, mm_view *fresh, _Retired retired) noexcept
+    @cython.final
     cdef void _finish_rebase(self, mm_view *fresh, _Retired retired) noexcept
+    @cython.final
     cdef bint _retired_holds(self, mm_view view)
+    @cython.final
     cdef Py_ssize_t _acquire_busy(self) except -1
+    @cython.final
     cdef int _release_busy(self, Py_ssize_t generation) except -1
+    @cython.final
     cdef int _unmap_now(self) except -1
+    @cython.final
     cdef uint64_t _fault_count(self)
+    @cython.final
     cdef object _shape_of(self)
+    @cython.final
     cdef int _give_shape(self, shape) except -1
 
 

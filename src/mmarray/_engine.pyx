@@ -903,18 +903,21 @@ cdef class Region:
 
     # -- lifetime ---------------------------------------------------------------------------
 
+    @cython.final
     cdef int _acquire(self) except -1:
         if self._closed:
             raise ValueError("mapping is closed")
         self._exports += 1
         return 0
 
+    @cython.final
     cdef bint _resized_elsewhere(self):
         # A resize runs in another thread of this process (not a stale mark from before a
         # fork: the thread that ran it is not in the child).
         return self._resize_depth != 0 and self._resize_fork == _fork_generation \
             and self._resizer != PyThread_get_thread_ident()
 
+    @cython.final
     cdef int _refuse_while_resized(self) except -1:
         # What would use the region without the GIL, pin its view or hand out a raw pointer
         # waits for no resize: it is refused while one runs in another thread, whose swap of
@@ -925,12 +928,14 @@ cdef class Region:
                               "resize is done")
         return 0
 
+    @cython.final
     cdef int _release(self) except -1:
         self._exports -= 1
         if self._exports == 0 and self._closed:
             self._unmap_now()
         return 0
 
+    @cython.final
     cdef int _release_export(self, Py_ssize_t generation) except -1:
         # An array made before a resize releases the view it was made on.
         cdef _Retired retired
@@ -1084,6 +1089,7 @@ cdef class Region:
             raise ValueError("mapping is closed")
         self._finish_rebase(&fresh, retired)
 
+    @cython.final
     cdef void _finish_rebase(self, mm_view *fresh, _Retired retired) noexcept:
         # The move, once ``commit`` has run: nothing here fails, allocates or runs Python
         # code (but the guard's first install, which _rebase's mapping has done already).
@@ -1133,6 +1139,7 @@ cdef class Region:
         retired.pending_shape = None
         retired.pending_name = None
 
+    @cython.final
     cdef void _drop_placeholder(self, _Retired retired) noexcept:
         # list.remove compares by identity here (no __eq__) and never allocates.
         try:
@@ -1140,6 +1147,7 @@ cdef class Region:
         except BaseException:
             pass
 
+    @cython.final
     cdef void _undo_rebase(self, mm_view *fresh, _Retired retired) noexcept:
         # Back to before the commit: the placeholder, both counts and the new view go.
         cdef mm_error err
@@ -1155,6 +1163,7 @@ cdef class Region:
         _count_view_gone(retired.file_dev, retired.file_ino)
         mm_unmap(fresh, &err)
 
+    @cython.final
     cdef bint _retired_holds(self, mm_view view):
         cdef _Retired retired
         for retired in self._retired or ():
@@ -1162,6 +1171,7 @@ cdef class Region:
                 return True
         return False
 
+    @cython.final
     cdef int _retire(self, mm_view view) except -1:
         """Keep ``view`` mapped (and counted as a live view of its file) for the current
         exports, which were made on it."""
@@ -1266,6 +1276,7 @@ cdef class Region:
     # An operation that uses the region without the GIL (flush, advise, resident, a
     # populating loop) holds an export for its duration, counted as "busy" too: a child
     # forked meanwhile has no thread to release it, and drops it (_reset_after_fork).
+    @cython.final
     cdef Py_ssize_t _acquire_busy(self) except -1:
         # Returns the fork generation the release must match.
         self._refuse_while_resized()
@@ -1274,6 +1285,7 @@ cdef class Region:
         _busy_regions[id(self)] = self
         return _fork_generation
 
+    @cython.final
     cdef int _release_busy(self, Py_ssize_t generation) except -1:
         if generation != _fork_generation or self._busy == 0:
             return 0                 # dropped by a fork in between: nothing left to release
@@ -1282,6 +1294,7 @@ cdef class Region:
             _busy_regions.pop(id(self), None)
         return self._release()
 
+    @cython.final
     cdef int _unmap_now(self) except -1:
         cdef mm_view view
         cdef mm_error err
@@ -1527,6 +1540,7 @@ cdef class Region:
         """Faults the fault guard caught in this view (kept after the unmap)."""
         return self._fault_count()
 
+    @cython.final
     cdef uint64_t _fault_count(self):
         # The views guarded before this one and gone (a resize or rebase re-guards the view
         # in a new slot: its faults are carried over, never reset), the views kept for
@@ -1540,6 +1554,7 @@ cdef class Region:
             return n
         return n + mm_guard_faults(&self.view)
 
+    @cython.final
     cdef object _shape_of(self):
         # The shape tuple (None before _set_shape gives one): made here for the 1-D shape
         # the fast open left as _length1. Making the tuple can run the garbage collector,
@@ -1553,6 +1568,7 @@ cdef class Region:
                 self._length1 = -1
         return self._shape
 
+    @cython.final
     cdef int _give_shape(self, shape) except -1:
         self._shape = shape
         self._length1 = -1
