@@ -1181,12 +1181,20 @@ def test_the_array_of_a_fast_open_is_a_1d_array_of_the_mapping(data):
         assert m.exports == 0
 
 
+class _Unaskable:
+    """A strict argument whose truth value must not be asked."""
+
+    def __bool__(self):
+        raise ZeroDivisionError("strict was asked")
+
+
 def test_close_of_a_closed_mapping_does_not_look_at_strict(data):
-    # Helper-73: close(strict=...) took strict's truth value before seeing the mapping closed.
-    class Unaskable:
-        def __bool__(self):
-            raise ZeroDivisionError("strict was asked")
+    # Helper-73 (Mapping.close), helper-74 (mmarray.memmap.close): close(strict=...) took
+    # strict's truth value before seeing the mapping closed.
     m = mmarray.open(str(data), mode="r")
     m.close()
-    assert m.close(strict=Unaskable()) is None
-    assert _engine.Region.close(m, Unaskable()) is None
+    assert m.close(strict=_Unaskable()) is None
+    assert _engine.Region.close(m, _Unaskable()) is None
+    mm = mmarray.memmap(str(data), mode="r")
+    mm.close()
+    assert mm.close(strict=_Unaskable()) is None and mm.closed

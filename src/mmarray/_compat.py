@@ -330,7 +330,7 @@ class memmap(np.memmap):
         mapping = self._mmap
         if not isinstance(mapping, Mapping):
             return  # maps nothing of ours (a copy, an unpickled memmap): nothing to close
-        if strict and not mapping.closed:
+        if not mapping.closed and strict:  # a closed one has nothing to refuse
             others = mapping.exports - 1  # this memmap's own: its base or its view export
             if others > 0:
                 raise BufferError(
