@@ -60,7 +60,18 @@ typedef struct mm_guard_slot {
 
 static mm_guard_slot mm_slots[MM_GUARD_SLOTS];
 static uint32_t mm_slots_used;  /* slots [0, used) may be taken: the handler scans those */
-static uint32_t mm_slots_hint;  /* where mm_guard_add starts looking for a free slot */
+/* Which slots are taken, one bit per slot (bit i % 64 of word i / 64): where mm_guard_add
+ * looks for a free one, 64 slots per load. A slot's start decides (claimed and released
+ * with a compare-and-swap); its bit is set after the claim and cleared before the release,
+ * so a clear bit may name a slot being claimed (its compare-and-swap then fails) but a free
+ * slot's bit is clear. */
+#if MM_GUARD_SLOTS % 64 != 0
+#error "MM_GUARD_SLOTS must be a multiple of 64 (one bit per slot in whole words)"
+#endif
+#define MM_GUARD_WORDS (MM_GUARD_SLOTS / 64)
+static uint64_t mm_slots_taken[MM_GUARD_WORDS];
+static uint32_t mm_words_hint;  /* the word mm_guard_add starts at: the lowest that had a free
+                                   slot when last looked at (a hint: any word may be free) */
 
 /* The queue: entry i % MM_GUARD_QUEUE holds fault number i once its `seq` is i + 1. */
 typedef struct mm_guard_entry {
@@ -435,53 +446,68 @@ void *mm_guard_owner(const mm_fault *fault) {
 
 int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
     mm_error spare;
-    uint32_t i, n;
+    uint32_t n, w;
     err = mm_err_or(err, &spare);
     if (view == NULL || view->base == NULL || view->base_length == 0)
         return mm_fail(err, MM_E_ARG, 0);
     if (view->guard_slot != 0)
         return mm_ok(err);
-    for (n = 0, i = LOAD(&mm_slots_hint); n < MM_GUARD_SLOTS; n++, i = (i + 1) % MM_GUARD_SLOTS) {
-        uintptr_t expected = 0;
-        mm_guard_slot *slot = &mm_slots[i];
-        uint32_t used;
-        if (!__atomic_compare_exchange_n(&slot->start, &expected, 1, 0, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_ACQUIRE))
-            continue;
-        STORE(&slot->end, (uintptr_t)view->base + (uintptr_t)view->base_length);
-        STORE(&slot->data, (uintptr_t)view->data);
-        STORE(&slot->token, token);
-        slot->owner = owner;
-        STORE(&slot->last_thread, 0);
-        STORE(&slot->faults, 0);
-        STORE(&slot->prot, view->access == MM_READ ? PROT_READ : PROT_READ | PROT_WRITE);
-        used = LOAD(&mm_slots_used);
-        while (used < i + 1 && !__atomic_compare_exchange_n(&mm_slots_used, &used, i + 1, 0,
-                                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            ;
-        STORE(&slot->start, (uintptr_t)view->base); /* published: the handler sees it now */
-        STORE(&mm_slots_hint, (i + 1) % MM_GUARD_SLOTS);
-        view->guard_slot = i + 1;
-        return mm_ok(err);
+    /* One pass over the words from the hint, wrapping: a full word costs one load, so even
+     * with most of the table taken the search is MM_GUARD_WORDS loads at most. */
+    for (n = 0, w = LOAD(&mm_words_hint) % MM_GUARD_WORDS; n < MM_GUARD_WORDS;
+         n++, w = (w + 1) % MM_GUARD_WORDS) {
+        uint64_t free_bits = ~LOAD(&mm_slots_taken[w]);
+        while (free_bits != 0) {
+            uint32_t bit = (uint32_t)__builtin_ctzll(free_bits);
+            uint32_t i = w * 64 + bit, used; /* < MM_GUARD_SLOTS: w < MM_GUARD_WORDS, bit < 64 */
+            uintptr_t expected = 0;
+            mm_guard_slot *slot = &mm_slots[i];
+            free_bits &= free_bits - 1;
+            if (!__atomic_compare_exchange_n(&slot->start, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                             __ATOMIC_ACQUIRE))
+                continue; /* taken meanwhile, or being released: its bit is not clear yet */
+            __atomic_fetch_or(&mm_slots_taken[w], (uint64_t)1 << bit, __ATOMIC_ACQ_REL);
+            STORE(&slot->end, (uintptr_t)view->base + (uintptr_t)view->base_length);
+            STORE(&slot->data, (uintptr_t)view->data);
+            STORE(&slot->token, token);
+            slot->owner = owner;
+            STORE(&slot->last_thread, 0);
+            STORE(&slot->faults, 0);
+            STORE(&slot->prot, view->access == MM_READ ? PROT_READ : PROT_READ | PROT_WRITE);
+            used = LOAD(&mm_slots_used);
+            while (used < i + 1 && !__atomic_compare_exchange_n(&mm_slots_used, &used, i + 1, 0,
+                                                                 __ATOMIC_ACQ_REL,
+                                                                 __ATOMIC_ACQUIRE))
+                ;
+            STORE(&slot->start, (uintptr_t)view->base); /* published: the handler sees it now */
+            STORE(&mm_words_hint, w);
+            view->guard_slot = i + 1;
+            return mm_ok(err);
+        }
     }
     return mm_fail(err, MM_E_ARG, 0); /* every slot taken: this view is not guarded */
 }
 
 void mm_guard_remove(mm_view *view) {
     uintptr_t expected;
-    uint32_t i;
+    uint32_t i, w;
     if (view == NULL || view->guard_slot == 0 || view->guard_slot > MM_GUARD_SLOTS)
         return;
     i = view->guard_slot - 1;
     view->guard_slot = 0;
     /* Only while the slot still guards this view: a stale copy of a view must not free a
-     * slot that guards another view by now (views alive at once never share a base). */
+     * slot that guards another view by now (views alive at once never share a base). The
+     * slot goes to 1 (being filled: no handler looks at it, no mm_guard_add claims it) until
+     * its bit is clear. */
     expected = (uintptr_t)view->base;
-    if (!__atomic_compare_exchange_n(&mm_slots[i].start, &expected, 0, 0, __ATOMIC_ACQ_REL,
+    if (!__atomic_compare_exchange_n(&mm_slots[i].start, &expected, 1, 0, __ATOMIC_ACQ_REL,
                                      __ATOMIC_ACQUIRE))
         return;
-    if (i < LOAD(&mm_slots_hint))
-        STORE(&mm_slots_hint, i);
+    w = i / 64;
+    __atomic_fetch_and(&mm_slots_taken[w], ~((uint64_t)1 << (i % 64)), __ATOMIC_ACQ_REL);
+    STORE(&mm_slots[i].start, 0);
+    if (w < LOAD(&mm_words_hint))
+        STORE(&mm_words_hint, w);
 }
 
 uint64_t mm_guard_faults(const mm_view *view) {

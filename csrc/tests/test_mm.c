@@ -1984,6 +1984,61 @@ static void test_guard_add_refuses_an_empty_view(void) {
     CHECK_U64(mm_guard_faults(NULL), 0);
 }
 
+/* The table of guarded views fills to the last slot, and a slot freed below the others is
+ * found again (by the next add), then the search goes on past the taken ones: the views
+ * are fake (address space reserved PROT_NONE, never touched), the guard only records them. */
+static void test_guard_slots_fill_and_freed_ones_are_found(void) {
+#if T_HAS_GUARD
+    uint64_t page = mm_page_size(), i, added = 0;
+    uint32_t low, high;
+    mm_view *views, extra;
+    mm_error e;
+    char *space;
+    views = calloc(MM_GUARD_SLOTS, sizeof *views);
+    CHECK(views != NULL);
+    space = mmap(NULL, (size_t)(MM_GUARD_SLOTS + 1) * page, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(space != MAP_FAILED);
+    if (views == NULL || space == MAP_FAILED)
+        return;
+    for (i = 0; i <= MM_GUARD_SLOTS; i++) {
+        mm_view *v = i < MM_GUARD_SLOTS ? &views[i] : &extra;
+        memset(v, 0, sizeof *v);
+        v->base = v->data = space + i * page; /* page i of the reservation: no two overlap */
+        v->base_length = v->length = page;
+        v->access = MM_READ;
+    }
+    /* Every free slot is taken (a test before this one may hold none: all unmapped). */
+    for (i = 0; i < MM_GUARD_SLOTS; i++) {
+        if (mm_guard_add(&views[i], 1000 + i, NULL, &e) != MM_OK)
+            break;
+        added++;
+    }
+    CHECK_U64(added, MM_GUARD_SLOTS);
+    CHECK_ST(mm_guard_add(&extra, 1, NULL, &e), MM_E_ARG, &e); /* full: not guarded */
+    CHECK_U64(extra.guard_slot, 0);
+    /* Two freed, one low, one high: the next two adds take exactly those, low first. */
+    low = views[5].guard_slot;
+    high = views[MM_GUARD_SLOTS - 3].guard_slot;
+    mm_guard_remove(&views[5]);
+    mm_guard_remove(&views[MM_GUARD_SLOTS - 3]);
+    CHECK_OK(mm_guard_add(&extra, 1, NULL, &e), &e);
+    CHECK_U64(extra.guard_slot, low);
+    CHECK_OK(mm_guard_add(&views[5], 2, NULL, &e), &e);
+    CHECK_U64(views[5].guard_slot, high);
+    CHECK_ST(mm_guard_add(&views[MM_GUARD_SLOTS - 3], 3, NULL, &e), MM_E_ARG, &e);
+    mm_guard_remove(&extra);
+    for (i = 0; i < MM_GUARD_SLOTS; i++)
+        mm_guard_remove(&views[i]);
+    /* All free again: the lowest slot is found first. */
+    CHECK_OK(mm_guard_add(&extra, 4, NULL, &e), &e);
+    CHECK_U64(extra.guard_slot, 1);
+    mm_guard_remove(&extra);
+    CHECK(munmap(space, (size_t)(MM_GUARD_SLOTS + 1) * page) == 0);
+    free(views);
+#endif
+}
+
 static void test_resident(void) {
     char path[1100];
     uint64_t page = mm_page_size(), off = 4097, len = 64 * page, i;
@@ -2159,6 +2214,7 @@ static const t_case t_cases[] = {
     T_CASE(test_guard_leaves_other_sigbus_fatal),
     T_CASE(test_guard_counts_the_records_it_drops),
     T_CASE(test_guard_add_refuses_an_empty_view),
+    T_CASE(test_guard_slots_fill_and_freed_ones_are_found),
     T_CASE(test_path_identity_tells_a_recreated_file),
     T_CASE(test_open_read_reads_the_start_then_maps_by_handle),
     T_CASE(test_remap_grows_and_shrinks_a_view_of_the_same_file),
