@@ -63,8 +63,8 @@ static uint32_t mm_slots_used;  /* slots [0, used) may be taken: the handler sca
 /* Which slots are taken, one bit per slot (bit i % 64 of word i / 64): where mm_guard_add
  * looks for a free one, 64 slots per load. A slot's start decides (claimed and released
  * with a compare-and-swap); its bit is set after the claim and cleared before the release,
- * so a clear bit may name a slot being claimed (its compare-and-swap then fails) but a free
- * slot's bit is clear. */
+ * so a free slot's bit is clear, and a clear bit that names a taken slot (being claimed, or
+ * cleared by a stale copy of a view: mm_guard_remove) costs a failed compare-and-swap. */
 #if MM_GUARD_SLOTS % 64 != 0
 #error "MM_GUARD_SLOTS must be a multiple of 64 (one bit per slot in whole words)"
 #endif
@@ -495,17 +495,16 @@ void mm_guard_remove(mm_view *view) {
         return;
     i = view->guard_slot - 1;
     view->guard_slot = 0;
-    /* Only while the slot still guards this view: a stale copy of a view must not free a
-     * slot that guards another view by now (views alive at once never share a base). The
-     * slot goes to 1 (being filled: no handler looks at it, no mm_guard_add claims it) until
-     * its bit is clear. */
-    expected = (uintptr_t)view->base;
-    if (!__atomic_compare_exchange_n(&mm_slots[i].start, &expected, 1, 0, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE))
-        return;
+    /* The bit first: a free slot's bit is clear. Then the slot, only while it still guards
+     * this view: a stale copy of a view must not free a slot that guards another view by now
+     * (views alive at once never share a base); the bit it cleared then only costs the next
+     * adds a failed compare-and-swap, until that view's own release. */
     w = i / 64;
     __atomic_fetch_and(&mm_slots_taken[w], ~((uint64_t)1 << (i % 64)), __ATOMIC_ACQ_REL);
-    STORE(&mm_slots[i].start, 0);
+    expected = (uintptr_t)view->base;
+    if (!__atomic_compare_exchange_n(&mm_slots[i].start, &expected, 0, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return;
     if (w < LOAD(&mm_words_hint))
         STORE(&mm_words_hint, w);
 }

@@ -1849,9 +1849,10 @@ static void test_guard_leaves_other_sigbus_fatal(void) {
 }
 
 static void test_guard_stale_copy_of_a_view_frees_nothing(void) {
+    static char fake[64];
     char path[1100];
     uint64_t page = mm_page_size();
-    mm_view v, stale, x;
+    mm_view v, stale, x, other;
     mm_error e;
     mm_fault f;
     if (!T_HAS_GUARD)
@@ -1869,6 +1870,15 @@ static void test_guard_stale_copy_of_a_view_frees_nothing(void) {
     mm_guard_remove(&stale);         /* names another base: x stays guarded */
     f.token = 8;
     f.slot = x.guard_slot - 1;
+    CHECK(mm_guard_owner(&f) == (void *)&x);
+    /* and its slot is not given to another view (a fake one: guarded, never touched) */
+    memset(&other, 0, sizeof other);
+    other.base = other.data = (char *)fake;
+    other.base_length = other.length = sizeof fake;
+    other.access = MM_READ;
+    CHECK_OK(mm_guard_add(&other, 9, NULL, &e), &e);
+    CHECK(other.guard_slot != 0 && other.guard_slot != x.guard_slot);
+    mm_guard_remove(&other);
     CHECK(mm_guard_owner(&f) == (void *)&x);
     CHECK_OK(mm_unmap(&stale, &e), &e);
     CHECK_OK(mm_unmap(&x, &e), &e);
