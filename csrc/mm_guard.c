@@ -56,7 +56,19 @@ typedef struct mm_guard_slot {
                              (counted every time) until its record is taken; a fault of that
                              thread after that is queued again, a new run */
     int prot;         /* PROT_* of the zero page that replaces a faulting one */
+    uint64_t gen;     /* odd while mm_guard_add fills the slot in, even otherwise: the
+                         handler rejects what it read of a slot across a change of it (a
+                         slot freed and taken by another view between its reads of start
+                         and end would pair one view's start with another's end) */
 } mm_guard_slot;
+
+/* What the handler read of a slot, all of one view. */
+typedef struct mm_guard_seen {
+    mm_guard_slot *slot;
+    uintptr_t start, end, data;
+    uint64_t token;
+    int prot;
+} mm_guard_seen;
 
 static mm_guard_slot mm_slots[MM_GUARD_SLOTS];
 static uint32_t mm_slots_used;  /* slots [0, used) may be taken: the handler scans those */
@@ -98,19 +110,47 @@ static uintptr_t mm_page;            /* the page size, read at install (sysconf 
 
 static void mm_handler(int sig, siginfo_t *info, void *context);
 
-/* The slot guarding `addr`, or NULL. */
-static mm_guard_slot *mm_find(uintptr_t addr) {
+#ifndef MM_GUARD_FIND_HOOK /* csrc/tests/test_guard_internal.c defines it */
+#define MM_GUARD_FIND_HOOK(slot) ((void)0)
+#endif
+
+/* The view guarding `addr`: 1 and *seen filled with what its slot holds, or 0. Each slot's
+ * fields are read between two reads of its `gen` (a sequence lock: mm_guard_add, the slot's
+ * one writer while it fills it in, makes gen odd first and even again after publishing
+ * start), and kept only if gen was even and did not change: then they are all of one view. A
+ * slot that changes under the reads is read again (a few times: a writer interrupted by this
+ * very handler would never finish); a slot being filled in guards nothing yet. */
+static int mm_find(uintptr_t addr, mm_guard_seen *seen) {
     uint32_t used = LOAD(&mm_slots_used), i;
     for (i = 0; i < used; i++) {
-        uintptr_t start = LOAD(&mm_slots[i].start);
-        if (start > 1 && addr >= start && addr < LOAD(&mm_slots[i].end))
-            return &mm_slots[i];
+        mm_guard_slot *slot = &mm_slots[i];
+        int tries;
+        for (tries = 0; tries < 4; tries++) {
+            uint64_t gen = LOAD(&slot->gen);
+            uintptr_t start = LOAD(&slot->start), end;
+            if (gen % 2 != 0 || start <= 1 || addr < start)
+                break;
+            MM_GUARD_FIND_HOOK(slot); /* tests: change the slot between the reads */
+            end = LOAD(&slot->end);
+            seen->data = LOAD(&slot->data);
+            seen->token = LOAD(&slot->token);
+            seen->prot = LOAD(&slot->prot);
+            if (LOAD(&slot->gen) != gen)
+                continue; /* filled in again meanwhile: read it again */
+            if (addr >= end)
+                break;
+            seen->slot = slot;
+            seen->start = start;
+            seen->end = end;
+            return 1;
+        }
     }
-    return NULL;
+    return 0;
 }
 
-static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
+static void mm_record(const mm_guard_seen *seen, uintptr_t addr) {
     uint64_t thread = (uint64_t)(uintptr_t)pthread_self(), n;
+    mm_guard_slot *slot = seen->slot;
     mm_guard_entry *entry;
     char byte = 1;
     __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
@@ -118,9 +158,9 @@ static void mm_record(mm_guard_slot *slot, uintptr_t addr) {
         return; /* this thread's run of faults in this view is queued already */
     n = __atomic_fetch_add(&mm_queue_head, 1, __ATOMIC_ACQ_REL);
     entry = &mm_queue[n % MM_GUARD_QUEUE];
-    entry->fault.token = LOAD(&slot->token);
+    entry->fault.token = seen->token; /* the view's, even if the slot was released since */
     entry->fault.slot = (uint32_t)(slot - mm_slots); /* slot is an element of mm_slots */
-    entry->fault.offset = (uint64_t)(addr - LOAD(&slot->data));
+    entry->fault.offset = (uint64_t)(addr - seen->data);
     entry->fault.thread = thread;
 #ifdef SYS_gettid
     entry->fault.native_thread = (uint64_t)syscall(SYS_gettid); /* async-signal-safe */
@@ -226,19 +266,19 @@ static void mm_handler(int sig, siginfo_t *info, void *context) {
     int saved = errno;
     if (info != NULL && info->si_code == BUS_ADRERR) {
         uintptr_t addr = (uintptr_t)info->si_addr;
-        mm_guard_slot *slot = mm_find(addr);
-        if (slot != NULL) {
+        mm_guard_seen seen;
+        if (mm_find(addr, &seen)) {
             uintptr_t page = addr - addr % mm_page;
-            /* page lies in [slot->start, slot->end): start is page-aligned (a view's base)
+            /* page lies in [seen.start, seen.end): start is page-aligned (a view's base)
              * and addr is inside, so the page is part of the guarded view. */
-            void *zero = mmap((void *)page, (size_t)mm_page, LOAD(&slot->prot),
+            void *zero = mmap((void *)page, (size_t)mm_page, seen.prot,
                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
             if (zero == MAP_FAILED) {
                 /* One zero page splits the view's mapping in up to three, and the process
                  * may be out of mappings (vm.max_map_count: ENOMEM). One anonymous mapping
                  * over the whole view needs none more: the whole view reads zeros then,
                  * which a faulted view may (its data is no longer what the file holds). */
-                uintptr_t start = LOAD(&slot->start), end = LOAD(&slot->end);
+                uintptr_t start = seen.start, end = seen.end; /* of one view (mm_find) */
                 /* First one MAP_FIXED mapping of zeros over exactly the whole view: it
                  * replaces the old pages in one system call, under the mm lock, so another
                  * thread touching a valid page of the view meanwhile sees either the file's
@@ -247,7 +287,7 @@ static void mm_handler(int sig, siginfo_t *info, void *context) {
                  * then the overlapped part of the existing mapping(s) will be discarded").
                  * [start, end) is exactly the view's mappings, so nothing splits. */
                 if (start > 1 && end > start)
-                    zero = mmap((void *)start, (size_t)(end - start), LOAD(&slot->prot),
+                    zero = mmap((void *)start, (size_t)(end - start), seen.prot,
                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
                 /* At the limit (a split may take the count just past it: "let map_count go
                  * just above its limit temporarily", mm/vma.c), mmap refuses even that:
@@ -256,7 +296,7 @@ static void mm_handler(int sig, siginfo_t *info, void *context) {
                     uintptr_t spare = __atomic_exchange_n(&mm_ballast, 0, __ATOMIC_ACQ_REL);
                     if (spare != 0) {
                         munmap((void *)(spare + mm_page), (MM_BALLAST_PAGES - 2) * mm_page);
-                        zero = mmap((void *)start, (size_t)(end - start), LOAD(&slot->prot),
+                        zero = mmap((void *)start, (size_t)(end - start), seen.prot,
                                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
                     }
                 }
@@ -267,7 +307,7 @@ static void mm_handler(int sig, siginfo_t *info, void *context) {
                  * in that gap gets SIGSEGV: the last resort before the process's death. */
                 if (zero == MAP_FAILED && start > 1 && end > start &&
                     munmap((void *)start, end - start) == 0) {
-                    zero = mmap((void *)start, (size_t)(end - start), LOAD(&slot->prot),
+                    zero = mmap((void *)start, (size_t)(end - start), seen.prot,
                                 MAP_PRIVATE | MAP_ANONYMOUS | MM_FIXED_NOREPLACE, -1, 0);
                     if (zero != MAP_FAILED && zero != (void *)start) {
                         munmap(zero, (size_t)(end - start)); /* a kernel without NOREPLACE */
@@ -276,7 +316,7 @@ static void mm_handler(int sig, siginfo_t *info, void *context) {
                 }
             }
             if (zero != MAP_FAILED) {
-                mm_record(slot, addr);
+                mm_record(&seen, addr);
                 errno = saved;
                 return; /* the access is retried and reads the zero page */
             }
@@ -461,12 +501,18 @@ int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
             uint32_t bit = (uint32_t)__builtin_ctzll(free_bits);
             uint32_t i = w * 64 + bit, used; /* < MM_GUARD_SLOTS: w < MM_GUARD_WORDS, bit < 64 */
             uintptr_t expected = 0;
+            uint64_t gen;
             mm_guard_slot *slot = &mm_slots[i];
             free_bits &= free_bits - 1;
             if (!__atomic_compare_exchange_n(&slot->start, &expected, 1, 0, __ATOMIC_ACQ_REL,
                                              __ATOMIC_ACQUIRE))
                 continue; /* taken meanwhile, or being released: its bit is not clear yet */
             __atomic_fetch_or(&mm_slots_taken[w], (uint64_t)1 << bit, __ATOMIC_ACQ_REL);
+            /* This thread alone writes the slot until it publishes start: gen odd first,
+             * ordered before the fields by the fence (mm_find then sees it changed). */
+            gen = LOAD(&slot->gen);
+            STORE(&slot->gen, gen + 1);
+            __atomic_thread_fence(__ATOMIC_RELEASE);
             STORE(&slot->end, (uintptr_t)view->base + (uintptr_t)view->base_length);
             STORE(&slot->data, (uintptr_t)view->data);
             STORE(&slot->token, token);
@@ -480,6 +526,7 @@ int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
                                                                  __ATOMIC_ACQUIRE))
                 ;
             STORE(&slot->start, (uintptr_t)view->base); /* published: the handler sees it now */
+            STORE(&slot->gen, gen + 2);
             STORE(&mm_words_hint, w);
             view->guard_slot = i + 1;
             return mm_ok(err);

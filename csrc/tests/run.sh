@@ -59,7 +59,12 @@ run_native() {
     # The fault guard's tests need SIGBUS for themselves: AddressSanitizer would otherwise
     # keep its own handler in front of the guard's.
     ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}handle_sigbus=0:allow_user_segv_handler=1" \
-        "$work/test_mm" "$work/scratch-native"
+        "$work/test_mm" "$work/scratch-native" || return 1
+    # The guard's internals (mm_guard.c included, with a test hook): POSIX only.
+    "$cc" "${flags[@]}" -I"$csrc" "$here/test_guard_internal.c" "$csrc/mm_posix.c" \
+        "$csrc/mm_scan.c" -o "$work/test_guard_internal" -lpthread \
+        || { echo "run.sh: native build of test_guard_internal failed" >&2; return 1; }
+    "$work/test_guard_internal"
 }
 
 find_wine() {
