@@ -509,9 +509,11 @@ int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
                 continue; /* taken meanwhile, or being released: its bit is not clear yet */
             __atomic_fetch_or(&mm_slots_taken[w], (uint64_t)1 << bit, __ATOMIC_ACQ_REL);
             /* This thread alone writes the slot until it publishes start: gen odd first,
-             * ordered before the fields by the fence (mm_find then sees it changed). */
-            gen = LOAD(&slot->gen);
-            STORE(&slot->gen, gen + 1);
+             * ordered before the fields by the fence (mm_find then sees it changed). Odd by
+             * construction, not by adding 1 to whatever is there: a count left odd (a fork
+             * in the middle of an add) must not make this slot's views unguarded for good. */
+            gen = LOAD(&slot->gen) | 1;
+            STORE(&slot->gen, gen);
             __atomic_thread_fence(__ATOMIC_RELEASE);
             STORE(&slot->end, (uintptr_t)view->base + (uintptr_t)view->base_length);
             STORE(&slot->data, (uintptr_t)view->data);
@@ -526,7 +528,7 @@ int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
                                                                  __ATOMIC_ACQUIRE))
                 ;
             STORE(&slot->start, (uintptr_t)view->base); /* published: the handler sees it now */
-            STORE(&slot->gen, gen + 2);
+            STORE(&slot->gen, gen + 1); /* even: filled in */
             STORE(&mm_words_hint, w);
             view->guard_slot = i + 1;
             return mm_ok(err);

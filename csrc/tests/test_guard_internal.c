@@ -73,9 +73,37 @@ static void test_find_rejects_a_slot_changed_between_its_reads(void) {
     CHECK(munmap(space, 64 * page) == 0);
 }
 
+/* A slot whose count was left odd (a fork in the middle of an add: the child never finishes
+ * it) still guards the views added to it later. */
+static void test_slot_left_odd_guards_its_next_view(void) {
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    mm_guard_seen seen;
+    mm_error e;
+    uint32_t slot;
+    char *space = mmap(NULL, 4 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+    CHECK(space != MAP_FAILED);
+    if (space == MAP_FAILED)
+        return;
+    t_fake(&t_x, space, 2 * page);
+    CHECK(mm_guard_add(&t_x, 3, NULL, &e) == MM_OK);
+    slot = t_x.guard_slot - 1;
+    mm_guard_remove(&t_x);
+    mm_slots[slot].gen |= 1;                  /* as a fork in the middle of an add leaves it */
+    CHECK(mm_guard_add(&t_x, 4, NULL, &e) == MM_OK);
+    CHECK(t_x.guard_slot == slot + 1);        /* the same (lowest free) slot */
+    CHECK(mm_find((uintptr_t)space + page, &seen) == 1 && seen.token == 4);
+    mm_guard_remove(&t_x);
+    CHECK(munmap(space, 4 * page) == 0);
+}
+
 int main(void) {
+    int before;
     test_find_rejects_a_slot_changed_between_its_reads();
     printf("%s test_find_rejects_a_slot_changed_between_its_reads\n", failures ? "FAIL" : "ok  ");
+    before = failures;
+    test_slot_left_odd_guards_its_next_view();
+    printf("%s test_slot_left_odd_guards_its_next_view\n", failures > before ? "FAIL" : "ok  ");
     printf("%d failed\n", failures);
     return failures != 0;
 }
