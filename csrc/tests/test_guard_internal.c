@@ -36,6 +36,14 @@ static void t_hook(struct mm_guard_slot *slot) {
     CHECK(mm_guard_add(&t_y, 2, NULL, &e) == MM_OK);
 }
 
+/* `pages` pages of address space, PROT_NONE (never touched: only guarded), or NULL. */
+static char *t_reserve(uint64_t pages) {
+    char *space = mmap(NULL, pages * (uint64_t)sysconf(_SC_PAGESIZE), PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(space != MAP_FAILED);
+    return space == MAP_FAILED ? NULL : space;
+}
+
 static void t_fake(mm_view *v, char *base, uint64_t length) {
     memset(v, 0, sizeof *v);
     v->base = v->data = base; /* inside the caller's PROT_NONE reservation, never touched */
@@ -50,10 +58,8 @@ static void test_find_rejects_a_slot_changed_between_its_reads(void) {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     mm_guard_seen seen;
     mm_error e;
-    char *space = mmap(NULL, 64 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                       -1, 0);
-    CHECK(space != MAP_FAILED);
-    if (space == MAP_FAILED)
+    char *space = t_reserve(64);
+    if (space == NULL)
         return;
     t_fake(&t_x, space, 32 * page);            /* x: pages [0, 32) */
     t_fake(&t_y, space + 40 * page, page);     /* y: page 40 */
@@ -80,10 +86,8 @@ static void test_slot_left_odd_guards_its_next_view(void) {
     mm_guard_seen seen;
     mm_error e;
     uint32_t slot;
-    char *space = mmap(NULL, 4 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                       -1, 0);
-    CHECK(space != MAP_FAILED);
-    if (space == MAP_FAILED)
+    char *space = t_reserve(4);
+    if (space == NULL)
         return;
     t_fake(&t_x, space, 2 * page);
     CHECK(mm_guard_add(&t_x, 3, NULL, &e) == MM_OK);
