@@ -66,6 +66,7 @@ typedef struct mm_guard_slot {
 typedef struct mm_guard_seen {
     mm_guard_slot *slot;
     uintptr_t start, end, data;
+    uint64_t gen;     /* the slot's count when read: whether it still holds the view */
     uint64_t token;
     int prot;
 } mm_guard_seen;
@@ -140,6 +141,7 @@ static int mm_find(uintptr_t addr, mm_guard_seen *seen) {
             if (addr >= end)
                 break;
             seen->slot = slot;
+            seen->gen = gen;
             seen->start = start;
             seen->end = end;
             return 1;
@@ -153,9 +155,17 @@ static void mm_record(const mm_guard_seen *seen, uintptr_t addr) {
     mm_guard_slot *slot = seen->slot;
     mm_guard_entry *entry;
     char byte = 1;
-    __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
-    if (__atomic_exchange_n(&slot->last_thread, thread, __ATOMIC_ACQ_REL) == thread)
-        return; /* this thread's run of faults in this view is queued already */
+    /* The view's count and run, while its slot still holds it: the view may have been
+     * released since mm_find (closed while this thread faulted in it) and the slot taken by
+     * another view, whose count must not grow nor its next run go unqueued. (A release
+     * between this check and the two updates is left: a window of a few instructions, where
+     * it was the whole mmap before.) Released: the record is queued all the same, under the
+     * view's token, which its consumer no longer finds (mm_guard_owner). */
+    if (LOAD(&slot->gen) == seen->gen && LOAD(&slot->start) == seen->start) {
+        __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
+        if (__atomic_exchange_n(&slot->last_thread, thread, __ATOMIC_ACQ_REL) == thread)
+            return; /* this thread's run of faults in this view is queued already */
+    }
     n = __atomic_fetch_add(&mm_queue_head, 1, __ATOMIC_ACQ_REL);
     entry = &mm_queue[n % MM_GUARD_QUEUE];
     entry->fault.token = seen->token; /* the view's, even if the slot was released since */

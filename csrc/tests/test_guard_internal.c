@@ -101,6 +101,34 @@ static void test_slot_left_odd_guards_its_next_view(void) {
     CHECK(munmap(space, 4 * page) == 0);
 }
 
+/* A fault recorded after its view was released and the slot taken by another (the handler
+ * between mm_find and mm_record, the view closed by another thread meanwhile) leaves the
+ * other view's count and run alone, and is queued under the released view's token. */
+static void test_record_after_release_leaves_the_next_view_alone(void) {
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    mm_guard_seen seen;
+    mm_fault f;
+    mm_error e;
+    char *space = t_reserve(8);
+    if (space == NULL)
+        return;
+    while (mm_guard_pop(&f)) /* records of the tests before */
+        ;
+    t_fake(&t_x, space, 2 * page);
+    t_fake(&t_y, space + 4 * page, page);
+    CHECK(mm_guard_add(&t_x, 5, NULL, &e) == MM_OK);
+    CHECK(mm_find((uintptr_t)space + page, &seen) == 1);
+    mm_guard_remove(&t_x);
+    CHECK(mm_guard_add(&t_y, 6, NULL, &e) == MM_OK);
+    CHECK(seen.slot == &mm_slots[t_y.guard_slot - 1]); /* y took x's slot */
+    mm_record(&seen, (uintptr_t)space + page);
+    CHECK(mm_guard_faults(&t_y) == 0);
+    CHECK(LOAD(&seen.slot->last_thread) == 0);
+    CHECK(mm_guard_pop(&f) == 1 && f.token == 5 && f.offset == page);
+    mm_guard_remove(&t_y);
+    CHECK(munmap(space, 8 * page) == 0);
+}
+
 int main(void) {
     int before;
     test_find_rejects_a_slot_changed_between_its_reads();
@@ -108,6 +136,10 @@ int main(void) {
     before = failures;
     test_slot_left_odd_guards_its_next_view();
     printf("%s test_slot_left_odd_guards_its_next_view\n", failures > before ? "FAIL" : "ok  ");
+    before = failures;
+    test_record_after_release_leaves_the_next_view_alone();
+    printf("%s test_record_after_release_leaves_the_next_view_alone\n",
+           failures > before ? "FAIL" : "ok  ");
     printf("%d failed\n", failures);
     return failures != 0;
 }
