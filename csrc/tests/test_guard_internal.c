@@ -36,13 +36,11 @@ static void t_hook(struct mm_guard_slot *slot) {
     CHECK(mm_guard_add(&t_y, 2, NULL, &e) == MM_OK);
 }
 
-/* `pages` pages of address space, PROT_NONE (never touched: only guarded), or NULL. */
-static char *t_reserve(uint64_t pages) {
-    char *space = mmap(NULL, pages * (uint64_t)sysconf(_SC_PAGESIZE), PROT_NONE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    CHECK(space != MAP_FAILED);
-    return space == MAP_FAILED ? NULL : space;
-}
+/* Address space for the fake views: T_PAGES pages, PROT_NONE (never touched: only guarded),
+ * reserved by main. */
+#define T_PAGES 64
+static char *space;
+static uint64_t page;
 
 static void t_fake(mm_view *v, char *base, uint64_t length) {
     memset(v, 0, sizeof *v);
@@ -55,12 +53,8 @@ static void t_fake(mm_view *v, char *base, uint64_t length) {
  * pair the first view's start with the second's end (that range covers addresses neither
  * view holds: found by helper-75's stress test, about once in 12-30 s). */
 static void test_find_rejects_a_slot_changed_between_its_reads(void) {
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     mm_guard_seen seen;
     mm_error e;
-    char *space = t_reserve(64);
-    if (space == NULL)
-        return;
     t_fake(&t_x, space, 32 * page);            /* x: pages [0, 32) */
     t_fake(&t_y, space + 40 * page, page);     /* y: page 40 */
     CHECK(mm_guard_add(&t_x, 1, NULL, &e) == MM_OK);
@@ -76,19 +70,14 @@ static void test_find_rejects_a_slot_changed_between_its_reads(void) {
     CHECK(seen.token == 2 && seen.slot == &mm_slots[t_y.guard_slot - 1]);
     mm_guard_remove(&t_y);
     CHECK(mm_find((uintptr_t)space + 40 * page + 5, &seen) == 0);
-    CHECK(munmap(space, 64 * page) == 0);
 }
 
 /* A slot whose count was left odd (a fork in the middle of an add: the child never finishes
  * it) still guards the views added to it later. */
 static void test_slot_left_odd_guards_its_next_view(void) {
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     mm_guard_seen seen;
     mm_error e;
     uint32_t slot;
-    char *space = t_reserve(4);
-    if (space == NULL)
-        return;
     t_fake(&t_x, space, 2 * page);
     CHECK(mm_guard_add(&t_x, 3, NULL, &e) == MM_OK);
     slot = t_x.guard_slot - 1;
@@ -98,20 +87,15 @@ static void test_slot_left_odd_guards_its_next_view(void) {
     CHECK(t_x.guard_slot == slot + 1);        /* the same (lowest free) slot */
     CHECK(mm_find((uintptr_t)space + page, &seen) == 1 && seen.token == 4);
     mm_guard_remove(&t_x);
-    CHECK(munmap(space, 4 * page) == 0);
 }
 
 /* A fault recorded after its view was released and the slot taken by another (the handler
  * between mm_find and mm_record, the view closed by another thread meanwhile) leaves the
  * other view's count and run alone, and is queued under the released view's token. */
 static void test_record_after_release_leaves_the_next_view_alone(void) {
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     mm_guard_seen seen;
     mm_fault f;
     mm_error e;
-    char *space = t_reserve(8);
-    if (space == NULL)
-        return;
     while (mm_guard_pop(&f)) /* records of the tests before */
         ;
     t_fake(&t_x, space, 2 * page);
@@ -126,11 +110,17 @@ static void test_record_after_release_leaves_the_next_view_alone(void) {
     CHECK(LOAD(&seen.slot->last_thread) == 0);
     CHECK(mm_guard_pop(&f) == 1 && f.token == 5 && f.offset == page);
     mm_guard_remove(&t_y);
-    CHECK(munmap(space, 8 * page) == 0);
 }
 
 int main(void) {
     int before;
+    page = (uint64_t)sysconf(_SC_PAGESIZE);
+    space = mmap(NULL, T_PAGES * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+    if (space == MAP_FAILED) {
+        perror("mmap of the address space for the fake views");
+        return 1;
+    }
     test_find_rejects_a_slot_changed_between_its_reads();
     printf("%s test_find_rejects_a_slot_changed_between_its_reads\n", failures ? "FAIL" : "ok  ");
     before = failures;
