@@ -161,7 +161,9 @@ static void mm_record(const mm_guard_seen *seen, uintptr_t addr) {
      * between this check and the two updates is left: a window of a few instructions, where
      * it was the whole mmap before.) Released: the record is queued all the same, under the
      * view's token, which its consumer no longer finds (mm_guard_owner). */
-    if (LOAD(&slot->gen) == seen->gen && LOAD(&slot->start) == seen->start) {
+    /* start first, gen last: a release and a re-add at the same base between the two reads
+     * changes gen (helper-77). */
+    if (LOAD(&slot->start) == seen->start && LOAD(&slot->gen) == seen->gen) {
         __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
         if (__atomic_exchange_n(&slot->last_thread, thread, __ATOMIC_ACQ_REL) == thread)
             return; /* this thread's run of faults in this view is queued already */
