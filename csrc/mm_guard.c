@@ -160,9 +160,8 @@ static void mm_record(const mm_guard_seen *seen, uintptr_t addr) {
      * another view, whose count must not grow nor its next run go unqueued. (A release
      * between this check and the two updates is left: a window of a few instructions, where
      * it was the whole mmap before.) Released: the record is queued all the same, under the
-     * view's token, which its consumer no longer finds (mm_guard_owner). */
-    /* start first, gen last: a release and a re-add at the same base between the two reads
-     * changes gen (helper-77). */
+     * view's token, which its consumer no longer finds (mm_guard_owner). Start first, gen
+     * last: a release and a re-add at the same base between the two reads changes gen. */
     if (LOAD(&slot->start) == seen->start && LOAD(&slot->gen) == seen->gen) {
         __atomic_fetch_add(&slot->faults, 1, __ATOMIC_ACQ_REL);
         if (__atomic_exchange_n(&slot->last_thread, thread, __ATOMIC_ACQ_REL) == thread)
@@ -518,7 +517,7 @@ int mm_guard_add(mm_view *view, uint64_t token, void *owner, mm_error *err) {
             free_bits &= free_bits - 1;
             if (!__atomic_compare_exchange_n(&slot->start, &expected, 1, 0, __ATOMIC_ACQ_REL,
                                              __ATOMIC_ACQUIRE))
-                continue; /* taken meanwhile, or being released: its bit is not clear yet */
+                continue; /* claimed meanwhile, or being released (bit cleared first) */
             __atomic_fetch_or(&mm_slots_taken[w], (uint64_t)1 << bit, __ATOMIC_ACQ_REL);
             /* This thread alone writes the slot until it publishes start: gen odd first,
              * ordered before the fields by the fence (mm_find then sees it changed). Odd by
